@@ -1,0 +1,260 @@
+"""One validated settings object, merged from four sources.
+
+Later sources win: built-in defaults < the settings file (``config.yaml`` in the working
+directory, or the file named by ``OSAA_CONFIG``) < the SQLMesh project's
+``variables: {osaa: ...}`` < ``OSAA_<SECTION>__<KEY>`` environment variables.
+
+A settings file holds the settings under a top-level ``osaa:`` key, or under
+``variables: osaa:`` when it is a SQLMesh project's ``config.yaml``; so one file can serve
+both. Credentials are never settings: boto3's standard chain supplies them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from sqlmesh_osaa.exceptions import ConfigurationError
+
+CONFIG_ENV_VAR = "OSAA_CONFIG"
+ENV_PREFIX = "OSAA_"
+ENV_SECTION_SEPARATOR = "__"
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(_Section):
+    """Where objects live: a local directory that behaves as a bucket, or an S3 endpoint."""
+
+    backend: Literal["local", "s3"] = "local"
+    root: Path = Path(".osaa/storage")
+    bucket: str = Field("osaa", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    staging_prefix: str = "staging"
+
+    @field_validator("staging_prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or ".." in value.split("/"):
+            raise ValueError("must be a non-empty relative prefix without '..'")
+        return value
+
+
+class CheckpointSettings(_Section):
+    """The DuckDB checkpoint database and how long to wait for another process holding it."""
+
+    db_path: Path = Path(".osaa/checkpoints.duckdb")
+    lock_timeout_seconds: float = Field(10.0, ge=0)
+    retention_days: int = Field(30, ge=1)
+
+
+class RetrySettings(_Section):
+    """Exponential backoff with jitter for transient failures (the one retry layer)."""
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    initial_delay: float = Field(1.0, ge=0)
+    max_delay: float = Field(60.0, ge=0)
+    exponential_base: float = Field(2.0, ge=1)
+    jitter: bool = True
+
+
+class CircuitBreakerSettings(_Section):
+    """When to stop calling a failing service, and when to try it again."""
+
+    failure_threshold: int = Field(5, ge=1)
+    timeout_seconds: float = Field(60.0, ge=0)
+
+
+class EnvironmentSettings(_Section):
+    """Object-storage prefixes of SQLMesh environments; ``{env}`` is the environment name."""
+
+    prod_prefix: str = "prod"
+    dev_prefix: str = "dev/{env}"
+
+    @field_validator("dev_prefix")
+    @classmethod
+    def _has_env_placeholder(cls, value: str) -> str:
+        if "{env}" not in value:
+            raise ValueError("must contain '{env}' so that dev environments do not share a prefix")
+        return value.strip("/")
+
+    @field_validator("prod_prefix")
+    @classmethod
+    def _strip_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+    def prefix_for(self, environment: str) -> str:
+        """The prefix that holds ``environment``'s outputs (``prod`` maps to the prod prefix)."""
+        if environment == "prod":
+            return self.prod_prefix
+        return self.dev_prefix.format(env=environment)
+
+
+class OsaaSettings(_Section):
+    """Every setting of sqlmesh-osaa; see the root ``config.yaml`` for each with its default."""
+
+    storage: StorageSettings = StorageSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    retry: RetrySettings = RetrySettings()
+    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
+    environments: EnvironmentSettings = EnvironmentSettings()
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_settings_file(path: Path, required: bool) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise ConfigurationError(
+                "Settings file not found; fix the path or unset the variable",
+                setting=CONFIG_ENV_VAR,
+                value=str(path),
+                source="environment",
+            )
+        return {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"Settings file is not valid YAML: {exc}", source=str(path)) from exc
+    if not isinstance(document, Mapping):
+        raise ConfigurationError("Settings file must hold a mapping", source=str(path))
+    section = document.get("osaa")
+    if section is None:
+        section = (document.get("variables") or {}).get("osaa")
+    if section is None:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigurationError("'osaa' must be a mapping of settings", setting="osaa", source=str(path))
+    return dict(section)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    overrides: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split(ENV_SECTION_SEPARATOR)
+        if len(path) != 2 or not all(path):
+            raise ConfigurationError(
+                f"Environment variable must look like {ENV_PREFIX}<SECTION>{ENV_SECTION_SEPARATOR}<KEY>",
+                setting=name,
+                value=value,
+                source="environment",
+            )
+        section, key = path
+        overrides.setdefault(section, {})[key] = value
+        sources[(section, key)] = f"environment variable {name}"
+    return overrides, sources
+
+
+def _validate(data: Mapping[str, Any], sources: Mapping[tuple[str, ...], str]) -> OsaaSettings:
+    try:
+        return OsaaSettings.model_validate(data)
+    except PydanticValidationError as exc:
+        error = exc.errors()[0]
+        location = tuple(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            message = "Unknown setting; see config.yaml at the project root for every setting"
+        else:
+            message = f"Invalid setting: {error['msg']}"
+        raise ConfigurationError(
+            message,
+            setting=".".join(location),
+            value=error.get("input"),
+            source=_source_of(location, sources),
+        ) from None
+
+
+def _source_of(location: tuple[str, ...], sources: Mapping[tuple[str, ...], str]) -> str:
+    for length in range(len(location), 0, -1):
+        if location[:length] in sources:
+            return sources[location[:length]]
+    return "defaults"
+
+
+def _record_sources(data: Mapping[str, Any], source: str, into: dict[tuple[str, ...], str]) -> None:
+    for section, values in data.items():
+        into[(section,)] = source
+        if isinstance(values, Mapping):
+            for key in values:
+                into[(section, key)] = source
+
+
+def load_settings(
+    variables: Mapping[str, Any] | None = None,
+    *,
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> OsaaSettings:
+    """Merge defaults, the settings file, SQLMesh ``variables.osaa`` and ``OSAA_*`` variables.
+
+    ``variables`` is a SQLMesh project's ``variables`` mapping; only its ``osaa`` entry
+    is read. Raises :class:`ConfigurationError` naming the
+    setting, the value and where it came from.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = config_path or environ.get(CONFIG_ENV_VAR)
+    path = Path(explicit or DEFAULT_CONFIG_FILE)
+    layers: list[tuple[str, Mapping[str, Any]]] = [(str(path), _read_settings_file(path, required=bool(explicit)))]
+    if variables and variables.get("osaa") is not None:
+        layers.append(("SQLMesh variables.osaa", variables["osaa"]))
+    env_layer, env_sources = _env_overrides(environ)
+    layers.append(("environment", env_layer))
+
+    data: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    for source, layer in layers:
+        if not isinstance(layer, Mapping):
+            raise ConfigurationError("'osaa' must be a mapping of settings", setting="osaa", source=source)
+        data = _merge(data, layer)
+        _record_sources(layer, source, sources)
+    sources.update(env_sources)
+    return _validate(data, sources)
+
+
+_cached: OsaaSettings | None = None
+_cache_lock = threading.Lock()
+
+
+def get_settings() -> OsaaSettings:
+    """The process-wide settings, loaded once from the file and the environment."""
+    global _cached
+    with _cache_lock:
+        if _cached is None:
+            _cached = load_settings()
+        return _cached
+
+
+def set_settings(settings: OsaaSettings) -> None:
+    """Make ``settings`` the process-wide settings (the SQLMesh integration does this)."""
+    global _cached
+    with _cache_lock:
+        _cached = settings
+
+
+def reset_settings() -> None:
+    """Forget the process-wide settings so the next :func:`get_settings` reloads them."""
+    global _cached
+    with _cache_lock:
+        _cached = None

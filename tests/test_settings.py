@@ -1,0 +1,123 @@
+"""Settings: one validated object; defaults < file < SQLMesh variables < environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sqlmesh_osaa.exceptions import ConfigurationError, ErrorCategory
+from sqlmesh_osaa.settings import OsaaSettings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_yaml(path: Path, document: dict) -> Path:
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def test_defaults_need_no_file_and_no_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.storage.backend == "local"
+    assert settings.retry.max_attempts == 3
+    assert settings.environments.prefix_for("prod") == "prod"
+    assert settings.environments.prefix_for("dev1") == "dev/dev1"
+
+
+def test_root_config_yaml_documents_exactly_the_defaults():
+    document = yaml.safe_load((REPO_ROOT / "config.yaml").read_text(encoding="utf-8"))
+    assert OsaaSettings.model_validate(document["osaa"]) == OsaaSettings()
+    assert set(document["osaa"]) == set(OsaaSettings.model_fields)
+    for section, model in OsaaSettings.model_fields.items():
+        assert set(document["osaa"][section]) == set(model.annotation.model_fields), section
+
+
+def test_later_sources_win(tmp_path):
+    config = write_yaml(tmp_path / "osaa.yaml", {"osaa": {"retry": {"max_attempts": 4, "initial_delay": 0.5}}})
+    settings = load_settings(
+        {"osaa": {"retry": {"max_attempts": 5}}},
+        config_path=config,
+        environ={"OSAA_RETRY__JITTER": "false"},
+    )
+    assert settings.retry.max_attempts == 5
+    assert settings.retry.initial_delay == 0.5
+    assert settings.retry.jitter is False
+
+
+def test_environment_beats_sqlmesh_variables(tmp_path):
+    settings = load_settings(
+        {"osaa": {"storage": {"backend": "local"}}},
+        config_path=write_yaml(tmp_path / "c.yaml", {}),
+        environ={"OSAA_STORAGE__BACKEND": "s3"},
+    )
+    assert settings.storage.backend == "s3"
+
+
+def test_osaa_config_env_var_names_the_file(tmp_path):
+    config = write_yaml(tmp_path / "custom.yaml", {"osaa": {"storage": {"bucket": "osaa-landing"}}})
+    settings = load_settings(environ={"OSAA_CONFIG": str(config)})
+    assert settings.storage.bucket == "osaa-landing"
+
+
+def test_sqlmesh_project_config_is_read_from_variables_osaa(tmp_path):
+    config = write_yaml(
+        tmp_path / "config.yaml",
+        {"gateways": {"local": {}}, "variables": {"osaa": {"checkpoint": {"lock_timeout_seconds": 2}}}},
+    )
+    assert load_settings(config_path=config, environ={}).checkpoint.lock_timeout_seconds == 2
+
+
+def test_missing_osaa_config_file_is_an_error_naming_the_variable(tmp_path):
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"OSAA_CONFIG": str(tmp_path / "nope.yaml")})
+    assert "OSAA_CONFIG" in str(info.value)
+    assert "nope.yaml" in str(info.value)
+
+
+def test_unknown_key_names_key_value_and_source(tmp_path):
+    config = write_yaml(tmp_path / "c.yaml", {"osaa": {"retry": {"max_atempts": 9}}})
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(config_path=config, environ={})
+    message = str(info.value)
+    assert "retry.max_atempts" in message
+    assert "9" in message
+    assert str(config) in message
+    assert info.value.category is ErrorCategory.PERMANENT
+
+
+def test_bad_value_from_environment_names_the_variable():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"OSAA_RETRY__MAX_ATTEMPTS": "zero"})
+    assert "retry.max_attempts" in str(info.value)
+    assert "'zero'" in str(info.value)
+    assert "OSAA_RETRY__MAX_ATTEMPTS" in str(info.value)
+
+
+def test_bad_value_from_sqlmesh_variables_names_that_source():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({"osaa": {"storage": {"backend": "gcs"}}}, environ={})
+    assert "storage.backend" in str(info.value)
+    assert "SQLMesh variables.osaa" in str(info.value)
+
+
+def test_malformed_environment_variable_name_is_rejected():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"OSAA_MAXATTEMPTS": "3"})
+    assert "OSAA_MAXATTEMPTS" in str(info.value)
+
+
+def test_dev_prefix_must_separate_environments():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({"osaa": {"environments": {"dev_prefix": "dev"}}}, environ={})
+    assert "environments.dev_prefix" in str(info.value)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("osaa: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(config_path=config, environ={})
+    assert "broken.yaml" in str(info.value)
