@@ -173,6 +173,7 @@ TRANSIENT_ERROR_CODES = frozenset(
         "RequestTimeout",
         "RequestTimeoutException",
         "PriorRequestNotComplete",
+        "OperationAborted",
         "InternalError",
         "InternalFailure",
         "ServiceUnavailable",
