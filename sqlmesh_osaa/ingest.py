@@ -1,0 +1,174 @@
+"""The ingest engine: raw CSV files -> parquet landing objects, once each, all or nothing.
+
+One run discovers the raw files, skips those whose FILE checkpoint says they are done and
+unchanged (size and mtime from the discovery walk against the record; no file is read),
+converts the rest to parquet with DuckDB, stages every converted file in one transaction
+and commits it. A bad file is a recorded failure (FILE checkpoint *failed* with its
+category and message), never an abort: the good files still land. The same engine serves
+``osaa-ingest`` and the ``osaa_file_ingest`` model kind.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import duckdb
+
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.conversion import convert_csv_to_parquet
+from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
+from sqlmesh_osaa.exceptions import categorize_error
+from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_key
+from sqlmesh_osaa.settings import OsaaSettings, get_settings
+from sqlmesh_osaa.storage import ObjectStore, make_store
+from sqlmesh_osaa.transaction_manager import TransactionManager
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE = "ingest"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class IngestResult:
+    """What one run did: landed (written or already identical), skipped as unchanged, failed."""
+
+    landed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    transaction_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """Which raw files go where."""
+
+    raw_root: Path
+    env_prefix: str
+    pattern: str = DEFAULT_PATTERN
+    source: str | None = None
+    verify_checksum: bool = False
+
+
+def _changed_files(checkpoint: PipelineCheckpoint, files: list[tuple[RawFile, str]], verify: bool) -> list[tuple[RawFile, str]]:
+    """Files not recorded as completed with this size and mtime (or checksum, when verifying)."""
+    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, [(key, raw.path) for raw, key in files], verify)
+    return [(raw, key) for raw, key in files if key not in unchanged]
+
+
+def run_ingest(
+    request: IngestRequest,
+    *,
+    checkpoint: PipelineCheckpoint | None = None,
+    store: ObjectStore | None = None,
+    settings: OsaaSettings | None = None,
+    error_handler: ErrorHandler | None = None,
+    progress: Progress | None = None,
+    transaction_id: str | None = None,
+) -> IngestResult:
+    """Ingest ``request``'s raw files; never raises for a bad file, only reports it."""
+    settings = settings or get_settings()
+    owns_checkpoint = checkpoint is None
+    checkpoint = checkpoint or PipelineCheckpoint(DEFAULT_PIPELINE)
+    store = store or make_store(settings.storage)
+    error_handler = error_handler or ErrorHandler.from_settings(settings, name="object-storage")
+    try:
+        return _ingest(request, checkpoint, store, settings, error_handler, progress, transaction_id)
+    finally:
+        if owns_checkpoint:
+            checkpoint.close()
+
+
+def _ingest(
+    request: IngestRequest,
+    checkpoint: PipelineCheckpoint,
+    store: ObjectStore,
+    settings: OsaaSettings,
+    error_handler: ErrorHandler,
+    progress: Progress | None,
+    transaction_id: str | None,
+) -> IngestResult:
+    discovery = discover_raw_files(request.raw_root, pattern=request.pattern, source=request.source)
+    collector = PartialFailureCollector()
+    for refused in discovery.refused:
+        collector.add_failure(refused.relative, refused.error)
+    files = [(raw, landing_key(request.env_prefix, raw)) for raw in discovery.files]
+    todo = _changed_files(checkpoint, files, request.verify_checksum)
+    todo_keys = {key for _, key in todo}
+    result = IngestResult(skipped=[key for _, key in files if key not in todo_keys])
+    _log.info(
+        "Ingest of %s: %d file(s), %d unchanged, %d to convert, %d refused",
+        discovery.root, len(files), len(result.skipped), len(todo), len(discovery.refused),
+    )
+    if todo:
+        _convert_and_commit(todo, checkpoint, store, settings, error_handler, collector, result, progress, transaction_id)
+    result.failures = list(collector.failures)
+    collector.log_summary(_log)
+    return result
+
+
+def _convert_and_commit(
+    todo: list[tuple[RawFile, str]],
+    checkpoint: PipelineCheckpoint,
+    store: ObjectStore,
+    settings: OsaaSettings,
+    error_handler: ErrorHandler,
+    collector: PartialFailureCollector,
+    result: IngestResult,
+    progress: Progress | None,
+    transaction_id: str | None,
+) -> None:
+    staged: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="osaa-ingest-") as workdir, duckdb.connect() as connection:
+        txn = TransactionManager(
+            store=store,
+            checkpoint=checkpoint,
+            staging_prefix=settings.storage.staging_prefix,
+            error_handler=error_handler,
+            settings=settings,
+            transaction_id=transaction_id,
+        )
+        txn.begin()
+        result.transaction_id = txn.transaction_id
+        for index, (raw, key) in enumerate(todo):
+            parquet = Path(workdir) / f"{index}.parquet"
+            try:
+                convert_csv_to_parquet(raw.path, parquet, connection=connection)
+                txn.upload_file(parquet, key, {"source-file": raw.relative}, source_path=raw.path)
+            except Exception as exc:
+                _record_file_failure(checkpoint, key, raw, exc)
+                collector.add_failure(raw.relative, exc)
+            else:
+                staged.append((raw.relative, key))
+            finally:
+                parquet.unlink(missing_ok=True)
+                if progress is not None:
+                    progress(raw.relative)
+        if not staged:
+            txn.rollback(reason="no file could be staged")
+            return
+        try:
+            txn.commit()
+        except Exception as exc:
+            for relative, _ in staged:
+                collector.add_failure(relative, exc)
+            return
+        for relative, key in staged:
+            collector.add_success(relative, key)
+            result.landed.append(key)
+
+
+def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:
+    row = checkpoint.get(CheckpointScope.FILE, key)
+    if row is None or row["status"] != "in_progress":
+        checkpoint.mark_started(CheckpointScope.FILE, key, str(raw.path), force=True)
+    checkpoint.mark_failed(CheckpointScope.FILE, key, str(exc), str(raw.path), category=categorize_error(exc))

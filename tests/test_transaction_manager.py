@@ -1,0 +1,170 @@
+"""Transactions on object storage: staged, validated, committed all-or-nothing, recovered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
+from sqlmesh_osaa.exceptions import TransactionError, ValidationError
+from sqlmesh_osaa.storage import ObjectStore
+from sqlmesh_osaa.transaction_manager import (
+    TransactionManager,
+    journal_key,
+    recover_transactions,
+)
+
+FAST = ErrorHandler(RetryPolicy(max_attempts=3, initial_delay=0, max_delay=0, jitter=False))
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path):
+    with PipelineCheckpoint("transactions", tmp_path / "checkpoints.duckdb") as checkpoint:
+        yield checkpoint
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def keys(store: ObjectStore, prefix: str = "") -> list[str]:
+    return [info.key for info in store.list_prefix(prefix)]
+
+
+def txn(store: ObjectStore, checkpoint: PipelineCheckpoint, **kwargs) -> TransactionManager:
+    return TransactionManager(store=store, checkpoint=checkpoint, error_handler=FAST, **kwargs)
+
+
+def test_commit_publishes_every_object_and_empties_staging(store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet", metadata={"version": "1.0"})
+        t.upload_file(write(tmp_path / "b.csv", "b"), "prod/b.parquet")
+    assert keys(store) == ["prod/a.parquet", "prod/b.parquet"]
+    assert store.head("prod/a.parquet").metadata["version"] == "1.0"
+    row = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))
+    assert row["status"] == "completed"
+    assert row["metadata"]["phase"] == "committed"
+
+
+def test_nothing_reaches_production_before_commit(store, checkpoint, tmp_path):
+    t = txn(store, checkpoint)
+    t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    assert keys(store, "prod/") == []
+    assert keys(store, "staging/") == [f"staging/{t.transaction_id}/prod/a.parquet"]
+    t.commit()
+    assert keys(store, "prod/") == ["prod/a.parquet"]
+
+
+def test_exception_in_block_rolls_back_leaving_production_and_staging_empty(store, checkpoint, tmp_path):
+    with pytest.raises(RuntimeError):
+        with txn(store, checkpoint) as t:
+            t.upload_file(write(tmp_path / "1.csv", "1"), "key1")
+            t.upload_file(write(tmp_path / "2.csv", "2"), "key2")
+            raise RuntimeError("Simulated failure")
+    assert keys(store) == []
+    row = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))
+    assert row["status"] == "failed"
+    assert "Simulated failure" in row["error_message"]
+
+
+def test_rejecting_validator_rolls_back_and_names_itself_and_the_key(store, checkpoint, tmp_path):
+    def at_least_1000_bytes(key: str) -> bool:
+        return store.head(key).size >= 1000
+
+    with pytest.raises(ValidationError) as info:
+        with txn(store, checkpoint) as t:
+            t.upload_file(write(tmp_path / "small.csv", "tiny"), "prod/small.parquet")
+            t.add_validator(at_least_1000_bytes)
+    assert "at_least_1000_bytes" in str(info.value)
+    assert "prod/small.parquet" in str(info.value)
+    assert keys(store) == []
+    assert checkpoint.get(CheckpointScope.FILE, "prod/small.parquet")["status"] == "failed"
+
+
+def test_raising_validator_rolls_back(store, checkpoint, tmp_path):
+    def broken(key: str) -> bool:
+        raise OSError("validator could not read")
+
+    with pytest.raises(ValidationError):
+        with txn(store, checkpoint) as t:
+            t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+            t.add_validator(broken)
+    assert keys(store) == []
+
+
+def test_upload_marks_file_checkpoints_completed_on_commit(store, checkpoint, tmp_path):
+    source = write(tmp_path / "raw.csv", "x,y\n1,2\n")
+    with txn(store, checkpoint) as t:
+        t.upload_file(source, "prod/landing/raw.parquet", source_path=source)
+    assert checkpoint.is_completed(CheckpointScope.FILE, "prod/landing/raw.parquet", str(source))
+
+
+def test_identical_object_is_neither_uploaded_nor_copied_again(store, checkpoint, tmp_path):
+    source = write(tmp_path / "a.csv", "same content")
+    with txn(store, checkpoint) as first:
+        first.upload_file(source, "prod/a.parquet")
+    with txn(store, checkpoint) as second:
+        put = second.upload_file(source, "prod/a.parquet")
+        assert put.unchanged
+        assert keys(store, "staging/") == []
+    assert keys(store) == ["prod/a.parquet"]
+
+
+def test_committed_transaction_id_is_a_no_op_when_run_again(store, checkpoint, tmp_path):
+    with txn(store, checkpoint, transaction_id="load-2026-11-29") as t:
+        t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    store.delete_many(["prod/a.parquet"])
+    with txn(store, checkpoint, transaction_id="load-2026-11-29") as again:
+        again.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    assert keys(store) == []
+
+
+def test_staged_delete_applies_only_on_commit(store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        t.upload_file(write(tmp_path / "old.csv", "old"), "prod/old.parquet")
+    t = txn(store, checkpoint)
+    t.delete("prod/old.parquet")
+    assert keys(store) == ["prod/old.parquet"]
+    t.commit()
+    assert keys(store) == []
+
+
+def test_stage_copy_promotes_server_side(store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        t.upload_file(write(tmp_path / "a.csv", "a"), "dev/landing/a.parquet")
+    with txn(store, checkpoint) as t:
+        t.stage_copy("dev/landing/a.parquet", "prod/landing/a.parquet")
+    assert store.head("prod/landing/a.parquet").md5 == store.head("dev/landing/a.parquet").md5
+
+
+def test_rollback_after_commit_changes_nothing(store, checkpoint, tmp_path):
+    t = txn(store, checkpoint)
+    t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    t.commit()
+    t.rollback()
+    assert keys(store) == ["prod/a.parquet"]
+
+
+def test_upload_after_commit_is_an_error(store, checkpoint, tmp_path):
+    t = txn(store, checkpoint)
+    t.commit()
+    with pytest.raises(TransactionError):
+        t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+
+
+def test_recovery_rolls_back_an_open_transaction_of_a_dead_run(store, tmp_path):
+    db = tmp_path / "checkpoints.duckdb"
+    dead = PipelineCheckpoint("transactions", db)
+    t = txn(store, dead)
+    t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    transaction_id = t.transaction_id
+    dead.close()  # the run ends without committing: its rows become interrupted
+    with PipelineCheckpoint("transactions", db) as checkpoint:
+        report = recover_transactions(checkpoint, store, error_handler=FAST)
+        row = checkpoint.get(CheckpointScope.OPERATION, journal_key(transaction_id))
+    assert report.rolled_back == [transaction_id]
+    assert row["status"] == CheckpointStatus.FAILED.value
+    assert keys(store) == []
