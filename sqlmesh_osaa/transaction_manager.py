@@ -369,15 +369,21 @@ def apply_manifest(store: ObjectStore, manifest: Manifest, error_handler: ErrorH
         error_handler.execute(store.delete_many, manifest.deletes, operation="DeleteObjects")
 
 
-def _delete_staging(store: ObjectStore, staging: str) -> list[str]:
-    """Delete a transaction's staging area; returns the keys that could not be deleted."""
-    keys = [info.key for info in store.list_prefix(staging)]
+def _staged_keys(store: ObjectStore, staging: str, manifest: Manifest | None) -> list[str]:
+    """What a transaction staged: its manifest when known, else (after a crash) a listing."""
+    if manifest is not None:
+        return [put.staged_key for put in manifest.puts if put.staged_key is not None]
+    return [info.key for info in store.list_prefix(staging)]
+
+
+def _delete_staging(store: ObjectStore, keys: list[str]) -> list[str]:
+    """Delete staged objects; returns the keys that could not be deleted."""
     if not keys:
         return []
     try:
         store.delete_many(keys)
     except Exception:
-        _log.warning("Could not delete staging area %s", staging, exc_info=True)
+        _log.warning("Could not delete %d staged object(s)", len(keys), exc_info=True)
         return keys
     return []
 
@@ -398,7 +404,7 @@ def finish_transaction(
                     checkpoint.mark_started(CheckpointScope.FILE, put.key, put.source_path, force=True)
                 checkpoint.mark_completed(CheckpointScope.FILE, put.key, put.source_path)
     fault_point(BEFORE_STAGING_CLEANUP)
-    leftovers = _delete_staging(store, staging_root(staging_prefix, transaction_id))
+    leftovers = _delete_staging(store, _staged_keys(store, staging_root(staging_prefix, transaction_id), manifest))
     checkpoint.mark_completed(
         CheckpointScope.OPERATION,
         journal_key(transaction_id),
@@ -415,7 +421,7 @@ def roll_back(
     manifest: Manifest | None = None,
 ) -> None:
     """Delete staging and record the rollback; FILE checkpoints of the transaction fail with it."""
-    leftovers = _delete_staging(store, staging_root(staging_prefix, transaction_id))
+    leftovers = _delete_staging(store, _staged_keys(store, staging_root(staging_prefix, transaction_id), manifest))
     for put in (manifest.puts if manifest else []):
         row = checkpoint.get(CheckpointScope.FILE, put.key)
         if row is not None and row["status"] == CheckpointStatus.IN_PROGRESS.value:
@@ -482,7 +488,11 @@ def recover_transactions(
         except Exception as exc:
             _log.error("Could not recover transaction %s: %s", transaction_id, exc)
             report.failed[transaction_id] = str(exc)
-    _sweep_ended_staging(checkpoint, store, staging_prefix, report)
+    try:
+        _sweep_ended_staging(checkpoint, store, staging_prefix, report)
+    except Exception as exc:
+        _log.error("Could not sweep leftover staging areas: %s", exc)
+        report.failed["staging"] = str(exc)
     return report
 
 
@@ -535,7 +545,7 @@ def _sweep_ended_staging(
         if row is not None and row["status"] in (CheckpointStatus.COMPLETED.value, CheckpointStatus.FAILED.value):
             ended.add(transaction_id)
     for transaction_id in sorted(ended):
-        if not _delete_staging(store, staging_root(prefix, transaction_id)):
+        if not _delete_staging(store, _staged_keys(store, staging_root(prefix, transaction_id), None)):
             report.cleaned_staging.append(transaction_id)
 
 

@@ -1,0 +1,182 @@
+"""The ingest engine: raw CSV -> landing parquet, once per change, bad files recorded not fatal."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
+from sqlmesh_osaa.ingest import IngestRequest, run_ingest
+from sqlmesh_osaa.settings import load_settings
+from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
+
+SETTINGS = load_settings(environ={})
+FAST = ErrorHandler(RetryPolicy(max_attempts=3, initial_delay=0, max_delay=0, jitter=False))
+
+
+def csv_rows(count: int, seed: int = 0) -> str:
+    return "country,year,value\n" + "".join(f"C{i},{2000 + i % 20},{i * 10 + seed}\n" for i in range(count))
+
+
+@pytest.fixture
+def raw(tmp_path) -> Path:
+    root = tmp_path / "raw"
+    (root / "wdi").mkdir(parents=True)
+    (root / "sdg").mkdir()
+    (root / "wdi" / "WDICSV.csv").write_text(csv_rows(30))
+    (root / "sdg" / "SDG_DATA_NATIONAL.csv").write_text(csv_rows(20, seed=1))
+    return root
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    with PipelineCheckpoint("ingest", tmp_path / "checkpoints.duckdb") as checkpoint:
+        yield checkpoint
+
+
+def ingest(raw: Path, store: ObjectStore, checkpoint: PipelineCheckpoint, handler: ErrorHandler = FAST, **kwargs):
+    return run_ingest(
+        IngestRequest(raw, "prod", **kwargs),
+        checkpoint=checkpoint,
+        store=store,
+        settings=SETTINGS,
+        error_handler=handler,
+    )
+
+
+def landed(store: ObjectStore) -> list[str]:
+    return [info.key for info in store.list_prefix("prod/")]
+
+
+def test_first_ingest_lands_every_file_with_its_rows(raw, store, checkpoint, tmp_path):
+    result = ingest(raw, store, checkpoint)
+    assert result.ok
+    assert landed(store) == ["prod/landing/sdg/SDG_DATA_NATIONAL.parquet", "prod/landing/wdi/WDICSV.parquet"]
+    local = tmp_path / "check.parquet"
+    store.get_file("prod/landing/wdi/WDICSV.parquet", local)
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{local}')").fetchone()[0] == 30
+    assert checkpoint.is_completed(CheckpointScope.FILE, "prod/landing/wdi/WDICSV.parquet", str(raw / "wdi/WDICSV.csv"))
+    assert list(store.list_prefix("staging/")) == []
+
+
+def test_rerun_with_nothing_changed_skips_every_file(raw, store, checkpoint):
+    ingest(raw, store, checkpoint)
+    again = ingest(raw, store, checkpoint)
+    assert again.landed == []
+    assert sorted(again.skipped) == landed(store)
+
+
+@pytest.mark.s3
+def test_rerun_with_nothing_changed_uploads_nothing(raw, fault_proxy, s3_bucket, checkpoint):
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    ingest(raw, store, checkpoint)
+    fault_proxy.reset_counts()
+    ingest(raw, store, checkpoint)
+    assert fault_proxy.count("PutObject") == 0
+    assert fault_proxy.count("CopyObject") == 0
+
+
+@pytest.mark.s3
+def test_changing_one_file_reprocesses_exactly_that_file(raw, fault_proxy, s3_bucket, checkpoint):
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    ingest(raw, store, checkpoint)
+    (raw / "wdi" / "WDICSV.csv").write_text(csv_rows(31))
+    fault_proxy.reset_counts()
+    result = ingest(raw, store, checkpoint)
+    assert result.landed == ["prod/landing/wdi/WDICSV.parquet"]
+    assert fault_proxy.count("PutObject") == 1
+    assert fault_proxy.count("CopyObject") == 1
+
+
+def test_touched_but_identical_file_is_not_uploaded_again(raw, store, checkpoint):
+    ingest(raw, store, checkpoint)
+    path = raw / "wdi" / "WDICSV.csv"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    result = ingest(raw, store, checkpoint)
+    assert result.landed == []
+    assert "prod/landing/wdi/WDICSV.parquet" in result.skipped
+
+
+@pytest.mark.s3
+def test_ingest_of_50_files_completes_with_30_percent_transient_faults(tmp_path, fault_proxy, s3_bucket, checkpoint):
+    root = tmp_path / "many"
+    (root / "uis").mkdir(parents=True)
+    for index in range(50):
+        (root / "uis" / f"file_{index:02d}.csv").write_text(csv_rows(5, seed=index))
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    fault_proxy.fail_fraction(0.3, 503, "SlowDown", seed=3)
+    result = ingest(root, store, checkpoint, ErrorHandler(RetryPolicy(max_attempts=10, initial_delay=0.001)))
+    fault_proxy.clear()
+    assert result.ok, result.failures
+    assert len(landed(store)) == 50
+    assert list(store.list_prefix("staging/")) == []
+    for info in store.list_prefix("prod/"):
+        assert store.head(info.key).md5 == info.md5
+
+
+@pytest.mark.s3
+def test_access_denied_fails_each_file_at_its_first_request_and_stages_nothing(raw, fault_proxy, s3_bucket, checkpoint):
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    fault_proxy.fail_always(403, "AccessDenied")
+    result = ingest(raw, store, checkpoint)
+    file_requests = fault_proxy.count("HeadObject") + fault_proxy.count("PutObject")
+    fault_proxy.clear()
+    assert not result.ok
+    assert file_requests == 2
+    assert fault_proxy.count("PutObject") == 0
+    assert list(store.list_prefix("")) == []
+    failed = {row["key"]: row for row in checkpoint.get_pending(CheckpointScope.FILE)}
+    assert set(failed) == {"prod/landing/wdi/WDICSV.parquet", "prod/landing/sdg/SDG_DATA_NATIONAL.parquet"}
+    assert all(row["error_category"] == "permanent" for row in failed.values())
+
+
+def test_bad_files_are_recorded_and_the_good_ones_still_land(raw, store, checkpoint):
+    (raw / "wdi" / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8,9\n")
+    (raw / "wdi" / "empty.csv").write_bytes(b"")
+    (raw / "wdi" / "latin1.csv").write_bytes("country,name\nCIV,C\xf4te d'Ivoire\n".encode("latin-1"))
+    (raw / "wdi" / "it's \"quoted\".csv").write_text(csv_rows(3))
+    result = ingest(raw, store, checkpoint)
+    failures = {record.item: record for record in result.failures}
+    assert set(failures) == {"wdi/ragged.csv", "wdi/empty.csv", "wdi/latin1.csv"}
+    assert all(record.category.value == "permanent" for record in failures.values())
+    assert "ragged.csv" in failures["wdi/ragged.csv"].message
+    assert "empty" in failures["wdi/empty.csv"].message.lower()
+    assert "utf-8" in failures["wdi/latin1.csv"].message.lower()
+    assert "prod/landing/wdi/it's \"quoted\".parquet" in landed(store)
+    assert "prod/landing/wdi/WDICSV.parquet" in landed(store)
+    row = checkpoint.get(CheckpointScope.FILE, "prod/landing/wdi/ragged.parquet")
+    assert row["status"] == "failed"
+    assert "ragged.csv" in row["error_message"]
+
+
+def test_fixed_bad_file_lands_on_the_next_run(raw, store, checkpoint):
+    bad = raw / "wdi" / "ragged.csv"
+    bad.write_text("a,b,c\n1,2,3\n4,5\n")
+    assert not ingest(raw, store, checkpoint).ok
+    bad.write_text("a,b,c\n1,2,3\n4,5,6\n")
+    result = ingest(raw, store, checkpoint)
+    assert result.ok
+    assert result.landed == ["prod/landing/wdi/ragged.parquet"]
+    assert checkpoint.get(CheckpointScope.FILE, "prod/landing/wdi/ragged.parquet")["status"] == "completed"
+
+
+def test_symlink_leading_outside_the_raw_root_is_refused(raw, store, checkpoint, tmp_path):
+    secret = tmp_path / "outside.csv"
+    secret.write_text(csv_rows(2))
+    (raw / "wdi" / "link.csv").symlink_to(secret)
+    result = ingest(raw, store, checkpoint)
+    assert [record.item for record in result.failures] == ["wdi/link.csv"]
+    assert "outside" in result.failures[0].message
+    assert "prod/landing/wdi/link.parquet" not in landed(store)
+
+
+def test_missing_raw_root_is_a_clear_error(tmp_path, checkpoint):
+    from sqlmesh_osaa.exceptions import IngestError
+
+    with pytest.raises(IngestError) as info:
+        ingest(tmp_path / "nope", LocalStore(tmp_path / "s", "osaa"), checkpoint)
+    assert "nope" in str(info.value)
