@@ -351,15 +351,26 @@ def _fingerprints(files: Iterable[tuple[str | Path | None, str | None]]) -> list
     return fingerprints
 
 
-def _file_matches(record: Mapping[str, Any], file_path: str | Path, verify_checksum: bool) -> bool:
-    """Whether ``file_path`` still holds what ``record`` fingerprinted; reads it only when needed."""
-    try:
-        stat = os.stat(file_path)
-    except OSError:
+def _file_matches(
+    record: Mapping[str, Any],
+    file_path: str | Path,
+    verify_checksum: bool,
+    known_stat: tuple[int, int] | None = None,
+) -> bool:
+    """Whether ``file_path`` still holds what ``record`` fingerprinted; reads it only when needed.
+
+    ``known_stat`` is the file's (size, mtime_ns) when the caller already stat'ed it.
+    """
+    if known_stat is None:
+        try:
+            stat = os.stat(file_path)
+        except OSError:
+            return False
+        known_stat = (stat.st_size, stat.st_mtime_ns)
+    size, mtime_ns = known_stat
+    if record["file_size"] is not None and size != record["file_size"]:
         return False
-    if record["file_size"] is not None and stat.st_size != record["file_size"]:
-        return False
-    if not verify_checksum and record["file_mtime_ns"] is not None and stat.st_mtime_ns == record["file_mtime_ns"]:
+    if not verify_checksum and record["file_mtime_ns"] is not None and mtime_ns == record["file_mtime_ns"]:
         return True
     if record["checksum"] is None:
         return False
@@ -676,15 +687,24 @@ class PipelineCheckpoint:
     def unchanged_keys(
         self,
         scope: CheckpointScope | str,
-        items: Iterable[tuple[str, str | Path]],
+        items: Iterable[tuple[str, str | Path] | tuple[str, str | Path, int, int]],
         verify_checksum: bool = False,
     ) -> set[str]:
-        """Batch :meth:`is_completed` with files: keys of ``(key, file_path)`` items completed and unchanged."""
-        paths = dict(items)
+        """Batch :meth:`is_completed` with files: keys of items completed and unchanged.
+
+        Items are ``(key, file_path)``, or ``(key, file_path, size, mtime_ns)`` when the
+        caller has already stat'ed the file (a directory walk has): then no file is touched
+        unless its size or mtime changed or ``verify_checksum`` asks for the MD5.
+        """
+        files = {item[0]: (item[1], (item[2], item[3]) if len(item) == 4 else None) for item in items}
         columns = "key, checksum, file_size, file_mtime_ns"
-        rows = self._rows_of_keys(CheckpointScope(scope), list(paths), columns, f"status = '{COMPLETED}'")
+        rows = self._rows_of_keys(CheckpointScope(scope), list(files), columns, f"status = '{COMPLETED}'")
         records = (dict(zip(("key", "checksum", "file_size", "file_mtime_ns"), row)) for row in rows)
-        return {record["key"] for record in records if _file_matches(record, paths[record["key"]], verify_checksum)}
+        return {
+            record["key"]
+            for record in records
+            if _file_matches(record, files[record["key"]][0], verify_checksum, files[record["key"]][1])
+        }
 
     def mark_started_many(
         self,

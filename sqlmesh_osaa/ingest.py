@@ -22,14 +22,15 @@ from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
-from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_key
+from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_key, landing_prefix
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
-from sqlmesh_osaa.transaction_manager import TransactionManager
+from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE = "ingest"
+CHUNK_SIZE = 64  # files converted, then uploaded concurrently, at a time: bounds temp disk use
 
 Progress = Callable[[str], None]
 
@@ -61,7 +62,9 @@ class IngestRequest:
 
 def _changed_files(checkpoint: PipelineCheckpoint, files: list[tuple[RawFile, str]], verify: bool) -> list[tuple[RawFile, str]]:
     """Files not recorded as completed with this size and mtime (or checksum, when verifying)."""
-    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, [(key, raw.path) for raw, key in files], verify)
+    unchanged = checkpoint.unchanged_keys(
+        CheckpointScope.FILE, [(key, raw.real_path, raw.size, raw.mtime_ns) for raw, key in files], verify
+    )
     return [(raw, key) for raw, key in files if key not in unchanged]
 
 
@@ -110,13 +113,14 @@ def _ingest(
         discovery.root, len(files), len(result.skipped), len(todo), len(discovery.refused),
     )
     if todo:
-        _convert_and_commit(todo, checkpoint, store, settings, error_handler, collector, result, progress, transaction_id)
+        _convert_and_commit(request, todo, checkpoint, store, settings, error_handler, collector, result, progress, transaction_id)
     result.failures = list(collector.failures)
     collector.log_summary(_log)
     return result
 
 
 def _convert_and_commit(
+    request: IngestRequest,
     todo: list[tuple[RawFile, str]],
     checkpoint: PipelineCheckpoint,
     store: ObjectStore,
@@ -139,19 +143,23 @@ def _convert_and_commit(
         )
         txn.begin()
         result.transaction_id = txn.transaction_id
-        for index, (raw, key) in enumerate(todo):
-            parquet = Path(workdir) / f"{index}.parquet"
-            try:
-                convert_csv_to_parquet(raw.path, parquet, connection=connection)
-                txn.upload_file(parquet, key, {"source-file": raw.relative}, source_path=raw.path)
-            except Exception as exc:
-                _record_file_failure(checkpoint, key, raw, exc)
-                collector.add_failure(raw.relative, exc)
-            else:
-                staged.append((raw.relative, key))
-            finally:
-                parquet.unlink(missing_ok=True)
-                if progress is not None:
+        txn.prefetch_production(landing_prefix(request.env_prefix))
+        for start in range(0, len(todo), CHUNK_SIZE):
+            chunk = todo[start : start + CHUNK_SIZE]
+            uploads = _convert_chunk(chunk, start, Path(workdir), connection, checkpoint, collector)
+            for outcome in txn.upload_many(uploads):
+                relative = str(outcome.upload.metadata["source-file"])
+                if outcome.error is not None:
+                    checkpoint.mark_failed(
+                        CheckpointScope.FILE, outcome.upload.key, str(outcome.error),
+                        outcome.upload.tracked_path, category=categorize_error(outcome.error),
+                    )
+                    collector.add_failure(relative, outcome.error)
+                else:
+                    staged.append((relative, outcome.upload.key))
+                Path(outcome.upload.local_path).unlink(missing_ok=True)
+            if progress is not None:
+                for raw, _ in chunk:
                     progress(raw.relative)
         if not staged:
             txn.rollback(reason="no file could be staged")
@@ -165,6 +173,29 @@ def _convert_and_commit(
         for relative, key in staged:
             collector.add_success(relative, key)
             result.landed.append(key)
+
+
+def _convert_chunk(
+    chunk: list[tuple[RawFile, str]],
+    offset: int,
+    workdir: Path,
+    connection: duckdb.DuckDBPyConnection,
+    checkpoint: PipelineCheckpoint,
+    collector: PartialFailureCollector,
+) -> list[Upload]:
+    """Convert a chunk of raw files; a file that fails is recorded and left out."""
+    uploads = []
+    for index, (raw, key) in enumerate(chunk, start=offset):
+        parquet = workdir / f"{index}.parquet"
+        try:
+            convert_csv_to_parquet(raw.path, parquet, connection=connection)
+        except Exception as exc:
+            _record_file_failure(checkpoint, key, raw, exc)
+            collector.add_failure(raw.relative, exc)
+            parquet.unlink(missing_ok=True)
+        else:
+            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path))
+    return uploads
 
 
 def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:

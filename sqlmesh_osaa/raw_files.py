@@ -109,11 +109,15 @@ def discover_raw_files(
     return Discovery(root=root, files=tuple(files), refused=tuple(refused))
 
 
+def landing_prefix(env_prefix: str) -> str:
+    """Where an environment's landing objects live: ``<env>/landing/``."""
+    prefix = env_prefix.strip("/")
+    return f"{prefix}/landing/" if prefix else "landing/"
+
+
 def landing_key(env_prefix: str, raw: RawFile) -> str:
     """The object key of ``raw``'s parquet in an environment: ``<env>/landing/<source>/<name>.parquet``."""
-    prefix = env_prefix.strip("/")
-    key = f"landing/{raw.source}/{raw.name}.parquet"
-    return f"{prefix}/{key}" if prefix else key
+    return f"{landing_prefix(env_prefix)}{raw.source}/{raw.name}.parquet"
 
 
 def resolve_inside(root: str | Path, candidate: str | Path) -> Path:

@@ -223,8 +223,13 @@ class ObjectStore(ABC):
         return self.head(key) is not None
 
     @abstractmethod
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        """Copy server-side keeping metadata; raises unless size and MD5 of the copy match."""
+    def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
+        """Copy server-side keeping metadata; raises unless size and MD5 of the copy match.
+
+        ``source`` is what the caller knows of the source (size, MD5): it spares the HEAD
+        requests, the copy is verified against the ETag the copy returns, and the result
+        then carries ``source``'s metadata and no last-modified time.
+        """
 
     @abstractmethod
     def delete_many(self, keys: Iterable[str]) -> None:
@@ -368,7 +373,7 @@ class LocalStore(ObjectStore):
         with self._os_errors("HeadObject", key):
             return self._info(key)
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
         self._check_key(src_key, "CopyObject")
         self._check_key(dst_key, "CopyObject")
         digest = hashlib.md5(usedforsecurity=False)
@@ -669,24 +674,28 @@ class S3Store(ObjectStore):
             last_modified=response.get("LastModified"),
         )
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
         self._check_key(src_key, "CopyObject")
         self._check_key(dst_key, "CopyObject")
-        source = self.head(src_key)
+        trusted = source is not None
+        source = source or self.head(src_key)
         if source is None:
             raise self._missing_source(src_key)
         if src_key == dst_key:
             return source
-        if source.size < self.copy_multipart_threshold:
-            with self._s3_errors("CopyObject", dst_key):
-                self._client.copy_object(
-                    Bucket=self.bucket,
-                    Key=dst_key,
-                    CopySource={"Bucket": self.bucket, "Key": src_key},
-                    MetadataDirective="COPY",
-                )
-        else:
+        if source.size >= self.copy_multipart_threshold:
             self._copy_multipart(source, dst_key)
+            return self._verify_copy(source, self.head(dst_key))
+        with self._s3_errors("CopyObject", dst_key):
+            response = self._client.copy_object(
+                Bucket=self.bucket,
+                Key=dst_key,
+                CopySource={"Bucket": self.bucket, "Key": src_key},
+                MetadataDirective="COPY",
+            )
+        copied_md5 = md5_from_etag(response.get("CopyObjectResult", {}).get("ETag"))
+        if trusted and source.md5 is not None and copied_md5 == source.md5:
+            return ObjectInfo(dst_key, source.size, copied_md5, copied_md5, source.metadata)
         return self._verify_copy(source, self.head(dst_key))
 
     def delete_many(self, keys: Iterable[str]) -> None:

@@ -21,11 +21,13 @@ recovery, production holds exactly the old or exactly the new set of objects.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler
@@ -44,7 +46,7 @@ from sqlmesh_osaa.fault_points import (
     fault_point,
 )
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, make_store
+from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, S3Store, file_md5, make_store
 
 _log = logging.getLogger(__name__)
 
@@ -77,6 +79,29 @@ class StagedPut:
     def unchanged(self) -> bool:
         """Production already holds this content: nothing was staged, nothing is copied."""
         return self.staged_key is None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A local file to stage for ``key``; its FILE checkpoint tracks ``source_path`` or the file."""
+
+    local_path: str | Path
+    key: str
+    metadata: Mapping[str, str] | None = None
+    source_path: str | Path | None = None
+
+    @property
+    def tracked_path(self) -> str:
+        return str(self.source_path or self.local_path)
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """What happened to one :class:`Upload`: staged (or unchanged), or the error."""
+
+    upload: Upload
+    put: StagedPut | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -130,6 +155,7 @@ class TransactionManager:
         error_handler: ErrorHandler | None = None,
         settings: OsaaSettings | None = None,
         recover: bool = True,
+        max_workers: int = 8,
     ) -> None:
         settings = settings or get_settings()
         self.store = store or _store_for(bucket_name, settings)
@@ -143,6 +169,9 @@ class TransactionManager:
         self._validators: list[Validator] = []
         self._recover = recover
         self._already_committed = False
+        self._known_production: dict[str, dict[str, str | None]] = {}
+        self._lock = threading.Lock()
+        self.max_workers = max_workers
 
     @property
     def bucket_name(self) -> str:
@@ -215,23 +244,71 @@ class TransactionManager:
         When production already holds the same content (same MD5), or this transaction id
         already committed, nothing is uploaded.
         """
-        md5 = file_md5(local_path)
-        tracked = str(source_path or local_path)
-        if not self._accepting_work():
-            return StagedPut(s3_key, None, md5, Path(local_path).stat().st_size, tracked)
-        self.checkpoint.mark_started(CheckpointScope.FILE, s3_key, tracked, force=True)
-        current = self._retry(self.store.head, s3_key, operation="HeadObject")
-        if current is not None and current.md5 == md5:
-            put = StagedPut(s3_key, None, md5, current.size, tracked)
-        else:
-            staged_key = self.staging_root + s3_key
-            info = self._retry(
-                self.store.put_file, local_path, staged_key, metadata, md5, operation="PutObject"
+        outcome = self.upload_many([Upload(local_path, s3_key, metadata, source_path)])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.put is not None
+        return outcome.put
+
+    def upload_many(self, uploads: Sequence[Upload]) -> list[UploadOutcome]:
+        """Stage many files concurrently; a file that fails is reported in its outcome, not raised.
+
+        Their FILE checkpoints are started in one batch before any upload begins.
+        """
+        accepting = self._accepting_work()
+        if accepting and uploads:
+            self.checkpoint.mark_started_many(
+                CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in uploads], force=True
             )
-            put = StagedPut(s3_key, staged_key, md5, info.size, tracked)
-        self.manifest.puts.append(put)
+        if len(uploads) == 1:
+            return [self._stage(uploads[0], accepting)]
+        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
+            return list(pool.map(lambda upload: self._stage(upload, accepting), uploads))
+
+    def prefetch_production(self, prefix: str) -> None:
+        """List ``prefix`` once so staging compares MD5s without one HEAD request per object.
+
+        Only an optimisation: when the listing fails, each upload asks with HEAD instead (and
+        fails there, with its own error, if the store refuses it too).
+        """
+        try:
+            listing = self._retry(
+                lambda: {info.key: info.md5 for info in self.store.list_prefix(prefix)}, operation="ListObjectsV2"
+            )
+        except Exception as exc:
+            _log.warning("Could not list %s; checking objects one by one: %s", prefix, exc)
+            return
+        self._known_production[prefix] = listing
+
+    def _production_md5(self, key: str) -> str | None:
+        for prefix, listing in self._known_production.items():
+            if key.startswith(prefix):
+                return listing.get(key)
+        current = self._retry(self.store.head, key, operation="HeadObject")
+        return current.md5 if current is not None else None
+
+    def _stage(self, upload: Upload, accepting: bool) -> UploadOutcome:
+        try:
+            md5 = file_md5(upload.local_path)
+            size = Path(upload.local_path).stat().st_size
+            if not accepting:
+                return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, upload.tracked_path))
+            if self._production_md5(upload.key) == md5:
+                put = StagedPut(upload.key, None, md5, size, upload.tracked_path)
+                with self._lock:
+                    self.manifest.puts.append(put)
+                return UploadOutcome(upload, put)
+            staged_key = self.staging_root + upload.key
+            info = self._retry(
+                self.store.put_file, upload.local_path, staged_key, upload.metadata, md5, operation="PutObject"
+            )
+            put = StagedPut(upload.key, staged_key, md5, info.size, upload.tracked_path)
+        except Exception as exc:
+            return UploadOutcome(upload, error=exc)
+        with self._lock:
+            self.manifest.puts.append(put)
         fault_point(AFTER_STAGING)
-        return put
+        return UploadOutcome(upload, put)
 
     def stage_copy(self, source_key: str, s3_key: str) -> StagedPut:
         """Stage a server-side copy of an existing object (promotion): no bytes pass through here."""
@@ -269,7 +346,7 @@ class TransactionManager:
         self.phase = TransactionPhase.COMMITTING
         fault_point(AFTER_COMMIT_DECISION)
         try:
-            apply_manifest(self.store, self.manifest, self.error_handler)
+            apply_manifest(self.store, self.manifest, self.error_handler, max_workers=self.max_workers)
             finish_transaction(self.checkpoint, self.store, self.transaction_id, self.staging_prefix, self.manifest)
         except Exception as exc:
             raise TransactionError(
@@ -344,27 +421,43 @@ class TransactionManager:
         return self.error_handler.execute(func, *args, operation=operation)
 
 
-def apply_manifest(store: ObjectStore, manifest: Manifest, error_handler: ErrorHandler) -> None:
-    """Copy staged objects to production and apply deletes; safe to repeat after a crash."""
-    copied = 0
-    for put in manifest.puts:
-        if put.unchanged:
-            continue
-        current = error_handler.execute(store.head, put.key, operation="HeadObject")
-        if current is not None and current.md5 == put.md5:
-            continue
-        staged = error_handler.execute(store.head, put.staged_key, operation="HeadObject")
-        if staged is None:
-            raise TransactionError(
-                "Staged object is missing and production does not hold its content; "
-                "the transaction cannot be rolled forward. Re-run the step that produced it",
-                category=ErrorCategory.PERMANENT,
-                key=put.key,
-                staged_key=put.staged_key,
-            )
-        error_handler.execute(store.copy, put.staged_key, put.key, operation="CopyObject")
-        copied += 1
+def apply_manifest(
+    store: ObjectStore,
+    manifest: Manifest,
+    error_handler: ErrorHandler,
+    *,
+    resuming: bool = False,
+    max_workers: int = 8,
+) -> None:
+    """Copy staged objects to production and apply deletes; safe to repeat after a crash.
+
+    A live commit knows what it staged. ``resuming`` (roll-forward after a crash) first
+    checks each object, since production may already hold it and staging may be gone.
+    """
+
+    def apply(put: StagedPut) -> None:
+        assert put.staged_key is not None
+        staged = ObjectInfo(put.staged_key, put.size, put.md5, None)
+        if resuming:
+            current = error_handler.execute(store.head, put.key, operation="HeadObject")
+            if current is not None and current.md5 == put.md5:
+                return
+            staged = error_handler.execute(store.head, put.staged_key, operation="HeadObject")
+            if staged is None:
+                raise TransactionError(
+                    "Staged object is missing and production does not hold its content; "
+                    "the transaction cannot be rolled forward. Re-run the step that produced it",
+                    category=ErrorCategory.PERMANENT,
+                    key=put.key,
+                    staged_key=put.staged_key,
+                )
+        error_handler.execute(store.copy, put.staged_key, put.key, staged, operation="CopyObject")
         fault_point(AFTER_PRODUCTION_COPY)
+
+    pending = [put for put in manifest.puts if not put.unchanged]
+    with ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
+        for future in [pool.submit(apply, put) for put in pending]:
+            future.result()
     if manifest.deletes:
         error_handler.execute(store.delete_many, manifest.deletes, operation="DeleteObjects")
 
@@ -396,13 +489,16 @@ def finish_transaction(
     manifest: Manifest,
 ) -> None:
     """FILE checkpoints completed, staging deleted, journal row committed."""
-    for put in manifest.puts:
-        if put.source_path is not None:
-            row = checkpoint.get(CheckpointScope.FILE, put.key)
-            if row is None or row["status"] != CheckpointStatus.COMPLETED.value:
-                if row is None or row["status"] != CheckpointStatus.IN_PROGRESS.value:
-                    checkpoint.mark_started(CheckpointScope.FILE, put.key, put.source_path, force=True)
-                checkpoint.mark_completed(CheckpointScope.FILE, put.key, put.source_path)
+    tracked = {put.key: put.source_path for put in manifest.puts if put.source_path is not None}
+    if tracked:
+        done = checkpoint.completed_keys(CheckpointScope.FILE, tracked)
+        running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
+        restart = [(key, path) for key, path in tracked.items() if key not in done and key not in running]
+        if restart:
+            checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
+        checkpoint.mark_completed_many(
+            CheckpointScope.FILE, [(key, path) for key, path in tracked.items() if key not in done]
+        )
     fault_point(BEFORE_STAGING_CLEANUP)
     leftovers = _delete_staging(store, _staged_keys(store, staging_root(staging_prefix, transaction_id), manifest))
     checkpoint.mark_completed(
@@ -517,7 +613,7 @@ def _recover_one(
     if metadata.get("phase") == TransactionPhase.COMMITTING.value:
         manifest = Manifest.from_json(metadata.get("manifest") or {})
         checkpoint.update_metadata(CheckpointScope.OPERATION, key, dict(metadata))
-        apply_manifest(store, manifest, error_handler)
+        apply_manifest(store, manifest, error_handler, resuming=True)
         finish_transaction(checkpoint, store, transaction_id, staging_prefix, manifest)
         report.rolled_forward.append(transaction_id)
         _log.warning("Recovered transaction %s by rolling it forward", transaction_id)
