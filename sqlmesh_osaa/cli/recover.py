@@ -1,0 +1,175 @@
+"""``osaa-recover`` (also ``sqlmesh osaa-recover``): the seed's recovery tool as one click group.
+
+Only the click definitions live here, importing nothing heavy: ``sqlmesh_plugin`` adds them
+to every ``sqlmesh`` start. Each verb's work is in ``verbs.py``, imported when it runs.
+Exit codes: 0 all well, 1 problems found, 2 the command could not look (usage,
+configuration, database missing or locked).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+
+import click
+
+from sqlmesh_osaa.cli import options
+
+
+def _verbs() -> ModuleType:
+    from sqlmesh_osaa.cli import verbs
+
+    return verbs
+
+
+@click.group("osaa-recover", context_settings={"help_option_names": ["-h", "--help"]})
+def recover() -> None:
+    """Recover sqlmesh-osaa pipelines: list, retry, clear, verify and report checkpoints.
+
+    Exit codes: 0 all well; 1 problems found (failures listed, mismatches, items still failing);
+    2 the command could not look (usage or configuration error, database missing or locked).
+    """
+
+
+@recover.command("list-failed")
+@options.pipeline
+@options.scope
+@options.limit
+@options.target
+@options.json_output
+@click.pass_context
+def list_failed(
+    ctx: click.Context, pipeline: str | None, scope: str | None, limit: int | None, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    """List failed and interrupted items with their last error, category and since when."""
+    _verbs().list_failed(ctx, pipeline, scope, limit, db, project, as_json)
+
+
+@recover.command("retry")
+@options.pipeline
+@options.scope
+@click.option("--key", help="Retry only this item (FILE: its landing key; MODEL: <model>|<fingerprint>|<start>|<end>).")
+@options.target
+@options.json_output
+@click.pass_context
+def retry(
+    ctx: click.Context, pipeline: str | None, scope: str | None, key: str | None, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    """Re-run one failed item, or every failed and interrupted item (of a scope).
+
+    FILE items are ingested again, interrupted transactions recovered and rolled-back
+    promotions re-applied, MODEL items re-run with `sqlmesh run`. Reports each outcome.
+    """
+    _verbs().retry(ctx, pipeline, scope, key, db, project, as_json)
+
+
+@recover.command("clear")
+@options.pipeline
+@options.scope
+@click.option("--key", help="Only the item with this key.")
+@click.option("--status", type=click.Choice(options.STATUSES), help="Only items with this status.")
+@click.option("--confirm", is_flag=True, help="Delete the listed checkpoints. Without it nothing changes.")
+@options.target
+@options.json_output
+@click.pass_context
+def clear(
+    ctx: click.Context,
+    pipeline: str | None,
+    scope: str | None,
+    key: str | None,
+    status: str | None,
+    confirm: bool,
+    db: Path | None,
+    project: Path | None,
+    as_json: bool,
+) -> None:
+    """Show the checkpoints that match; with --confirm, delete exactly those.
+
+    A cleared item is pending again: the next run processes it as new.
+    """
+    _verbs().clear(ctx, pipeline, scope, key, status, confirm, db, project, as_json)
+
+
+@recover.command("stats")
+@options.pipeline
+@options.target
+@options.json_output
+@click.pass_context
+def stats(ctx: click.Context, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+    """Counts by status and scope, failure rate, retries, time to recovery, top failures."""
+    _verbs().stats(ctx, pipeline, db, project, as_json)
+
+
+@recover.command("verify")
+@options.pipeline
+@options.limit
+@options.target
+@options.json_output
+@click.pass_context
+def verify(ctx: click.Context, pipeline: str | None, limit: int | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+    """Check completed FILE items: source file vs recorded checksum, object vs what was committed."""
+    _verbs().verify(ctx, pipeline, limit, db, project, as_json)
+
+
+@recover.command("transactions")
+@options.pipeline
+@click.option("--all", "include_ended", is_flag=True, help="Also list committed and rolled-back transactions.")
+@options.target
+@options.json_output
+@click.pass_context
+def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, db: Path | None, project: Path | None, as_json: bool) -> None:
+    """List open and committing transactions and what waits in the staging area."""
+    _verbs().transactions(ctx, pipeline, include_ended, db, project, as_json)
+
+
+@recover.command("reconcile")
+@options.pipeline
+@click.option("--environment", "environments", multiple=True, help="SQLMesh environment to publish again (repeatable). Default: all.")
+@click.option("--no-publish", is_flag=True, help="Only recover leftovers; do not publish environments again.")
+@options.target
+@options.json_output
+@click.pass_context
+def reconcile(
+    ctx: click.Context,
+    pipeline: str | None,
+    environments: tuple[str, ...],
+    no_publish: bool,
+    db: Path | None,
+    project: Path | None,
+    as_json: bool,
+) -> None:
+    """Roll open transactions back and committing ones forward; in a SQLMesh project, publish per state.
+
+    Inside a SQLMesh project the integration also closes interrupted MODEL/PIPELINE items,
+    discards staged exports that SQLMesh state does not record, and publishes every
+    environment's audited outputs again (DESIGN sections 7 and 9).
+    """
+    _verbs().reconcile(ctx, pipeline, environments, no_publish, db, project, as_json)
+
+
+@recover.command("history")
+@click.option("--key", required=True, help="The item's key.")
+@options.pipeline
+@options.scope
+@options.target
+@options.json_output
+@click.pass_context
+def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+    """Show every state change of one item, oldest first."""
+    _verbs().history(ctx, key, pipeline, scope, db, project, as_json)
+
+
+@recover.command("prune")
+@click.option("--older-than", type=options.Duration(), help="Age such as 30d, 12h or 2w. Default: checkpoint.retention_days.")
+@options.pipeline
+@options.target
+@options.json_output
+@click.pass_context
+def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+    """Delete completed checkpoints and their events older than the retention age.
+
+    Items that are not completed keep all their events: they hold the first failure that
+    time to recovery is measured from.
+    """
+    _verbs().prune(ctx, older_than, pipeline, db, project, as_json)

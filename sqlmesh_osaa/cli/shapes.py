@@ -1,0 +1,231 @@
+"""The documented, stable JSON output of every command, and its exit codes.
+
+``docs/cli.md`` is generated from these and the click definitions (``reference.py``), and
+the tests check real output against them, so code, documentation and output cannot drift.
+
+Notation: a type name (``string``, ``integer``, ``number``, ``boolean``, ``datetime`` for
+ISO 8601 in UTC, ``object`` for a free-form mapping), ``T|null`` when it may be null, ``[S]``
+for a list of S, ``{"name": S}`` for an object with exactly these keys, and
+``{"<what>": S}`` for a mapping from any key to S.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ITEM: dict[str, Any] = {
+    "pipeline": "string",
+    "scope": "string",
+    "key": "string",
+    "status": "string",
+    "interrupted": "boolean",
+    "file_path": "string|null",
+    "attempt": "integer",
+    "error_message": "string|null",
+    "error_category": "string|null",
+    "started_at": "datetime|null",
+    "updated_at": "datetime",
+    "completed_at": "datetime|null",
+    "metadata": "object",
+}
+
+EVENT: dict[str, Any] = {
+    "seq": "integer",
+    "pipeline": "string",
+    "scope": "string",
+    "key": "string",
+    "file_path": "string|null",
+    "from_status": "string",
+    "to_status": "string",
+    "at": "datetime",
+    "attempt": "integer",
+    "run_id": "string",
+    "pid": "integer",
+    "host": "string",
+    "error_message": "string|null",
+    "error_category": "string|null",
+}
+
+PIPELINE_STATS: dict[str, Any] = {
+    "total": "integer",
+    "by_status": {"<status>": "integer"},
+    "by_scope": {"<scope>": {"<status>": "integer"}},
+    "interrupted": "integer",
+    "failure_rate_percent": "number",
+    "retries": {
+        "total": "integer",
+        "after_failure": "integer",
+        "after_interruption": "integer",
+        "reruns": "integer",
+        "max_attempt": "integer",
+        "per_item": "number",
+    },
+    "time_to_recovery": {
+        "recovered": "integer",
+        "unrecovered": "integer",
+        "mean_seconds": "number|null",
+        "median_seconds": "number|null",
+        "max_seconds": "number|null",
+    },
+    "most_common_errors": [{"error_message": "string|null", "error_category": "string|null", "count": "integer"}],
+    "circuit_breaker_rejections": "integer",
+    "consistently_failing": [
+        {"scope": "string", "key": "string", "file_path": "string|null", "attempt": "integer", "error_message": "string|null"}
+    ],
+}
+
+ERROR: dict[str, Any] = {"error": {"message": "string", "exit_code": "integer", "db_path": "string|null"}}
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "osaa-recover list-failed": {
+        "db_path": "string",
+        "pipelines": ["string"],
+        "count": "integer",
+        "items": [{**ITEM, "failing_since": "datetime|null"}],
+    },
+    "osaa-recover retry": {
+        "db_path": "string",
+        "count": "integer",
+        "recovered": "integer",
+        "failed": "integer",
+        "items": [
+            {"pipeline": "string", "scope": "string", "key": "string", "action": "string", "outcome": "string", "message": "string|null"}
+        ],
+    },
+    "osaa-recover clear": {
+        "db_path": "string",
+        "confirmed": "boolean",
+        "count": "integer",
+        "cleared": "integer",
+        "items": [ITEM],
+    },
+    "osaa-recover stats": {
+        "db_path": "string",
+        "pipelines": {"<pipeline>": PIPELINE_STATS},
+        "totals": {"items": "integer", "failed": "integer", "interrupted": "integer", "failure_rate_percent": "number"},
+    },
+    "osaa-recover verify": {
+        "db_path": "string",
+        "bucket": "string",
+        "checked": "integer",
+        "problems": "integer",
+        "items": [
+            {
+                "pipeline": "string",
+                "key": "string",
+                "file_path": "string|null",
+                "ok": "boolean",
+                "findings": ["string"],
+                "recorded_checksum": "string|null",
+                "local_checksum": "string|null",
+                "object": {"exists": "boolean", "size": "integer|null", "md5": "string|null"},
+                "expected": {"size": "integer|null", "md5": "string|null", "transaction_id": "string|null"},
+                "object_error": "string|null",
+            }
+        ],
+    },
+    "osaa-recover transactions": {
+        "db_path": "string",
+        "bucket": "string",
+        "needs_reconcile": "boolean",
+        "transactions": [
+            {
+                "pipeline": "string",
+                "transaction_id": "string",
+                "phase": "string|null",
+                "status": "string",
+                "interrupted": "boolean",
+                "operation": "string|null",
+                "owner_pid": "integer",
+                "owner_host": "string",
+                "started_at": "datetime|null",
+                "updated_at": "datetime",
+                "staging": "string|null",
+                "puts": "integer|null",
+                "deletes": "integer|null",
+                "error_message": "string|null",
+            }
+        ],
+        "staging": [
+            {
+                "prefix": "string",
+                "kind": "string",
+                "transaction_id": "string|null",
+                "objects": "integer",
+                "bytes": "integer",
+                "state": "string",
+            }
+        ],
+    },
+    "osaa-recover reconcile": {
+        "db_path": "string",
+        "ok": "boolean",
+        "transactions": {
+            "rolled_back": ["string"],
+            "rolled_forward": ["string"],
+            "cleaned_staging": ["string"],
+            "failed": {"<transaction id>": "string"},
+        },
+        "sqlmesh": {
+            "project": "string",
+            "interrupted_closed": ["string"],
+            "discarded": {"<staged output prefix>": "string"},
+            "kept": ["string"],
+            "published": [
+                {"environment": "string", "prefix": "string", "written": ["string"], "deleted": ["string"], "unchanged": ["string"]}
+            ],
+        },
+    },
+    "osaa-recover history": {"db_path": "string", "key": "string", "count": "integer", "events": [EVENT]},
+    "osaa-recover prune": {
+        "db_path": "string",
+        "older_than_seconds": "number",
+        "cutoff": "datetime",
+        "pruned": {"<pipeline>": "integer"},
+        "total": "integer",
+    },
+    "osaa-ingest": {
+        "db_path": "string",
+        "pipeline": "string",
+        "raw_root": "string",
+        "env_prefix": "string",
+        "transaction_id": "string|null",
+        "landed": ["string"],
+        "skipped": ["string"],
+        "failures": [{"item": "string", "error_type": "string", "category": "string", "message": "string"}],
+    },
+    "osaa-promote": {
+        "db_path": "string",
+        "pipeline": "string",
+        "from": "string",
+        "to": "string",
+        "dry_run": "boolean",
+        "transaction_id": "string|null",
+        "copied": ["string"],
+        "unchanged": ["string"],
+        "deleted": ["string"],
+    },
+}
+
+# Top-level objects that may be null instead (objects have no "|null" spelling), and when.
+NULLABLE_OBJECTS = {("osaa-recover reconcile", "sqlmesh"): "outside a SQLMesh project"}
+
+COULD_NOT_LOOK = "usage or configuration error, or the checkpoint database is missing or locked by another process"
+
+EXIT_CODES: dict[str, dict[int, str]] = {
+    "osaa-recover list-failed": {0: "no failed or interrupted item", 1: "failed or interrupted items listed", 2: COULD_NOT_LOOK},
+    "osaa-recover retry": {
+        0: "every selected item recovered (or there was nothing to retry)",
+        1: "an item is still failing or cannot be retried",
+        2: COULD_NOT_LOOK + "; or --key matches no item",
+    },
+    "osaa-recover clear": {0: "listed (and, with --confirm, deleted)", 2: COULD_NOT_LOOK},
+    "osaa-recover stats": {0: "no failed or interrupted item", 1: "some item is failed or interrupted", 2: COULD_NOT_LOOK},
+    "osaa-recover verify": {0: "every checked file and object matches", 1: "a source changed, an object is missing, differs or is unreadable", 2: COULD_NOT_LOOK},
+    "osaa-recover transactions": {0: "nothing awaits recovery", 1: "a transaction or staged output awaits `reconcile`", 2: COULD_NOT_LOOK},
+    "osaa-recover reconcile": {0: "everything was recovered", 1: "a transaction could not be recovered", 2: COULD_NOT_LOOK + "; or SQLMesh state could not be read"},
+    "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or the key has no events"},
+    "osaa-recover prune": {0: "pruned", 2: COULD_NOT_LOOK},
+    "osaa-ingest": {0: "every file landed or was unchanged", 1: "a file failed (the others landed)", 2: COULD_NOT_LOOK + "; or RAW_DIR is missing"},
+    "osaa-promote": {0: "promoted (or, with --dry-run, planned)", 1: "the promotion failed; --to is unchanged, or rolled forward by `reconcile`", 2: COULD_NOT_LOOK + "; or the prefixes overlap, or --from is empty"},
+}
