@@ -1,0 +1,155 @@
+"""Overhead of the SQLMesh integration: a 50-model project with and without sqlmesh-osaa.
+
+Run: .venv/bin/python bench/hooks.py [--repeats N]
+
+Three generated projects with the same 50 models (5 seeds, 5 chains of 8, 3 fan-in models
+joining chain ends, 2 outputs), planned side by side in one run with the real ``sqlmesh``
+CLI, alternating so that machine noise hits every variant alike:
+
+- ``stock``: no osaa line; the outputs are FULL models;
+- ``hooks``: the same models plus the four osaa macros and ``variables: osaa:`` (PIPELINE and
+  MODEL checkpoints, reconciliation, publication check). Target: hooks/stock <= 1.10;
+- ``exports``: ``hooks`` with the two outputs of kind ``osaa_s3_export`` (parquet staged and
+  published on the local store): what the feature itself costs, for information.
+
+Each repeat times two commands on a fresh copy: the first ``sqlmesh plan`` (backfill of all
+50 models) and ``sqlmesh plan --restate-model 'bench.seed_*'`` (every model evaluated again).
+Figures are medians per command, including the CLI's start-up: wall seconds, and the CPU
+seconds (user + system) of the ``sqlmesh`` process, which other load on the machine
+disturbs much less than wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SQLMESH = Path(sys.executable).parent / "sqlmesh"
+SEEDS, CHAINS, CHAIN_LENGTH, FAN_IN = 5, 5, 8, 3
+OSAA_CONFIG = """
+  pre_statements: ["@osaa_model_start()"]
+  post_statements: ["@osaa_model_end()"]
+before_all: ["@osaa_before_all()"]
+after_all: ["@osaa_after_all()"]
+variables:
+  osaa:
+    storage: {backend: local, root: .osaa/storage, bucket: osaa}
+    checkpoint: {db_path: .osaa/checkpoints.duckdb}
+"""
+MACROS = """import importlib
+
+import sqlmesh_osaa.macros as _osaa_macros
+
+importlib.reload(_osaa_macros)
+from sqlmesh_osaa.macros import *  # noqa: E402,F401,F403
+"""
+COMMANDS = {
+    "first plan": ["plan", "--auto-apply", "--no-prompts"],
+    "restatement": ["plan", "--restate-model", "bench.seed_*", "--auto-apply", "--no-prompts"],
+}
+
+
+def _model(name: str, kind: str, query: str) -> str:
+    return f"MODEL (name bench.{name}, kind {kind});\n{query}\n"
+
+
+def generate(directory: Path, variant: str) -> Path:
+    """Write the 50-model project of ``variant`` (stock, hooks or exports) and return its path."""
+    models = directory / "models"
+    models.mkdir(parents=True)
+    config = "gateways:\n  local:\n    connection:\n      type: duckdb\n      database: warehouse.duckdb\n"
+    config += "default_gateway: local\nmodel_defaults:\n  dialect: duckdb\n  start: '2024-01-01'\n  cron: '@daily'\n"
+    if variant != "stock":
+        config += OSAA_CONFIG
+        (directory / "macros").mkdir()
+        (directory / "macros" / "__init__.py").write_text(MACROS)
+    (directory / "config.yaml").write_text(config)
+    files = {}
+    for seed in range(SEEDS):
+        rows = 2000 * (seed + 1)
+        query = f"SELECT range AS id, range % 97 AS grp, random() AS x FROM range({rows})"
+        files[f"seed_{seed}"] = _model(f"seed_{seed}", "FULL", query)
+    ends = []
+    for chain in range(CHAINS):
+        upstream = f"seed_{chain % SEEDS}"
+        for step in range(CHAIN_LENGTH):
+            name = f"chain_{chain}_{step}"
+            query = f"SELECT id, grp, x * 1.01 + {step} AS x FROM bench.{upstream} WHERE id % {step + 2} <> 1"
+            files[name] = _model(name, "FULL", query)
+            upstream = name
+        ends.append(upstream)
+    for fan in range(FAN_IN):
+        joined = ends[fan : fan + 3]
+        query = " UNION ALL ".join(f"SELECT grp, sum(x) AS total FROM bench.{end} GROUP BY grp" for end in joined)
+        files[f"fan_{fan}"] = _model(
+            f"fan_{fan}", "FULL", f"SELECT grp, sum(total) AS total FROM ({query}) GROUP BY grp"
+        )
+    for output in range(2):
+        kind = "FULL"
+        if variant == "exports":
+            kind = (
+                "CUSTOM (materialization 'osaa_s3_export', "
+                f"materialization_properties (key = 'bench/output_{output}.parquet'))"
+            )
+        query = f"SELECT * FROM bench.fan_{output} JOIN bench.fan_{output + 1} USING (grp)"
+        files[f"output_{output}"] = _model(f"output_{output}", kind, query)
+    assert len(files) == 50, len(files)
+    for name, text in files.items():
+        (models / f"{name}.sql").write_text(text)
+    return directory
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_commands(template: Path, workdir: Path) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of each command on a fresh copy of ``template``."""
+    project = workdir / f"{template.name}-{time.monotonic_ns()}"
+    shutil.copytree(template, project)
+    seconds = {}
+    for label, args in COMMANDS.items():
+        cpu, started = _children_cpu(), time.perf_counter()
+        result = subprocess.run([str(SQLMESH), *args], cwd=project, capture_output=True, text=True)
+        seconds[label] = (time.perf_counter() - started, _children_cpu() - cpu)
+        if result.returncode != 0:
+            raise SystemExit(f"{template.name}: sqlmesh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    shutil.rmtree(project)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    variants = ("stock", "hooks", "exports")
+    with tempfile.TemporaryDirectory(prefix="osaa-bench-hooks-") as tmp:
+        workdir = Path(tmp)
+        templates = {variant: generate(workdir / variant, variant) for variant in variants}
+        samples: dict[str, dict[str, list[tuple[float, float]]]] = {v: {c: [] for c in COMMANDS} for v in variants}
+        for repeat in range(args.repeats):
+            for variant in variants:
+                for label, seconds in timed_commands(templates[variant], workdir).items():
+                    samples[variant][label].append(seconds)
+            print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+    print(f"\n50-model project, medians of {args.repeats} runs in seconds (sqlmesh CLI start-up included)\n")
+    print(f"{'command':20} {'stock':>8} {'hooks':>8} {'exports':>8} {'hooks/stock':>12} {'exports/stock':>14}")
+    for label in COMMANDS:
+        for measure, index in (("wall", 0), ("cpu", 1)):
+            median = {v: statistics.median(sample[index] for sample in samples[v][label]) for v in variants}
+            print(
+                f"{label + ' ' + measure:20} {median['stock']:8.2f} {median['hooks']:8.2f} {median['exports']:8.2f} "
+                f"{median['hooks'] / median['stock']:12.3f} {median['exports'] / median['stock']:14.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

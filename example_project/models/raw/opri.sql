@@ -1,0 +1,23 @@
+-- UIS OPRI (other policy relevant indicators), long format: indicator, country, year, value, magnitude, qualifier.
+-- The table is loaded from the landing parquet of data/raw/opri/*.csv (view osaa_landing.opri).
+MODEL (
+  name osaa_raw.opri,
+  kind CUSTOM (
+    materialization 'osaa_file_ingest',
+    materialization_properties (path = 'data/raw/opri/*.csv', source = 'opri')
+  ),
+  audits (
+    not_null(columns := (indicator_id, country_id, year)),
+    unique_combination_of_columns(columns := (indicator_id, country_id, year)),
+    accepted_range(column := year, min_v := 1960, max_v := 2030)
+  )
+);
+
+SELECT
+  INDICATOR_ID::VARCHAR AS indicator_id,
+  COUNTRY_ID::VARCHAR AS country_id,
+  YEAR::INTEGER AS year,
+  VALUE::DOUBLE AS value,
+  MAGNITUDE::VARCHAR AS magnitude,
+  QUALIFIER::VARCHAR AS qualifier
+FROM osaa_landing.opri

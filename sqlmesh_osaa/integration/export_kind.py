@@ -1,0 +1,92 @@
+"""``osaa_s3_export``: a model materialized as a table whose content is published as parquet.
+
+``kind CUSTOM (materialization 'osaa_s3_export', materialization_properties (key 'x/y.parquet'))``
+
+The insert replaces the table (like FULL) and stages its content, sorted so that equal
+content gives equal bytes, under the evaluation's staged-output directory. Nothing is
+written under an environment's prefix here: SQLMesh audits the table after the insert, and
+only an interval SQLMesh records is published (``publication.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import typing as t
+from pathlib import Path
+
+from pydantic import model_validator
+from sqlglot import exp
+from sqlmesh import CustomKind, CustomMaterialization, Model
+from sqlmesh.utils.date import to_timestamp
+
+from sqlmesh_osaa.fault_points import fault_point
+from sqlmesh_osaa.integration import properties, runtime
+from sqlmesh_osaa.integration.staged_outputs import StagedOutput, output_prefix, table_version, write_manifest
+
+_log = logging.getLogger(__name__)
+
+NAME = "osaa_s3_export"
+# Crash tests kill the process here: the export is staged and sealed, SQLMesh has not audited it yet.
+EXPORT_STAGED = "osaa_export_staged"
+
+
+class OsaaS3ExportKind(CustomKind):
+    """Validates ``key`` when the model loads, so a bad one stops ``sqlmesh plan``."""
+
+    @model_validator(mode="after")
+    def _check_properties(self) -> OsaaS3ExportKind:
+        props = self.materialization_properties
+        properties.check_names(NAME, props, required=("key",), optional=())
+        properties.relative_path(NAME, "key", props["key"])
+        return self
+
+    @property
+    def key(self) -> str:
+        return properties.relative_path(NAME, "key", self.materialization_properties["key"])
+
+
+class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
+    NAME = NAME
+
+    def insert(
+        self,
+        table_name: str,
+        query_or_df: t.Any,
+        model: Model,
+        is_first_insert: bool,
+        render_kwargs: t.Dict[str, t.Any],
+        **kwargs: t.Any,
+    ) -> None:
+        self.adapter.replace_query(table_name, query_or_df, model.columns_to_types)
+        snapshot = kwargs["snapshot"]
+        deployable = kwargs["deployability_index"].is_deployable(snapshot)
+        start, end = to_timestamp(kwargs["start"]), to_timestamp(kwargs["end"])
+        rt = runtime.require()
+        key = t.cast(OsaaS3ExportKind, model.kind).key
+        prefix = output_prefix(
+            rt.settings.storage.staging_prefix, model.name, table_version(snapshot, deployable), deployable, start, end
+        )
+        with tempfile.TemporaryDirectory(prefix="osaa-export-") as workdir:
+            local = Path(workdir) / "export.parquet"
+            self._write_parquet(table_name, local)
+            info = rt.error_handler.execute(rt.store.put_file, local, prefix + key, operation="PutObject")
+        output = StagedOutput(
+            prefix=prefix,
+            model=model.name,
+            snapshot_name=snapshot.name,
+            identifier=snapshot.identifier,
+            version=snapshot.version,
+            deployable=deployable,
+            start=start,
+            end=end,
+            objects={key: info.md5},
+        )
+        write_manifest(rt.store, output, rt.error_handler)
+        fault_point(EXPORT_STAGED)
+        _log.info("Staged export of %s at %s (published once SQLMesh records the interval)", model.name, prefix + key)
+
+    def _write_parquet(self, table_name: str, target: Path) -> None:
+        table = exp.to_table(table_name).sql(dialect="duckdb")
+        path = exp.Literal.string(str(target)).sql(dialect="duckdb")
+        self.adapter.execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO {path} (FORMAT parquet, COMPRESSION zstd)")

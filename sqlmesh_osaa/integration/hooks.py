@@ -1,0 +1,71 @@
+"""What the four configuration macros do; ``sqlmesh_osaa.macros`` registers them with SQLMesh.
+
+- ``@osaa_before_all()``: enable the integration for this process, open the command's
+  PIPELINE checkpoint, create the ingest kind's landing schema, reconcile what a crashed
+  run left behind;
+- ``@osaa_after_all()``: publish the environment's audited outputs (a virtual promotion
+  included), close the PIPELINE checkpoint;
+- ``@osaa_model_start()`` / ``@osaa_model_end()``: time the model's own SQL, so the MODEL
+  checkpoint (written around SQLMesh's evaluate-audit-record step, see
+  ``model_checkpoints.py``) tells evaluation time from audit time and says in which phase a
+  failure happened.
+
+Every hook returns None: it adds no SQL to the statements SQLMesh runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlmesh_osaa.integration import model_checkpoints, pipeline_runs, runtime, state
+from sqlmesh_osaa.integration.ingest_kind import create_landing_schema
+from sqlmesh_osaa.integration.publication import publish_environment
+from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
+
+_log = logging.getLogger(__name__)
+
+
+def before_all(evaluator: Any) -> None:
+    rt = runtime.activate()
+    pipeline_runs.begin(rt, evaluator.this_env)
+    if any(state.ingests(snapshot) for snapshot in evaluator.snapshots.values()):
+        create_landing_schema(evaluator.engine_adapter)
+    if rt.reconciled:
+        return
+    try:
+        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter))
+        rt.reconciled = True
+    except Exception:
+        # Leftovers never reach an environment (publication reads state), so this run may go on;
+        # the next plan/run or `osaa-recover reconcile` tries again.
+        _log.exception("sqlmesh-osaa could not reconcile leftovers of an earlier run")
+
+
+def after_all(evaluator: Any) -> None:
+    rt = runtime.require()
+    environment = evaluator.this_env
+    run = rt.pipeline_run
+    try:
+        publication = publish_environment(
+            rt, state.state_sync_for(evaluator.engine_adapter), environment, evaluator.snapshots.values()
+        )
+    except Exception as error:
+        pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
+        raise
+    if run is not None:
+        run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
+        run.finish()
+
+
+def model_start(evaluator: Any) -> None:
+    evaluation = model_checkpoints.current_evaluation()
+    if evaluation is not None:
+        evaluation.sql_started = time.perf_counter()
+
+
+def model_end(evaluator: Any) -> None:
+    evaluation = model_checkpoints.current_evaluation()
+    if evaluation is not None:
+        evaluation.sql_ended = time.perf_counter()

@@ -1,0 +1,218 @@
+"""One MODEL checkpoint per model evaluation, decided after SQLMesh's audits.
+
+SQLMesh runs a model's post-statements before its audits, so a post-statement cannot know
+whether the interval will count. :func:`install` wraps ``Scheduler.evaluate`` (evaluate ->
+audit -> record the interval in state), the one call that sees the whole outcome:
+
+- it returns: the interval is recorded in state -> *completed*, with the audit results;
+- it raises ``NodeAuditsErrors``: a blocking audit failed, the interval is not recorded
+  -> *failed*, naming each failing audit and its row count;
+- it raises anything else: the evaluation failed -> *failed* with the error.
+
+In both failure cases the evaluation's staged outputs are discarded at once. The wrapper
+runs in SQLMesh's worker threads (``concurrent_tasks``); the checkpoint is thread safe and
+the per-evaluation timing lives in a thread-local, because SQLMesh runs one interval's
+pre-statements, insert, post-statements and audits on one thread.
+
+The key is ``<model>|<snapshot fingerprint>|<interval start>|<interval end>``: a re-run of
+the same snapshot and interval (retry, restatement) is a new attempt of the same item.
+SQLMesh merges missing intervals, so a failed interval is often retried as part of a wider
+one: when an evaluation completes, the failed items of the same snapshot whose interval it
+covers are completed too (``resolved_by`` names it), so failures listed are the open ones.
+When the integration is not active in the process the wrapper only calls through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlmesh.core.scheduler import Scheduler
+from sqlmesh.utils.date import to_timestamp
+from sqlmesh.utils.errors import NodeAuditsErrors
+
+from sqlmesh_osaa.checkpoint import CheckpointScope
+from sqlmesh_osaa.exceptions import categorize_error
+from sqlmesh_osaa.integration import runtime
+from sqlmesh_osaa.integration.staged_outputs import discard, output_prefix, table_version
+
+_log = logging.getLogger(__name__)
+
+_INSTALLED_MARKER = "__osaa_model_checkpoints__"
+_current = threading.local()
+# Keys of failed MODEL items, loaded once per process, kept current by this module.
+_failed_keys: set[str] | None = None
+_failed_lock = threading.Lock()
+
+
+@dataclass
+class Evaluation:
+    """One interval evaluation of one snapshot, as the wrapper and the per-model hooks see it."""
+
+    key: str
+    model: str
+    environment: str | None
+    started: float = field(default_factory=time.perf_counter)
+    sql_started: float | None = None
+    sql_ended: float | None = None
+
+    def timings(self) -> dict[str, float]:
+        now = time.perf_counter()
+        timings = {"duration_seconds": round(now - self.started, 6)}
+        if self.sql_started is not None and self.sql_ended is not None:
+            timings["evaluation_seconds"] = round(self.sql_ended - self.sql_started, 6)
+            timings["audit_seconds"] = round(now - self.sql_ended, 6)
+        return timings
+
+
+def current_evaluation() -> Evaluation | None:
+    """The evaluation running on this thread, for @osaa_model_start / @osaa_model_end."""
+    return getattr(_current, "evaluation", None)
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def model_key(model: str, fingerprint: str, start: int, end: int) -> str:
+    return f"{model}|{fingerprint}|{_iso(start)}|{_iso(end)}"
+
+
+def install() -> None:
+    """Wrap ``Scheduler.evaluate`` once per process."""
+    original = Scheduler.evaluate
+    if getattr(original, _INSTALLED_MARKER, False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def evaluate(self: Scheduler, *args: Any, **kwargs: Any) -> Any:
+        rt = runtime.current()
+        if rt is None:
+            return original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs).arguments
+        return _evaluate_recorded(rt, original, self, args, kwargs, bound)
+
+    setattr(evaluate, _INSTALLED_MARKER, True)
+    Scheduler.evaluate = evaluate  # type: ignore[method-assign]
+
+
+def _evaluate_recorded(
+    rt: runtime.Runtime, original: Any, scheduler: Scheduler, args: Any, kwargs: Any, bound: dict[str, Any]
+) -> Any:
+    snapshot = bound["snapshot"]
+    start, end = to_timestamp(bound["start"]), to_timestamp(bound["end"])
+    naming = bound.get("environment_naming_info")
+    deployable = bound["deployability_index"].is_deployable(snapshot)
+    model = snapshot.model.name if snapshot.is_model else snapshot.name
+    evaluation = Evaluation(model_key(model, snapshot.identifier, start, end), model, naming.name if naming else None)
+    metadata = {
+        "model": model,
+        "snapshot": snapshot.name,
+        "fingerprint": snapshot.identifier,
+        "version": snapshot.version,
+        "environment": evaluation.environment,
+        "interval_start": _iso(start),
+        "interval_end": _iso(end),
+        "batch_index": bound.get("batch_index"),
+        "deployable": deployable,
+    }
+    _safely(rt.checkpoint.mark_started, CheckpointScope.MODEL, evaluation.key, metadata=metadata, force=True)
+    _current.evaluation = evaluation
+    try:
+        results = original(scheduler, *args, **kwargs)
+    except NodeAuditsErrors as error:
+        audits = [{"audit": e.audit_name, "rows": e.count} for e in error.errors]
+        message = "; ".join(f"blocking audit '{a['audit']}' failed: {a['rows']} row(s)" for a in audits)
+        _record_failure(rt, evaluation, message, error, {"failed_audits": audits, "phase": "audit"})
+        _discard_outputs(rt, model, table_version(snapshot, deployable), deployable, start, end)
+        raise
+    except BaseException as error:
+        phase = "audit" if evaluation.sql_ended is not None else "evaluation"
+        _record_failure(rt, evaluation, f"{type(error).__name__}: {error}", error, {"phase": phase})
+        _discard_outputs(rt, model, table_version(snapshot, deployable), deployable, start, end)
+        raise
+    finally:
+        _current.evaluation = None
+    audits = [
+        {"audit": r.audit.name, "rows": r.count, "blocking": r.blocking} for r in results if getattr(r, "audit", None)
+    ]
+    # Metadata merges across attempts: clear what a failed attempt of this key left.
+    done = {**evaluation.timings(), "audits": audits, "phase": "recorded", "failed_audits": None, "resolved_by": None}
+    _safely(rt.checkpoint.mark_completed, CheckpointScope.MODEL, evaluation.key, metadata=done)
+    _safely(_resolve_covered_failures, rt, evaluation.key)
+    _note_outcome(rt, evaluation, None)
+    return results
+
+
+def _failed(rt: runtime.Runtime) -> set[str]:
+    """The failed MODEL keys; call with ``_failed_lock`` held."""
+    global _failed_keys
+    if _failed_keys is None:
+        _failed_keys = {row["key"] for row in rt.checkpoint.list(scope=CheckpointScope.MODEL, status="failed")}
+    return _failed_keys
+
+
+def _resolve_covered_failures(rt: runtime.Runtime, key: str) -> None:
+    """Complete failed items of the same snapshot whose interval ``key``'s interval covers."""
+    model_and_fingerprint, start, end = key.rsplit("|", 2)
+    with _failed_lock:
+        failed = _failed(rt)
+        failed.discard(key)
+        covered = []
+        for candidate in list(failed):
+            head, low, high = candidate.rsplit("|", 2)
+            if head == model_and_fingerprint and start <= low and high <= end:
+                covered.append(candidate)
+                failed.discard(candidate)
+    for candidate in covered:
+        rt.checkpoint.mark_started(CheckpointScope.MODEL, candidate, metadata={"resolved_by": key})
+        rt.checkpoint.mark_completed(CheckpointScope.MODEL, candidate, metadata={"phase": "resolved"})
+
+
+def _record_failure(
+    rt: runtime.Runtime, evaluation: Evaluation, message: str, error: BaseException, extra: dict[str, Any]
+) -> None:
+    metadata = {**evaluation.timings(), **extra}
+    _safely(
+        rt.checkpoint.mark_failed,
+        CheckpointScope.MODEL,
+        evaluation.key,
+        message,
+        metadata=metadata,
+        category=categorize_error(error) if isinstance(error, Exception) else None,
+    )
+    _safely(_remember_failure, rt, evaluation.key)
+    _note_outcome(rt, evaluation, message)
+
+
+def _remember_failure(rt: runtime.Runtime, key: str) -> None:
+    with _failed_lock:
+        _failed(rt).add(key)
+
+
+def _note_outcome(rt: runtime.Runtime, evaluation: Evaluation, failure: str | None) -> None:
+    run = rt.pipeline_run
+    if run is not None:
+        run.note_evaluation(evaluation.model, failure)
+
+
+def _discard_outputs(rt: runtime.Runtime, model: str, version: str, deployable: bool, start: int, end: int) -> None:
+    """An interval SQLMesh did not record must never be published: drop what it staged."""
+    prefix = output_prefix(rt.settings.storage.staging_prefix, model, version, deployable, start, end)
+    _safely(discard, rt.store, prefix, rt.error_handler)
+
+
+def _safely(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Bookkeeping must not change SQLMesh's outcome; a failure here is logged (reconciliation repairs it)."""
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        _log.exception("sqlmesh-osaa could not record %s", getattr(func, "__name__", func))
+        return None

@@ -1,0 +1,155 @@
+"""The integration's state in one SQLMesh process: settings, object store, checkpoints.
+
+A ``sqlmesh plan`` or ``sqlmesh run`` is one process. ``@osaa_before_all()`` activates the
+integration for it (settings from the project's ``variables: osaa:``); until then, and in a
+project that does not use the extension, :func:`current` is None and every patch installed
+by this package passes straight through to stock SQLMesh.
+
+Relative paths in the settings (the local store's root, the checkpoint database) resolve
+against the SQLMesh project directory, not the working directory, so ``sqlmesh -p
+project plan`` and ``cd project && sqlmesh plan`` use the same files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.settings import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, OsaaSettings, load_settings, set_settings
+from sqlmesh_osaa.storage import ObjectStore, make_store
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE = "sqlmesh"
+
+
+@dataclass
+class Runtime:
+    """Everything the hooks and materializations of this process share."""
+
+    settings: OsaaSettings
+    project_dir: Path
+    pipeline_name: str
+    store: ObjectStore
+    checkpoint: PipelineCheckpoint
+    error_handler: ErrorHandler
+    # The PipelineRun of the command running now, set by @osaa_before_all.
+    pipeline_run: Any = None
+    # True once leftovers of dead runs were reconciled in this process (once is enough).
+    reconciled: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def env_prefix(self, environment: str) -> str:
+        return self.settings.environments.prefix_for(environment)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def current() -> Runtime | None:
+    """The active runtime, or None when the extension is not enabled in this process."""
+    return _runtime
+
+
+def activate(
+    variables: Mapping[str, Any] | None = None,
+    project_dir: str | Path | None = None,
+    pipeline_name: str | None = None,
+) -> Runtime:
+    """Enable the integration for this process (idempotent: the first activation wins)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            return _runtime
+        cli_variables, cli_dir, cli_project = sqlmesh_cli_context()
+        project = Path(project_dir or cli_dir or Path.cwd()).resolve()
+        settings = resolve_paths(_load(variables if variables is not None else cli_variables, project), project)
+        set_settings(settings)
+        checkpoint = PipelineCheckpoint(pipeline_name or cli_project or DEFAULT_PIPELINE, settings.checkpoint.db_path)
+        _runtime = Runtime(
+            settings=settings,
+            project_dir=project,
+            pipeline_name=checkpoint.pipeline_name,
+            store=make_store(settings.storage),
+            checkpoint=checkpoint,
+            error_handler=ErrorHandler.from_settings(settings, name="object-storage"),
+        )
+        _log.info("sqlmesh-osaa enabled for %s (store %r)", project, _runtime.store)
+        return _runtime
+
+
+def require() -> Runtime:
+    """The active runtime, activating it from the project's settings when a hook was not configured."""
+    return current() or activate()
+
+
+def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSettings:
+    """Settings from the project's variables, never reading the project's config.yaml as a settings file.
+
+    ``load_settings`` reads ``config.yaml`` in the working directory, which here is the SQLMesh
+    project's own config: SQLMesh renders it with Jinja before parsing, so it need not be plain
+    YAML, and its ``variables: osaa:`` arrive already parsed in ``variables``. An empty
+    settings file stands in for it; ``OSAA_CONFIG`` still names a real one.
+    """
+    in_project = Path.cwd().resolve() == project_dir.resolve()
+    if os.environ.get(CONFIG_ENV_VAR) or not in_project or not (Path.cwd() / DEFAULT_CONFIG_FILE).exists():
+        return load_settings(variables)
+    with tempfile.TemporaryDirectory(prefix="osaa-settings-") as workdir:
+        empty = Path(workdir) / "settings.yaml"
+        empty.write_text("{}\n", encoding="utf-8")
+        return load_settings(variables, config_path=empty)
+
+
+def resolve_paths(settings: OsaaSettings, project_dir: Path) -> OsaaSettings:
+    """Settings whose relative paths point inside ``project_dir``."""
+    storage, checkpoint = settings.storage, settings.checkpoint
+    return settings.model_copy(
+        update={
+            "storage": storage.model_copy(update={"root": _inside(project_dir, storage.root)}),
+            "checkpoint": checkpoint.model_copy(update={"db_path": _inside(project_dir, checkpoint.db_path)}),
+        }
+    )
+
+
+def _inside(project_dir: Path, path: Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_dir / path
+
+
+def sqlmesh_cli_context_object() -> Any:
+    """The SQLMesh Context the CLI built (kept in click's context object), or None under the Python API."""
+    try:
+        import click
+    except ImportError:
+        return None
+    click_context = click.get_current_context(silent=True)
+    context = getattr(click_context.find_root(), "obj", None) if click_context else None
+    return context if getattr(context, "config", None) is not None else None
+
+
+def sqlmesh_cli_context() -> tuple[Mapping[str, Any] | None, Path | None, str | None]:
+    """Variables, directory and project name of the CLI's SQLMesh Context, when there is one."""
+    context = sqlmesh_cli_context_object()
+    if context is None:
+        return None, None, None
+    config = context.config
+    return dict(config.variables or {}), Path(context.path), getattr(config, "project", None) or None
+
+
+def cli_command() -> str:
+    """The SQLMesh CLI command running (``plan``, ``run``), or ``sqlmesh`` under the Python API."""
+    try:
+        import click
+
+        click_context = click.get_current_context(silent=True)
+    except ImportError:
+        return "sqlmesh"
+    return (click_context.info_name if click_context else None) or "sqlmesh"

@@ -1,0 +1,79 @@
+"""Reading SQLMesh state: the commit log that publication follows.
+
+Only an interval recorded in state passed its blocking audits, so every publication
+decision is taken from state, read fresh: the snapshots SQLMesh hands to ``after_all``
+carry the intervals as they were before the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping
+
+from sqlmesh.core.snapshot import DeployabilityIndex, Snapshot, SnapshotId
+from sqlmesh.core.state_sync import StateSync
+
+from sqlmesh_osaa.integration.export_kind import NAME as EXPORT
+from sqlmesh_osaa.integration.ingest_kind import NAME as INGEST
+
+_log = logging.getLogger(__name__)
+
+PUBLISHING_MATERIALIZATIONS = frozenset({EXPORT, INGEST})
+DEFAULT_STATE_SCHEMA = "sqlmesh"
+
+
+def state_sync_for(engine_adapter: Any = None) -> StateSync:
+    """The CLI's state sync when there is one, else one on ``engine_adapter`` (state in the gateway)."""
+    from sqlmesh_osaa.integration.runtime import sqlmesh_cli_context_object
+
+    context = sqlmesh_cli_context_object()
+    if context is not None:
+        return context.state_sync
+    if engine_adapter is None:
+        raise RuntimeError("No SQLMesh context or engine adapter to read state from")
+    from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
+
+    return EngineAdapterStateSync(engine_adapter, schema=DEFAULT_STATE_SCHEMA)
+
+
+def publishes(snapshot: Snapshot) -> bool:
+    """Whether the snapshot's model stages objects for publication (an osaa kind)."""
+    if not snapshot.is_model:
+        return False
+    kind = snapshot.model.kind
+    return getattr(kind, "materialization", None) in PUBLISHING_MATERIALIZATIONS
+
+
+def ingests(snapshot: Snapshot) -> bool:
+    """Whether the snapshot's model is an ``osaa_file_ingest`` model."""
+    return snapshot.is_model and getattr(snapshot.model.kind, "materialization", None) == INGEST
+
+
+def fresh(state_sync: StateSync, snapshots: Iterable[Snapshot]) -> list[Snapshot]:
+    """Copies of ``snapshots`` with the intervals state records now."""
+    copies = [snapshot.copy() for snapshot in snapshots]
+    return state_sync.refresh_snapshot_intervals(copies) if copies else []
+
+
+def recorded(snapshot: Snapshot, deployable: bool) -> list[tuple[int, int]]:
+    return list(snapshot.intervals if deployable else snapshot.dev_intervals)
+
+
+def covered(interval: tuple[int, int], intervals: Iterable[tuple[int, int]]) -> bool:
+    start, end = interval
+    return any(low <= start and end <= high for low, high in intervals)
+
+
+def deployability(environment: str, snapshots: Mapping[SnapshotId, Snapshot]) -> DeployabilityIndex:
+    """Which table an environment's views read: prod always the deployable one."""
+    if environment == "prod":
+        return DeployabilityIndex.all_deployable()
+    return DeployabilityIndex.create(dict(snapshots))
+
+
+def environment_snapshots(state_sync: StateSync, environment: str) -> list[Snapshot]:
+    """The snapshots an environment points to now, with fresh intervals; empty if it does not exist."""
+    env = state_sync.get_environment(environment)
+    if env is None:
+        return []
+    return list(state_sync.get_snapshots(env.snapshots).values())

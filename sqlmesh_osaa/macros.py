@@ -1,0 +1,54 @@
+"""The macros that enable sqlmesh-osaa from a project's ``config.yaml``.
+
+In the project's ``macros/__init__.py``::
+
+    import importlib
+    import sqlmesh_osaa.macros as _osaa_macros
+    importlib.reload(_osaa_macros)  # re-register for every SQLMesh Context of the process
+    from sqlmesh_osaa.macros import *  # noqa: F401,F403
+
+and in ``config.yaml``::
+
+    before_all: ["@osaa_before_all()"]
+    after_all: ["@osaa_after_all()"]
+    model_defaults:
+      pre_statements: ["@osaa_model_start()"]
+      post_statements: ["@osaa_model_end()"]
+
+The per-model macros are metadata-only: adding or removing them changes no model's data
+version, so it triggers no backfill. Each macro returns None (no SQL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmesh import macro
+
+from sqlmesh_osaa.integration import hooks
+
+__all__ = ["osaa_after_all", "osaa_before_all", "osaa_model_end", "osaa_model_start"]
+
+
+@macro()
+def osaa_before_all(evaluator: Any) -> None:
+    """Open the plan/run: PIPELINE checkpoint, recovery of a crashed run's leftovers."""
+    hooks.before_all(evaluator)
+
+
+@macro()
+def osaa_after_all(evaluator: Any) -> None:
+    """Publish the environment's audited outputs and close the PIPELINE checkpoint."""
+    hooks.after_all(evaluator)
+
+
+@macro(metadata_only=True)
+def osaa_model_start(evaluator: Any) -> None:
+    """Mark the start of the model's SQL in its MODEL checkpoint's timings."""
+    hooks.model_start(evaluator)
+
+
+@macro(metadata_only=True)
+def osaa_model_end(evaluator: Any) -> None:
+    """Mark the end of the model's SQL; the checkpoint's outcome waits for SQLMesh's audits."""
+    hooks.model_end(evaluator)

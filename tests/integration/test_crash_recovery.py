@@ -1,0 +1,180 @@
+"""A plan killed with SIGKILL mid-evaluation is reconciled by the next plan.
+
+The kill happens right after the export staged its parquet, before SQLMesh audited it:
+nothing is recorded in state, so nothing may reach prod, and the next plan must close the
+dead run's checkpoints, discard its staged output and publish what it then audits.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmesh_project import Project, local_project
+
+from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, FAULT_POINT_ENV
+from sqlmesh_osaa.integration.export_kind import EXPORT_STAGED
+from sqlmesh_osaa.integration.reconciliation import NOT_RECORDED
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Story:
+    project: Project
+    killed_exit_code: int
+    prod_after_kill: dict[str, str]
+    staged_after_kill: dict[str, str]
+    export_events_after_kill: list[tuple[str, str]]
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
+    project = local_project(tmp_path_factory.mktemp("crash"))
+    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED})
+    observed = dict(
+        killed_exit_code=killed.returncode,
+        prod_after_kill=project.objects("prod/"),
+        staged_after_kill=project.objects("staging/exports/osaa.indicators_export/"),
+        export_events_after_kill=_export_statuses(project),
+    )
+    project.plan()
+    return Story(project=project, **observed)
+
+
+def _export_statuses(project: Project) -> list[tuple[str, str]]:
+    rows = [row for row in project.checkpoints("model") if row["key"].startswith("osaa.indicators_export|")]
+    return [(row["status"], row["metadata"].get("phase", "")) for row in rows]
+
+
+def test_plan_was_killed_after_staging_the_export(story: Story) -> None:
+    assert story.killed_exit_code == -signal.SIGKILL
+    assert any(key.endswith("indicators/indicators.parquet") for key in story.staged_after_kill)
+    assert story.export_events_after_kill == [("in_progress", "")]
+
+
+def test_nothing_reaches_prod_from_a_killed_run(story: Story) -> None:
+    assert story.prod_after_kill == {}
+
+
+def test_next_plan_publishes_the_audited_export(story: Story) -> None:
+    assert sorted(story.project.objects("prod/")) == [
+        "prod/indicators/indicators.parquet",
+        "prod/landing/opri/OPRI_DATA_NATIONAL.parquet",
+        "prod/landing/sdg/SDG_DATA_NATIONAL.parquet",
+        "prod/landing/wdi/WDI_sample.parquet",
+    ]
+
+
+def test_next_plan_records_the_killed_evaluation_as_interrupted_then_completes_it(story: Story) -> None:
+    (export,) = [row for row in story.project.checkpoints("model") if row["key"].startswith("osaa.indicators_export|")]
+    assert (export["status"], export["attempt"]) == ("completed", 2)
+    history = _history(story.project, export["key"])
+    assert [(old, new) for old, new, _ in history] == [
+        ("pending", "in_progress"),
+        ("in_progress", "failed"),
+        ("failed", "in_progress"),
+        ("in_progress", "completed"),
+    ]
+    assert "interrupted" in history[1][2]
+
+
+def test_next_plan_records_the_killed_plan_as_failed(story: Story) -> None:
+    killed, recovered = story.project.checkpoints("pipeline")
+    assert killed["status"] == "failed" and "interrupted" in killed["error_message"]
+    assert recovered["status"] == "completed"
+
+
+def test_next_plan_keeps_only_the_audited_staged_output(story: Story) -> None:
+    staged = story.project.objects("staging/exports/osaa.indicators_export/")
+    assert len([key for key in staged if key.endswith("/_osaa_output.json")]) == 1
+
+
+def _history(project: Project, key: str) -> list[tuple[str, str, str]]:
+    rows = project._query(
+        "SELECT from_status, to_status, coalesce(error_message, '') FROM checkpoint_events "
+        "WHERE scope = 'model' AND key = ? ORDER BY seq",
+        [key],
+    )
+    return [tuple(row) for row in rows]
+
+
+@dataclass
+class PublicationStory:
+    project: Project
+    killed_exit_code: int
+    prod_after_kill: dict[str, str]
+    journal_after_kill: list[dict[str, Any]]
+    next_plan_output: str
+    prod_after_next_plan: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def publication_story(tmp_path_factory: pytest.TempPathFactory) -> PublicationStory:
+    """Killed once the publication's commit is decided, before its first production copy.
+
+    The three ingest transactions of the first plan decide their commits first, so the
+    publication's decision is the fourth.
+    """
+    project = local_project(tmp_path_factory.mktemp("crash-publication"))
+    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: f"{AFTER_COMMIT_DECISION}:4"})
+    prod_after_kill = project.objects("prod/")
+    journal_after_kill = _publication_journal(project)
+    next_plan = project.plan()
+    return PublicationStory(
+        project=project,
+        killed_exit_code=killed.returncode,
+        prod_after_kill=prod_after_kill,
+        journal_after_kill=journal_after_kill,
+        next_plan_output=next_plan.stdout,
+        prod_after_next_plan=project.objects("prod/"),
+    )
+
+
+def test_publication_was_killed_after_deciding_its_commit(publication_story: PublicationStory) -> None:
+    assert publication_story.killed_exit_code == -signal.SIGKILL
+    assert publication_story.prod_after_kill == {}
+    assert [row["metadata"]["phase"] for row in publication_story.journal_after_kill] == ["committing"]
+
+
+def test_next_plan_with_nothing_to_change_completes_the_killed_publication(publication_story: PublicationStory) -> None:
+    assert "No changes to plan" in publication_story.next_plan_output
+    assert sorted(publication_story.prod_after_next_plan) == [
+        "prod/indicators/indicators.parquet",
+        "prod/landing/opri/OPRI_DATA_NATIONAL.parquet",
+        "prod/landing/sdg/SDG_DATA_NATIONAL.parquet",
+        "prod/landing/wdi/WDI_sample.parquet",
+    ]
+    assert [row["status"] for row in _publication_journal(publication_story.project)] == ["completed"]
+
+
+def _publication_journal(project: Project) -> list[dict[str, Any]]:
+    return [row for row in project.checkpoints("operation") if row["key"].startswith("transaction/publish-")]
+
+
+RECONCILE_PROGRAM = """
+import json
+from sqlmesh_osaa.integration.reconciliation import reconcile
+report = reconcile(".")
+print(json.dumps({"interrupted": report.interrupted, "discarded": report.discarded,
+                  "published": [p.environment for p in report.published], "ok": report.ok}))
+"""
+
+
+def test_reconcile_closes_a_killed_run_and_discards_its_unrecorded_output(tmp_path: Path) -> None:
+    project = local_project(tmp_path)
+    project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED})
+
+    result = project.python(RECONCILE_PROGRAM)
+
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sorted(key.split("|")[0] for key in report["interrupted"]) == ["osaa.indicators_export", "plan"]
+    assert [reason for prefix, reason in report["discarded"].items() if "osaa.indicators_export" in prefix] == [
+        NOT_RECORDED
+    ]
+    assert report["ok"] and project.objects("prod/") == {}
+    assert project.objects("staging/exports/osaa.indicators_export/") == {}
