@@ -35,31 +35,32 @@ _URL_STYLES = {"path": "path", "virtual": "vhost"}
 
 
 def load_httpfs(connection: duckdb.DuckDBPyConnection) -> None:
-    """Load httpfs into ``connection``, installing it first from the Python package if needed.
+    """Load httpfs into ``connection`` straight from the file the Python package ships.
 
-    Raises :class:`ConfigurationError` when the package is missing or was built for
-    another DuckDB version, saying which version to install.
+    Loading by path writes nothing outside the environment (no ``~/.duckdb``) and can never
+    reach for the network. An httpfs installed in DuckDB's own directory is the fallback when
+    the package is missing. Raises :class:`ConfigurationError` when neither is there or the
+    package was built for another DuckDB version, saying which version to install.
     """
     installed, loaded = _httpfs_state(connection)
     if loaded:
         return
-    if installed:
-        try:
-            connection.execute("LOAD httpfs")
-            return
-        except duckdb.Error as exc:
-            logger.warning("Installed httpfs does not load (%s); reinstalling it from %s", exc, HTTPFS_PACKAGE)
-    extension = packaged_httpfs_path()
     try:
-        connection.execute(f"FORCE INSTALL {_sql_string(str(extension))}")
+        extension = packaged_httpfs_path()
+    except ConfigurationError:
+        if not installed:
+            raise
         connection.execute("LOAD httpfs")
+        return
+    try:
+        connection.execute(f"LOAD {_sql_string(str(extension))}")
     except duckdb.Error as exc:
         raise ConfigurationError(
-            f"DuckDB could not install its httpfs extension from the {HTTPFS_PACKAGE} package: {exc}; "
+            f"DuckDB could not load its httpfs extension from the {HTTPFS_PACKAGE} package: {exc}; "
             f"reinstall it with: pip install --force-reinstall {HTTPFS_PACKAGE}=={duckdb.__version__}",
             extension=str(extension),
         ) from exc
-    logger.info("Installed DuckDB's httpfs extension from %s", extension)
+    logger.debug("Loaded DuckDB's httpfs extension from %s", extension)
 
 
 def packaged_httpfs_path() -> Path:

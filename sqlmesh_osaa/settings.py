@@ -11,6 +11,7 @@ both. Credentials are never settings: boto3's standard chain supplies them.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from sqlmesh_osaa.exceptions import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_ENV_VAR = "OSAA_CONFIG"
 ENV_PREFIX = "OSAA_"
@@ -155,6 +158,9 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV_VAR:
             continue
         path = name[len(ENV_PREFIX) :].lower().split(ENV_SECTION_SEPARATOR)
+        if len(path) == 1:
+            logger.debug("Ignoring %s: settings variables look like %s<SECTION>__<KEY>", name, ENV_PREFIX)
+            continue
         if len(path) != 2 or not all(path):
             raise ConfigurationError(
                 f"Environment variable must look like {ENV_PREFIX}<SECTION>{ENV_SECTION_SEPARATOR}<KEY>",
@@ -165,6 +171,7 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         section, key = path
         overrides.setdefault(section, {})[key] = value
         sources[(section, key)] = f"environment variable {name}"
+        sources.setdefault((section,), f"environment variable {name}")
     return overrides, sources
 
 
@@ -210,13 +217,17 @@ def load_settings(
     """Merge defaults, the settings file, SQLMesh ``variables.osaa`` and ``OSAA_*`` variables.
 
     ``variables`` is a SQLMesh project's ``variables`` mapping; only its ``osaa`` entry
-    is read. Raises :class:`ConfigurationError` naming the
+    is read. Given ``variables`` (inside SQLMesh), ``config.yaml`` in the working directory
+    is SQLMesh's own config, already parsed by SQLMesh (it may hold Jinja, which is not
+    YAML), so it is not read again; a file named by ``OSAA_CONFIG`` still is. Raises :class:`ConfigurationError` naming the
     setting, the value and where it came from.
     """
     environ = os.environ if environ is None else environ
     explicit = config_path or environ.get(CONFIG_ENV_VAR)
-    path = Path(explicit or DEFAULT_CONFIG_FILE)
-    layers: list[tuple[str, Mapping[str, Any]]] = [(str(path), _read_settings_file(path, required=bool(explicit)))]
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if explicit or variables is None:
+        path = Path(explicit or DEFAULT_CONFIG_FILE)
+        layers.append((str(path), _read_settings_file(path, required=bool(explicit))))
     if variables and variables.get("osaa") is not None:
         layers.append(("SQLMesh variables.osaa", variables["osaa"]))
     env_layer, env_sources = _env_overrides(environ)

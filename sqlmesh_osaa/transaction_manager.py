@@ -201,7 +201,7 @@ class TransactionManager:
         if self.phase is not None:
             return
         if self._recover:
-            recover_transactions(self.checkpoint, self.store, error_handler=self.error_handler)
+            recover_transactions(self.checkpoint, self.store, error_handler=self.error_handler, sweep_leftovers=False)
         existing = self.checkpoint.get(CheckpointScope.OPERATION, journal_key(self.transaction_id))
         if existing and existing["status"] == CheckpointStatus.COMPLETED.value:
             _log.info("Transaction %s already committed; nothing to do", self.transaction_id)
@@ -563,11 +563,14 @@ def recover_transactions(
     *,
     error_handler: ErrorHandler | None = None,
     staging_prefix: str | None = None,
+    sweep_leftovers: bool = True,
 ) -> RecoveryReport:
     """Finish what dead processes left: roll open transactions back, committing ones forward.
 
-    Transactions of live owners are left alone. Staging areas of transactions that already
-    ended (a cleanup that failed) are deleted.
+    Transactions of live owners are left alone. With ``sweep_leftovers``, staged objects that
+    an ended transaction could not delete (recorded in its journal row) are deleted too;
+    that reads every ended transaction's row, so the automatic recovery at the start of a
+    transaction skips it and ``osaa-recover reconcile`` does it.
     """
     error_handler = error_handler or ErrorHandler.from_settings(name="object-storage")
     report = RecoveryReport()
@@ -584,8 +587,10 @@ def recover_transactions(
         except Exception as exc:
             _log.error("Could not recover transaction %s: %s", transaction_id, exc)
             report.failed[transaction_id] = str(exc)
+    if not sweep_leftovers:
+        return report
     try:
-        _sweep_ended_staging(checkpoint, store, staging_prefix, report)
+        _sweep_ended_staging(checkpoint, store, report)
     except Exception as exc:
         _log.error("Could not sweep leftover staging areas: %s", exc)
         report.failed["staging"] = str(exc)
@@ -624,25 +629,18 @@ def _recover_one(
         _log.warning("Recovered transaction %s by rolling it back", transaction_id)
 
 
-def _sweep_ended_staging(
-    checkpoint: PipelineCheckpoint,
-    store: ObjectStore,
-    staging_prefix: str | None,
-    report: RecoveryReport,
-) -> None:
-    """Delete staging areas whose transaction ended; live and unknown ones are kept."""
-    prefix = (staging_prefix or get_settings().storage.staging_prefix).strip("/") + "/"
-    ended: set[str] = set()
-    for info in store.list_prefix(prefix):
-        transaction_id = info.key[len(prefix) :].split("/", 1)[0]
-        if transaction_id in ended:
-            continue
-        row = checkpoint.get(CheckpointScope.OPERATION, journal_key(transaction_id))
-        if row is not None and row["status"] in (CheckpointStatus.COMPLETED.value, CheckpointStatus.FAILED.value):
-            ended.add(transaction_id)
-    for transaction_id in sorted(ended):
-        if not _delete_staging(store, _staged_keys(store, staging_root(prefix, transaction_id), None)):
-            report.cleaned_staging.append(transaction_id)
+def _sweep_ended_staging(checkpoint: PipelineCheckpoint, store: ObjectStore, report: RecoveryReport) -> None:
+    """Delete what an ended transaction's cleanup could not, as its journal row recorded.
+
+    Driven by the journal, not by listing the staging prefix: other parts of the package
+    keep outputs under it too, and a listing would grow with them.
+    """
+    for status in (CheckpointStatus.COMPLETED, CheckpointStatus.FAILED):
+        for row in iter_transactions(checkpoint, status):
+            leftovers = (row.get("metadata") or {}).get("staging_leftovers") or []
+            if leftovers and not _delete_staging(store, list(leftovers)):
+                checkpoint.update_metadata(CheckpointScope.OPERATION, row["key"], {"staging_leftovers": []})
+                report.cleaned_staging.append(row["key"][len(JOURNAL_PREFIX) :])
 
 
 def iter_transactions(checkpoint: PipelineCheckpoint, status: CheckpointStatus | None = None) -> Iterable[dict[str, Any]]:

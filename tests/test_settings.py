@@ -103,10 +103,28 @@ def test_bad_value_from_sqlmesh_variables_names_that_source():
     assert "SQLMesh variables.osaa" in str(info.value)
 
 
-def test_malformed_environment_variable_name_is_rejected():
+def test_misspelt_section_variable_is_rejected():
     with pytest.raises(ConfigurationError) as info:
-        load_settings(environ={"OSAA_MAXATTEMPTS": "3"})
-    assert "OSAA_MAXATTEMPTS" in str(info.value)
+        load_settings(environ={"OSAA_RETRYS__MAX_ATTEMPTS": "3"})
+    assert "retrys" in str(info.value)
+    assert "OSAA_RETRYS__MAX_ATTEMPTS" in str(info.value)
+
+
+def test_variable_with_an_empty_key_is_rejected():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"OSAA_RETRY__": "3"})
+    assert "OSAA_RETRY__" in str(info.value)
+
+
+def test_unrelated_osaa_variables_without_a_section_are_ignored():
+    assert load_settings(environ={"OSAA_PROJECT_DIR": "/srv/osaa"}) == load_settings(environ={})
+
+
+def test_inside_sqlmesh_the_working_directory_config_is_not_read_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("gateways: {{ env_var('GATEWAYS') }}\n", encoding="utf-8")
+    settings = load_settings({"osaa": {"retry": {"max_attempts": 7}}}, environ={})
+    assert settings.retry.max_attempts == 7
 
 
 def test_dev_prefix_must_separate_environments():

@@ -168,3 +168,24 @@ def test_recovery_rolls_back_an_open_transaction_of_a_dead_run(store, tmp_path):
     assert report.rolled_back == [transaction_id]
     assert row["status"] == CheckpointStatus.FAILED.value
     assert keys(store) == []
+
+
+@pytest.mark.s3
+def test_staging_a_commit_could_not_delete_is_swept_by_recovery(fault_proxy, s3_bucket, checkpoint, tmp_path):
+    from sqlmesh_osaa.storage import S3Store
+
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    t = txn(store, checkpoint)
+    t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    fault_proxy.fail_always(403, "AccessDenied", operations={"DeleteObjects"})
+    t.commit()
+    fault_proxy.clear()
+    row = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))
+    assert row["metadata"]["staging_leftovers"] == [f"staging/{t.transaction_id}/prod/a.parquet"]
+    assert keys(store) == ["prod/a.parquet", f"staging/{t.transaction_id}/prod/a.parquet"]
+
+    report = recover_transactions(checkpoint, store, error_handler=FAST)
+
+    assert report.cleaned_staging == [t.transaction_id]
+    assert keys(store) == ["prod/a.parquet"]
+    assert checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]["staging_leftovers"] == []
