@@ -6,13 +6,14 @@ restate the source (SQLMesh's way to reprocess changed data); fix the file and r
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, Project, local_project, s3_project
+from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, Completed, Project, local_project, s3_project
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,8 @@ class Story:
     sdg_staged_after_bad: dict[str, str]
     prod_after_fix: dict[str, str]
     export_rows_after_fix: list[tuple[Any, ...]]
+    list_failed_after_bad: Completed
+    stats_after_fix: Completed
 
 
 @pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -50,6 +53,7 @@ def story(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         models_after_bad=project.checkpoints("model"),
         pipelines_after_bad=project.checkpoints("pipeline"),
         sdg_staged_after_bad=project.objects("staging/exports/osaa_raw.sdg/"),
+        list_failed_after_bad=project.sqlmesh("osaa-recover", "list-failed", "--scope", "model", "--json", check=False),
     )
     project.write("data/raw/sdg/SDG_update.csv", FIXED_SDG_ROWS)
     project.plan(None, *RESTATE_SDG)
@@ -60,6 +64,7 @@ def story(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         **observed,
         prod_after_fix=project.objects("prod/"),
         export_rows_after_fix=project.parquet_rows(EXPORT_KEY),
+        stats_after_fix=project.sqlmesh("osaa-recover", "stats", "--json", check=False),
     )
 
 
@@ -108,3 +113,31 @@ def test_unchanged_raw_files_are_not_converted_again(story: Story) -> None:
     files = {row["key"]: row for row in story.project.checkpoints("file")}
     assert files["staging/ingest/landing/sdg/SDG_DATA_NATIONAL.parquet"]["attempt"] == 1
     assert files["staging/ingest/landing/sdg/SDG_update.parquet"]["attempt"] == 2
+
+
+def test_recovery_cli_lists_the_failed_model_with_its_audit(story: Story) -> None:
+    assert story.list_failed_after_bad.returncode == 1, story.list_failed_after_bad.stderr
+    items = json.loads(story.list_failed_after_bad.stdout)["items"]
+    sdg = [item for item in items if item["key"].startswith("osaa_raw.sdg|")]
+    assert sdg, items
+    assert "accepted_range" in sdg[0]["error_message"]
+
+
+def test_recovery_cli_stats_show_the_audit_failure_recovered(story: Story) -> None:
+    assert story.stats_after_fix.returncode in (0, 1), story.stats_after_fix.stderr
+    recoveries = list(_values_of("time_to_recovery", json.loads(story.stats_after_fix.stdout)))
+    assert recoveries and sum(r["recovered"] for r in recoveries) >= 1, story.stats_after_fix.stdout
+    assert all(r["mean_seconds"] is None or r["mean_seconds"] > 0 for r in recoveries)
+
+
+def _values_of(name: str, document: Any) -> Any:
+    """Every value stored under ``name`` anywhere in a JSON document."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key == name:
+                yield value
+            else:
+                yield from _values_of(name, value)
+    elif isinstance(document, list):
+        for value in document:
+            yield from _values_of(name, value)
