@@ -24,6 +24,7 @@ LAYERS = {
     "conversion": 5,
     "transaction_manager": 5,
     "ingest": 6,
+    "promotion": 6,
     "integration": 7,
     "macros": 8,
     "cli": 9,

@@ -2,8 +2,8 @@
 
 Inside a SQLMesh project (``--project DIR``, or the project ``sqlmesh`` was started in) the
 settings are the project's ``variables.osaa``, read with SQLMesh's own config loader, and
-relative paths resolve against the project directory, as the SQLMesh integration resolves
-them, so both find the same checkpoint database and store. Elsewhere they come from
+relative paths resolve against the project directory by the SQLMesh integration's own
+``resolve_paths``, so both find the same checkpoint database and store. Elsewhere they come from
 ``config.yaml`` / ``OSAA_CONFIG`` / ``OSAA_*`` variables. The result becomes the process-wide
 settings, so the core's defaults agree with the command.
 
@@ -90,21 +90,6 @@ def _project_variables(project_dir: Path, config_name: str | None, dotenv: Path 
     return dict(next(iter(configs.values())).variables or {})
 
 
-def _inside(project_dir: Path, path: Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else project_dir / path
-
-
-def _resolved(settings: OsaaSettings, project_dir: Path) -> OsaaSettings:
-    storage, checkpoint = settings.storage, settings.checkpoint
-    return settings.model_copy(
-        update={
-            "storage": storage.model_copy(update={"root": _inside(project_dir, storage.root)}),
-            "checkpoint": checkpoint.model_copy(update={"db_path": _inside(project_dir, checkpoint.db_path)}),
-        }
-    )
-
-
 def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) -> Target:
     """Settings from the project or the settings file, with ``--db`` overriding the database path."""
     invocation = _sqlmesh_invocation(ctx)
@@ -121,8 +106,10 @@ def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) ->
     if project_dir is None:
         settings = load_settings()
     else:
+        from sqlmesh_osaa.integration.runtime import resolve_paths
+
         dotenv = invocation.dotenv if invocation else None
-        settings = _resolved(load_settings(_project_variables(project_dir, config_name, dotenv)), project_dir)
+        settings = resolve_paths(load_settings(_project_variables(project_dir, config_name, dotenv)), project_dir)
     if db is not None:
         settings = settings.model_copy(
             update={"checkpoint": settings.checkpoint.model_copy(update={"db_path": db.expanduser().resolve()})}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import EVENT_COLUMNS, CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.cli.database import CheckpointSession
 
 FAILED = CheckpointStatus.FAILED.value
@@ -36,24 +36,6 @@ def item(row: Mapping[str, Any]) -> dict[str, Any]:
     result = {name: row.get(name) for name in ITEM_FIELDS}
     result["metadata"] = {k: v for k, v in (row.get("metadata") or {}).items() if k not in _BULKY_METADATA}
     return result
-
-
-EVENT_FIELDS = (
-    "seq",
-    "pipeline",
-    "scope",
-    "key",
-    "file_path",
-    "from_status",
-    "to_status",
-    "at",
-    "attempt",
-    "run_id",
-    "pid",
-    "host",
-    "error_message",
-    "error_category",
-)
 
 
 def _scopes(scope: str | None) -> list[CheckpointScope]:
@@ -143,7 +125,7 @@ def clear(
 
 def history(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, key: str) -> dict[str, Any]:
     events = [
-        {field: event.get(field) for field in EVENT_FIELDS}
+        {field: event.get(field) for field in EVENT_COLUMNS}
         for name in pipelines
         for s in _scopes(scope)
         for event in session.checkpoint(name).history(s, key)

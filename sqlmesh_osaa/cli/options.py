@@ -56,6 +56,16 @@ def target(func: F) -> F:
     return db(project(func))
 
 
+def writing(default_pipeline: str, pipeline_help: str) -> Callable[[F], F]:
+    """--pipeline, --db, --project and --json of a command that writes: its pipeline has a default."""
+
+    def apply(func: F) -> F:
+        pipeline_option = click.option("--pipeline", default=default_pipeline, show_default=True, help=pipeline_help)
+        return pipeline_option(target(json_output(func)))
+
+    return apply
+
+
 class Duration(click.ParamType):
     """An age like ``30d``, ``12h``, ``90m``, ``2w``; a bare number is days."""
 

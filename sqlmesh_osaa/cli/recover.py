@@ -1,26 +1,25 @@
 """``osaa-recover`` (also ``sqlmesh osaa-recover``): the seed's recovery tool as one click group.
 
 Only the click definitions live here, importing nothing heavy: ``sqlmesh_plugin`` adds them
-to every ``sqlmesh`` start. Each verb's work is in ``verbs.py``, imported when it runs.
+to every ``sqlmesh`` start. Each verb's work is in ``recover_run.py``, imported when it runs.
 Exit codes: 0 all well, 1 problems found, 2 the command could not look (usage,
 configuration, database missing or locked).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import click
 
 from sqlmesh_osaa.cli import options
 
 
-def _verbs() -> ModuleType:
-    from sqlmesh_osaa.cli import verbs
+def _recover_run() -> ModuleType:
+    from sqlmesh_osaa.cli import recover_run
 
-    return verbs
+    return recover_run
 
 
 @click.group("osaa-recover", context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,11 +38,9 @@ def recover() -> None:
 @options.target
 @options.json_output
 @click.pass_context
-def list_failed(
-    ctx: click.Context, pipeline: str | None, scope: str | None, limit: int | None, db: Path | None, project: Path | None, as_json: bool
-) -> None:
+def list_failed(ctx: click.Context, **params: Any) -> None:
     """List failed and interrupted items with their last error, category and since when."""
-    _verbs().list_failed(ctx, pipeline, scope, limit, db, project, as_json)
+    _recover_run().list_failed(ctx, **params)
 
 
 @recover.command("retry")
@@ -53,15 +50,13 @@ def list_failed(
 @options.target
 @options.json_output
 @click.pass_context
-def retry(
-    ctx: click.Context, pipeline: str | None, scope: str | None, key: str | None, db: Path | None, project: Path | None, as_json: bool
-) -> None:
+def retry(ctx: click.Context, **params: Any) -> None:
     """Re-run one failed item, or every failed and interrupted item (of a scope).
 
     FILE items are ingested again, interrupted transactions recovered and rolled-back
     promotions re-applied, MODEL items re-run with `sqlmesh run`. Reports each outcome.
     """
-    _verbs().retry(ctx, pipeline, scope, key, db, project, as_json)
+    _recover_run().retry(ctx, **params)
 
 
 @recover.command("clear")
@@ -73,22 +68,12 @@ def retry(
 @options.target
 @options.json_output
 @click.pass_context
-def clear(
-    ctx: click.Context,
-    pipeline: str | None,
-    scope: str | None,
-    key: str | None,
-    status: str | None,
-    confirm: bool,
-    db: Path | None,
-    project: Path | None,
-    as_json: bool,
-) -> None:
+def clear(ctx: click.Context, **params: Any) -> None:
     """Show the checkpoints that match; with --confirm, delete exactly those.
 
     A cleared item is pending again: the next run processes it as new.
     """
-    _verbs().clear(ctx, pipeline, scope, key, status, confirm, db, project, as_json)
+    _recover_run().clear(ctx, **params)
 
 
 @recover.command("stats")
@@ -96,9 +81,9 @@ def clear(
 @options.target
 @options.json_output
 @click.pass_context
-def stats(ctx: click.Context, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def stats(ctx: click.Context, **params: Any) -> None:
     """Counts by status and scope, failure rate, retries, time to recovery, top failures."""
-    _verbs().stats(ctx, pipeline, db, project, as_json)
+    _recover_run().stats(ctx, **params)
 
 
 @recover.command("verify")
@@ -107,9 +92,9 @@ def stats(ctx: click.Context, pipeline: str | None, db: Path | None, project: Pa
 @options.target
 @options.json_output
 @click.pass_context
-def verify(ctx: click.Context, pipeline: str | None, limit: int | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def verify(ctx: click.Context, **params: Any) -> None:
     """Check completed FILE items: source file vs recorded checksum, object vs what was committed."""
-    _verbs().verify(ctx, pipeline, limit, db, project, as_json)
+    _recover_run().verify(ctx, **params)
 
 
 @recover.command("transactions")
@@ -118,9 +103,9 @@ def verify(ctx: click.Context, pipeline: str | None, limit: int | None, db: Path
 @options.target
 @options.json_output
 @click.pass_context
-def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, db: Path | None, project: Path | None, as_json: bool) -> None:
+def transactions(ctx: click.Context, **params: Any) -> None:
     """List open and committing transactions and what waits in the staging area."""
-    _verbs().transactions(ctx, pipeline, include_ended, db, project, as_json)
+    _recover_run().transactions(ctx, **params)
 
 
 @recover.command("reconcile")
@@ -130,22 +115,14 @@ def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, 
 @options.target
 @options.json_output
 @click.pass_context
-def reconcile(
-    ctx: click.Context,
-    pipeline: str | None,
-    environments: tuple[str, ...],
-    no_publish: bool,
-    db: Path | None,
-    project: Path | None,
-    as_json: bool,
-) -> None:
+def reconcile(ctx: click.Context, **params: Any) -> None:
     """Roll open transactions back and committing ones forward; in a SQLMesh project, publish per state.
 
     Inside a SQLMesh project the integration also closes interrupted MODEL/PIPELINE items,
     discards staged exports that SQLMesh state does not record, and publishes every
     environment's audited outputs again (DESIGN sections 7 and 9).
     """
-    _verbs().reconcile(ctx, pipeline, environments, no_publish, db, project, as_json)
+    _recover_run().reconcile(ctx, **params)
 
 
 @recover.command("history")
@@ -155,9 +132,9 @@ def reconcile(
 @options.target
 @options.json_output
 @click.pass_context
-def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def history(ctx: click.Context, **params: Any) -> None:
     """Show every state change of one item, oldest first."""
-    _verbs().history(ctx, key, pipeline, scope, db, project, as_json)
+    _recover_run().history(ctx, **params)
 
 
 @recover.command("prune")
@@ -166,10 +143,10 @@ def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | Non
 @options.target
 @options.json_output
 @click.pass_context
-def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def prune(ctx: click.Context, **params: Any) -> None:
     """Delete completed checkpoints and their events older than the retention age.
 
     Items that are not completed keep all their events: they hold the first failure that
     time to recovery is measured from.
     """
-    _verbs().prune(ctx, older_than, pipeline, db, project, as_json)
+    _recover_run().prune(ctx, **params)

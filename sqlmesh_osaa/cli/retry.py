@@ -29,10 +29,10 @@ from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.cli.context import Target
 from sqlmesh_osaa.cli.database import CheckpointSession
 from sqlmesh_osaa.cli.failures import COMPLETED, failing_rows, is_failing
-from sqlmesh_osaa.cli.promotion import OPERATION as PROMOTE
-from sqlmesh_osaa.cli.promotion import promote_prefix
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.ingest import IngestRequest, run_ingest
+from sqlmesh_osaa.promotion import OPERATION as PROMOTE
+from sqlmesh_osaa.promotion import promote_prefix
 from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX, recover_transactions
 

@@ -1,9 +1,9 @@
-"""Ingest from the command line: raw CSV files -> parquet landing objects (``osaa-ingest``).
+"""What ``osaa-ingest`` does once its options are parsed (``ingest.py`` defines them).
 
-A thin front end of the ingest engine (``sqlmesh_osaa.ingest``): unchanged files are skipped,
-the others are converted and land in one transaction, and a bad file is reported (and
-recorded as a failed FILE checkpoint) while the good ones still land. The command exits 1
-when any file failed, so a scheduler sees it.
+A thin front end of the ingest engine (``sqlmesh_osaa.ingest``): unchanged raw files are
+skipped, the others are converted to parquet and land in one transaction, and a bad file is
+reported (and recorded as a failed FILE checkpoint) while the good ones still land. The
+command exits 1 when any file failed, so a scheduler sees it.
 """
 
 from __future__ import annotations
@@ -79,17 +79,14 @@ def run(
     pattern: str,
     verify_checksum: bool,
     pipeline: str,
-    db: Path | None,
-    project: Path | None,
-    as_json: bool,
+    **target_options: Any,
 ) -> None:
-    """The ``osaa-ingest`` command once its options are parsed."""
-    with command_run(ctx, as_json=as_json, db=db, project=project, create_db=True) as run:
+    with command_run(ctx, create_db=True, **target_options) as run:
         settings = run.target.settings
         env_prefix = (prefix if prefix is not None else settings.environments.prefix_for(environment)).strip("/")
         request = IngestRequest(raw_dir, env_prefix, pattern=pattern, source=source, verify_checksum=verify_checksum)
         try:
-            with _progress(not as_json) as progress:
+            with _progress(not run.as_json) as progress:
                 result = run_ingest(
                     request,
                     checkpoint=run.session.checkpoint(pipeline),
