@@ -178,3 +178,15 @@ def test_reconcile_closes_a_killed_run_and_discards_its_unrecorded_output(tmp_pa
     ]
     assert report["ok"] and project.objects("prod/") == {}
     assert project.objects("staging/exports/osaa.indicators_export/") == {}
+
+
+def test_next_run_with_no_interval_to_process_completes_a_killed_publication(tmp_path: Path) -> None:
+    project = local_project(tmp_path)
+    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: f"{AFTER_COMMIT_DECISION}:4"})
+    assert killed.returncode == -signal.SIGKILL
+    assert project.objects("prod/") == {}
+
+    project.sqlmesh("run")
+
+    assert "prod/indicators/indicators.parquet" in project.objects("prod/")
+    assert [row["status"] for row in _publication_journal(project)] == ["completed"]
