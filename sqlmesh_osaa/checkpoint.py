@@ -18,6 +18,13 @@ this process's open checkpoints; any other one was left by a run that ended or d
 is reported as *interrupted*. A process that finds the file locked waits up to
 ``lock_timeout`` seconds, then raises a :class:`CheckpointError` naming the holder.
 
+The same lock is why a single mark need not read its row from DuckDB: while any
+:class:`PipelineCheckpoint` of this process has the file open, only this process writes it,
+so the rows it last wrote are still the rows on disk. They are kept in memory per file
+(bounded), dropped by every write that does not go through a single mark (batches, clear,
+prune, metadata updates) and forgotten when the last checkpoint on the file closes. This
+assumes the tables are written only through this module.
+
 Metadata is stored exactly as callers give it: never pass secrets in it.
 """
 
@@ -36,6 +43,7 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
@@ -169,6 +177,11 @@ _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _EVENT_SELECT = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_COLUMNS[1:])
 _ROW_TIMESTAMPS = ("started_at", "updated_at", "completed_at")
+_ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = ?"
+_EVENT_INSERT_SQL = (
+    f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_COLUMNS) - 1))})"
+)
+_ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 StartItem = str | tuple[str, str | Path | None]
 CompletionItem = str | tuple[str] | tuple[str, str | Path | None] | tuple[str, str | Path | None, str | None]
@@ -236,15 +249,36 @@ _MAX_LISTED_REFUSALS = 5
 _MAX_COMMAND_LINE = 200
 _FIRST_RETRY_DELAY = 0.02
 _MAX_RETRY_DELAY = 0.5
+# Rows a single mark keeps in memory per database file; a pipeline's working set (items
+# started and not yet finished) is far smaller.
+_MAX_CACHED_ROWS = 4096
 
 _HOST = socket.gethostname()
 # Runs of this process whose PipelineCheckpoint is open: the only live runs (module docstring).
 _LIVE_RUNS: set[str] = set()
-# One lock per database file, shared by every PipelineCheckpoint of this process on it:
-# DuckDB shares the database between their connections, and two transactions writing
-# the same rows at once would conflict.
-_FILE_LOCKS: dict[str, threading.RLock] = {}
-_FILE_LOCKS_GUARD = threading.Lock()
+_OPEN_FILES: dict[str, _OpenFile] = {}
+_OPEN_FILES_GUARD = threading.Lock()
+
+
+@dataclass
+class _OpenFile:
+    """What every PipelineCheckpoint of this process on one database file shares.
+
+    DuckDB shares the database between their connections: two transactions writing the
+    same rows at once would conflict, hence one lock; and the rows they wrote are the
+    file's rows only while one of them holds it open (module docstring).
+    """
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    # Stored values (ROW_COLUMNS order) by item_id, oldest write first.
+    rows: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    checkpoints: int = 0
+
+    def remember(self, item_id: str, values: tuple[Any, ...]) -> None:
+        self.rows.pop(item_id, None)
+        self.rows[item_id] = values
+        if len(self.rows) > _MAX_CACHED_ROWS:
+            del self.rows[next(iter(self.rows))]
 
 
 class _Fingerprint(NamedTuple):
@@ -260,9 +294,11 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _file_lock(path: Path) -> threading.RLock:
-    with _FILE_LOCKS_GUARD:
-        return _FILE_LOCKS.setdefault(str(path), threading.RLock())
+def _open_file(path: Path) -> _OpenFile:
+    with _OPEN_FILES_GUARD:
+        shared = _OPEN_FILES.setdefault(str(path), _OpenFile())
+        shared.checkpoints += 1
+        return shared
 
 
 def _process_name(pid: int, program: str) -> str:
@@ -322,11 +358,20 @@ def _locked_error(path: Path, lock_timeout: float, pid: int, program: str) -> Ch
     )
 
 
-def _release(run_id: str, connection: duckdb.DuckDBPyConnection, lock: threading.RLock) -> None:
+def _close_file(shared: _OpenFile) -> None:
+    with _OPEN_FILES_GUARD:
+        shared.checkpoints -= 1
+        if shared.checkpoints == 0:
+            # Another process may write the file from now on.
+            shared.rows.clear()
+
+
+def _release(run_id: str, connection: duckdb.DuckDBPyConnection, shared: _OpenFile) -> None:
     """End a run: its in_progress rows become interrupted, and the file lock is given back."""
     _LIVE_RUNS.discard(run_id)
-    with lock:
+    with shared.lock:
         connection.close()
+        _close_file(shared)
 
 
 def _fingerprints(files: Iterable[tuple[str | Path | None, str | None]]) -> list[_Fingerprint]:
@@ -443,12 +488,17 @@ class PipelineCheckpoint:
         self.lock_timeout = lock_timeout
         self.run_id = uuid.uuid4().hex
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _file_lock(self.db_path)
-        with self._lock:
-            self._connection = _connect(self.db_path, self.lock_timeout)
-            self._prepare_database()
+        self._shared = _open_file(self.db_path)
+        self._lock = self._shared.lock
+        try:
+            with self._lock:
+                self._connection = _connect(self.db_path, self.lock_timeout)
+                self._prepare_database()
+        except BaseException:
+            _close_file(self._shared)
+            raise
         _LIVE_RUNS.add(self.run_id)
-        self._finalizer = weakref.finalize(self, _release, self.run_id, self._connection, self._lock)
+        self._finalizer = weakref.finalize(self, _release, self.run_id, self._connection, self._shared)
         logger.info("Checkpoints of pipeline %r in %s (run %s)", pipeline_name, self.db_path, self.run_id)
 
     def __enter__(self) -> PipelineCheckpoint:
@@ -552,6 +602,7 @@ class PipelineCheckpoint:
         """Merge ``metadata`` into an existing item's row, durably, without changing its state."""
         scope = CheckpointScope(scope)
         with self._transaction() as connection:
+            self._shared.rows.pop(self._item_id(scope, key), None)
             found = connection.execute(
                 "SELECT metadata FROM checkpoints WHERE item_id = ?", [self._item_id(scope, key)]
             ).fetchall()
@@ -570,9 +621,7 @@ class PipelineCheckpoint:
 
     def get(self, scope: CheckpointScope | str, key: str) -> dict[str, Any] | None:
         """The item's current row, or None while it is pending."""
-        rows = self._query(
-            f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = ?", [self._item_id(CheckpointScope(scope), key)]
-        )
+        rows = self._query(_ROW_BY_ID_SQL, [self._item_id(CheckpointScope(scope), key)])
         return _as_row(rows[0]) if rows else None
 
     def get_checksum(self, scope: CheckpointScope | str, key: str) -> str | None:
@@ -664,6 +713,7 @@ class PipelineCheckpoint:
         """
         cutoff = _utcnow() - older_than
         with self._transaction() as connection:
+            self._shared.rows.clear()
             (rows,) = connection.execute(
                 f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?",
                 [self.pipeline_name, cutoff],
@@ -749,6 +799,14 @@ class PipelineCheckpoint:
 
     def _item_id(self, scope: CheckpointScope, key: str) -> str:
         return f"{self.pipeline_name}{_ID_SEPARATOR}{scope.value}{_ID_SEPARATOR}{key}"
+
+    def _stored_row(self, connection: duckdb.DuckDBPyConnection, item_id: str) -> tuple[Any, ...] | None:
+        """The item's stored values: those this process last wrote, else read (one DuckDB call less per mark)."""
+        stored = self._shared.rows.get(item_id)
+        if stored is None:
+            found = connection.execute(_ROW_BY_ID_SQL, [item_id]).fetchall()
+            stored = found[0] if found else None
+        return stored
 
     def _prepare_database(self) -> None:
         # Checkpoint statements are small: a second DuckDB thread only added scheduling
@@ -874,50 +932,52 @@ class PipelineCheckpoint:
         category: str | None = None,
         force: bool = False,
     ) -> None:
-        """One transition in one transaction: read the row, check, append the event, write the row."""
+        """One transition in one transaction: read the row (from memory if this process wrote it last),
+        check, append the event, write the row."""
         scope = CheckpointScope(scope)
         item_id = self._item_id(scope, key)
-        with self._transaction() as connection:
-            found = connection.execute(f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = ?", [item_id]).fetchall()
-            old = _as_row(found[0]) if found else None
-            reason = self._refusal(old, to_status, file_path, force)
-            if reason is not None:
-                self._refused(scope, [(key, PENDING if old is None else old["status"], reason)], to_status, 1)
-            if to_status == COMPLETED and fingerprint is None:
-                # No file_path given: the file recorded at start is fingerprinted, under the lock.
-                (fingerprint,) = _fingerprints([(old["file_path"], checksum)])
-            new = self._fold(scope, key, old, to_status, file_path, metadata, fingerprint, error_message, category)
-            connection.execute(
-                f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_COLUMNS) - 1))})",
-                [
-                    self.pipeline_name,
-                    scope.value,
-                    key,
-                    new["file_path"],
-                    PENDING if old is None else old["status"],
-                    to_status,
-                    new["updated_at"],
-                    new["attempt"],
-                    self.run_id,
-                    new["owner_pid"],
-                    _HOST,
-                    error_message,
-                    category,
-                ],
-            )
-            if old is None:
+        with self._lock:
+            with self._transaction() as connection:
+                stored = self._stored_row(connection, item_id)
+                old = None if stored is None else _as_row(stored)
+                reason = self._refusal(old, to_status, file_path, force)
+                if reason is not None:
+                    self._refused(scope, [(key, PENDING if old is None else old["status"], reason)], to_status, 1)
+                if to_status == COMPLETED and fingerprint is None:
+                    # No file_path given: the file recorded at start is fingerprinted, under the lock.
+                    (fingerprint,) = _fingerprints([(old["file_path"], checksum)])
+                new = self._fold(scope, key, old, to_status, file_path, metadata, fingerprint, error_message, category)
                 connection.execute(
-                    f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})",
-                    [item_id, *(new[column] for column in ROW_COLUMNS)],
+                    _EVENT_INSERT_SQL,
+                    [
+                        self.pipeline_name,
+                        scope.value,
+                        key,
+                        new["file_path"],
+                        PENDING if old is None else old["status"],
+                        to_status,
+                        new["updated_at"],
+                        new["attempt"],
+                        self.run_id,
+                        new["owner_pid"],
+                        _HOST,
+                        error_message,
+                        category,
+                    ],
                 )
-            else:
-                # DuckDB's cost of an UPDATE grows with the columns it sets: set only those that change.
-                stored = dict(zip(ROW_COLUMNS, found[0]))
-                changed = [column for column in ROW_COLUMNS if new[column] != stored[column]]
-                connection.execute(
-                    f"UPDATE checkpoints SET {', '.join(f'{column} = ?' for column in changed)} WHERE item_id = ?",
-                    [*(new[column] for column in changed), item_id],
-                )
+                values = tuple(new[column] for column in ROW_COLUMNS)
+                if stored is None:
+                    connection.execute(_ROW_INSERT_SQL, [item_id, *values])
+                else:
+                    # DuckDB's cost of an UPDATE grows with the columns it sets: set only those that change.
+                    changed = [i for i, (value, before) in enumerate(zip(values, stored)) if value != before]
+                    assignments = ", ".join(f"{ROW_COLUMNS[i]} = ?" for i in changed)
+                    connection.execute(
+                        f"UPDATE checkpoints SET {assignments} WHERE item_id = ?",
+                        [*(values[i] for i in changed), item_id],
+                    )
+            # Only once committed: a rolled-back write must not be taken for the row.
+            self._shared.remember(item_id, values)
         if old is not None and old["interrupted"] and to_status == IN_PROGRESS:
             logger.warning("Resuming %s %r interrupted in run %s", scope.value, key, old["run_id"])
         logger.debug("%s %r: %s -> %s", scope.value, key, PENDING if old is None else old["status"], to_status)
@@ -1018,6 +1078,7 @@ class PipelineCheckpoint:
         }
         statements = _BATCH_START_SQL if to_status == IN_PROGRESS else _BATCH_COMPLETE_SQL
         with self._transaction() as connection:
+            self._shared.rows.clear()
             connection.execute(
                 _LOAD_BATCH_SQL,
                 {"prefix": self._item_id(scope, ""), "data": json.dumps(data), "spec": _BATCH_SPEC},
@@ -1110,6 +1171,7 @@ class PipelineCheckpoint:
     def _clear(self, condition: str, params: list[Any]) -> int:
         """Delete matching rows, logging a transition to pending for each."""
         with self._transaction() as connection:
+            self._shared.rows.clear()
             connection.execute(
                 f"""INSERT INTO checkpoint_events ({_EVENT_INSERT})
                     SELECT pipeline, scope, key, file_path, status, '{PENDING}', ?, attempt, ?, ?, ?, NULL, NULL

@@ -728,3 +728,29 @@ def test_two_stores_of_one_process_share_the_database_file(db_path: Path) -> Non
 def test_a_pipeline_name_containing_the_id_separator_is_rejected(db_path: Path) -> None:
     with pytest.raises(ValueError, match="pipeline_name"):
         PipelineCheckpoint("bad\x1fname", db_path)
+
+
+def test_a_mark_after_another_checkpoint_cleared_the_item_sees_it_gone(db_path: Path) -> None:
+    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+        first.mark_started(CheckpointScope.FILE, "k")
+        second.clear_checkpoint(CheckpointScope.FILE, "k")
+        with pytest.raises(CheckpointError):
+            first.mark_completed(CheckpointScope.FILE, "k")
+        assert first.get(CheckpointScope.FILE, "k") is None
+
+
+def test_a_mark_after_another_checkpoint_completed_the_item_in_a_batch_sees_it_completed(db_path: Path) -> None:
+    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+        first.mark_started(CheckpointScope.OPERATION, "k")
+        second.mark_completed_many(CheckpointScope.OPERATION, ["k"])
+        with pytest.raises(CheckpointError):
+            first.mark_completed(CheckpointScope.OPERATION, "k")
+        assert first.get(CheckpointScope.OPERATION, "k")["status"] == "completed"
+
+
+def test_a_mark_keeps_metadata_another_checkpoint_added(db_path: Path) -> None:
+    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+        first.mark_started(CheckpointScope.OPERATION, "k", metadata={"a": 1})
+        second.update_metadata(CheckpointScope.OPERATION, "k", {"b": 2})
+        first.mark_completed(CheckpointScope.OPERATION, "k")
+        assert first.get(CheckpointScope.OPERATION, "k")["metadata"] == {"a": 1, "b": 2}

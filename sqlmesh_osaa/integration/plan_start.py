@@ -5,9 +5,9 @@ SQLMesh runs ``before_all`` only when a plan has work to do. A run killed while 
 plan would say "No changes" and never call ``@osaa_before_all()``. :func:`install` wraps
 ``Context.plan`` so that a project whose ``before_all`` uses the extension is reconciled
 first, and every environment is published again when a dead run was found. ``sqlmesh run``
-does not load the project, so this package is not imported before a run starts: a run
-reconciles in ``@osaa_before_all()`` when it has intervals to process, and ``reconcile()``
-(the recovery CLI) covers the rest.
+does not load the project, so nothing of this package is imported before a run starts; the
+CLI hook (``sqlmesh_osaa.cli.sqlmesh_plugin``) wraps ``Context.run`` to call
+:func:`reconcile_before_plan` for projects that enable the extension.
 """
 
 from __future__ import annotations

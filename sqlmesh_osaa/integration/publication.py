@@ -75,10 +75,14 @@ def publish_environment(
     rt: Runtime, state_sync: StateSync, environment: str, snapshots: Iterable[Snapshot]
 ) -> Publication:
     """Make ``environment``'s prefix hold the newest audited output of each of its snapshots."""
-    env_snapshots = state.fresh(state_sync, snapshots)
-    index = state.deployability(environment, {s.snapshot_id: s for s in env_snapshots})
     prefix = rt.env_prefix(environment)
     publication = Publication(environment=environment, prefix=prefix)
+    snapshots = list(snapshots)
+    if not any(state.publishes(snapshot) for snapshot in snapshots):
+        # Nothing to publish: spare the read of every snapshot's intervals from state.
+        return publication
+    env_snapshots = state.fresh(state_sync, snapshots)
+    index = state.deployability(environment, {s.snapshot_id: s for s in env_snapshots})
     puts: dict[str, tuple[str, str]] = {}
     deletes: list[str] = []
     for snapshot in sorted(env_snapshots, key=lambda s: s.name):
