@@ -746,15 +746,21 @@ class PipelineCheckpoint:
         caller has already stat'ed the file (a directory walk has): then no file is touched
         unless its size or mtime changed or ``verify_checksum`` asks for the MD5.
         """
-        files = {item[0]: (item[1], (item[2], item[3]) if len(item) == 4 else None) for item in items}
+        files = {item[0]: item for item in items}
         columns = "key, checksum, file_size, file_mtime_ns"
-        rows = self._rows_of_keys(CheckpointScope(scope), list(files), columns, f"status = '{COMPLETED}'")
-        records = (dict(zip(("key", "checksum", "file_size", "file_mtime_ns"), row)) for row in rows)
-        return {
-            record["key"]
-            for record in records
-            if _file_matches(record, files[record["key"]][0], verify_checksum, files[record["key"]][1])
-        }
+        unchanged = set()
+        for key, checksum, size, mtime_ns in self._rows_of_keys(
+            CheckpointScope(scope), list(files), columns, f"status = '{COMPLETED}'"
+        ):
+            item = files[key]
+            known = (item[2], item[3]) if len(item) == 4 else None
+            if known is not None and not verify_checksum and known == (size, mtime_ns):
+                unchanged.add(key)
+            elif _file_matches(
+                {"checksum": checksum, "file_size": size, "file_mtime_ns": mtime_ns}, item[1], verify_checksum, known
+            ):
+                unchanged.add(key)
+        return unchanged
 
     def mark_started_many(
         self,
@@ -1035,9 +1041,9 @@ class PipelineCheckpoint:
         if not keys:
             return []
         return self._query(
-            f"""SELECT {columns} FROM checkpoints WHERE pipeline = $pipeline AND scope = $scope AND {condition}
-                AND key IN (SELECT unnest(from_json($keys, '["VARCHAR"]')))""",
-            {"pipeline": self.pipeline_name, "scope": scope.value, "keys": json.dumps(keys)},
+            f"""SELECT {columns} FROM checkpoints WHERE {condition}
+                AND item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
+            {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
         )
 
     def _transition_many(

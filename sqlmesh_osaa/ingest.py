@@ -22,7 +22,7 @@ from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
-from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_key, landing_prefix
+from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_keys, landing_prefix
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
 from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
@@ -104,7 +104,7 @@ def _ingest(
     collector = PartialFailureCollector()
     for refused in discovery.refused:
         collector.add_failure(refused.relative, refused.error)
-    files = [(raw, landing_key(request.env_prefix, raw)) for raw in discovery.files]
+    files = list(zip(discovery.files, landing_keys(request.env_prefix, discovery.files)))
     todo = _changed_files(checkpoint, files, request.verify_checksum)
     todo_keys = {key for _, key in todo}
     result = IngestResult(skipped=[key for _, key in files if key not in todo_keys])
