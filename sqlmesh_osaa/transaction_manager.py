@@ -387,23 +387,20 @@ class TransactionManager:
                 try:
                     accepted = validator(put.staged_key)
                 except Exception as exc:
-                    self.rollback(reason=f"validator {name} raised on {put.key}: {exc}")
-                    raise ValidationError(
-                        f"Validator {name} raised {type(exc).__name__}: {exc}",
-                        validator=name,
-                        key=put.key,
-                        staged_key=put.staged_key,
-                        transaction_id=self.transaction_id,
-                    ) from exc
+                    raise self._reject(put, name, f"raised {type(exc).__name__}: {exc}") from exc
                 if not accepted:
-                    self.rollback(reason=f"validator {name} rejected {put.key}")
-                    raise ValidationError(
-                        f"Validator {name} rejected the staged object; the transaction was rolled back",
-                        validator=name,
-                        key=put.key,
-                        staged_key=put.staged_key,
-                        transaction_id=self.transaction_id,
-                    )
+                    raise self._reject(put, name, "rejected the staged object")
+
+    def _reject(self, put: StagedPut, validator: str, what: str) -> ValidationError:
+        """Roll back, and the error that says which validator refused which object."""
+        self.rollback(reason=f"validator {validator} {what} ({put.key})")
+        return ValidationError(
+            f"Validator {validator} {what}; the transaction was rolled back",
+            validator=validator,
+            key=put.key,
+            staged_key=put.staged_key,
+            transaction_id=self.transaction_id,
+        )
 
     def _accepting_work(self) -> bool:
         """True while open; False for a re-run of a committed id; raises once this run ended."""
