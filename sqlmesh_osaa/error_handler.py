@@ -45,6 +45,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.exceptions import (
     CircuitBreakerOpenError,
     ErrorCategory,
@@ -64,6 +65,7 @@ __all__ = [
     "RetryPolicy",
     "RetryStatistics",
     "categorize_error",
+    "record_breaker_transitions",
     "retryable_operation",
     "sleep",
 ]
@@ -744,3 +746,42 @@ class ErrorHandler:
 
     def _loop(self, operation: str, label: str) -> _RetryLoop:
         return _RetryLoop(self.retry, operation, label, self.circuit_breaker, None, self.stats)
+
+
+BREAKER_KEY_PREFIX = "circuit-breaker/"
+
+
+def record_breaker_transitions(breaker: CircuitBreaker, checkpoint: PipelineCheckpoint) -> None:
+    """Keep ``breaker``'s openings in ``checkpoint``, where operators and ``stats`` see them.
+
+    The breaker is an OPERATION item ``circuit-breaker/<name>``: each opening fails it (with
+    the failure that tripped it), each return to CLOSED completes it, so the event log counts
+    openings and its time to recovery is how long the service was cut off. Recording never
+    disturbs the breaker: a failure to write is logged. Attaching twice is a no-op.
+    """
+    attached = breaker.__dict__.setdefault("_recorded_in", set())
+    if id(checkpoint) in attached:
+        return
+    attached.add(id(checkpoint))
+    key = f"{BREAKER_KEY_PREFIX}{breaker.name}"
+
+    def record(_: CircuitBreaker, old: CircuitBreakerState, new: CircuitBreakerState) -> None:
+        try:
+            if new is CircuitBreakerState.OPEN and old is CircuitBreakerState.CLOSED:
+                checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
+                checkpoint.mark_failed(
+                    CheckpointScope.OPERATION,
+                    key,
+                    f"circuit breaker {breaker.name!r} opened after {breaker.failure_count} failures: "
+                    f"{breaker.last_failure!r}",
+                    category=ErrorCategory.TRANSIENT,
+                )
+            elif new is CircuitBreakerState.CLOSED:
+                row = checkpoint.get(CheckpointScope.OPERATION, key)
+                if row is not None and row["status"] == "failed":
+                    checkpoint.mark_started(CheckpointScope.OPERATION, key)
+                    checkpoint.mark_completed(CheckpointScope.OPERATION, key)
+        except Exception:
+            _log.warning("Could not record circuit breaker %r going %s", breaker.name, new.value, exc_info=True)
+
+    breaker.add_listener(record)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
-from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.error_handler import ErrorHandler, record_breaker_transitions
 from sqlmesh_osaa.exceptions import (
     ErrorCategory,
     RollbackError,
@@ -163,6 +163,8 @@ class TransactionManager:
         self._owns_checkpoint = checkpoint is None
         self.checkpoint = checkpoint or PipelineCheckpoint(DEFAULT_PIPELINE)
         self.error_handler = error_handler or ErrorHandler.from_settings(settings, name="object-storage")
+        if self.error_handler.circuit_breaker is not None:
+            record_breaker_transitions(self.error_handler.circuit_breaker, self.checkpoint)
         self.transaction_id = transaction_id or uuid.uuid4().hex
         self.phase: TransactionPhase | None = None
         self.manifest = Manifest()

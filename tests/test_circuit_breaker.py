@@ -464,3 +464,29 @@ def test_from_settings_takes_threshold_and_timeout() -> None:
     breaker = CircuitBreaker.from_settings(CircuitBreakerSettings(failure_threshold=7, timeout_seconds=30), name="s3")
 
     assert (breaker.failure_threshold, breaker.timeout_seconds, breaker.name) == (7, 30.0, "s3")
+
+
+def test_breaker_openings_and_recovery_are_kept_as_checkpoint_events(tmp_path):
+    from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+    from sqlmesh_osaa.error_handler import record_breaker_transitions
+
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, timeout_seconds=10, name="object-storage", clock=lambda: now[0])
+    with PipelineCheckpoint("ingest", tmp_path / "c.duckdb") as checkpoint:
+        record_breaker_transitions(breaker, checkpoint)
+        record_breaker_transitions(breaker, checkpoint)
+
+        def fail():
+            raise ConnectionError("endpoint unreachable")
+
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                breaker.call(fail)
+        assert checkpoint.get(CheckpointScope.OPERATION, "circuit-breaker/object-storage")["status"] == "failed"
+        now[0] = 11.0
+        breaker.call(lambda: "back")
+        history = checkpoint.history(CheckpointScope.OPERATION, "circuit-breaker/object-storage")
+        stats = checkpoint.get_statistics()
+    assert [event["to_status"] for event in history] == ["in_progress", "failed", "in_progress", "completed"]
+    assert "endpoint unreachable" in history[1]["error_message"]
+    assert stats["time_to_recovery"]["recovered"] == 1

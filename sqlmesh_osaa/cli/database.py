@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 
 from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
 
 # A name that never holds rows: only used to open the database before its pipelines are known.
 _PROBE_PIPELINE = "osaa-recover"
@@ -25,6 +26,12 @@ _PIPELINES_SQL = "SELECT pipeline FROM checkpoints UNION SELECT pipeline FROM ch
 _BREAKER_REJECTIONS_SQL = """
     SELECT pipeline, count(*) FROM checkpoint_events
     WHERE to_status = 'failed' AND starts_with(error_message, 'Circuit breaker is')
+    GROUP BY pipeline
+"""
+# Openings as error_handler.record_breaker_transitions keeps them: each one fails its item.
+_BREAKER_OPENINGS_SQL = f"""
+    SELECT pipeline, count(*) FROM checkpoint_events
+    WHERE to_status = 'failed' AND scope = 'operation' AND starts_with(key, '{BREAKER_KEY_PREFIX}')
     GROUP BY pipeline
 """
 
@@ -67,6 +74,9 @@ class CheckpointSession:
 
     def breaker_rejections(self) -> dict[str, int]:
         return dict(self._read(_BREAKER_REJECTIONS_SQL))
+
+    def breaker_openings(self) -> dict[str, int]:
+        return dict(self._read(_BREAKER_OPENINGS_SQL))
 
     def close(self) -> None:
         """Release the database so another process (a pipeline, ``sqlmesh run``) can open it."""

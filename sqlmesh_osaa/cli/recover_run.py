@@ -130,10 +130,13 @@ def _render_stats(report: Mapping[str, Any]) -> None:
                 f"{entry['retries']['total']} ({entry['retries']['per_item']:.2f}/item)",
                 f"{ttr['recovered']} recovered, {ttr['unrecovered']} not"
                 + (f"; mean {ttr['mean_seconds']:.1f}s, max {ttr['max_seconds']:.1f}s" if ttr["recovered"] else ""),
-                entry["circuit_breaker_rejections"],
+                f"{entry['circuit_breaker_openings']} / {entry['circuit_breaker_rejections']}",
             )
         )
-    columns = ["Pipeline", "Items", "Completed", "Failed", "Interrupted", "Failure rate", "Retries", "Time to recovery", "Breaker rejections"]
+    columns = [
+        "Pipeline", "Items", "Completed", "Failed", "Interrupted", "Failure rate", "Retries", "Time to recovery",
+        "Breaker openings / rejections",
+    ]
     output.show(output.table(f"Checkpoint statistics ({report['db_path']})", columns, rows))
     errors = [(n, e["count"], e["error_category"], e["error_message"]) for n, s in report["pipelines"].items() for e in s["most_common_errors"]]
     if errors:

@@ -68,6 +68,7 @@ PIPELINE_STATS: dict[str, Any] = {
         "max_seconds": "number|null",
     },
     "most_common_errors": [{"error_message": "string|null", "error_category": "string|null", "count": "integer"}],
+    "circuit_breaker_openings": "integer",
     "circuit_breaker_rejections": "integer",
     "consistently_failing": [
         {"scope": "string", "key": "string", "file_path": "string|null", "attempt": "integer", "error_message": "string|null"}

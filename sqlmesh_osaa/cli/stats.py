@@ -1,8 +1,8 @@
 """``stats``: the seed's monitoring figures per pipeline, from the checkpoint event log.
 
-Circuit-breaker state lives in the process that ran the pipeline and is not recorded, so the
-figure reported is what the event log shows of it: failures whose error was a call rejected by
-an open (or half-open) circuit.
+Circuit-breaker openings are the failures of the breaker's OPERATION items
+(``circuit-breaker/<name>``, kept by ``error_handler.record_breaker_transitions``); rejections
+are failures whose error was a call refused by an open (or half-open) circuit.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlmesh_osaa.cli.failures import FAILED
 CONSISTENT_FAILURE_ATTEMPTS = 2
 
 
-def _pipeline_stats(session: CheckpointSession, name: str, rejections: int) -> dict[str, Any]:
+def _pipeline_stats(session: CheckpointSession, name: str, openings: int, rejections: int) -> dict[str, Any]:
     checkpoint = session.checkpoint(name)
     stats = checkpoint.get_statistics()
     total = stats["total"]
@@ -42,14 +42,17 @@ def _pipeline_stats(session: CheckpointSession, name: str, rejections: int) -> d
         "retries": retries,
         "time_to_recovery": dict(stats["time_to_recovery"]),
         "most_common_errors": [dict(error) for error in stats["most_common_errors"]],
+        "circuit_breaker_openings": openings,
         "circuit_breaker_rejections": rejections,
         "consistently_failing": consistently_failing,
     }
 
 
 def stats(session: CheckpointSession, pipelines: Iterable[str]) -> dict[str, Any]:
-    rejections = session.breaker_rejections()
-    per_pipeline = {name: _pipeline_stats(session, name, rejections.get(name, 0)) for name in pipelines}
+    openings, rejections = session.breaker_openings(), session.breaker_rejections()
+    per_pipeline = {
+        name: _pipeline_stats(session, name, openings.get(name, 0), rejections.get(name, 0)) for name in pipelines
+    }
     items = sum(entry["total"] for entry in per_pipeline.values())
     failed = sum(entry["by_status"].get(FAILED, 0) for entry in per_pipeline.values())
     interrupted = sum(entry["interrupted"] for entry in per_pipeline.values())

@@ -143,3 +143,20 @@ def test_prune_deletes_only_completed_items_older_than_the_age(ingested: Workspa
     pruned = ingested.json("osaa-recover", "prune", "--older-than", "0s", expect=0)
     assert pruned["total"] > 0
     assert [row for row in ingested.rows() if row[3] == "failed"] == ingested.rows()
+
+
+def test_stats_count_circuit_breaker_openings(workspace: Workspace) -> None:
+    from sqlmesh_osaa.error_handler import CircuitBreaker, record_breaker_transitions
+
+    breaker = CircuitBreaker(failure_threshold=1, timeout_seconds=0, name="object-storage")
+    with PipelineCheckpoint("ingest", workspace.db) as checkpoint:
+        record_breaker_transitions(breaker, checkpoint)
+        for _ in range(2):
+            try:
+                breaker.call(lambda: (_ for _ in ()).throw(ConnectionError("endpoint unreachable")))
+            except ConnectionError:
+                pass
+            breaker.call(lambda: None)
+
+    stats = workspace.json("osaa-recover", "stats")
+    assert stats["pipelines"]["ingest"]["circuit_breaker_openings"] == 2
