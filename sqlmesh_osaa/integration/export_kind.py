@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import tempfile
 import typing as t
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import model_validator
 from sqlglot import exp
 from sqlmesh import CustomKind, CustomMaterialization, Model
-from sqlmesh.utils.date import to_timestamp
 
 from sqlmesh_osaa.fault_points import fault_point
 from sqlmesh_osaa.integration import properties, runtime
-from sqlmesh_osaa.integration.staged_outputs import StagedOutput, output_prefix, table_version, write_manifest
+from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
 
@@ -59,32 +59,18 @@ class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
         **kwargs: t.Any,
     ) -> None:
         self.adapter.replace_query(table_name, query_or_df, model.columns_to_types)
-        snapshot = kwargs["snapshot"]
-        deployable = kwargs["deployability_index"].is_deployable(snapshot)
-        start, end = to_timestamp(kwargs["start"]), to_timestamp(kwargs["end"])
         rt = runtime.require()
         key = t.cast(OsaaS3ExportKind, model.kind).key
-        prefix = output_prefix(
-            rt.settings.storage.staging_prefix, model.name, table_version(snapshot, deployable), deployable, start, end
-        )
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
         with tempfile.TemporaryDirectory(prefix="osaa-export-") as workdir:
             local = Path(workdir) / "export.parquet"
             self._write_parquet(table_name, local)
-            info = rt.error_handler.execute(rt.store.put_file, local, prefix + key, operation="PutObject")
-        output = StagedOutput(
-            prefix=prefix,
-            model=model.name,
-            snapshot_name=snapshot.name,
-            identifier=snapshot.identifier,
-            version=snapshot.version,
-            deployable=deployable,
-            start=start,
-            end=end,
-            objects={key: info.md5},
-        )
-        write_manifest(rt.store, output, rt.error_handler)
+            info = rt.error_handler.execute(rt.store.put_file, local, output.staged_key(key), operation="PutObject")
+        write_manifest(rt.store, replace(output, objects={key: info.md5}), rt.error_handler)
         fault_point(EXPORT_STAGED)
-        _log.info("Staged export of %s at %s (published once SQLMesh records the interval)", model.name, prefix + key)
+        _log.info(
+            "Staged export of %s at %s (published once SQLMesh records the interval)", model.name, output.staged_key(key)
+        )
 
     def _write_parquet(self, table_name: str, target: Path) -> None:
         table = exp.to_table(table_name).sql(dialect="duckdb")

@@ -19,19 +19,19 @@ from __future__ import annotations
 import logging
 import re
 import typing as t
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from pydantic import model_validator
 from sqlglot import exp
 from sqlmesh import CustomKind, CustomMaterialization, Model
-from sqlmesh.utils.date import to_timestamp
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
 from sqlmesh_osaa.integration import properties, runtime
-from sqlmesh_osaa.integration.staged_outputs import StagedOutput, output_prefix, table_version, write_manifest
+from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
 
@@ -85,13 +85,9 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
     ) -> None:
         kind = t.cast(OsaaFileIngestKind, model.kind)
         rt = runtime.require()
-        snapshot = kwargs["snapshot"]
-        deployable = kwargs["deployability_index"].is_deployable(snapshot)
-        start, end = to_timestamp(kwargs["start"]), to_timestamp(kwargs["end"])
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
         landed = self._ingest(rt, model.name, kind)
-        prefix = output_prefix(
-            rt.settings.storage.staging_prefix, model.name, table_version(snapshot, deployable), deployable, start, end
-        )
+        prefix = output.prefix
         area = _ingest_area(rt)
         objects: dict[str, str] = {}
         for key in landed:
@@ -99,18 +95,7 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
             objects[key[len(area) :]] = info.md5 or ""
         uris = [rt.store.uri(prefix + key) for key in sorted(objects)]
         self._load(rt, table_name, query_or_df, model, kind.source, uris)
-        output = StagedOutput(
-            prefix=prefix,
-            model=model.name,
-            snapshot_name=snapshot.name,
-            identifier=snapshot.identifier,
-            version=snapshot.version,
-            deployable=deployable,
-            start=start,
-            end=end,
-            objects=objects,
-            owned_prefix=f"landing/{kind.source}/",
-        )
+        output = replace(output, objects=objects, owned_prefix=f"landing/{kind.source}/")
         write_manifest(rt.store, output, rt.error_handler)
 
     def _ingest(self, rt: runtime.Runtime, model_name: str, kind: OsaaFileIngestKind) -> list[str]:

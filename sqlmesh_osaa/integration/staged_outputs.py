@@ -22,7 +22,9 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
+
+from sqlmesh.utils.date import to_timestamp
 
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.storage import ObjectStore
@@ -71,6 +73,23 @@ def table_dir(staging_prefix: str, model: str, version: str, deployable: bool) -
 
 def output_prefix(staging_prefix: str, model: str, version: str, deployable: bool, start: int, end: int) -> str:
     return f"{table_dir(staging_prefix, model, version, deployable)}{start}-{end}/"
+
+
+def evaluation_output(staging_prefix: str, model: str, evaluation: Mapping[str, Any]) -> StagedOutput:
+    """The (still empty) output of one evaluation, from a materialization's ``insert`` kwargs."""
+    snapshot = evaluation["snapshot"]
+    deployable = evaluation["deployability_index"].is_deployable(snapshot)
+    start, end = to_timestamp(evaluation["start"]), to_timestamp(evaluation["end"])
+    return StagedOutput(
+        prefix=output_prefix(staging_prefix, model, table_version(snapshot, deployable), deployable, start, end),
+        model=model,
+        snapshot_name=snapshot.name,
+        identifier=snapshot.identifier,
+        version=snapshot.version,
+        deployable=deployable,
+        start=start,
+        end=end,
+    )
 
 
 def write_manifest(store: ObjectStore, output: StagedOutput, error_handler: ErrorHandler) -> None:
