@@ -95,6 +95,8 @@ _ALWAYS_LEGAL_FROM = {
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 _ID_SEPARATOR = "\x1f"
+# From this many keys a batch lookup scans the scope instead of joining the key list.
+_SCAN_FROM_KEYS = 1000
 
 _SCHEMA = (
     "CREATE SEQUENCE IF NOT EXISTS checkpoint_event_seq",
@@ -731,8 +733,23 @@ class PipelineCheckpoint:
 
     def completed_keys(self, scope: CheckpointScope | str, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` whose items are completed, in one query."""
-        rows = self._rows_of_keys(CheckpointScope(scope), list(keys), "key", f"status = '{COMPLETED}'")
+        rows = self._rows_of_keys(CheckpointScope(scope), list(keys), f"status = '{COMPLETED}'")
         return {key for (key,) in rows}
+
+    def completed_fingerprints(
+        self, scope: CheckpointScope | str, key_prefix: str = ""
+    ) -> dict[str, tuple[int | None, int | None]]:
+        """``(file_size, file_mtime_ns)`` recorded for each completed item whose key starts with ``key_prefix``.
+
+        One scan serves a whole run's fast unchanged test: a caller that has stat'ed its
+        files compares these and asks :meth:`unchanged_keys` only about the files that differ.
+        """
+        rows = self._query(
+            f"""SELECT key, file_size, file_mtime_ns FROM checkpoints WHERE pipeline = $pipeline
+                AND scope = $scope AND status = '{COMPLETED}' AND starts_with(key, $prefix)""",
+            {"pipeline": self.pipeline_name, "scope": CheckpointScope(scope).value, "prefix": key_prefix},
+        )
+        return {key: (size, mtime_ns) for key, size, mtime_ns in rows}
 
     def unchanged_keys(
         self,
@@ -747,14 +764,14 @@ class PipelineCheckpoint:
         unless its size or mtime changed or ``verify_checksum`` asks for the MD5.
         """
         files = {item[0]: item for item in items}
-        columns = "key, checksum, file_size, file_mtime_ns"
+        columns = ("checksum", "file_size", "file_mtime_ns")
         unchanged = set()
         for key, checksum, size, mtime_ns in self._rows_of_keys(
-            CheckpointScope(scope), list(files), columns, f"status = '{COMPLETED}'"
+            CheckpointScope(scope), list(files), f"status = '{COMPLETED}'", columns
         ):
             item = files[key]
-            known = (item[2], item[3]) if len(item) == 4 else None
-            if known is not None and not verify_checksum and known == (size, mtime_ns):
+            known = item[2:] or None
+            if not verify_checksum and known == (size, mtime_ns):
                 unchanged.add(key)
             elif _file_matches(
                 {"checksum": checksum, "file_size": size, "file_mtime_ns": mtime_ns}, item[1], verify_checksum, known
@@ -796,7 +813,7 @@ class PipelineCheckpoint:
         scope = CheckpointScope(scope)
         triples = [_completion_item(item) for item in items]
         unnamed = [key for key, path, _ in triples if path is None]
-        recorded = dict(self._rows_of_keys(scope, unnamed, "key, file_path", "file_path IS NOT NULL"))
+        recorded = dict(self._rows_of_keys(scope, unnamed, "file_path IS NOT NULL", ("file_path",)))
         fingerprints = _fingerprints((path or recorded.get(key), checksum) for key, path, checksum in triples)
         keys, paths = [key for key, _, _ in triples], [path for _, path, _ in triples]
         self._transition_many(scope, COMPLETED, keys, paths, fingerprints, force=False)
@@ -1036,15 +1053,29 @@ class PipelineCheckpoint:
                 row[column] = row[column].replace(tzinfo=None)
         return row
 
-    def _rows_of_keys(self, scope: CheckpointScope, keys: list[str], columns: str, condition: str) -> list[tuple]:
-        """``columns`` of the rows of ``keys`` meeting ``condition``, in one query however many keys."""
+    def _rows_of_keys(
+        self, scope: CheckpointScope, keys: list[str], condition: str, columns: tuple[str, ...] = ()
+    ) -> list[tuple]:
+        """``key`` and ``columns`` of the rows of ``keys`` meeting ``condition``, in one query however many keys.
+
+        Many keys are answered by scanning the scope's rows under their common prefix and
+        keeping the wanted ones in Python: for 20k keys that takes a third of the time of
+        joining the key list inside DuckDB, which is what a re-run's unchanged test pays.
+        """
         if not keys:
             return []
-        return self._query(
-            f"""SELECT {columns} FROM checkpoints WHERE {condition}
-                AND item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
-            {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
+        select = f"SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}"
+        if len(keys) < _SCAN_FROM_KEYS:
+            return self._query(
+                f"{select} AND item_id IN (SELECT $prefix || unnest(from_json($keys, '[\"VARCHAR\"]')))",
+                {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
+            )
+        rows = self._query(
+            f"{select} AND pipeline = $pipeline AND scope = $scope AND starts_with(key, $common)",
+            {"pipeline": self.pipeline_name, "scope": scope.value, "common": os.path.commonprefix(keys)},
         )
+        wanted = set(keys)
+        return [row for row in rows if row[0] in wanted]
 
     def _transition_many(
         self,

@@ -2,7 +2,8 @@
 
 Discovery is one ``os.scandir`` walk that keeps the single ``stat`` it needs per file
 (size and mtime_ns are what the checkpoint's fast unchanged-file test compares), so a
-re-run over 100k unchanged files costs about a bare directory walk. For the same
+re-run over many unchanged files costs a small multiple of a bare directory walk
+(docs/performance.md, "Ingest"). For the same
 reason a :class:`RawFile` keeps its location as a string and builds the ``Path`` on
 demand: most files of a re-run are skipped without ever being opened.
 
@@ -20,9 +21,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 
@@ -60,6 +62,11 @@ class RawFile(NamedTuple):
     def path(self) -> Path:
         """The absolute, resolved path (the symlink's target when the file is a symlink)."""
         return Path(self.real_path)
+
+
+# Builds a RawFile from a tuple without the Python-level __new__ a NamedTuple generates:
+# discovery makes one per file.
+_raw_file = partial(tuple.__new__, RawFile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +108,15 @@ def discover_raw_files(
     source is unusable.
     """
     root = _resolve_root(raw_root)
-    matcher = _compile_pattern(pattern)
+    glob = _Glob(pattern)
     if source is not None:
         _check_source_name(source)
-    walk = _Walk(root, matcher, source)
+    walk = _Walk(root, glob, source)
     walk.directory(str(root), "", (str(root),))
     walk.files.sort(key=_by_relative)
-    files, collisions = _without_name_collisions(walk.files)
-    refused = sorted(walk.refused + collisions, key=_by_relative)
-    logger.debug("Discovered %d raw files (%d refused) under %s", len(files), len(refused), root)
-    return Discovery(root=root, files=tuple(files), refused=tuple(refused))
+    walk.refused.sort(key=_by_relative)
+    logger.debug("Discovered %d raw files (%d refused) under %s", len(walk.files), len(walk.refused), root)
+    return Discovery(root=root, files=tuple(walk.files), refused=tuple(walk.refused))
 
 
 def landing_prefix(env_prefix: str) -> str:
@@ -162,26 +168,58 @@ def _resolve_root(raw_root: str | Path) -> Path:
     return root.resolve()
 
 
-def _compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Translate a glob on relative POSIX paths into a regex (``fnmatch`` lets ``*`` cross ``/``)."""
-    parts = pattern.split("/")
-    if not pattern or pattern.startswith("/") or ".." in parts:
-        raise IngestError(
-            "Raw file pattern must be a relative glob without '..', such as '**/*.csv'",
-            category=ErrorCategory.PERMANENT,
-            pattern=pattern,
-        )
-    regex = ""
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        if part == "**":
-            regex += ".*" if last else "(?:[^/]+/)*"
-            continue
-        for char in part:
-            regex += {"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char))
-        if not last:
-            regex += "/"
-    return re.compile(regex)
+class _Glob:
+    """A raw-file pattern, split so that most of the matching happens once per directory.
+
+    ``*`` and ``?`` never cross a ``/``, so unless the last segment is ``**`` a file
+    matches when its directory matches the leading segments and its name the last one.
+    A name segment of ``*`` plus a literal, the usual ``*.csv``, is a suffix test.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.split("/")
+        if not pattern or pattern.startswith("/") or ".." in parts:
+            raise IngestError(
+                "Raw file pattern must be a relative glob without '..', such as '**/*.csv'",
+                category=ErrorCategory.PERMANENT,
+                pattern=pattern,
+            )
+        *directories, last = parts
+        leading = _directories_regex(directories)
+        self._directory = re.compile(leading).fullmatch
+        self._below = re.compile(leading + ".*").fullmatch
+        self._name = None if last == "**" else _name_test(last)
+
+    def names_in(self, relative_dir: str) -> Callable[[str], bool] | None:
+        """The test a file name in ``relative_dir`` must pass, or None when no name there can match.
+
+        Temporary files never pass: they are half-written copies, and landing one would land torn data.
+        """
+        if self._name is None:
+            below = self._below
+            return lambda name: below(relative_dir + name) is not None and not _is_temporary(name)
+        return self._name if self._directory(relative_dir) is not None else None
+
+
+def _directories_regex(parts: list[str]) -> str:
+    """The regex of leading pattern segments, each ending in ``/``; a ``**`` spans any number."""
+    return "".join("(?:[^/]+/)*" if part == "**" else _segment_regex(part) + "/" for part in parts)
+
+
+def _segment_regex(segment: str) -> str:
+    return "".join({"*": "[^/]*", "?": "[^/]"}.get(char, re.escape(char)) for char in segment)
+
+
+def _name_test(segment: str) -> Callable[[str], bool]:
+    """A test for names that match ``segment`` and are not temporary files."""
+    literal = segment[1:] if segment.startswith("*") else None
+    if literal is not None and "*" not in literal and "?" not in literal:
+        suffix = literal.lower()
+        if not any(suffix.endswith(temp) or temp.endswith(suffix) for temp in _TEMP_SUFFIXES):
+            # No name ending in this literal can end in a temporary suffix: only the prefix is left to test.
+            return lambda name: name.endswith(literal) and not name.startswith(_TEMP_PREFIXES)
+    matches = re.compile(_segment_regex(segment)).fullmatch
+    return lambda name: matches(name) is not None and not _is_temporary(name)
 
 
 def _check_source_name(source: str) -> None:
@@ -194,11 +232,15 @@ def _check_source_name(source: str) -> None:
 
 
 class _Walk:
-    """State of one discovery walk; a class only to keep the recursion's arguments short."""
+    """State of one discovery walk; a class only to keep the recursion's arguments short.
 
-    def __init__(self, root: Path, matcher: re.Pattern[str], source: str | None) -> None:
+    Whatever depends only on the directory (pattern, source, name prefix) is worked out
+    once per directory, so each file costs its name tests and the one ``stat``.
+    """
+
+    def __init__(self, root: Path, glob: _Glob, source: str | None) -> None:
         self.root = root
-        self.matches = matcher.fullmatch
+        self.glob = glob
         self.source = source
         self.files: list[RawFile] = []
         self.refused: list[RefusedFile] = []
@@ -206,74 +248,113 @@ class _Walk:
     def directory(self, real_dir: str, relative_dir: str, chain: tuple[str, ...]) -> None:
         """Walk one directory; ``chain`` holds the real directories above it, to stop symlink loops.
 
-        Kept to cheap checks on the names scandir returns; the per-file work is in :meth:`_file`.
+        The directory is listed through a descriptor, so each ``stat`` looks the name up in
+        the directory instead of resolving the whole path again.
         """
         try:
-            with os.scandir(real_dir) as entries:
-                listing = list(entries)
+            descriptor = os.open(real_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             message = f"Directory cannot be listed ({exc.strerror}); fix its permissions"
             self._refuse(real_dir, relative_dir.rstrip("/") or ".", message)
             return
+        try:
+            with os.scandir(descriptor) as entries:
+                self._entries(list(entries), real_dir.rstrip("/") + "/", relative_dir, chain)
+        finally:
+            os.close(descriptor)
+
+    def _entries(
+        self, listing: list[os.DirEntry[str]], dir_prefix: str, relative_dir: str, chain: tuple[str, ...]
+    ) -> None:
+        """Take the wanted files of one listing and walk its subdirectories.
+
+        A regular file with a plain name is taken in the loop itself, the case a re-run
+        over many unchanged files pays for; anything else (a link, an unusual name, a
+        file in the root) goes through :meth:`_file`'s checks.
+        """
+        wanted = self.glob.names_in(relative_dir)
+        source, below_source = self._source_of(relative_dir)
+        plain_directory = bool(source) and _name_problem(relative_dir) is None
+        kept: list[RawFile] = []
         for entry in listing:
             name = entry.name
             if name.startswith("."):
                 continue
-            relative = relative_dir + name
-            if entry.is_dir(follow_symlinks=False):
-                self.directory(entry.path, relative + "/", chain + (entry.path,))
+            if entry.is_file(follow_symlinks=False):
+                if wanted is None or not wanted(name):
+                    continue
+                if plain_directory and name.isascii() and name.isprintable():
+                    try:
+                        info = entry.stat()
+                    except OSError:
+                        pass
+                    else:
+                        landing_name = below_source + name.rsplit(".", 1)[0]
+                        path, relative = dir_prefix + name, relative_dir + name
+                        kept.append(_raw_file((path, relative, source, landing_name, info.st_size, info.st_mtime_ns)))
+                        continue
+                self._file(entry, dir_prefix + name, relative_dir, kept)
+            elif entry.is_dir(follow_symlinks=False):
+                path = dir_prefix + name
+                self.directory(path, f"{relative_dir}{name}/", chain + (path,))
             elif entry.is_symlink():
-                self._symlink(entry, relative, chain)
-            elif self._wanted(name, relative):
-                self._file(entry, entry.path, relative)
+                self._symlink(entry, dir_prefix + name, relative_dir, wanted, chain, kept)
+            elif wanted is not None and wanted(name):
+                self._file(entry, dir_prefix + name, relative_dir, kept)
+        kept, collisions = _without_name_collisions(kept)
+        self.files += kept
+        self.refused += collisions
 
-    def _wanted(self, name: str, relative: str) -> bool:
-        """Temporary files are half-written copies of real ones; ingesting them would land torn data."""
-        if name.startswith(_TEMP_PREFIXES) or name.lower().endswith(_TEMP_SUFFIXES):
-            return False
-        return self.matches(relative) is not None
+    def _source_of(self, relative_dir: str) -> tuple[str, str]:
+        """The source of the files in ``relative_dir`` and the part of their landing name above them."""
+        if self.source is None:
+            source, _, below_source = relative_dir.partition("/")
+            return source, below_source
+        return self.source, relative_dir
 
-    def _symlink(self, entry: os.DirEntry[str], relative: str, chain: tuple[str, ...]) -> None:
+    def _symlink(
+        self,
+        entry: os.DirEntry[str],
+        link_path: str,
+        relative_dir: str,
+        wanted: Callable[[str], bool] | None,
+        chain: tuple[str, ...],
+        kept: list[RawFile],
+    ) -> None:
         """Follow a link that stays in the root; refuse one that leaves it, unless the pattern skips it anyway."""
+        relative = relative_dir + entry.name
         is_dir = entry.is_dir()
-        if not is_dir and not self._wanted(entry.name, relative):
+        if not is_dir and (wanted is None or not wanted(entry.name)):
             return
         try:
             target = str(resolve_inside(self.root, relative))
         except IngestError as error:
-            self.refused.append(RefusedFile(Path(entry.path), relative, error))
+            self.refused.append(RefusedFile(Path(link_path), relative, error))
             return
         if not is_dir:
-            self._file(entry, target, relative)
+            self._file(entry, target, relative_dir, kept)
         elif target in chain:
             logger.debug("Not following %s: it links back to %s", relative, target)
         else:
             self.directory(target, relative + "/", chain + (target,))
 
-    def _file(self, entry: os.DirEntry[str], real_path: str, relative: str) -> None:
-        problem = _name_problem(relative)
-        if problem is not None:
-            self._refuse(real_path, relative, problem)
-            return
-        if self.source is None and "/" not in relative:
-            self._refuse(real_path, relative, _NO_SOURCE)
-            return
-        try:
-            info = entry.stat()
-        except OSError as exc:
-            message = f"File cannot be read ({exc.strerror}); if it is a symlink, fix its target"
-            self._refuse(real_path, relative, message)
-            return
-        if not stat.S_ISREG(info.st_mode):
-            self._refuse(real_path, relative, _NOT_REGULAR)
-            return
-        if self.source is None:
-            source, _, below_source = relative.partition("/")
-        else:
-            source, below_source = self.source, relative
-        stem = entry.name.rsplit(".", 1)[0]
-        name = below_source[: len(below_source) - len(entry.name)] + stem
-        self.files.append(RawFile(real_path, relative, source, name, info.st_size, info.st_mtime_ns))
+    def _file(self, entry: os.DirEntry[str], real_path: str, relative_dir: str, kept: list[RawFile]) -> None:
+        """Take a wanted file into ``kept``, or refuse it saying why it cannot land."""
+        relative = relative_dir + entry.name
+        source, below_source = self._source_of(relative_dir)
+        problem = _name_problem(relative) or (None if source else _NO_SOURCE)
+        if problem is None:
+            try:
+                info = entry.stat()
+            except OSError as exc:
+                problem = f"File cannot be read ({exc.strerror}); if it is a symlink, fix its target"
+            else:
+                if stat.S_ISREG(info.st_mode):
+                    landing_name = below_source + entry.name.rsplit(".", 1)[0]
+                    kept.append(RawFile(real_path, relative, source, landing_name, info.st_size, info.st_mtime_ns))
+                    return
+                problem = _NOT_REGULAR
+        self._refuse(real_path, relative, problem)
 
     def _refuse(self, real_path: str, relative: str, message: str) -> None:
         error = IngestError(
@@ -283,6 +364,10 @@ class _Walk:
             raw_root=str(self.root),
         )
         self.refused.append(RefusedFile(Path(real_path), relative, error))
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(_TEMP_PREFIXES) or name.lower().endswith(_TEMP_SUFFIXES)
 
 
 def _name_problem(relative: str) -> str | None:
@@ -299,7 +384,13 @@ def _name_problem(relative: str) -> str | None:
 
 
 def _without_name_collisions(files: list[RawFile]) -> tuple[list[RawFile], list[RefusedFile]]:
-    """Refuse every file whose landing name another file also has: picking one would be silent data loss."""
+    """Refuse every file whose landing name another file also has: picking one would be silent data loss.
+
+    A landing name is the relative path without its suffix, so only files of one
+    directory can share one (``data.csv`` and ``data.txt``).
+    """
+    if len({raw.name for raw in files}) == len(files):
+        return files, []
     first: dict[tuple[str, str], RawFile] = {}
     clashes: dict[tuple[str, str], list[RawFile]] = {}
     for raw in files:

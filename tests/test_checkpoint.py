@@ -579,6 +579,20 @@ def test_completed_keys_returns_only_the_completed_ones_asked_for(store: Pipelin
     assert store.completed_keys(MODEL, ["done"]) == set()
 
 
+def test_a_long_key_list_returns_only_its_own_completed_keys(db_path: Path) -> None:
+    """Thousands of keys are looked up by scanning the scope; rows of other keys, scopes and pipelines stay out."""
+    keys = [f"prod/landing/wdi/{i}.parquet" for i in range(1500)]
+    with PipelineCheckpoint("test", db_path) as store, PipelineCheckpoint("other", db_path) as other:
+        store.mark_started_many(FILE, keys + ["prod/landing/wdi/not-asked.parquet"])
+        store.mark_completed_many(FILE, keys[1:] + ["prod/landing/wdi/not-asked.parquet"])
+        store.mark_started_many(MODEL, [keys[0]])
+        store.mark_completed_many(MODEL, [keys[0]])
+        other.mark_started_many(FILE, [keys[0]])
+        other.mark_completed_many(FILE, [keys[0]])
+
+        assert store.completed_keys(FILE, keys + ["prod/landing/unknown.parquet"]) == set(keys[1:])
+
+
 def test_batch_items_may_be_keys_or_tuples_with_file_and_checksum(store: PipelineCheckpoint, raw_file: Path) -> None:
     store.mark_started_many(FILE, ["a", ("b", None), ("c", raw_file), ("d", str(raw_file))])
     store.mark_completed_many(FILE, ["a", ("b",), ("c", raw_file), ("d", raw_file, "f" * 32)])
@@ -658,6 +672,20 @@ def test_batch_and_single_transitions_leave_the_same_rows_and_events(
     assert [{k: v for k, v in e.items() if k not in varying} for e in store.history(FILE, "single")] == [
         {k: v for k, v in e.items() if k not in varying} for e in store.history(FILE, "batch")
     ]
+
+
+def test_completed_fingerprints_are_the_size_and_mtime_of_completed_items_under_a_prefix(
+    store: PipelineCheckpoint, raw_file: Path
+) -> None:
+    complete(store, "prod/landing/wdi/a.parquet", raw_file)
+    complete(store, "dev/landing/wdi/a.parquet", raw_file)
+    store.mark_started(FILE, "prod/landing/wdi/running.parquet", raw_file)
+
+    info = raw_file.stat()
+    assert store.completed_fingerprints(FILE, "prod/landing/") == {
+        "prod/landing/wdi/a.parquet": (info.st_size, info.st_mtime_ns)
+    }
+    assert store.completed_fingerprints(MODEL, "prod/landing/") == {}
 
 
 def test_unchanged_keys_are_completed_items_whose_files_are_unchanged(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -99,6 +100,30 @@ def test_touched_but_identical_file_is_not_uploaded_again(raw, store, checkpoint
     result = ingest(raw, store, checkpoint)
     assert result.landed == []
     assert "prod/landing/wdi/WDICSV.parquet" in result.skipped
+
+
+def test_verify_checksum_catches_a_change_that_kept_size_and_mtime(raw, store, checkpoint):
+    ingest(raw, store, checkpoint)
+    path = raw / "wdi" / "WDICSV.csv"
+    before = path.stat()
+    path.write_text(path.read_text().replace("C1,", "D1,"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    assert ingest(raw, store, checkpoint).landed == []
+    assert ingest(raw, store, checkpoint, verify_checksum=True).landed == ["prod/landing/wdi/WDICSV.parquet"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_an_ingest_run_leaves_the_garbage_collector_as_it_found_it(raw, store, checkpoint, enabled):
+    """Planning pauses the collector; the host process gets it back in the state it had."""
+    was_enabled = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        ingest(raw, store, checkpoint)
+        ingest(raw, store, checkpoint)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
 
 
 @pytest.mark.s3

@@ -95,11 +95,12 @@ def test_hidden_files_and_hidden_directories_are_skipped(raw: Path) -> None:
     "temporary",
     ["data.csv~", "data.csv.tmp", "data.csv.part", "data.csv.crdownload", "~$data.csv", "DATA.CSV.TMP"],
 )
-def test_temporary_files_are_skipped(raw: Path, temporary: str) -> None:
+@pytest.mark.parametrize("pattern", ["**/*", "**/*.csv", "wdi/**", "wdi/*a*"])
+def test_temporary_files_are_skipped(raw: Path, temporary: str, pattern: str) -> None:
     write(raw, f"wdi/{temporary}")
     write(raw, "wdi/data.csv")
 
-    assert relatives(discover_raw_files(raw, pattern="**/*")) == ["wdi/data.csv"]
+    assert relatives(discover_raw_files(raw, pattern=pattern)) == ["wdi/data.csv"]
 
 
 def test_the_pattern_selects_files_by_their_relative_path(raw: Path) -> None:
@@ -111,6 +112,8 @@ def test_the_pattern_selects_files_by_their_relative_path(raw: Path) -> None:
     assert relatives(discover_raw_files(raw, pattern="wdi/*.csv")) == ["wdi/a.csv"]
     assert relatives(discover_raw_files(raw, pattern="sdg/*")) == ["sdg/b.csv"]
     assert relatives(discover_raw_files(raw, pattern="sdg/**/*.csv")) == ["sdg/b.csv", "sdg/deeper/c.csv"]
+    assert relatives(discover_raw_files(raw, pattern="sdg/**")) == ["sdg/b.csv", "sdg/deeper/c.csv"]
+    assert relatives(discover_raw_files(raw, pattern="*/?.c?v")) == ["sdg/b.csv", "wdi/a.csv"]
 
 
 @pytest.mark.parametrize(
