@@ -10,13 +10,11 @@ category and message), never an abort: the good files still land. The same engin
 
 from __future__ import annotations
 
-import gc
 import logging
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import duckdb
 
@@ -24,7 +22,15 @@ from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
-from sqlmesh_osaa.raw_files import DEFAULT_PATTERN, RawFile, discover_raw_files, landing_keys, landing_prefix
+from sqlmesh_osaa.raw_files import (
+    DEFAULT_PATTERN,
+    Baseline,
+    Discovery,
+    RawFile,
+    discover_raw_files,
+    landing_keys,
+    landing_prefix,
+)
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
 from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
@@ -62,47 +68,35 @@ class IngestRequest:
     verify_checksum: bool = False
 
 
-@contextmanager
-def _collection_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a run works out what to do.
+def _discover(request: IngestRequest, checkpoint: PipelineCheckpoint) -> Discovery:
+    """Discover the raw files against what their FILE checkpoints recorded when they landed.
 
-    Planning allocates a few small objects per raw file and no reference cycles, yet in a
-    process that has imported DuckDB or boto3 the collections those allocations trigger
-    rescan every live object: a quarter of an unchanged re-run. The collector resumes on exit.
+    A file whose completed record has its size and mtime is unchanged without further
+    question; discovery lists only its landing key. Verifying checksums skips that shortcut.
     """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    baseline = None
+    if not request.verify_checksum:
+        fingerprints = checkpoint.completed_fingerprints(CheckpointScope.FILE, landing_prefix(request.env_prefix))
+        baseline = Baseline(request.env_prefix, fingerprints)
+    return discover_raw_files(request.raw_root, pattern=request.pattern, source=request.source, baseline=baseline)
 
 
 def _split_unchanged(
-    checkpoint: PipelineCheckpoint, files: tuple[RawFile, ...], env_prefix: str, verify: bool
+    checkpoint: PipelineCheckpoint, discovery: Discovery, env_prefix: str, verify: bool
 ) -> tuple[list[tuple[RawFile, str]], list[str]]:
     """The files to ingest (with their landing keys), and the keys of those unchanged since they landed.
 
-    A file whose completed record has its size and mtime is unchanged without further
-    question; only the others (or all, when verifying) go to :meth:`unchanged_keys`,
-    which may read a file to compare its MD5.
+    Discovery has set aside the files that match their records; the others may still be
+    unchanged by checksum (a touched file), which :meth:`unchanged_keys` finds out.
     """
-    recorded = {} if verify else checkpoint.completed_fingerprints(CheckpointScope.FILE, landing_prefix(env_prefix))
-    todo: list[tuple[RawFile, str]] = []
-    skipped: list[str] = []
-    for raw, key in zip(files, landing_keys(env_prefix, files)):
-        if recorded.get(key) == (raw.size, raw.mtime_ns):
-            skipped.append(key)
-        else:
-            todo.append((raw, key))
-    if not todo:
-        return todo, skipped
-    items = [(key, raw.real_path, raw.size, raw.mtime_ns) for raw, key in todo]
+    skipped = list(discovery.unchanged)
+    files = list(zip(discovery.files, landing_keys(env_prefix, discovery.files)))
+    if not files:
+        return files, skipped
+    items = [(key, raw.real_path, raw.size, raw.mtime_ns) for raw, key in files]
     unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, items, verify)
-    skipped += [key for _, key in todo if key in unchanged]
-    return [(raw, key) for raw, key in todo if key not in unchanged], skipped
+    skipped += [key for _, key in files if key in unchanged]
+    return [(raw, key) for raw, key in files if key not in unchanged], skipped
 
 
 def run_ingest(
@@ -137,16 +131,15 @@ def _ingest(
     progress: Progress | None,
     transaction_id: str | None,
 ) -> IngestResult:
-    with _collection_paused():
-        discovery = discover_raw_files(request.raw_root, pattern=request.pattern, source=request.source)
-        todo, skipped = _split_unchanged(checkpoint, discovery.files, request.env_prefix, request.verify_checksum)
+    discovery = _discover(request, checkpoint)
+    todo, skipped = _split_unchanged(checkpoint, discovery, request.env_prefix, request.verify_checksum)
     collector = PartialFailureCollector()
     for refused in discovery.refused:
         collector.add_failure(refused.relative, refused.error)
     result = IngestResult(skipped=skipped)
     _log.info(
         "Ingest of %s: %d file(s), %d unchanged, %d to convert, %d refused",
-        discovery.root, len(discovery.files), len(result.skipped), len(todo), len(discovery.refused),
+        discovery.root, len(todo) + len(skipped), len(skipped), len(todo), len(discovery.refused),
     )
     if todo:
         _convert_and_commit(request, todo, checkpoint, store, settings, error_handler, collector, result, progress, transaction_id)

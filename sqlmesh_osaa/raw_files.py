@@ -21,10 +21,9 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from functools import partial
 from operator import attrgetter
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 
@@ -38,6 +37,7 @@ _TEMP_PREFIXES = ("~$",)
 # S3 keys are UTF-8; control characters are unsafe in keys and in XML listings.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _by_relative = attrgetter("relative")
+_LANDING_SUFFIX = ".parquet"
 _NO_SOURCE = (
     "File lies directly in the raw root, so it has no source; move it into a directory named after its source"
 )
@@ -64,11 +64,6 @@ class RawFile(NamedTuple):
         return Path(self.real_path)
 
 
-# Builds a RawFile from a tuple without the Python-level __new__ a NamedTuple generates:
-# discovery makes one per file.
-_raw_file = partial(tuple.__new__, RawFile)
-
-
 @dataclass(frozen=True, slots=True)
 class RefusedFile:
     """A path discovery would not accept, with the error the ingest run records for it."""
@@ -79,12 +74,22 @@ class RefusedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class Baseline:
+    """The ``(size, mtime_ns)`` each file of an environment had when it last landed, by landing key."""
+
+    env_prefix: str
+    fingerprints: Mapping[str, tuple[int | None, int | None]]
+
+
+@dataclass(frozen=True, slots=True)
 class Discovery:
-    """What a walk of the raw root found: files to ingest, and files refused with a reason."""
+    """What a walk of the raw root found: files to ingest, files refused with a reason, and
+    the landing keys of files that still match the baseline they were discovered against."""
 
     root: Path
     files: tuple[RawFile, ...] = ()
     refused: tuple[RefusedFile, ...] = ()
+    unchanged: tuple[str, ...] = ()
 
 
 def discover_raw_files(
@@ -92,6 +97,7 @@ def discover_raw_files(
     *,
     pattern: str = DEFAULT_PATTERN,
     source: str | None = None,
+    baseline: Baseline | None = None,
 ) -> Discovery:
     """Find the files under ``raw_root`` that match ``pattern``, sorted by relative path.
 
@@ -106,17 +112,26 @@ def discover_raw_files(
     Symlinks are followed when they stay inside the root and refused when they lead
     out of it. Raises :class:`IngestError` when the root is missing or the pattern or
     source is unusable.
+
+    A plain file that still has the size and mtime its ``baseline`` recorded is listed in
+    ``unchanged`` by its landing key instead of in ``files``, so a re-run builds nothing
+    for it; ``files`` may still hold files the baseline matches (links, unusual names,
+    name clashes), which the caller's own unchanged test then accepts.
     """
     root = _resolve_root(raw_root)
     glob = _Glob(pattern)
     if source is not None:
         _check_source_name(source)
-    walk = _Walk(root, glob, source)
+    walk = _Walk(root, glob, source, baseline)
     walk.directory(str(root), "", (str(root),))
     walk.files.sort(key=_by_relative)
     walk.refused.sort(key=_by_relative)
-    logger.debug("Discovered %d raw files (%d refused) under %s", len(walk.files), len(walk.refused), root)
-    return Discovery(root=root, files=tuple(walk.files), refused=tuple(walk.refused))
+    walk.unchanged.sort()
+    logger.debug(
+        "Discovered %d raw files (%d unchanged, %d refused) under %s",
+        len(walk.files) + len(walk.unchanged), len(walk.unchanged), len(walk.refused), root,
+    )
+    return Discovery(root, tuple(walk.files), tuple(walk.refused), tuple(walk.unchanged))
 
 
 def landing_prefix(env_prefix: str) -> str:
@@ -133,7 +148,7 @@ def landing_key(env_prefix: str, raw: RawFile) -> str:
 def landing_keys(env_prefix: str, files: Iterable[RawFile]) -> list[str]:
     """:func:`landing_key` of many files, the prefix worked out once."""
     prefix = landing_prefix(env_prefix)
-    return [f"{prefix}{raw.source}/{raw.name}.parquet" for raw in files]
+    return [f"{prefix}{raw.source}/{raw.name}{_LANDING_SUFFIX}" for raw in files]
 
 
 def resolve_inside(root: str | Path, candidate: str | Path) -> Path:
@@ -238,12 +253,15 @@ class _Walk:
     once per directory, so each file costs its name tests and the one ``stat``.
     """
 
-    def __init__(self, root: Path, glob: _Glob, source: str | None) -> None:
+    def __init__(self, root: Path, glob: _Glob, source: str | None, baseline: Baseline | None) -> None:
         self.root = root
         self.glob = glob
         self.source = source
+        self.key_prefix = landing_prefix(baseline.env_prefix) if baseline else ""
+        self.fingerprints = baseline.fingerprints if baseline else {}
         self.files: list[RawFile] = []
         self.refused: list[RefusedFile] = []
+        self.unchanged: list[str] = []
 
     def directory(self, real_dir: str, relative_dir: str, chain: tuple[str, ...]) -> None:
         """Walk one directory; ``chain`` holds the real directories above it, to stop symlink loops.
@@ -275,7 +293,10 @@ class _Walk:
         wanted = self.glob.names_in(relative_dir)
         source, below_source = self._source_of(relative_dir)
         plain_directory = bool(source) and _name_problem(relative_dir) is None
+        key_dir, fingerprints = f"{self.key_prefix}{source}/{below_source}", self.fingerprints
         kept: list[RawFile] = []
+        unchanged: list[os.DirEntry[str]] = []
+        unchanged_keys: list[str] = []
         for entry in listing:
             name = entry.name
             if name.startswith("."):
@@ -289,9 +310,14 @@ class _Walk:
                     except OSError:
                         pass
                     else:
-                        landing_name = below_source + name.rsplit(".", 1)[0]
+                        stem = name.rsplit(".", 1)[0]
+                        key = key_dir + stem + _LANDING_SUFFIX
+                        if fingerprints.get(key) == (info.st_size, info.st_mtime_ns):
+                            unchanged.append(entry)
+                            unchanged_keys.append(key)
+                            continue
                         path, relative = dir_prefix + name, relative_dir + name
-                        kept.append(_raw_file((path, relative, source, landing_name, info.st_size, info.st_mtime_ns)))
+                        kept.append(RawFile(path, relative, source, below_source + stem, info.st_size, info.st_mtime_ns))
                         continue
                 self._file(entry, dir_prefix + name, relative_dir, kept)
             elif entry.is_dir(follow_symlinks=False):
@@ -301,9 +327,29 @@ class _Walk:
                 self._symlink(entry, dir_prefix + name, relative_dir, wanted, chain, kept)
             elif wanted is not None and wanted(name):
                 self._file(entry, dir_prefix + name, relative_dir, kept)
+        self._keep(kept, unchanged, unchanged_keys, dir_prefix, relative_dir)
+
+    def _keep(
+        self,
+        kept: list[RawFile],
+        unchanged: list[os.DirEntry[str]],
+        unchanged_keys: list[str],
+        dir_prefix: str,
+        relative_dir: str,
+    ) -> None:
+        """Record one directory's files; when two would land under one name, none counts as unchanged."""
+        if unchanged and kept and self._shares_a_key(unchanged_keys, kept):
+            for entry in unchanged:
+                self._file(entry, dir_prefix + entry.name, relative_dir, kept)
+            unchanged_keys = []
         kept, collisions = _without_name_collisions(kept)
         self.files += kept
         self.refused += collisions
+        self.unchanged += unchanged_keys
+
+    def _shares_a_key(self, keys: list[str], files: list[RawFile]) -> bool:
+        """Whether a file of ``files`` would land under one of ``keys``."""
+        return not set(keys).isdisjoint(f"{self.key_prefix}{raw.source}/{raw.name}{_LANDING_SUFFIX}" for raw in files)
 
     def _source_of(self, relative_dir: str) -> tuple[str, str]:
         """The source of the files in ``relative_dir`` and the part of their landing name above them."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from pathlib import Path
 
@@ -111,19 +110,6 @@ def test_verify_checksum_catches_a_change_that_kept_size_and_mtime(raw, store, c
 
     assert ingest(raw, store, checkpoint).landed == []
     assert ingest(raw, store, checkpoint, verify_checksum=True).landed == ["prod/landing/wdi/WDICSV.parquet"]
-
-
-@pytest.mark.parametrize("enabled", [True, False])
-def test_an_ingest_run_leaves_the_garbage_collector_as_it_found_it(raw, store, checkpoint, enabled):
-    """Planning pauses the collector; the host process gets it back in the state it had."""
-    was_enabled = gc.isenabled()
-    (gc.enable if enabled else gc.disable)()
-    try:
-        ingest(raw, store, checkpoint)
-        ingest(raw, store, checkpoint)
-        assert gc.isenabled() is enabled
-    finally:
-        (gc.enable if was_enabled else gc.disable)()
 
 
 @pytest.mark.s3

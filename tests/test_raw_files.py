@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
-from sqlmesh_osaa.raw_files import RawFile, discover_raw_files, landing_key, resolve_inside
+from sqlmesh_osaa.raw_files import Baseline, RawFile, discover_raw_files, landing_key, resolve_inside
 
 
 def write(root: Path, relative: str, content: str = "a,b\n1,2\n") -> Path:
@@ -285,6 +285,61 @@ def test_landing_key_follows_the_osaa_layout(raw: Path) -> None:
     assert landing_key("dev/alice", wdi_file) == "dev/alice/landing/wdi/WDICSV.parquet"
     assert landing_key("prod/", sdg_file) == "prod/landing/sdg/2023/goal 1.parquet"
     assert landing_key("", wdi_file) == "landing/wdi/WDICSV.parquet"
+
+
+def fingerprint(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_size, info.st_mtime_ns
+
+
+def test_files_matching_the_baseline_are_listed_as_unchanged_by_landing_key(raw: Path) -> None:
+    same = write(raw, "wdi/same.csv")
+    changed = write(raw, "sdg/2023/changed.csv")
+    write(raw, "sdg/new.csv")
+    baseline = Baseline(
+        "prod",
+        {
+            "prod/landing/wdi/same.parquet": fingerprint(same),
+            "prod/landing/sdg/2023/changed.parquet": (fingerprint(changed)[0] + 1, fingerprint(changed)[1]),
+        },
+    )
+
+    discovery = discover_raw_files(raw, baseline=baseline)
+
+    assert discovery.unchanged == ("prod/landing/wdi/same.parquet",)
+    assert relatives(discovery) == ["sdg/2023/changed.csv", "sdg/new.csv"]
+
+
+def test_a_baseline_of_another_environment_matches_nothing(raw: Path) -> None:
+    same = write(raw, "wdi/same.csv")
+
+    discovery = discover_raw_files(raw, baseline=Baseline("dev", {"prod/landing/wdi/same.parquet": fingerprint(same)}))
+
+    assert discovery.unchanged == ()
+    assert relatives(discovery) == ["wdi/same.csv"]
+
+
+def test_a_given_source_is_part_of_the_unchanged_landing_key(raw: Path) -> None:
+    same = write(raw, "deep/same.csv")
+
+    discovery = discover_raw_files(
+        raw, source="wdi", baseline=Baseline("prod", {"prod/landing/wdi/deep/same.parquet": fingerprint(same)})
+    )
+
+    assert discovery.unchanged == ("prod/landing/wdi/deep/same.parquet",)
+    assert discovery.files == ()
+
+
+def test_files_clashing_on_a_landing_name_are_refused_even_when_one_matches_the_baseline(raw: Path) -> None:
+    same = write(raw, "wdi/data.csv")
+    write(raw, "wdi/data.txt")
+
+    discovery = discover_raw_files(
+        raw, pattern="**/*", baseline=Baseline("prod", {"prod/landing/wdi/data.parquet": fingerprint(same)})
+    )
+
+    assert discovery.unchanged == ()
+    assert [refused.relative for refused in discovery.refused] == ["wdi/data.csv", "wdi/data.txt"]
 
 
 def test_resolve_inside_accepts_a_path_inside_the_root(raw: Path) -> None:
