@@ -21,6 +21,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/checkpoints.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/hooks.py
+	$(BIN)/python bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .osaa .pytest_cache
