@@ -85,7 +85,8 @@ def seed_completed(raw: Path, db: Path) -> None:
         checkpoint.mark_completed_many(CheckpointScope.FILE, items)
 
 
-def ours(raw: Path, store: S3Store, db: Path) -> float:
+def ours(raw: Path, store: S3Store, db: Path, *, unchanged: bool = False) -> float:
+    """Our ingest of ``raw``; with ``unchanged``, it must find every file unchanged (the re-run of (b))."""
     started = time.perf_counter()
     with PipelineCheckpoint("ingest", db) as checkpoint:
         result = run_ingest(
@@ -95,8 +96,10 @@ def ours(raw: Path, store: S3Store, db: Path) -> float:
             settings=load_settings(environ={}),
             error_handler=ErrorHandler(RetryPolicy(max_attempts=3, initial_delay=0.1)),
         )
+    elapsed = time.perf_counter() - started
     assert result.ok, result.failures
-    return time.perf_counter() - started
+    assert not (unchanged and result.landed), f"{len(result.landed)} files landed again in an unchanged re-run"
+    return elapsed
 
 
 def main() -> None:
@@ -147,7 +150,7 @@ def main() -> None:
                 walk, rerun = reruns.setdefault(count, ([], []))
                 for _ in range(args.rerun_rounds):
                     walk.append(stat_walk(many))
-                    rerun.append(ours(many, store, db))
+                    rerun.append(ours(many, store, db, unchanged=True))
     finally:
         proxy.stop()
         server.stop()
