@@ -744,11 +744,8 @@ class PipelineCheckpoint:
         One scan serves a whole run's fast unchanged test: a caller that has stat'ed its
         files compares these and asks :meth:`unchanged_keys` only about the files that differ.
         """
-        rows = self._query(
-            f"""SELECT key, file_size, file_mtime_ns FROM checkpoints WHERE pipeline = $pipeline
-                AND scope = $scope AND status = '{COMPLETED}' AND starts_with(key, $prefix)""",
-            {"pipeline": self.pipeline_name, "scope": CheckpointScope(scope).value, "prefix": key_prefix},
-        )
+        columns = ("file_size", "file_mtime_ns")
+        rows = self._rows_under(CheckpointScope(scope), key_prefix, f"status = '{COMPLETED}'", columns)
         return {key: (size, mtime_ns) for key, size, mtime_ns in rows}
 
     def unchanged_keys(
@@ -1059,23 +1056,30 @@ class PipelineCheckpoint:
         """``key`` and ``columns`` of the rows of ``keys`` meeting ``condition``, in one query however many keys.
 
         Many keys are answered by scanning the scope's rows under their common prefix and
-        keeping the wanted ones in Python: for 20k keys that takes a third of the time of
-        joining the key list inside DuckDB, which is what a re-run's unchanged test pays.
+        keeping the wanted ones in Python: for 20k keys (a first ingest's unchanged test) that
+        takes a third of the time of joining the key list inside DuckDB.
         """
         if not keys:
             return []
-        select = f"SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}"
-        if len(keys) < _SCAN_FROM_KEYS:
-            return self._query(
-                f"{select} AND item_id IN (SELECT $prefix || unnest(from_json($keys, '[\"VARCHAR\"]')))",
-                {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
-            )
-        rows = self._query(
-            f"{select} AND pipeline = $pipeline AND scope = $scope AND starts_with(key, $common)",
-            {"pipeline": self.pipeline_name, "scope": scope.value, "common": os.path.commonprefix(keys)},
+        if len(keys) >= _SCAN_FROM_KEYS:
+            wanted = set(keys)
+            rows = self._rows_under(scope, os.path.commonprefix(keys), condition, columns)
+            return [row for row in rows if row[0] in wanted]
+        return self._query(
+            f"""SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}
+                AND item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
+            {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
         )
-        wanted = set(keys)
-        return [row for row in rows if row[0] in wanted]
+
+    def _rows_under(
+        self, scope: CheckpointScope, key_prefix: str, condition: str, columns: tuple[str, ...]
+    ) -> list[tuple]:
+        """``key`` and ``columns`` of this pipeline's rows in ``scope`` whose key starts with ``key_prefix``."""
+        return self._query(
+            f"""SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}
+                AND pipeline = $pipeline AND scope = $scope AND starts_with(key, $prefix)""",
+            {"pipeline": self.pipeline_name, "scope": scope.value, "prefix": key_prefix},
+        )
 
     def _transition_many(
         self,

@@ -1,11 +1,11 @@
 """Discovering the raw files an ingest run converts, safely and cheaply.
 
 Discovery is one ``os.scandir`` walk that keeps the single ``stat`` it needs per file
-(size and mtime_ns are what the checkpoint's fast unchanged-file test compares), so a
-re-run over many unchanged files costs a small multiple of a bare directory walk
-(docs/performance.md, "Ingest"). For the same
-reason a :class:`RawFile` keeps its location as a string and builds the ``Path`` on
-demand: most files of a re-run are skipped without ever being opened.
+(size and mtime_ns are what the checkpoint's fast unchanged-file test compares) and, given
+a baseline, sets unchanged files aside by landing key as it goes, so a re-run over many
+unchanged files costs a small multiple of a bare directory walk (docs/performance.md,
+"Ingest"). For the same reason a :class:`RawFile` keeps its location as a string and
+builds the ``Path`` on demand.
 
 A file discovery cannot accept (a symlink leading out of the raw root, a name that
 cannot be an object key, ...) is *refused*, not fatal: :class:`Discovery` lists it with
@@ -47,8 +47,8 @@ _NOT_REGULAR = "Not a regular file (a pipe, socket or device); replace it with a
 class RawFile(NamedTuple):
     """A raw file to ingest, with the stat values the checkpoint's fast path compares.
 
-    A named tuple rather than a frozen dataclass: discovery builds one per file, and on a
-    re-run over 100k unchanged files that construction is a visible share of the cost.
+    A named tuple rather than a frozen dataclass: discovery builds one per new or changed
+    file, and a first ingest of 100k files builds 100k of them.
     """
 
     real_path: str
@@ -301,33 +301,46 @@ class _Walk:
             name = entry.name
             if name.startswith("."):
                 continue
-            if entry.is_file(follow_symlinks=False):
-                if wanted is None or not wanted(name):
-                    continue
-                if plain_directory and name.isascii() and name.isprintable():
-                    try:
-                        info = entry.stat()
-                    except OSError:
-                        pass
-                    else:
-                        stem = name.rsplit(".", 1)[0]
-                        key = key_dir + stem + _LANDING_SUFFIX
-                        if fingerprints.get(key) == (info.st_size, info.st_mtime_ns):
-                            unchanged.append(entry)
-                            unchanged_keys.append(key)
-                            continue
-                        path, relative = dir_prefix + name, relative_dir + name
-                        kept.append(RawFile(path, relative, source, below_source + stem, info.st_size, info.st_mtime_ns))
-                        continue
+            if not entry.is_file(follow_symlinks=False):
+                self._not_a_file(entry, dir_prefix, relative_dir, wanted, chain, kept)
+                continue
+            if wanted is None or not wanted(name):
+                continue
+            if not (plain_directory and name.isascii() and name.isprintable()):
                 self._file(entry, dir_prefix + name, relative_dir, kept)
-            elif entry.is_dir(follow_symlinks=False):
-                path = dir_prefix + name
-                self.directory(path, f"{relative_dir}{name}/", chain + (path,))
-            elif entry.is_symlink():
-                self._symlink(entry, dir_prefix + name, relative_dir, wanted, chain, kept)
-            elif wanted is not None and wanted(name):
+                continue
+            try:
+                info = entry.stat()
+            except OSError:
                 self._file(entry, dir_prefix + name, relative_dir, kept)
+                continue
+            stem = name.rsplit(".", 1)[0]
+            key = key_dir + stem + _LANDING_SUFFIX
+            if fingerprints.get(key) == (info.st_size, info.st_mtime_ns):
+                unchanged.append(entry)
+                unchanged_keys.append(key)
+            else:
+                path, relative = dir_prefix + name, relative_dir + name
+                kept.append(RawFile(path, relative, source, below_source + stem, info.st_size, info.st_mtime_ns))
         self._keep(kept, unchanged, unchanged_keys, dir_prefix, relative_dir)
+
+    def _not_a_file(
+        self,
+        entry: os.DirEntry[str],
+        dir_prefix: str,
+        relative_dir: str,
+        wanted: Callable[[str], bool] | None,
+        chain: tuple[str, ...],
+        kept: list[RawFile],
+    ) -> None:
+        """Walk a subdirectory, follow a link, or refuse a wanted pipe, socket or device."""
+        path = dir_prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            self.directory(path, f"{relative_dir}{entry.name}/", chain + (path,))
+        elif entry.is_symlink():
+            self._symlink(entry, path, relative_dir, wanted, chain, kept)
+        elif wanted is not None and wanted(entry.name):
+            self._file(entry, path, relative_dir, kept)
 
     def _keep(
         self,
