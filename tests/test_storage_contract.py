@@ -20,10 +20,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
+from support import processes
 from support.faultproxy import FaultProxy
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
-from sqlmesh_osaa.exceptions import ErrorCategory, S3ConfigurationError, S3OperationError
+from sqlmesh_osaa.exceptions import (
+    ErrorCategory,
+    S3ConfigurationError,
+    S3OperationError,
+)
 from sqlmesh_osaa.settings import StorageSettings
 from sqlmesh_osaa.storage import (
     MD5_METADATA_KEY,
@@ -288,19 +293,14 @@ def test_local_sigkill_during_a_put_leaves_the_previous_object_intact(local: Loc
     local.put_file(write(tmp_path, "old", b"old content"), "data/file.bin")
     fifo = tmp_path / "source.fifo"
     os.mkfifo(fifo)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
+    command = [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)]
+    with processes.spawn(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}) as child:
         with open_fifo_for_writing(fifo, child) as feed:
             feed.write(b"n" * (MiB + MiB // 2))  # the child copies 1 MiB, then waits for more
             feed.flush()
             wait_for_partial_temp_file(local.root / "bkt" / "data", MiB)
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=10)
-    finally:
-        child.kill()
 
     assert read_object(local, "data/file.bin", tmp_path) == b"old content"
     assert local.head("data/file.bin").md5 == md5_of(b"old content")  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from support import processes
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, s3_client_for
 
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
@@ -112,7 +113,7 @@ Completed = subprocess.CompletedProcess[str]
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> Completed:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    result = processes.run(command, cwd=cwd, env=env, timeout=COMMAND_TIMEOUT)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
