@@ -306,16 +306,21 @@ def _normalized_md5(md5: str | None, operation: str, key: str, bucket: str) -> s
     )
 
 
-def _matches(expected: ObjectInfo, size: int | None, md5: str | None, checksum: str | None) -> bool:
-    """Whether content computed from an object's bytes is ``expected``: size, then the strongest
-    digest both sides know (a full-object checksum of one algorithm, else the MD5)."""
+def _matches(
+    expected: ObjectInfo, size: int | None, md5: str | None, checksum: str | None, *, every_digest: bool = False
+) -> bool:
+    """Whether content is ``expected``: size, then the strongest digest both sides know (a
+    full-object checksum of one algorithm, else the MD5), or ``every_digest`` both know (for
+    two records; a server's ETag is not always an MD5, so it only counts without a checksum)."""
     if size is not None and size != expected.size:
         return False
-    if checksum and expected.checksum and checksum_algorithm(checksum) == checksum_algorithm(expected.checksum):
-        return checksum == expected.checksum
-    if md5 and expected.md5:
-        return md5 == expected.md5
-    return True
+    same_checksum = checksum_algorithm(checksum) == checksum_algorithm(expected.checksum)
+    if checksum and expected.checksum and same_checksum:
+        if checksum != expected.checksum:
+            return False
+        if not every_digest:
+            return True
+    return not (md5 and expected.md5) or md5 == expected.md5
 
 
 def _comparable(expected: ObjectInfo, computed: ObjectInfo) -> bool:
@@ -540,7 +545,9 @@ class LocalStore(ObjectStore):
                 with open(self._object_path(src_key), "rb") as handle:
                     _copy_hashing(handle, target, digest)
                 for expected in (recorded, source):
-                    if expected is not None and not _matches(expected, target.tell(), digest.md5, digest.checksum):
+                    if expected is not None and not _matches(
+                        expected, target.tell(), digest.md5, digest.checksum, every_digest=True
+                    ):
                         found = f"size={target.tell()}, md5={digest.md5}, checksum={digest.checksum}"
                         raise self._copy_mismatch(expected, dst_key, found)
 
@@ -908,6 +915,19 @@ class S3Store(ObjectStore):
         response = self._head_response(key)
         return None if response is None else self._object_info(key, response)
 
+    def _object_info(self, key: str, response: Mapping[str, Any]) -> ObjectInfo:
+        metadata = {name: decode_metadata_value(value) for name, value in (response.get("Metadata") or {}).items()}
+        etag = response.get("ETag", "").strip('"') or None
+        return ObjectInfo(
+            key=key,
+            size=int(response["ContentLength"]),
+            md5=metadata.get(MD5_METADATA_KEY) or md5_from_etag(etag),
+            etag=etag,
+            metadata=metadata,
+            last_modified=response.get("LastModified"),
+            checksum=self._full_object_checksum(key, response),
+        )
+
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
         """Server-side copy, verified against a checksum computed from the source's bytes.
 
@@ -929,6 +949,11 @@ class S3Store(ObjectStore):
             return source
         if source.size >= self.copy_multipart_threshold:
             assert recorded is not None
+            if expected is not None and not _matches(
+                expected, source.size, source.md5, source.checksum, every_digest=True
+            ):
+                found = f"size={source.size}, md5={source.md5}, checksum={source.checksum}"
+                raise self._copy_mismatch(expected, dst_key, f"a source of {found}")
             copied = self._copy_multipart(source, recorded, dst_key)
             self._check_copied(expected or source, copied, "the destination's parts")
             return copied
@@ -1017,20 +1042,6 @@ class S3Store(ObjectStore):
                 return None
             raise
 
-    @staticmethod
-    def _object_info(key: str, response: Mapping[str, Any]) -> ObjectInfo:
-        metadata = {name: decode_metadata_value(value) for name, value in (response.get("Metadata") or {}).items()}
-        etag = response.get("ETag", "").strip('"') or None
-        return ObjectInfo(
-            key=key,
-            size=int(response["ContentLength"]),
-            md5=metadata.get(MD5_METADATA_KEY) or md5_from_etag(etag),
-            etag=etag,
-            metadata=metadata,
-            last_modified=response.get("LastModified"),
-            checksum=_checksum_of(response),
-        )
-
     def _listed(self, entry: Mapping[str, Any]) -> ObjectInfo:
         etag = entry.get("ETag", "").strip('"') or None
         md5 = md5_from_etag(etag)
@@ -1048,8 +1059,17 @@ class S3Store(ObjectStore):
         )
 
     def _check_copied(self, expected: ObjectInfo, computed: ObjectInfo, what: str) -> None:
+        """A destination that fails the check is deleted: absent is safer than wrong bytes under
+        metadata (copied from the source) that vouches for the right ones."""
         if not _matches(expected, computed.size, computed.md5, computed.checksum):
             found = f"size={computed.size}, md5={computed.md5}, checksum={computed.checksum}"
+            try:
+                self.delete_many([computed.key])
+            except S3OperationError as error:
+                logger.warning("Could not delete the mismatching copy %s in %s: %s", computed.key, self, error)
+                found += "; the mismatching copy could not be deleted"
+            else:
+                found += "; the mismatching copy was deleted"
             raise self._copy_mismatch(expected, computed.key, found)
         if not _comparable(expected, computed):
             logger.info(
@@ -1123,25 +1143,35 @@ class S3Store(ObjectStore):
                     bucket=self.bucket,
                 ) from error
             raise
-        copied = self._head_response(dst_key)
+        copied = self.head(dst_key)
         if copied is None:
             raise self._copy_mismatch(source, dst_key, "nothing")
-        info = self._object_info(dst_key, copied)
-        return replace(info, checksum=self._full_object_checksum(dst_key, copied))
+        return copied
 
     def _full_object_checksum(self, key: str, response: Mapping[str, Any]) -> str | None:
-        """The full-object checksum of a multipart object: reported as such, or combined from
-        its parts' CRC32s (GetObjectAttributes); None when the endpoint gives neither."""
-        if response.get("ChecksumType") == "FULL_OBJECT":
+        """The object's full-object checksum, or None.
+
+        A single-part object's checksum is one. A multipart object's is one only when it was
+        uploaded as FULL_OBJECT (ours are); a composite one ("checksum of the part checksums")
+        is turned into the full-object CRC32 by combining its parts' CRC32s. Endpoints that do
+        not say which type they hold are asked with GetObjectAttributes.
+        """
+        etag = response.get("ETag", "")
+        if "-" not in etag or response.get("ChecksumType") == "FULL_OBJECT":
             return _checksum_of(response)
+        if not any(response.get(f"Checksum{algorithm}") for algorithm in _CHECKSUM_ALGORITHMS):
+            return None
         try:
             with self._s3_errors("GetObjectAttributes", key):
                 attributes = self._client.get_object_attributes(
-                    Bucket=self.bucket, Key=key, ObjectAttributes=["ObjectParts"], MaxParts=_S3_MAX_PARTS
+                    Bucket=self.bucket, Key=key, ObjectAttributes=["Checksum", "ObjectParts"], MaxParts=_S3_MAX_PARTS
                 )
         except S3OperationError as error:
-            logger.debug("No part checksums for %s in %s: %s", key, self, error)
+            logger.debug("No checksum attributes for %s in %s: %s", key, self, error)
             return None
+        checksum = attributes.get("Checksum") or {}
+        if checksum.get("ChecksumType") == "FULL_OBJECT":
+            return _checksum_of(checksum)
         parts = (attributes.get("ObjectParts") or {}).get("Parts") or []
         crc: int | None = None
         for part in sorted(parts, key=lambda item: item["PartNumber"]):
