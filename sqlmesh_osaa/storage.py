@@ -4,7 +4,8 @@ Everything above this module (checkpoints, transactions, ingest) talks to an
 :class:`ObjectStore`, so the same transaction protocol runs on a laptop (:class:`LocalStore`,
 the embedded default) and on any S3-compatible endpoint (:class:`S3Store`). Both stores
 guarantee that a reader never sees a partially written object and that every object carries
-the MD5 of its content as metadata, so idempotency checks never need to download anything.
+the MD5 of its content as metadata, so idempotency checks never need to download anything,
+and a CRC32 the store computed from its bytes, against which every copy is verified.
 
 boto3 is imported on first use of :class:`S3Store`: the core must import fast and the local
 backend never needs it.
@@ -145,24 +146,15 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     Python's zlib does not expose crc32_combine; this is what turns the per-part CRC32s of a
     multipart object into the full-object CRC32 its source was uploaded with.
     """
-    if length2 <= 0:
-        return crc1
-    odd = [0xEDB88320] + [1 << bit for bit in range(31)]  # one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four zero bits
-    while True:
-        even = _gf2_square(odd)
+    operator = [0xEDB88320] + [1 << bit for bit in range(31)]  # appends one zero bit
+    for _ in range(3):
+        operator = _gf2_square(operator)  # appends one zero byte
+    while length2 > 0:
         if length2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(operator, crc1)
         length2 >>= 1
-        if not length2:
-            break
-        odd = _gf2_square(even)
-        if length2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        length2 >>= 1
-        if not length2:
-            break
+        if length2:
+            operator = _gf2_square(operator)  # appends twice as many zero bytes
     return crc1 ^ crc2
 
 
@@ -362,10 +354,12 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
-        """Copy server-side keeping metadata; raises unless size and MD5 of the copy match.
+        """Copy server-side keeping metadata; raises unless the copied bytes match the source.
 
-        ``source`` is what the caller knows of the source (size, MD5): it spares the HEAD
-        requests, the copy is verified against the ETag the copy returns, and the result
+        The copy is checked against a checksum computed from the bytes copied (the store's
+        CRC32, else the MD5), compared with what was recorded when the source was written.
+        ``source`` is what the caller expects (size, MD5, checksum, e.g. from a manifest): a
+        source that differs is refused, and on S3 it spares the HEAD requests; the result
         then carries ``source``'s metadata and no last-modified time.
         """
 
@@ -399,44 +393,30 @@ class ObjectStore(ABC):
         for name in result:
             problem = _metadata_name_problem(name)
             if problem:
-                raise S3OperationError(
-                    f"Invalid metadata for {key!r}: {problem}",
-                    category=ErrorCategory.PERMANENT,
-                    operation="PutObject",
-                    key=key,
-                    bucket=self.bucket,
-                )
+                raise self._permanent(f"Invalid metadata for {key!r}: {problem}", "PutObject", key=key)
         return result
 
     def _check_key(self, key: str, operation: str) -> None:
         problem = _key_problem(key)
         if problem:
-            raise S3OperationError(
-                f"Invalid object key {key!r}: {problem}",
-                category=ErrorCategory.PERMANENT,
-                operation=operation,
-                key=key,
-                bucket=self.bucket,
-            )
+            raise self._permanent(f"Invalid object key {key!r}: {problem}", operation, key=key)
 
     def _check_prefix(self, prefix: str) -> None:
         problem = _prefix_problem(prefix)
         if problem:
-            raise S3OperationError(
-                f"Invalid prefix {prefix!r}: {problem}",
-                category=ErrorCategory.PERMANENT,
-                operation="ListObjectsV2",
-                prefix=prefix,
-                bucket=self.bucket,
-            )
+            raise self._permanent(f"Invalid prefix {prefix!r}: {problem}", "ListObjectsV2", prefix=prefix)
 
     def _missing(self, key: str, operation: str) -> S3OperationError:
+        return self._permanent(f"Object {key!r} does not exist in bucket {self.bucket!r}", operation, key=key)
+
+    def _bad_digest(self, local_path: str | Path, key: str, md5: str, expected: str) -> S3OperationError:
+        return self._permanent(
+            f"BadDigest: content of {str(local_path)!r} has MD5 {md5}, not {expected}", "PutObject", key=key
+        )
+
+    def _permanent(self, message: str, operation: str, **context: Any) -> S3OperationError:
         return S3OperationError(
-            f"Object {key!r} does not exist in bucket {self.bucket!r}",
-            category=ErrorCategory.PERMANENT,
-            operation=operation,
-            key=key,
-            bucket=self.bucket,
+            message, category=ErrorCategory.PERMANENT, operation=operation, bucket=self.bucket, **context
         )
 
     def _copy_mismatch(self, expected: ObjectInfo, dst_key: str, found: str) -> S3OperationError:
@@ -493,13 +473,7 @@ class LocalStore(ObjectStore):
             with open(local_path, "rb") as source:
                 _copy_hashing(source, target, digest)
             if expected is not None and digest.md5 != expected:
-                raise S3OperationError(
-                    f"BadDigest: content of {str(local_path)!r} has MD5 {digest.md5}, not {expected}",
-                    category=ErrorCategory.PERMANENT,
-                    operation="PutObject",
-                    key=key,
-                    bucket=self.bucket,
-                )
+                raise self._bad_digest(local_path, key, digest.md5, expected)
 
         with self._os_errors("PutObject", key):
             written = atomic_write(self._object_path(key), write)
@@ -873,13 +847,7 @@ class S3Store(ObjectStore):
             with self._s3_errors("PutObject", key):
                 digest = file_digest(local_path)
             if md5 is not None and md5 != digest.md5:
-                raise S3OperationError(
-                    f"BadDigest: content of {str(local_path)!r} has MD5 {digest.md5}, not {md5}",
-                    category=ErrorCategory.PERMANENT,
-                    operation="PutObject",
-                    key=key,
-                    bucket=self.bucket,
-                )
+                raise self._bad_digest(local_path, key, digest.md5, md5)
             md5, checksum = digest.md5, digest.checksum
             user_metadata = self._metadata(metadata, md5, key)
             etag = self._put_multipart(local_path, key, user_metadata, checksum)
@@ -955,7 +923,8 @@ class S3Store(ObjectStore):
                 found = f"size={source.size}, md5={source.md5}, checksum={source.checksum}"
                 raise self._copy_mismatch(expected, dst_key, f"a source of {found}")
             copied = self._copy_multipart(source, recorded, dst_key)
-            self._check_copied(expected or source, copied, "the destination's parts")
+            # Its MD5 is metadata copied from the source: only its size and checksum say anything.
+            self._check_copied(source, replace(copied, md5=None), "the destination's parts")
             return copied
         algorithm = checksum_algorithm(source.checksum) or CHECKSUM_ALGORITHM
         with self._s3_errors("CopyObject", dst_key):
