@@ -974,7 +974,11 @@ class S3Store(ObjectStore):
                     page = next(pages, None)
                 if page is None:
                     return
-                yield from pool.map(self._listed, page.get("Contents", []))
+                entries = page.get("Contents", [])
+                unknown = [entry["Key"] for entry in entries if md5_from_etag(entry.get("ETag")) is None]
+                found = dict(zip(unknown, pool.map(self.head, unknown)))
+                for entry in entries:
+                    yield self._listed(entry, found.get(entry["Key"]))
 
     def remove_incomplete(self, prefix: str) -> int:
         self._check_prefix(prefix)
@@ -1011,17 +1015,16 @@ class S3Store(ObjectStore):
                 return None
             raise
 
-    def _listed(self, entry: Mapping[str, Any]) -> ObjectInfo:
+    @staticmethod
+    def _listed(entry: Mapping[str, Any], found: ObjectInfo | None) -> ObjectInfo:
+        """A listing entry, completed by its HEAD when it had one (and it still exists)."""
+        if found is not None:
+            return replace(found, metadata={})
         etag = entry.get("ETag", "").strip('"') or None
-        md5 = md5_from_etag(etag)
-        if md5 is None:
-            found = self.head(entry["Key"])
-            if found is not None:
-                return replace(found, metadata={})
         return ObjectInfo(
             key=entry["Key"],
             size=int(entry["Size"]),
-            md5=md5,
+            md5=md5_from_etag(etag),
             etag=etag,
             metadata={},
             last_modified=entry.get("LastModified"),
