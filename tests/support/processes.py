@@ -55,7 +55,7 @@ def kill_group(process: subprocess.Popen[Any]) -> None:
 
 
 def long_lived(process: subprocess.Popen[Any]) -> None:
-    """Exempt a session-wide server (and its group) from the leftover check."""
+    """Exempt a session-wide server (its group and its descendants) from the leftover check."""
     _long_lived.add(process.pid)
 
 
@@ -64,14 +64,19 @@ def forget(process: subprocess.Popen[Any]) -> None:
 
 
 def leftover_descendants() -> list[psutil.Process]:
-    """Live descendants of this process that no registered long-lived server owns."""
+    """Live descendants of this process that are not a registered server, in its group or below it."""
     found = []
     for child in psutil.Process().children(recursive=True):
         with suppress(psutil.NoSuchProcess):
-            if child.status() == psutil.STATUS_ZOMBIE or os.getpgid(child.pid) in _long_lived:
+            if child.status() == psutil.STATUS_ZOMBIE or _serves_the_session(child):
                 continue
             found.append(child)
     return found
+
+
+def _serves_the_session(process: psutil.Process) -> bool:
+    lineage = {process.pid, *(parent.pid for parent in process.parents())}
+    return os.getpgid(process.pid) in _long_lived or bool(lineage & _long_lived)
 
 
 def _popen_options(kwargs: dict[str, Any]) -> dict[str, Any]:
