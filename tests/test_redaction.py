@@ -66,7 +66,9 @@ def test_errors_redact_their_message_and_context() -> None:
     assert PASSWORD not in repr(error.context)
 
 
-def test_botocore_request_headers_are_logged_with_the_token_masked(captured: tuple[logging.Logger, io.StringIO]) -> None:
+def test_botocore_request_headers_are_logged_with_the_token_masked(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
     logger, buffer = captured
     headers = {"X-Amz-Security-Token": TOKEN.encode(), "Authorization": b"AWS4-HMAC-SHA256 Credential=AKID/x"}
 
@@ -90,7 +92,10 @@ def test_a_failed_checkpoint_stores_the_error_without_the_password(tmp_path: Pat
         checkpoint.mark_started(CheckpointScope.OPERATION, "upload")
         checkpoint.mark_failed(CheckpointScope.OPERATION, "upload", f"failed at https://u:{PASSWORD}@host/bucket")
 
-        assert checkpoint.get(CheckpointScope.OPERATION, "upload")["error_message"] == "failed at https://u:***@host/bucket"
+        assert (
+            checkpoint.get(CheckpointScope.OPERATION, "upload")["error_message"]
+            == "failed at https://u:***@host/bucket"
+        )
 
 
 def test_an_endpoint_url_with_a_password_is_refused_by_the_settings_without_echoing_it() -> None:

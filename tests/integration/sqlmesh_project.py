@@ -156,5 +156,14 @@ def s3_project(directory: Path, endpoint_url: str) -> Project:
     return Project(path=path, env=env, store=store)
 
 
+def sentinel_project(directory: Path, endpoint_url: str, *, secret_key: str, session_token: str) -> Project:
+    """:func:`s3_project` in an empty HOME of its own (``env["HOME"]``), signing with these credentials."""
+    project = s3_project(directory, endpoint_url)
+    home = directory / "home"
+    home.mkdir()
+    project.env.update(HOME=str(home), AWS_SECRET_ACCESS_KEY=secret_key, AWS_SESSION_TOKEN=session_token)
+    return project
+
+
 BAD_SDG_ROWS = "INDICATOR_ID,COUNTRY_ID,YEAR,VALUE,MAGNITUDE,QUALIFIER\nCR.1,NGA,2023,74.0,,\nCR.1,KEN,2099,88.0,,\n"
 FIXED_SDG_ROWS = BAD_SDG_ROWS.replace("2099", "2023")

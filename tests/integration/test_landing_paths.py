@@ -18,7 +18,10 @@ def settings(**environments: object) -> OsaaSettings:
 
 def test_prod_and_dev_environments_get_their_prefix_by_default() -> None:
     assert landing_key(settings(), "prod", "sdg", "SDG_DATA_NATIONAL") == "prod/landing/sdg/SDG_DATA_NATIONAL.parquet"
-    assert landing_key(settings(), "alice", "sdg", "SDG_DATA_NATIONAL") == "dev/alice/landing/sdg/SDG_DATA_NATIONAL.parquet"
+    assert (
+        landing_key(settings(), "alice", "sdg", "SDG_DATA_NATIONAL")
+        == "dev/alice/landing/sdg/SDG_DATA_NATIONAL.parquet"
+    )
 
 
 def test_named_prefixes_express_the_reference_layout() -> None:
@@ -34,7 +37,9 @@ def test_without_a_name_every_landing_file_of_the_source_is_meant() -> None:
 
 def test_a_local_store_resolves_to_a_path_and_s3_to_a_uri(tmp_path: Path) -> None:
     local = load_settings({"osaa": {"storage": {"root": str(tmp_path)}}}, environ={})
-    on_s3 = load_settings({"osaa": {"storage": {"backend": "s3", "bucket": "un-osaa", "endpoint_url": "http://127.0.0.1:1"}}}, environ={})
+    on_s3 = load_settings(
+        {"osaa": {"storage": {"backend": "s3", "bucket": "un-osaa", "endpoint_url": "http://127.0.0.1:1"}}}, environ={}
+    )
 
     assert landing_uri(local, "prod", "sdg", "A") == str(tmp_path / "osaa" / "prod/landing/sdg/A.parquet")
     assert landing_uri(on_s3, "prod", "sdg", "A") == "s3://un-osaa/prod/landing/sdg/A.parquet"
@@ -48,7 +53,11 @@ def test_a_name_that_is_not_plain_is_refused_with_an_example(bad: str) -> None:
 
 @pytest.mark.parametrize(
     ("prefixes", "problem"),
-    [({"prod": "live"}, "prod_prefix"), ({"dev": "prod"}, "share prod's prefix"), ({"a": "x", "b": "x"}, "share a prefix")],
+    [
+        ({"prod": "live"}, "prod_prefix"),
+        ({"dev": "prod"}, "share prod's prefix"),
+        ({"a": "x", "b": "x"}, "share a prefix"),
+    ],
 )
 def test_named_prefixes_never_let_two_environments_share_a_prefix(prefixes: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem):

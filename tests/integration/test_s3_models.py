@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from sqlmesh_project import Completed, Project, s3_project
+from sqlmesh_project import Completed, Project, sentinel_project
 from support.sentinels import leaks
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
@@ -46,16 +46,17 @@ def table_rows(project: Project, table: str) -> int:
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_credentials_for_tests: None) -> Story:
     base = tmp_path_factory.mktemp("s3-models")
-    project = s3_project(base, s3_server)
-    home = base / "home"
-    home.mkdir()
-    project.env.update(HOME=str(home), AWS_SECRET_ACCESS_KEY=SENTINEL_SECRET, AWS_SESSION_TOKEN=SENTINEL_TOKEN)
+    project = sentinel_project(base, s3_server, secret_key=SENTINEL_SECRET, session_token=SENTINEL_TOKEN)
+    home = Path(project.env["HOME"])
     project.edit(
         "config.yaml",
         "variables:\n  osaa:\n",
         "variables:\n  landing_models: true\n  osaa:\n    environments:\n      prefixes: {dev: dev}\n",
     )
-    outputs = [project.sqlmesh("osaa-ingest", "data/raw"), project.sqlmesh("--debug", "plan", "--auto-apply", "--no-prompts")]
+    outputs = [
+        project.sqlmesh("osaa-ingest", "data/raw"),
+        project.sqlmesh("--debug", "plan", "--auto-apply", "--no-prompts"),
+    ]
     prod_rows = table_rows(project, "osaa.sdg_from_landing")
 
     lines = (project.path / SDG_CSV).read_text(encoding="utf-8").splitlines(keepends=True)
@@ -96,5 +97,10 @@ def test_no_credential_reaches_outputs_logs_state_checkpoints_or_metadata(story:
     debug_logs = sorted((story.project.path / "logs").glob("sqlmesh_*.log"))
     logged = "".join(log.read_text(errors="replace") for log in debug_logs)
     assert "X-Amz-Security-Token': b'***'" in logged  # botocore's DEBUG request lines were written, masked
-    found = leaks([SENTINEL_SECRET, SENTINEL_TOKEN], texts=texts, roots=[story.project.path, story.home], store=story.project.store)
+    found = leaks(
+        [SENTINEL_SECRET, SENTINEL_TOKEN],
+        texts=texts,
+        roots=[story.project.path, story.home],
+        store=story.project.store,
+    )
     assert found == []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlmesh_project import SQLMESH, Completed, Project, run, s3_project
+from sqlmesh_project import SQLMESH, Completed, Project, run, sentinel_project
 from support.s3server import free_port
 from support.sentinels import leaks
 
@@ -71,7 +71,12 @@ def package_commands(project: Project, env: dict[str, str]) -> list[Completed]:
         run(debug("ingest_main", "data/raw"), project.path, env, check=False),
         run([str(SQLMESH), "--debug", "plan", "--auto-apply", "--no-prompts"], project.path, env, check=False),
         run([str(SQLMESH), "--debug", "run"], project.path, env, check=False),
-        run([str(BIN / "osaa-promote"), "--from", "prod/landing", "--to", "archive/landing", "--json"], project.path, env, check=False),
+        run(
+            [str(BIN / "osaa-promote"), "--from", "prod/landing", "--to", "archive/landing", "--json"],
+            project.path,
+            env,
+            check=False,
+        ),
         run(debug("promote_main", "--from", "prod/landing", "--to", "copy/landing"), project.path, env, check=False),
     ]
     for verb in RECOVER_VERBS:
@@ -95,10 +100,8 @@ def failing_commands(project: Project, env: dict[str, str]) -> list[Completed]:
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_credentials_for_tests: None) -> Story:
     base = tmp_path_factory.mktemp("secrets")
-    project = s3_project(base, s3_server)
-    home = base / "home"
-    home.mkdir()
-    project.env.update(HOME=str(home), AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_SESSION_TOKEN=SESSION_TOKEN)
+    project = sentinel_project(base, s3_server, secret_key=SECRET_KEY, session_token=SESSION_TOKEN)
+    home = Path(project.env["HOME"])
     project.write("data/raw/bad/bad.csv", BAD_CSV)
     story = Story(project, home)
     story.outputs = package_commands(project, project.env)

@@ -17,7 +17,9 @@ import duckdb
 _DUCKDB_MAGIC = b"DUCK"
 
 
-def leaks(secrets: Iterable[str], *, texts: Iterable[str] = (), roots: Iterable[Path] = (), store: Any = None) -> list[str]:
+def leaks(
+    secrets: Iterable[str], *, texts: Iterable[str] = (), roots: Iterable[Path] = (), store: Any = None
+) -> list[str]:
     """Where any of ``secrets`` appears: ``texts``, files under ``roots`` (DuckDB rows included), ``store``'s metadata."""
     secrets = [value for value in secrets if value]
     found = [f"output #{index}" for index, text in enumerate(texts) if any(value in text for value in secrets)]

@@ -25,7 +25,9 @@ from sqlmesh.core.model.kind import ModelKindName
     audits=[("not_null", {"columns": ["source", "indicators", "observations"]})],
     enabled="@VAR('python_models', false)",
 )
-def execute(context: ExecutionContext, start: datetime, end: datetime, execution_time: datetime, **kwargs: t.Any) -> pd.DataFrame:
+def execute(
+    context: ExecutionContext, start: datetime, end: datetime, execution_time: datetime, **kwargs: t.Any
+) -> pd.DataFrame:
     indicators = context.resolve_table("osaa.indicators")
     return context.fetchdf(
         f"SELECT source, count(DISTINCT indicator_id) AS indicators, count(*) AS observations FROM {indicators} "

@@ -26,7 +26,9 @@ from sqlmesh.core.model.kind import ModelKindName
     audits=[("not_null", {"columns": ["country_code", "indicator_code"]})],
     enabled="@VAR('python_models', false)",
 )
-def execute(context: ExecutionContext, start: datetime, end: datetime, execution_time: datetime, **kwargs: t.Any) -> exp.Query:
+def execute(
+    context: ExecutionContext, start: datetime, end: datetime, execution_time: datetime, **kwargs: t.Any
+) -> exp.Query:
     return exp.maybe_parse(
         'SELECT "Country Code"::VARCHAR AS country_code, "Indicator Code"::VARCHAR AS indicator_code, '
         '"2023"::DOUBLE AS y2023 FROM osaa_landing.wdi_python',
