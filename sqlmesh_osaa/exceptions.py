@@ -15,6 +15,8 @@ import re
 from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
 
+from sqlmesh_osaa.redaction import redact
+
 
 class ErrorCategory(str, Enum):
     """Whether retrying an operation that raised an error can succeed."""
@@ -28,7 +30,9 @@ class PipelineBaseError(Exception):
     """Base of every error raised by sqlmesh_osaa.
 
     ``context`` names the things involved (key, file_path, operation, ...); they are
-    appended to the message so a log line alone says what failed.
+    appended to the message so a log line alone says what failed. Message and context are
+    redacted (URL passwords, known secret values) when the error is made, so no credential
+    reaches a log, a checkpoint row or the CLI's JSON through an error.
     """
 
     default_category: ErrorCategory = ErrorCategory.UNKNOWN
@@ -40,15 +44,16 @@ class PipelineBaseError(Exception):
         category: ErrorCategory | None = None,
         **context: Any,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.category = category or self.default_category
-        self.context = {k: v for k, v in context.items() if v is not None}
+        self.context = {k: redact(v) if isinstance(v, str) else v for k, v in context.items() if v is not None}
 
     def __str__(self) -> str:
         if not self.context:
             return self.message
-        details = ", ".join(f"{k}={v!r}" for k, v in self.context.items())
+        details = redact(", ".join(f"{k}={v!r}" for k, v in self.context.items()))
         return f"{self.message} ({details})"
 
     def __reduce__(self) -> tuple[Any, ...]:
