@@ -20,6 +20,8 @@ class ErrorCategory(str, Enum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     UNKNOWN = "unknown"
+    # The data broke a rule (a SQLMesh audit): permanent until the data changes, never retried.
+    DATA = "data"
 
 
 class PipelineBaseError(Exception):
@@ -253,6 +255,10 @@ _PERMANENT_CLASS_NAMES = frozenset(
 )
 
 
+# SQLMesh's audit failures, by name (the core never imports sqlmesh).
+_DATA_CLASS_NAMES = frozenset({"AuditError", "NodeAuditsErrors"})
+
+
 def _class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -272,7 +278,7 @@ def _client_error_category(response: Mapping[str, Any]) -> ErrorCategory | None:
 
 
 def categorize_error(exc: BaseException) -> ErrorCategory:
-    """Classify any exception as transient, permanent or unknown.
+    """Classify any exception as transient, permanent, data (a failed audit) or unknown.
 
     Our own errors carry their category; an unknown-category wrapper defers to its
     cause. botocore client errors are classified by S3 error code, then HTTP status;
@@ -295,6 +301,8 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
         if 400 <= status < 500:
             return ErrorCategory.PERMANENT
     names = _class_names(exc)
+    if names & _DATA_CLASS_NAMES:
+        return ErrorCategory.DATA
     if names & _TRANSIENT_CLASS_NAMES:
         return ErrorCategory.TRANSIENT
     if names & _PERMANENT_CLASS_NAMES:

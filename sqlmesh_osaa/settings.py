@@ -105,6 +105,15 @@ class EnvironmentSettings(_Section):
         return self.dev_prefix.format(env=environment)
 
 
+class MonitoringSettings(_Section):
+    """Where metrics go and whether failures are announced (docs/monitoring.md)."""
+
+    # node-exporter's textfile collector directory: each pipeline writes osaa_<pipeline>.prom there.
+    textfile_directory: Path | None = None
+    # Send the package's failures to the SQLMesh project's notification_targets.
+    alerts: bool = True
+
+
 class OsaaSettings(_Section):
     """Every setting of sqlmesh-osaa; see the root ``config.yaml`` for each with its default."""
 
@@ -113,6 +122,7 @@ class OsaaSettings(_Section):
     retry: RetrySettings = RetrySettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     environments: EnvironmentSettings = EnvironmentSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -78,11 +78,23 @@ def clear(ctx: click.Context, **params: Any) -> None:
 
 @recover.command("stats")
 @options.pipeline
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "openmetrics"]),
+    default="table",
+    show_default=True,
+    help="openmetrics: the same figures as Prometheus metrics (OpenMetrics text), e.g. for a scrape or a push.",
+)
 @options.target
 @options.json_output
 @click.pass_context
 def stats(ctx: click.Context, **params: Any) -> None:
-    """Counts by status and scope, failure rate, retries, time to recovery, top failures."""
+    """Counts by status and scope, failure rate, retries, time to recovery, breakers, exports, top failures.
+
+    --json and --format json print the same document; --format openmetrics prints the same
+    numbers as OpenMetrics text (names in docs/monitoring.md).
+    """
     _recover_run().stats(ctx, **params)
 
 

@@ -17,11 +17,12 @@ import click
 
 from sqlmesh_osaa.cli import failures, output
 from sqlmesh_osaa.cli import retry as retrying
-from sqlmesh_osaa.cli import stats as statistics
 from sqlmesh_osaa.cli import transactions as transactions_module
 from sqlmesh_osaa.cli import verify as verification
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.metrics import OPENMETRICS, render
+from sqlmesh_osaa.monitoring import database_stats
 from sqlmesh_osaa.storage import make_store
 
 
@@ -130,12 +131,13 @@ def _render_stats(report: Mapping[str, Any]) -> None:
                 f"{entry['retries']['total']} ({entry['retries']['per_item']:.2f}/item)",
                 f"{ttr['recovered']} recovered, {ttr['unrecovered']} not"
                 + (f"; mean {ttr['mean_seconds']:.1f}s, max {ttr['max_seconds']:.1f}s" if ttr["recovered"] else ""),
+                entry["last_success_at"],
                 f"{entry['circuit_breaker_openings']} / {entry['circuit_breaker_rejections']}",
             )
         )
     columns = [
         "Pipeline", "Items", "Completed", "Failed", "Interrupted", "Failure rate", "Retries", "Time to recovery",
-        "Breaker openings / rejections",
+        "Last success", "Breaker openings / rejections",
     ]
     output.show(output.table(f"Checkpoint statistics ({report['db_path']})", columns, rows))
     errors = [(n, e["count"], e["error_category"], e["error_message"]) for n, s in report["pipelines"].items() for e in s["most_common_errors"]]
@@ -144,15 +146,30 @@ def _render_stats(report: Mapping[str, Any]) -> None:
     stuck = [(n, i["scope"], i["key"], i["attempt"], i["error_message"]) for n, s in report["pipelines"].items() for i in s["consistently_failing"]]
     if stuck:
         output.show(output.table("Consistently failing", ["Pipeline", "Scope", "Key", "Attempts", "Last error"], stuck))
+    exports = [
+        (n, e["environment"], key, e["bytes"], e["evaluation"], e["last_success_at"])
+        for n, s in report["pipelines"].items()
+        for key, e in s["exports"].items()
+    ]
+    if exports:
+        output.show(output.table("Exports", ["Pipeline", "Environment", "Key", "Bytes", "From evaluation", "Last published or confirmed"], exports))
     totals = report["totals"]
     output.note(f"{totals['items']} item(s), {totals['failed']} failed, {totals['interrupted']} interrupted.")
 
 
-def stats(ctx: click.Context, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def stats(
+    ctx: click.Context, pipeline: str | None, output_format: str, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    as_json = as_json or output_format == "json"
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
-        report = statistics.stats(run.session, run.session.pipelines(pipeline))
+        names = run.session.pipelines(pipeline)
+        report = database_stats([run.session.checkpoint(name) for name in names])
         troubled = report["totals"]["failed"] or report["totals"]["interrupted"]
-        run.finish(report, _render_stats, EXIT_PROBLEMS if troubled else EXIT_OK)
+        exit_code = EXIT_PROBLEMS if troubled else EXIT_OK
+        if output_format == OPENMETRICS:
+            click.echo(render(report, OPENMETRICS), nl=False)
+            ctx.exit(exit_code)
+        run.finish(report, _render_stats, exit_code)
 
 
 # -- verify ----------------------------------------------------------------------------

@@ -70,9 +70,22 @@ PIPELINE_STATS: dict[str, Any] = {
     "most_common_errors": [{"error_message": "string|null", "error_category": "string|null", "count": "integer"}],
     "circuit_breaker_openings": "integer",
     "circuit_breaker_rejections": "integer",
+    "circuit_breakers": {"<breaker>": {"openings": "integer", "open_seconds": "number", "open": "boolean"}},
     "consistently_failing": [
         {"scope": "string", "key": "string", "file_path": "string|null", "attempt": "integer", "error_message": "string|null"}
     ],
+    "last_success_at": "datetime|null",
+    "exports": {
+        "<published key>": {
+            "environment": "string",
+            "last_success_at": "datetime|null",
+            "bytes": "integer|null",
+            "md5": "string|null",
+            "evaluation": "string|null",
+            "run": "string",
+        }
+    },
+    "published": {"<environment>": {"objects": "integer", "bytes": "integer"}},
 }
 
 ERROR: dict[str, Any] = {"error": {"message": "string", "exit_code": "integer", "db_path": "string|null"}}
@@ -104,6 +117,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "db_path": "string",
         "pipelines": {"<pipeline>": PIPELINE_STATS},
         "totals": {"items": "integer", "failed": "integer", "interrupted": "integer", "failure_rate_percent": "number"},
+        "generated_at": "datetime",
     },
     "osaa-recover verify": {
         "db_path": "string",
