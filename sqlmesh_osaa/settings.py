@@ -91,6 +91,13 @@ class EnvironmentSettings(_Section):
     def _has_env_placeholder(cls, value: str) -> str:
         if "{env}" not in value:
             raise ValueError("must contain '{env}' so that dev environments do not share a prefix")
+        try:
+            value.format(env="dev")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"may use only the placeholder {{env}} (the environment name), found {error}; "
+                "write a literal brace as {{ or }}"
+            ) from None
         return value.strip("/")
 
     @field_validator("prod_prefix")

@@ -172,6 +172,21 @@ def command_run(
         _fail(ctx, f"Configuration error: {error}", EXIT_USAGE, as_json, db_path)
     except PipelineBaseError as error:
         _fail(ctx, str(error), EXIT_USAGE, as_json, db_path)
+    except Exception as error:
+        if not _is_database_error(error):
+            raise
+        message = (
+            f"Cannot read checkpoint database {db_path}: {error}. The file is damaged (truncated or not DuckDB): "
+            "restore it from a backup, or move it aside to start with no checkpoints (every item is then new)"
+        )
+        _fail(ctx, message, EXIT_USAGE, as_json, db_path)
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """A DuckDB error reading the file (imported here: DuckDB is loaded by then)."""
+    import duckdb
+
+    return isinstance(error, duckdb.Error)
 
 
 def _fail(ctx: click.Context, message: str, exit_code: int, as_json: bool, db_path: Path | None) -> None:

@@ -138,14 +138,22 @@ def reconcile(ctx: click.Context, **params: Any) -> None:
 
 
 @recover.command("history")
-@click.option("--key", required=True, help="The item's key.")
+@click.option(
+    "--key",
+    required=True,
+    help="A whole key, or a model name (osaa.indicators), a raw file path, or a key prefix: every item it names.",
+)
 @options.pipeline
 @options.scope
 @options.target
 @options.json_output
 @click.pass_context
 def history(ctx: click.Context, **params: Any) -> None:
-    """Show every state change of one item, oldest first."""
+    """Show every state change of the items --key names, oldest first.
+
+    --key is matched as a whole key first, then as a model name, a raw file path, and a key
+    prefix (the first rule that matches any item wins).
+    """
     _recover_run().history(ctx, **params)
 
 

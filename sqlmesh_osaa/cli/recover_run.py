@@ -251,10 +251,10 @@ def reconcile(
 
 def _render_history(report: Mapping[str, Any]) -> None:
     rows = [
-        (e["at"], e["pipeline"], e["scope"], f"{e['from_status']} -> {e['to_status']}", e["attempt"], e["pid"], e["host"], e["error_message"], e["error_category"])
+        (e["at"], e["pipeline"], e["scope"], e["key"], f"{e['from_status']} -> {e['to_status']}", e["attempt"], e["pid"], e["host"], e["error_message"], e["error_category"])
         for e in report["events"]
     ]
-    output.show(output.table(f"History of {report['key']}", ["At", "Pipeline", "Scope", "Transition", "Attempt", "PID", "Host", "Error", "Category"], rows))
+    output.show(output.table(f"History of {report['key']} ({len(report['keys'])} item(s))", ["At", "Pipeline", "Scope", "Key", "Transition", "Attempt", "PID", "Host", "Error", "Category"], rows))
 
 
 def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
@@ -262,7 +262,11 @@ def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | Non
         pipelines = run.session.pipelines(pipeline)
         report = failures.history(run.session, pipelines, scope, key)
         if not report["events"]:
-            raise CliError(f"No events for key {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}")
+            raise CliError(
+                f"No item matches {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}: "
+                "give a whole key, a key prefix, a model name (osaa.indicators) or a raw file path; "
+                "`osaa-recover list-failed` and `clear` show the keys"
+            )
         run.finish(report, _render_history, EXIT_OK)
 
 

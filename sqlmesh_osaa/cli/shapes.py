@@ -191,7 +191,7 @@ SHAPES: dict[str, dict[str, Any]] = {
             ],
         },
     },
-    "osaa-recover history": {"db_path": "string", "key": "string", "count": "integer", "events": [EVENT]},
+    "osaa-recover history": {"db_path": "string", "key": "string", "keys": ["string"], "count": "integer", "events": [EVENT]},
     "osaa-recover prune": {
         "db_path": "string",
         "older_than_seconds": "number",
@@ -239,7 +239,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "osaa-recover verify": {0: "every checked file and object matches", 1: "a source changed, an object is missing, differs or is unreadable", 2: COULD_NOT_LOOK},
     "osaa-recover transactions": {0: "nothing awaits recovery", 1: "a transaction or staged output awaits `reconcile`", 2: COULD_NOT_LOOK},
     "osaa-recover reconcile": {0: "everything was recovered", 1: "a transaction could not be recovered", 2: COULD_NOT_LOOK + "; or SQLMesh state could not be read"},
-    "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or the key has no events"},
+    "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or --key names no item"},
     "osaa-recover prune": {0: "pruned", 2: COULD_NOT_LOOK},
     "osaa-ingest": {0: "every file landed or was unchanged", 1: "a file failed (the others landed)", 2: COULD_NOT_LOOK + "; or RAW_DIR is missing"},
     "osaa-promote": {0: "promoted (or, with --dry-run, planned)", 1: "the promotion failed; --to is unchanged, or rolled forward by `reconcile`", 2: COULD_NOT_LOOK + "; or the prefixes overlap, or --from is empty"},
