@@ -47,6 +47,7 @@ def list_failed(ctx: click.Context, **params: Any) -> None:
 @options.pipeline
 @options.scope
 @click.option("--key", help="Retry only this item (FILE: its landing key; MODEL: <model>|<fingerprint>|<start>|<end>).")
+@click.option("--apply", is_flag=True, help="Run the restatement plan that fixes a MODEL data error (without it: print it).")
 @options.target
 @options.json_output
 @click.pass_context
@@ -54,7 +55,10 @@ def retry(ctx: click.Context, **params: Any) -> None:
     """Re-run one failed item, or every failed and interrupted item (of a scope).
 
     FILE items are ingested again, interrupted transactions recovered and rolled-back
-    promotions re-applied, MODEL items re-run with `sqlmesh run`. Reports each outcome.
+    promotions re-applied, MODEL items re-run with `sqlmesh run`. A MODEL item that failed a
+    blocking audit (a data error) needs a restatement of the sources upstream of it (found
+    in SQLMesh's DAG): the plan is printed (outcome `planned`), and run with --apply.
+    Reports each outcome.
     """
     _recover_run().retry(ctx, **params)
 

@@ -67,17 +67,24 @@ def _render_retry(report: Mapping[str, Any]) -> None:
 
 
 def retry(
-    ctx: click.Context, pipeline: str | None, scope: str | None, key: str | None, db: Path | None, project: Path | None, as_json: bool
+    ctx: click.Context,
+    pipeline: str | None,
+    scope: str | None,
+    key: str | None,
+    apply: bool,
+    db: Path | None,
+    project: Path | None,
+    as_json: bool,
 ) -> None:
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         pipelines = run.session.pipelines(pipeline)
         store = make_store(run.target.settings.storage)
-        outcomes = retrying.retry(run.session, run.target, store, pipelines, scope, key)
+        outcomes = retrying.retry(run.session, run.target, store, pipelines, scope, key, apply)
         if key is not None and not outcomes:
             raise CliError(f"No item with key {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}")
         items = [vars(outcome) for outcome in outcomes]
         recovered = sum(1 for item in items if item["outcome"] == retrying.RECOVERED)
-        failed = sum(1 for item in items if item["outcome"] in (retrying.STILL_FAILED, retrying.NOT_RETRYABLE))
+        failed = sum(1 for item in items if item["outcome"] in (retrying.STILL_FAILED, retrying.NOT_RETRYABLE, retrying.PLANNED))
         report = {"count": len(items), "recovered": recovered, "failed": failed, "items": items}
         run.finish(report, _render_retry, EXIT_PROBLEMS if failed else EXIT_OK)
 

@@ -231,7 +231,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "osaa-recover list-failed": {0: "no failed or interrupted item", 1: "failed or interrupted items listed", 2: COULD_NOT_LOOK},
     "osaa-recover retry": {
         0: "every selected item recovered (or there was nothing to retry)",
-        1: "an item is still failing or cannot be retried",
+        1: "an item is still failing, cannot be retried, or needs the printed plan (--apply runs it)",
         2: COULD_NOT_LOOK + "; or --key matches no item",
     },
     "osaa-recover clear": {0: "listed (and, with --confirm, deleted)", 2: COULD_NOT_LOOK},
