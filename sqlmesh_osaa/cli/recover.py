@@ -8,6 +8,7 @@ configuration, database missing or locked).
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -100,6 +101,27 @@ def stats(ctx: click.Context, **params: Any) -> None:
     numbers as OpenMetrics text (names in docs/monitoring.md).
     """
     _recover_run().stats(ctx, **params)
+
+
+@recover.command("report")
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report to this file (one self-contained HTML page).",
+)
+@options.pipeline
+@options.target
+@options.json_output
+@click.pass_context
+def report(ctx: click.Context, **params: Any) -> None:
+    """Write one self-contained HTML page: runs over time, time to recovery, slowest models, what is published.
+
+    Everything is inline (CSS, SVG charts; no script, no network at view time), so the file
+    can be opened anywhere or kept as a CI artefact. Open failures are listed at the end.
+    """
+    _recover_run().report(ctx, **params)
 
 
 @recover.command("verify")

@@ -16,12 +16,13 @@ from typing import Any, Mapping
 import click
 
 from sqlmesh_osaa.cli import failures, output
+from sqlmesh_osaa.cli import report as html_report
 from sqlmesh_osaa.cli import retry as retrying
 from sqlmesh_osaa.cli import transactions as transactions_module
 from sqlmesh_osaa.cli import verify as verification
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.error_handler import ErrorHandler
-from sqlmesh_osaa.metrics import OPENMETRICS, render
+from sqlmesh_osaa.metrics import OPENMETRICS, render, write_atomically
 from sqlmesh_osaa.monitoring import database_stats
 from sqlmesh_osaa.storage import make_store
 
@@ -177,6 +178,31 @@ def stats(
             click.echo(render(report, OPENMETRICS), nl=False)
             ctx.exit(exit_code)
         run.finish(report, _render_stats, exit_code)
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _render_report(report: Mapping[str, Any]) -> None:
+    opened = "" if not report["open_failures"] else f" It lists {report['open_failures']} open failure(s)."
+    output.note(f"Wrote the report to {report['html']} (open it in a browser).{opened}")
+
+
+def report(
+    ctx: click.Context, html_path: Path, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+        names = run.session.pipelines(pipeline)
+        checkpoints = [run.session.checkpoint(name) for name in names]
+        open_failures = failures.list_failed(run.session, names, None, None)["items"]
+        page = html_report.render(database_stats(checkpoints), checkpoints, open_failures, str(run.target.db_path))
+        target = html_path.expanduser().resolve()
+        try:
+            write_atomically(target, page)
+        except OSError as error:
+            raise CliError(f"Cannot write the report to {target}: {error.strerror or error}; choose a writable path") from error
+        summary = {"html": str(target), "pipelines": names, "open_failures": len(open_failures), "bytes": len(page.encode())}
+        run.finish(summary, _render_report, EXIT_OK)
 
 
 # -- verify ----------------------------------------------------------------------------

@@ -119,6 +119,13 @@ SHAPES: dict[str, dict[str, Any]] = {
         "totals": {"items": "integer", "failed": "integer", "interrupted": "integer", "failure_rate_percent": "number"},
         "generated_at": "datetime",
     },
+    "osaa-recover report": {
+        "db_path": "string",
+        "html": "string",
+        "pipelines": ["string"],
+        "open_failures": "integer",
+        "bytes": "integer",
+    },
     "osaa-recover verify": {
         "db_path": "string",
         "bucket": "string",
@@ -236,6 +243,7 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     },
     "osaa-recover clear": {0: "listed (and, with --confirm, deleted)", 2: COULD_NOT_LOOK},
     "osaa-recover stats": {0: "no failed or interrupted item", 1: "some item is failed or interrupted", 2: COULD_NOT_LOOK},
+    "osaa-recover report": {0: "the report was written (open failures are listed in it)", 2: COULD_NOT_LOOK + "; or FILE cannot be written"},
     "osaa-recover verify": {0: "every checked file and object matches", 1: "a source changed, an object is missing, differs or is unreadable", 2: COULD_NOT_LOOK},
     "osaa-recover transactions": {0: "nothing awaits recovery", 1: "a transaction or staged output awaits `reconcile`", 2: COULD_NOT_LOOK},
     "osaa-recover reconcile": {0: "everything was recovered", 1: "a transaction could not be recovered", 2: COULD_NOT_LOOK + "; or SQLMesh state could not be read"},
