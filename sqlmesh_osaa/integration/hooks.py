@@ -55,7 +55,7 @@ def after_all(evaluator: Any) -> None:
         )
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
-        notifications.publication_failed(rt, environment, error)
+        notifications.publication_failed(rt, environment, error, evaluator.snapshots.values())
         raise
     exports.record(rt, run, publication)
     if run is not None:

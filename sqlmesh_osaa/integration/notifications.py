@@ -26,8 +26,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.error_handler import CircuitBreaker, CircuitBreakerState
 from sqlmesh_osaa.integration import runtime
+from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX
 
 _log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ class Alert:
 
     @property
     def message(self) -> str:
-        about = f" for model `{self.model}`" if self.model else ""
+        noun = "models" if self.model and "," in self.model else "model"
+        about = f" for {noun} `{self.model}`" if self.model else ""
         where = f" in environment `{self.environment}`" if self.environment else ""
         return f"{PREFIX}: {self.reason}{about}{where}"
 
@@ -125,7 +128,39 @@ def run_failures(rt: runtime.Runtime, environment: str, failures: Iterable[str])
         model_failed(rt, environment, model, error or failure)
 
 
-def publication_failed(rt: runtime.Runtime, environment: str, error: BaseException) -> None:
+def _destinations(rt: runtime.Runtime, error: BaseException) -> list[str]:
+    """The keys the failed publication was writing: the contested key, else its transaction's manifest."""
+    context = getattr(error, "context", None) or {}
+    if context.get("key"):
+        return [str(context["key"])]
+    transaction_id = context.get("transaction_id")
+    row = rt.checkpoint.get(CheckpointScope.OPERATION, f"{JOURNAL_PREFIX}{transaction_id}") if transaction_id else None
+    manifest = ((row or {}).get("metadata") or {}).get("manifest") or {}
+    return [put["key"] for put in manifest.get("puts", []) if put.get("key")]
+
+
+def _owned(snapshot: Any, prefix: str) -> str | None:
+    """The key (export) or prefix (ingest landing) a publishing model owns under ``prefix``."""
+    properties = getattr(snapshot.model.kind, "materialization_properties", None) or {}
+    if properties.get("key"):
+        return f"{prefix}/{properties['key']}"
+    if properties.get("source"):
+        return f"{prefix}/landing/{properties['source']}/"
+    return None
+
+
+def publishing_models(rt: runtime.Runtime, error: BaseException, snapshots: Iterable[Any], prefix: str) -> list[str]:
+    """The models whose published objects the failed publication carried."""
+    destinations = _destinations(rt, error)
+    models = set()
+    for snapshot in snapshots:
+        owned = _owned(snapshot, prefix) if getattr(snapshot, "is_model", False) else None
+        if owned and any(key == owned or (owned.endswith("/") and key.startswith(owned)) for key in destinations):
+            models.add(snapshot.model.name)
+    return sorted(models)
+
+
+def publication_failed(rt: runtime.Runtime, environment: str, error: BaseException, snapshots: Iterable[Any] = ()) -> None:
     conflict = any(cls.__name__ == "TransactionConflictError" for cls in type(error).__mro__)
     reason = CONFLICT if conflict else PUBLICATION_FAILED
     action = (
@@ -134,7 +169,12 @@ def publication_failed(rt: runtime.Runtime, environment: str, error: BaseExcepti
         else "run `sqlmesh osaa-recover reconcile` (or the next plan/run) to publish again"
     )
     prefix = rt.env_prefix(environment)
-    send(rt, Alert(reason, environment, f"publishing to {prefix}/ failed: {type(error).__name__}: {error}", action))
+    try:
+        models = ", ".join(publishing_models(rt, error, snapshots, prefix)) or None
+    except Exception:
+        _log.exception("sqlmesh-osaa could not tell which models the failed publication carried")
+        models = None
+    send(rt, Alert(reason, environment, f"publishing to {prefix}/ failed: {type(error).__name__}: {error}", action, models))
 
 
 def recovery_needed(rt: runtime.Runtime, environment: str, error: BaseException) -> None:
