@@ -155,7 +155,7 @@ def _render_stats(report: Mapping[str, Any]) -> None:
     if stuck:
         output.show(output.table("Consistently failing", ["Pipeline", "Scope", "Key", "Attempts", "Last error"], stuck))
     exports = [
-        (n, e["environment"], key, e["bytes"], e["evaluation"], e["last_success_at"])
+        (n, e["environment"], key, e["bytes"], html_report.evaluation_label(e["evaluation"]), e["last_success_at"])
         for n, s in report["pipelines"].items()
         for key, e in s["exports"].items()
     ]
