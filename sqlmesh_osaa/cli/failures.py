@@ -71,6 +71,45 @@ def failing_since(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> dat
     return since
 
 
+RECOVERED_SHOWN = 20
+
+
+def _time_to_recovery(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> tuple[datetime | None, float | None]:
+    """When the item's last failure spell began, and the seconds until it completed."""
+    spell, last = None, (None, None)
+    for event in checkpoint.history(row["scope"], row["key"]):
+        if event["to_status"] == FAILED and spell is None:
+            spell = event["at"]
+        elif event["to_status"] == COMPLETED and spell is not None:
+            last, spell = (spell, (event["at"] - spell).total_seconds()), None
+    return last
+
+
+def recovered(session: CheckpointSession, pipelines: Iterable[str], scope: str | None) -> list[dict[str, Any]]:
+    """Failures a later success superseded (``resolved_by``), most recent first, with their time to recovery."""
+    rows = [
+        row
+        for name in pipelines
+        for row in session.checkpoint(name).list(scope=scope, status=COMPLETED)
+        if (row.get("metadata") or {}).get("resolved_by")
+    ]
+    shown = []
+    for row in _recent_first(rows)[:RECOVERED_SHOWN]:
+        failed_at, seconds = _time_to_recovery(session.checkpoint(row["pipeline"]), row)
+        shown.append(
+            {
+                "pipeline": row["pipeline"],
+                "scope": row["scope"],
+                "key": row["key"],
+                "resolved_by": row["metadata"]["resolved_by"],
+                "failed_at": failed_at,
+                "recovered_at": row["completed_at"],
+                "time_to_recovery_seconds": seconds,
+            }
+        )
+    return shown
+
+
 def list_failed(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, limit: int | None) -> dict[str, Any]:
     pipelines = list(pipelines)
     rows = _recent_first([row for name in pipelines for row in failing_rows(session.checkpoint(name), scope)])
@@ -80,7 +119,7 @@ def list_failed(session: CheckpointSession, pipelines: Iterable[str], scope: str
         entry = item(row)
         entry["failing_since"] = failing_since(session.checkpoint(row["pipeline"]), row)
         items.append(entry)
-    return {"pipelines": pipelines, "count": len(items), "items": items}
+    return {"pipelines": pipelines, "count": len(items), "items": items, "recovered": recovered(session, pipelines, scope)}
 
 
 def _matches(row: Mapping[str, Any], status: str | None) -> bool:

@@ -48,6 +48,13 @@ def _render_failed(report: Mapping[str, Any]) -> None:
     columns = ["Pipeline", "Scope", "Key", "File", "Attempts", "Status", "Last error", "Category", "Since"]
     output.show(output.table(f"Failed and interrupted items in {report['db_path']}", columns, rows))
     output.note(f"{report['count']} item(s)." if report["count"] else "No failed or interrupted items.")
+    if report["recovered"]:
+        recovered = [
+            (r["pipeline"], r["scope"], r["key"], r["failed_at"], r["recovered_at"], r["time_to_recovery_seconds"], r["resolved_by"])
+            for r in report["recovered"]
+        ]
+        header = ["Pipeline", "Scope", "Key", "Failed", "Recovered", "Time to recovery (s)", "Recovered by"]
+        output.show(output.table("Recovered by a later success (not counted as failing)", header, recovered))
 
 
 def list_failed(

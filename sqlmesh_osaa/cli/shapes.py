@@ -96,6 +96,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         "pipelines": ["string"],
         "count": "integer",
         "items": [{**ITEM, "failing_since": "datetime|null"}],
+        "recovered": [
+            {
+                "pipeline": "string",
+                "scope": "string",
+                "key": "string",
+                "resolved_by": "string",
+                "failed_at": "datetime|null",
+                "recovered_at": "datetime|null",
+                "time_to_recovery_seconds": "number|null",
+            }
+        ],
     },
     "osaa-recover retry": {
         "db_path": "string",
