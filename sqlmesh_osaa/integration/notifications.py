@@ -26,6 +26,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from sqlmesh.core.notification_target import NotificationStatus
+
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.error_handler import CircuitBreaker, CircuitBreakerState
 from sqlmesh_osaa.integration import runtime
@@ -86,7 +88,7 @@ def failure_targets(context: Any) -> list[Any]:
     return [target for target in unique.values() if _listens_to_failures(target)]
 
 
-def send(rt: runtime.Runtime, alert: Alert, targets: Iterable[Any] | None = None) -> int:
+def send(rt: runtime.Runtime, alert: Alert) -> int:
     """Send ``alert`` once per process to the failure targets; returns how many received it."""
     if not rt.settings.monitoring.alerts:
         return 0
@@ -95,11 +97,8 @@ def send(rt: runtime.Runtime, alert: Alert, targets: Iterable[Any] | None = None
         if identity in _sent:
             return 0
         _sent.add(identity)
-    if targets is None:
-        context = runtime.sqlmesh_cli_context_object()
-        targets = failure_targets(context) if context is not None else []
-    from sqlmesh.core.notification_target import NotificationStatus
-
+    context = runtime.sqlmesh_cli_context_object()
+    targets = failure_targets(context) if context is not None else []
     delivered = 0
     for target in targets:
         try:

@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from support.png import colours
 from support.webhook import Webhook
 
-from sqlmesh_project import Completed, Project, local_project
+from sqlmesh_project import Completed, Project, local_project, s3_project
 
 pytestmark = pytest.mark.slow
 
@@ -217,3 +217,23 @@ def test_a_publication_that_cannot_be_written_sends_exactly_one_notification(tmp
     text = json.dumps(received[0])
     assert "sqlmesh-osaa: publication failed" in text and "Environment: prod" in text
     assert "osaa.indicators_export" in text and "publishing to prod/ failed" in text
+
+
+@pytest.mark.s3
+def test_object_storage_down_announces_the_breaker_opening_once(
+    tmp_path: Path, webhook: Webhook, s3_server: str, fault_proxy: Any, s3_credentials_for_tests: None
+) -> None:
+    project = s3_project(tmp_path, s3_server)
+    project.env.update(
+        OSAA_STORAGE__ENDPOINT_URL=fault_proxy.url,
+        OSAA_RETRY__MAX_ATTEMPTS="1",
+        OSAA_CIRCUIT_BREAKER__FAILURE_THRESHOLD="2",
+    )
+    notify_to(project, webhook.url)
+    fault_proxy.fail_always(503, "ServiceUnavailable")
+    before = len(webhook.received)
+    assert project.plan(check=False).returncode != 0
+    texts = [json.dumps(message) for message in webhook.received[before:]]
+    opened = [text for text in texts if "sqlmesh-osaa: circuit breaker opened" in text]
+    assert len(opened) == 1, texts
+    assert "Environment: prod" in opened[0] and "object-storage" in opened[0]
