@@ -29,6 +29,15 @@ def evaluation_of(staged_key: str | None, staging_prefix: str) -> str | None:
     return "/".join(parts[len(head) : len(head) + 3])
 
 
+def _listed(rt: runtime.Runtime, prefix: str) -> dict[str, Any]:
+    """Every object under the environment's prefix: one listing (a page per 1000 keys), not a HEAD per key."""
+
+    def listing() -> dict[str, Any]:
+        return {info.key: info for info in rt.store.list_prefix(f"{prefix}/" if prefix else "")}
+
+    return rt.error_handler.execute(listing, operation="ListObjectsV2")
+
+
 def _announce(publication: Any) -> None:
     """One line in SQLMesh's own output: what the environment's prefix now holds."""
     from sqlmesh.core.console import get_console
@@ -42,10 +51,14 @@ def record(rt: runtime.Runtime, run: Any, publication: Any) -> None:
     if run is None:
         return
     try:
+        keys = [*publication.written, *publication.unchanged]
+        if not keys and not publication.deleted:
+            return
+        listed = _listed(rt, publication.prefix) if keys else {}
         exports = {}
         written = set(publication.written)
-        for key in [*publication.written, *publication.unchanged]:
-            info = rt.error_handler.execute(rt.store.head, key, operation="HeadObject")
+        for key in keys:
+            info = listed.get(key)
             exports[key] = {
                 "bytes": info.size if info else None,
                 "md5": info.md5 if info else None,
