@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -237,3 +238,21 @@ def test_object_storage_down_announces_the_breaker_opening_once(
     opened = [text for text in texts if "sqlmesh-osaa: circuit breaker opened" in text]
     assert len(opened) == 1, texts
     assert "Environment: prod" in opened[0] and "object-storage" in opened[0]
+
+
+def test_a_second_plan_while_the_warehouse_is_held_says_so_without_a_traceback(tmp_path: Path) -> None:
+    project = local_project(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\nc = duckdb.connect('warehouse.duckdb')\nprint('held', flush=True)\ntime.sleep(120)"],
+        cwd=project.path, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = project.plan(check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.communicate()
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output
+    assert f"{project.path / 'warehouse.duckdb'} is locked by another process, PID {holder.pid}" in output
+    assert "run this command again" in output
