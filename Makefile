@@ -26,4 +26,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/cli_startup.py
 
 clean:
-	rm -rf $(VENV) .osaa .pytest_cache
+	rm -rf $(VENV) .osaa .pytest_cache .demo

@@ -640,6 +640,19 @@ class PipelineCheckpoint:
         )
         return [_as_event(row) for row in rows]
 
+    def count_failures(self, error_prefix: str) -> int:
+        """How many failures of this pipeline's event log had an error starting with ``error_prefix``.
+
+        Monitoring counts failures by cause this way (calls refused by an open circuit)
+        without reading every item's history.
+        """
+        (count,) = self._query(
+            f"SELECT count(*) FROM checkpoint_events WHERE pipeline = ? AND to_status = '{FAILED}' "
+            "AND starts_with(error_message, ?)",
+            [self.pipeline_name, error_prefix],
+        )[0]
+        return count
+
     def clear_checkpoint(
         self, scope: CheckpointScope | str, key: str, file_path: str | Path | None = None
     ) -> int:

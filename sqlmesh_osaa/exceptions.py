@@ -24,6 +24,8 @@ class ErrorCategory(str, Enum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     UNKNOWN = "unknown"
+    # The data broke a rule (a SQLMesh audit): permanent until the data changes, never retried.
+    DATA = "data"
 
 
 class PipelineBaseError(Exception):
@@ -295,6 +297,10 @@ _PERMANENT_CLASS_NAMES = frozenset(
 )
 
 
+# SQLMesh's audit failures, by name (the core never imports sqlmesh).
+_DATA_CLASS_NAMES = frozenset({"AuditError", "NodeAuditsErrors"})
+
+
 def _class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -364,7 +370,7 @@ def _builtin_category(exc: BaseException) -> ErrorCategory | None:
 
 
 def categorize_error(exc: BaseException) -> ErrorCategory:
-    """Classify any exception as transient, permanent or unknown.
+    """Classify any exception as transient, permanent, data (a failed audit) or unknown.
 
     Our own errors carry their category; an unknown-category wrapper defers to its
     cause. botocore client errors are classified by S3 error code, then HTTP status (so
@@ -383,6 +389,8 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
         if category is not None:
             return category
     names = _class_names(exc)
+    if names & _DATA_CLASS_NAMES:
+        return ErrorCategory.DATA
     status = _http_status(exc, names)
     category = _status_category(status) if status is not None else None
     category = category or _library_category(exc, names) or _builtin_category(exc)

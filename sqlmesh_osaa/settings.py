@@ -129,6 +129,13 @@ class EnvironmentSettings(_Section):
     def _has_env_placeholder(cls, value: str) -> str:
         if "{env}" not in value:
             raise ValueError("must contain '{env}' so that dev environments do not share a prefix")
+        try:
+            value.format(env="dev")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"may use only the placeholder {{env}} (the environment name), found {error}; "
+                "write a literal brace as {{ or }}"
+            ) from None
         return value.strip("/")
 
     @field_validator("prod_prefix")
@@ -145,6 +152,15 @@ class EnvironmentSettings(_Section):
         return self.dev_prefix.format(env=environment)
 
 
+class MonitoringSettings(_Section):
+    """Where metrics go and whether failures are announced (docs/monitoring.md)."""
+
+    # node-exporter's textfile collector directory: each pipeline writes osaa_<pipeline>.prom there.
+    textfile_directory: Path | None = None
+    # Send the package's failures to the SQLMesh project's notification_targets.
+    alerts: bool = True
+
+
 class OsaaSettings(_Section):
     """Every setting of sqlmesh-osaa; see the root ``config.yaml`` for each with its default."""
 
@@ -153,6 +169,7 @@ class OsaaSettings(_Section):
     retry: RetrySettings = RetrySettings()
     circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
     environments: EnvironmentSettings = EnvironmentSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ LAYERS = {
     "checkpoint": 3,
     "duckdb_storage": 3,
     "error_handler": 4,
+    "monitoring": 5,
+    "metrics": 6,
     "raw_files": 5,
     "conversion": 5,
     "transaction_manager": 5,

@@ -21,7 +21,8 @@ from typing import Any
 from sqlmesh.core.plan.evaluator import BuiltInPlanEvaluator
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
-from sqlmesh_osaa.integration import runtime
+from sqlmesh_osaa.exceptions import ErrorCategory
+from sqlmesh_osaa.integration import run_reports, runtime
 
 _log = logging.getLogger(__name__)
 
@@ -74,12 +75,20 @@ class PipelineRun:
             self._rt.checkpoint.mark_completed(
                 CheckpointScope.PIPELINE, self.key, metadata={**metadata, "outcome": "completed"}
             )
+            run_reports.run_ended(self._rt, self, succeeded=True)
             return
-        message = error or f"{len(failures)} model evaluation(s) failed: " + "; ".join(failures[:3])
+        evaluations = f"{len(failures)} model evaluation(s) failed: " + "; ".join(failures[:3]) if failures else None
+        message = "; ".join(part for part in (error, evaluations) if part)
+        audits_only = bool(failures) and all("blocking audit" in failure for failure in failures)
         self._rt.checkpoint.mark_failed(
-            CheckpointScope.PIPELINE, self.key, message, metadata={**metadata, "outcome": "failed"}
+            CheckpointScope.PIPELINE,
+            self.key,
+            message,
+            metadata={**metadata, "outcome": "failed"},
+            category=ErrorCategory.DATA if audits_only else None,
         )
         _log.warning("sqlmesh %s %s failed: %s", self.command, self.environment, message)
+        run_reports.run_ended(self._rt, self, succeeded=False)
 
 
 _exit_hook_registered = False

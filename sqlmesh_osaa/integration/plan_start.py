@@ -19,6 +19,7 @@ from typing import Any
 from sqlmesh.core.context import GenericContext
 
 from sqlmesh_osaa.integration import runtime, state
+from sqlmesh_osaa.integration.busy import busy_error
 from sqlmesh_osaa.integration.publication import publish_environment
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
 
@@ -58,7 +59,9 @@ def install() -> None:
         if uses_extension(self):
             try:
                 reconcile_before_plan(self)
-            except Exception:
+            except Exception as error:
+                if (busy := busy_error(error)) is not None:
+                    raise busy from error
                 _log.exception("sqlmesh-osaa could not reconcile before the plan; @osaa_before_all() tries again")
         return original(self, *args, **kwargs)
 

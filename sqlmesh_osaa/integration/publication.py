@@ -50,6 +50,8 @@ class Publication:
     # Models of the environment with no recorded, staged output to publish.
     nothing_recorded: list[str] = field(default_factory=list)
     transaction_id: str | None = None
+    # Published key -> the staged object it holds (names the evaluation that produced it).
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def newest_recorded_output(rt: Runtime, snapshot: Snapshot, deployable: bool) -> StagedOutput | None:
@@ -94,6 +96,7 @@ def publish_environment(
             continue
         for key, md5 in sorted(output.objects.items()):
             puts[_join(prefix, key)] = (output.staged_key(key), md5)
+            publication.sources[_join(prefix, key)] = output.staged_key(key)
         if output.owned_prefix:
             keep = {_join(prefix, key) for key in output.objects}
             deletes.extend(_stale(rt, _join(prefix, output.owned_prefix), keep))
