@@ -54,6 +54,7 @@ def after_all(evaluator: Any) -> None:
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
         raise
+    rt.note_publication(publication)
     if run is not None:
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
         run.finish()
