@@ -54,7 +54,7 @@ def _begin(context: Any) -> runtime.Runtime:
     )
     rt.begin_command(context.state_sync)
     try:
-        reconcile_leftovers(rt, context.state_sync)
+        reconcile_leftovers(rt, context.state_sync, context.engine_adapter)
         rt.reconciled = True
     except Exception as error:
         # Leftovers never reach an environment (publication decides from state); @osaa_before_all() retries.

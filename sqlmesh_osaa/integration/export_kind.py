@@ -62,7 +62,7 @@ class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
         self.adapter.replace_query(table_name, query_or_df, model.columns_to_types)
         rt = runtime.require()
         key = t.cast(OsaaS3ExportKind, model.kind).key
-        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs, NAME)
         model_checkpoints.note_output(output.prefix)
         with tempfile.TemporaryDirectory(prefix="osaa-export-") as workdir:
             local = Path(workdir) / "export.parquet"

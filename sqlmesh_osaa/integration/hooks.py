@@ -35,7 +35,7 @@ def before_all(evaluator: Any) -> None:
     if rt.reconciled:
         return
     try:
-        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter))
+        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter), evaluator.engine_adapter)
         rt.reconciled = True
     except Exception:
         # Leftovers never reach an environment (publication reads state), so this run may go on;

@@ -86,7 +86,7 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
     ) -> None:
         kind = t.cast(OsaaFileIngestKind, model.kind)
         rt = runtime.require()
-        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs, NAME)
         model_checkpoints.note_output(output.prefix)
         landed = self._ingest(rt, model.name, kind)
         prefix = output.prefix

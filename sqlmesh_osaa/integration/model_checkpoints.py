@@ -39,11 +39,16 @@ from sqlmesh.utils.errors import NodeAuditsErrors
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import categorize_error
+from sqlmesh_osaa.fault_points import fault_point
 from sqlmesh_osaa.integration import runtime
 from sqlmesh_osaa.integration.staged_outputs import discard, mark_audited
 
 _log = logging.getLogger(__name__)
 
+# Crash tests kill the process here: SQLMesh recorded the interval, its audit marker is not written yet.
+INTERVAL_RECORDED = "osaa_interval_recorded"
+# ...and here: a blocking audit failed, the evaluation's staged output is not discarded yet.
+EVALUATION_FAILED = "osaa_evaluation_failed"
 _current = threading.local()
 # Keys of failed MODEL items, loaded once per process, kept current by this module.
 _failed_keys: set[str] | None = None
@@ -119,15 +124,20 @@ def evaluate_recorded(rt: runtime.Runtime, original: Any, args: Any, kwargs: Any
         audits = [{"audit": e.audit_name, "rows": e.count} for e in error.errors]
         message = "; ".join(f"blocking audit '{a['audit']}' failed: {a['rows']} row(s)" for a in audits)
         _record_failure(rt, evaluation, message, error, {"failed_audits": audits, "phase": "audit"})
+        fault_point(EVALUATION_FAILED)
         _discard_outputs(rt, evaluation)
+        _restore_table(rt, bound, snapshot, deployable)
         raise
     except BaseException as error:
         phase = "audit" if evaluation.sql_ended is not None else "evaluation"
         _record_failure(rt, evaluation, f"{type(error).__name__}: {error}", error, {"phase": phase})
         _discard_outputs(rt, evaluation)
+        if evaluation.outputs:
+            _restore_table(rt, bound, snapshot, deployable)
         raise
     finally:
         _current.evaluation = None
+    fault_point(INTERVAL_RECORDED)
     for prefix in evaluation.outputs:
         # SQLMesh recorded the interval: this evaluation's outputs passed their audits.
         _safely(mark_audited, rt.store, prefix, "recorded by Scheduler.evaluate", rt.error_handler)
@@ -198,6 +208,15 @@ def _discard_outputs(rt: runtime.Runtime, evaluation: Evaluation) -> None:
     """An interval SQLMesh did not record must never be published: drop what this evaluation staged."""
     for prefix in evaluation.outputs:
         _safely(discard, rt.store, prefix, rt.error_handler)
+
+
+def _restore_table(rt: runtime.Runtime, bound: dict[str, Any], snapshot: Any, deployable: bool) -> None:
+    """The failed evaluation's rows are in the table (SQLMesh keeps them): put back what state vouches for."""
+    from sqlmesh_osaa.integration.table_restore import restore_safely
+
+    scheduler = bound["self"]
+    adapter = scheduler.snapshot_evaluator.get_adapter(getattr(snapshot, "model_gateway", None))
+    restore_safely(rt, scheduler.state_sync, adapter, snapshot, deployable)
 
 
 def _safely(func: Any, *args: Any, **kwargs: Any) -> Any:

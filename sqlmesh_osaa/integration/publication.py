@@ -112,7 +112,7 @@ def record_key(rt: Runtime, environment: str, model: str, evaluation: str) -> st
     return f"{publications_root(rt)}{environment}/{safe_name(model)}/{evaluation}.json"
 
 
-class _Evidence:
+class Evidence:
     """SQLMesh's interval rows, read at most once per publication and only when a marker is missing."""
 
     def __init__(self, rt: Runtime, state_sync: StateSync) -> None:
@@ -133,7 +133,7 @@ class _Evidence:
 
 
 def audited_output(
-    rt: Runtime, snapshot: Snapshot, deployable: bool, evidence: _Evidence
+    rt: Runtime, snapshot: Snapshot, deployable: bool, evidence: Evidence
 ) -> tuple[EvaluationDir | None, str | None]:
     """The latest audited evaluation of the snapshot's table whose interval state records, or why none."""
     intervals = state.recorded(snapshot, deployable)
@@ -174,7 +174,7 @@ def publish_environment(
         return publication
     env_snapshots = state.fresh(state_sync, snapshots)
     index = state.deployability(environment, {s.snapshot_id: s for s in env_snapshots})
-    evidence = _Evidence(rt, state_sync)
+    evidence = Evidence(rt, state_sync)
     changes: list[_Change] = []
     current: set[str] = set()
     for snapshot in sorted(env_snapshots, key=lambda s: s.name):

@@ -25,12 +25,15 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from sqlmesh.core.snapshot import SnapshotId
 from sqlmesh.core.state_sync import StateSync
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus
 from sqlmesh_osaa.integration import audit_evidence, runtime, state
 from sqlmesh_osaa.integration.publication import Publication, catch_up, publish_environment
+from sqlmesh_osaa.integration.export_kind import NAME as EXPORT
 from sqlmesh_osaa.integration.runtime import Runtime
 from sqlmesh_osaa.integration.staged_outputs import (
     EVALUATION_DEPTH,
@@ -43,6 +46,7 @@ from sqlmesh_osaa.integration.staged_outputs import (
     mark_audited,
     read_manifest,
 )
+from sqlmesh_osaa.integration.table_restore import restore_safely
 from sqlmesh_osaa.transaction_manager import RecoveryReport, recover_transactions
 
 _log = logging.getLogger(__name__)
@@ -75,14 +79,20 @@ class ReconcileReport:
         return not self.transactions.failed
 
 
-def reconcile_leftovers(rt: Runtime, state_sync: StateSync) -> ReconcileReport:
-    """Recover transactions, close interrupted checkpoints, discard staged outputs state does not vouch for."""
+def reconcile_leftovers(rt: Runtime, state_sync: StateSync, engine_adapter: Any = None) -> ReconcileReport:
+    """Recover transactions, close interrupted checkpoints, discard staged outputs state does not vouch for.
+
+    With ``engine_adapter``, an export table a dead evaluation overwrote is put back to its
+    last audited content (``table_restore.py``).
+    """
     report = ReconcileReport()
     report.transactions = recover_transactions(
         rt.checkpoint, rt.store, error_handler=rt.error_handler, staging_prefix=rt.settings.storage.staging_prefix
     )
     report.interrupted = close_interrupted(rt)
-    _discard_unvouched(rt, state_sync, report)
+    unrecorded = _discard_unvouched(rt, state_sync, report)
+    if engine_adapter is not None:
+        _restore_tables(rt, state_sync, engine_adapter, unrecorded)
     if report.anything_done:
         _log.warning(
             "Reconciled leftovers: %d transaction(s) recovered, %d interrupted item(s) closed, "
@@ -105,7 +115,8 @@ def close_interrupted(rt: Runtime) -> list[str]:
     return closed
 
 
-def _discard_unvouched(rt: Runtime, state_sync: StateSync, report: ReconcileReport) -> None:
+def _discard_unvouched(rt: Runtime, state_sync: StateSync, report: ReconcileReport) -> list[StagedOutput]:
+    """Sort every staged output; returns the sealed ones SQLMesh never recorded (now discarded)."""
     tables: dict[str, list[EvaluationDir]] = defaultdict(list)
     for directory in evaluation_dirs(rt.store, exports_root(rt.settings.storage.staging_prefix), EVALUATION_DEPTH):
         if directory.sealed:
@@ -122,8 +133,21 @@ def _discard_unvouched(rt: Runtime, state_sync: StateSync, report: ReconcileRepo
         }
     names = {output.snapshot_name for found in outputs.values() for output in found.values()}
     rows = audit_evidence.interval_rows(state_sync, names)
+    unrecorded: list[StagedOutput] = []
     for table, dirs in tables.items():
-        _sort_table(rt, report, dirs, outputs[table], rows)
+        unrecorded.extend(_sort_table(rt, report, dirs, outputs[table], rows))
+    return unrecorded
+
+
+def _restore_tables(rt: Runtime, state_sync: StateSync, adapter: Any, unrecorded: list[StagedOutput]) -> None:
+    tables = {(o.snapshot_name, o.identifier, o.deployable): o for o in unrecorded if o.materialization == EXPORT}
+    if not tables:
+        return
+    snapshots = state_sync.get_snapshots({SnapshotId(name=name, identifier=identifier) for name, identifier, _ in tables})
+    for name, identifier, deployable in sorted(tables):
+        snapshot = snapshots.get(SnapshotId(name=name, identifier=identifier))
+        if snapshot is not None:
+            restore_safely(rt, state_sync, adapter, snapshot, deployable)
 
 
 def _sort_table(
@@ -132,8 +156,9 @@ def _sort_table(
     dirs: list[EvaluationDir],
     outputs: dict[str, StagedOutput],
     rows: list[audit_evidence.IntervalRow],
-) -> None:
+) -> list[StagedOutput]:
     audited = []
+    unrecorded = []
     for directory in latest_first(dirs):
         output = outputs.get(directory.prefix)
         if directory.audited:
@@ -143,11 +168,13 @@ def _sort_table(
             audited.append(directory)
         else:
             _discard(rt, report, directory.prefix, NOT_RECORDED)
+            if output is not None:
+                unrecorded.append(output)
     sample = next((outputs[d.prefix] for d in dirs if d.prefix in outputs), None)
     if audited and (sample is None or not audit_evidence.table_in_state(sample, rows)):
         for directory in audited:
             _discard(rt, report, directory.prefix, "its physical table is no longer in SQLMesh state")
-        return
+        return unrecorded
     kept: list[EvaluationDir] = []
     for directory in audited:
         if any(state.covered((directory.start, directory.end), [(k.start, k.end)]) for k in kept):
@@ -155,6 +182,7 @@ def _sort_table(
         else:
             kept.append(directory)
             report.kept.append(directory.prefix)
+    return unrecorded
 
 
 def _discard(rt: Runtime, report: ReconcileReport, prefix: str, reason: str) -> None:
@@ -182,7 +210,7 @@ def reconcile(
         variables=context.config.variables, project_dir=context.path, pipeline_name=context.config.project or None
     )
     state_sync = context.state_sync
-    report = reconcile_leftovers(rt, state_sync)
+    report = reconcile_leftovers(rt, state_sync, context.engine_adapter)
     if not publish:
         return report
     if environments:

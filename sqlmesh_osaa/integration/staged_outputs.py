@@ -62,6 +62,8 @@ class StagedOutput:
     evaluation: str
     started_ms: int
     objects: dict[str, str] = field(default_factory=dict)
+    # The osaa kind that staged it (``osaa_s3_export`` or ``osaa_file_ingest``).
+    materialization: str = ""
 
     def staged_key(self, key: str) -> str:
         return self.prefix + key
@@ -111,7 +113,9 @@ def new_evaluation_id() -> tuple[str, int]:
     return f"{started_ms}-{secrets.token_hex(4)}", started_ms
 
 
-def evaluation_output(staging_prefix: str, model: str, evaluation: Mapping[str, Any]) -> StagedOutput:
+def evaluation_output(
+    staging_prefix: str, model: str, evaluation: Mapping[str, Any], materialization: str
+) -> StagedOutput:
     """The (still empty) output of a new evaluation, from a materialization's ``insert`` kwargs."""
     snapshot = evaluation["snapshot"]
     deployable = evaluation["deployability_index"].is_deployable(snapshot)
@@ -130,6 +134,7 @@ def evaluation_output(staging_prefix: str, model: str, evaluation: Mapping[str, 
         end=end,
         evaluation=evaluation_id,
         started_ms=started_ms,
+        materialization=materialization,
     )
 
 
