@@ -61,10 +61,29 @@ def problems() -> list[str]:
         missing = [p for p in parameters if p not in inspect.signature(function).parameters]
         if missing:
             found.append(f"{class_name}.{method} lost parameter(s) {missing}")
+    found.extend(_internals_read())
+    return found
+
+
+def _internals_read() -> list[str]:
+    """Attributes read (not patched) that SQLMesh does not document as API."""
+    import sqlmesh.cli.main as cli_main
+    from sqlmesh.core.snapshot.definition import SnapshotTableInfo
+    from sqlmesh.core.state_sync.base import DelegatingStateSync
+    from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
     from sqlmesh.core.state_sync.db.interval import IntervalState
 
-    if not hasattr(IntervalState, "refresh_snapshot_intervals"):
-        found.append("IntervalState.refresh_snapshot_intervals no longer exists")
+    found = []
+    if "custom_materialization" not in SnapshotTableInfo.model_fields:
+        found.append("SnapshotTableInfo.custom_materialization no longer exists")
+    if "interval_state" not in inspect.getsource(EngineAdapterStateSync.__init__):
+        found.append("EngineAdapterStateSync no longer sets interval_state")
+    if "self.intervals_table" not in inspect.getsource(IntervalState.__init__):
+        found.append("IntervalState no longer sets intervals_table")
+    if "self.state_sync = state_sync" not in inspect.getsource(DelegatingStateSync.__init__):
+        found.append("DelegatingStateSync no longer keeps the wrapped state sync in state_sync")
+    if not isinstance(getattr(cli_main, "SKIP_CONTEXT_COMMANDS", None), tuple):
+        found.append("sqlmesh.cli.main.SKIP_CONTEXT_COMMANDS is gone (the osaa-* commands would build a Context)")
     return found
 
 
