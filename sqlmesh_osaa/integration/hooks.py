@@ -35,7 +35,7 @@ def before_all(evaluator: Any) -> None:
     if rt.reconciled:
         return
     try:
-        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter), evaluator.engine_adapter)
+        reconcile_leftovers(rt, state.state_sync_for(), evaluator.engine_adapter)
         rt.reconciled = True
     except Exception:
         # Leftovers never reach an environment (publication reads state), so this run may go on;
@@ -49,7 +49,7 @@ def after_all(evaluator: Any) -> None:
     run = rt.pipeline_run
     try:
         publication = publish_environment(
-            rt, state.state_sync_for(evaluator.engine_adapter), environment, evaluator.snapshots.values()
+            rt, state.state_sync_for(), environment, evaluator.snapshots.values()
         )
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")

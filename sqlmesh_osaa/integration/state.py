@@ -21,7 +21,7 @@ _log = logging.getLogger(__name__)
 PUBLISHING_MATERIALIZATIONS = frozenset({EXPORT, INGEST})
 
 
-def state_sync_for(engine_adapter: Any = None) -> StateSync:
+def state_sync_for() -> StateSync:
     """The state sync of the SQLMesh command running now (CLI or Python API).
 
     ``Context.plan``/``Context.run`` hand theirs to the runtime (``commands.py``); under the
