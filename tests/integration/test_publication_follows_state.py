@@ -195,3 +195,18 @@ def test_plan_ends_with_a_publication_summary(tmp_path) -> None:
 
     assert "sqlmesh-osaa publication:" in result.stdout
     assert "prod -> prod/: 4 object(s) published" in result.stdout
+
+
+def test_staged_output_reused_by_a_metadata_change_survives_the_janitor_expiring_its_snapshot(tmp_path) -> None:
+    project = local_project(tmp_path)
+    project.plan()
+    staged = project.objects("staging/exports/osaa.indicators_export/")
+    project.edit("models/osaa/indicators_export.sql", "  name osaa.indicators_export,", "  name osaa.indicators_export,\n  description 'published',")
+    project.plan()
+    project.sqlmesh("janitor", "--ignore-ttl", stdin="y\n")
+
+    project.plan("dev", "--include-unmodified")
+
+    assert project.objects("staging/exports/osaa.indicators_export/") == staged
+    dev = relative(project.objects("dev/dev/"), "dev/dev/")
+    assert dev == relative(project.objects("prod/"), "prod/")

@@ -106,3 +106,25 @@ def test_restatement_failing_its_audit_without_a_kill_is_listed_and_leaves_prod_
     assert "not_accepted_values" in items[0]["error_message"]
     audit = project.sqlmesh("audit", check=False)
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_evaluation_killed_after_sqlmesh_recorded_its_interval_is_published_on_sqlmesh_evidence(
+    planned: Project, tmp_path: Path
+) -> None:
+    project = copy_of(planned, tmp_path)
+    update = "prod/landing/sdg/SDG_update.parquet"
+
+    killed = project.plan(None, *RESTATE_SDG, check=False, extra_env={FAULT_POINT_ENV: INTERVAL_RECORDED})
+    assert killed.returncode == -signal.SIGKILL
+    assert update not in project.objects("prod/landing/sdg/")
+
+    project.plan()
+
+    assert update in project.objects("prod/landing/sdg/")
+    markers = [key for key in project.objects("staging/exports/osaa_raw.sdg/") if key.endswith("/_osaa_audited.json")]
+    evidence = set()
+    for key in markers:
+        local = tmp_path / "marker.json"
+        project.store.get_file(key, local)
+        evidence.add(json.loads(local.read_text())["evidence"])
+    assert "interval row in SQLMesh state" in evidence
