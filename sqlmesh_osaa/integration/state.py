@@ -45,11 +45,11 @@ def state_sync_for() -> StateSync:
 def claim(model: Any) -> tuple[str, str] | None:
     """What an osaa model publishes that no other model may: its export key or its landing source."""
     materialization = getattr(model.kind, "materialization", None)
-    if materialization == EXPORT:
-        return ("key", str(model.kind.key))
-    if materialization == INGEST:
-        return ("source", str(model.kind.source))
-    return None
+    properties = getattr(model.kind, "materialization_properties", None) or {}
+    name = {EXPORT: "key", INGEST: "source"}.get(str(materialization))
+    if name is None or name not in properties:
+        return None
+    return (name, str(properties[name]).strip("/"))
 
 
 def publishes(snapshot: Snapshot) -> bool:
