@@ -15,7 +15,6 @@ import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.integration import runtime
