@@ -72,6 +72,13 @@ def export_values(project: Project) -> set[float]:
     return {row[3] for row in project.parquet_rows(EXPORT_KEY)}
 
 
+def assert_prod_unchanged_and_auditable(project: Project, before: dict[str, str]) -> None:
+    assert project.objects("prod/indicators/") == before
+    assert BAD_VALUE not in export_values(project)
+    audit = project.sqlmesh("audit", check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
 @pytest.mark.parametrize("point", FAULT_POINTS)
 def test_restatement_killed_at_a_fault_point_never_publishes_data_that_failed_its_audit(
     planned: Project, point: str, tmp_path: Path
@@ -84,10 +91,7 @@ def test_restatement_killed_at_a_fault_point_never_publishes_data_that_failed_it
     assert BAD_VALUE not in export_values(project)
 
     project.plan()
-    assert project.objects("prod/indicators/") == before
-    assert BAD_VALUE not in export_values(project)
-    audit = project.sqlmesh("audit", check=False)
-    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert_prod_unchanged_and_auditable(project, before)
 
 
 def test_restatement_failing_its_audit_without_a_kill_is_listed_and_leaves_prod_auditable(
@@ -99,13 +103,11 @@ def test_restatement_failing_its_audit_without_a_kill_is_listed_and_leaves_prod_
     failed = project.plan(None, *RESTATE_SDG, check=False)
 
     assert failed.returncode != 0
-    assert project.objects("prod/indicators/") == before
     listed = project.sqlmesh("osaa-recover", "list-failed", "--scope", "model", "--json", check=False)
     items = json.loads(listed.stdout)["items"]
     assert [item["key"].split("|")[0] for item in items] == ["osaa.indicators_export"]
     assert "not_accepted_values" in items[0]["error_message"]
-    audit = project.sqlmesh("audit", check=False)
-    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert_prod_unchanged_and_auditable(project, before)
 
 
 def test_evaluation_killed_after_sqlmesh_recorded_its_interval_is_published_on_sqlmesh_evidence(
