@@ -1,7 +1,7 @@
 """What an environment publishes, kept on the PIPELINE item of the plan/run that published it.
 
 ``@osaa_after_all()`` calls :func:`record` after a publication: for every export the
-environment holds (written now or already current), its size, MD5, whether this run wrote
+environment's publication wrote, its size, MD5, whether this run wrote
 it, and the staged evaluation it came from (``<model>/<table version>/<interval>``). Metrics
 (last success per export, bytes and objects published) and the HTML report read it back from
 the checkpoint, so they need neither SQLMesh state nor the object store.
@@ -38,20 +38,12 @@ def _listed(rt: runtime.Runtime, prefix: str) -> dict[str, Any]:
     return rt.error_handler.execute(listing, operation="ListObjectsV2")
 
 
-def _announce(publication: Any) -> None:
-    """One line in SQLMesh's own output: what the environment's prefix now holds."""
-    from sqlmesh.core.console import get_console
-
-    counts = f"{len(publication.written)} written, {len(publication.unchanged)} unchanged, {len(publication.deleted)} deleted"
-    get_console().log_status_update(f"sqlmesh-osaa published {publication.environment} to {publication.prefix}/: {counts}")
-
-
 def record(rt: runtime.Runtime, run: Any, publication: Any) -> None:
     """Keep what ``publication`` left in the environment on ``run``'s PIPELINE item; never raises."""
     if run is None:
         return
     try:
-        keys = [*publication.written, *publication.unchanged]
+        keys = list(publication.written)
         if not keys and not publication.deleted:
             return
         listed = _listed(rt, publication.prefix) if keys else {}
@@ -66,6 +58,5 @@ def record(rt: runtime.Runtime, run: Any, publication: Any) -> None:
                 "evaluation": evaluation_of(publication.sources.get(key), rt.settings.storage.staging_prefix),
             }
         rt.checkpoint.update_metadata(CheckpointScope.PIPELINE, run.key, {"exports": exports})
-        _announce(publication)
     except Exception:
         _log.exception("sqlmesh-osaa could not record what %s published", publication.environment)

@@ -45,7 +45,7 @@ def before_all(evaluator: Any) -> None:
     if rt.reconciled:
         return
     try:
-        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter))
+        reconcile_leftovers(rt, state.state_sync_for(), evaluator.engine_adapter)
         rt.reconciled = True
     except Exception as error:
         # Leftovers never reach an environment (publication reads state), so this run may go on;
@@ -60,12 +60,13 @@ def after_all(evaluator: Any) -> None:
     run = rt.pipeline_run
     try:
         publication = publish_environment(
-            rt, state.state_sync_for(evaluator.engine_adapter), environment, evaluator.snapshots.values()
+            rt, state.state_sync_for(), environment, evaluator.snapshots.values()
         )
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
         notifications.publication_failed(rt, environment, error, evaluator.snapshots.values())
         raise
+    rt.note_publication(publication)
     exports.record(rt, run, publication)
     if run is not None:
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])

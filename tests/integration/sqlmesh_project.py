@@ -40,8 +40,10 @@ class Project:
     env: dict[str, str]
     store: ObjectStore
 
-    def sqlmesh(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> Completed:
-        return run([str(SQLMESH), *args], self.path, {**self.env, **(extra_env or {})}, check=check)
+    def sqlmesh(
+        self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Completed:
+        return run([str(SQLMESH), *args], self.path, {**self.env, **(extra_env or {})}, check=check, stdin=stdin)
 
     def python(self, program: str, check: bool = True) -> Completed:
         """A Python program run in the project directory with the project's environment."""
@@ -49,15 +51,19 @@ class Project:
 
     def sqlmesh_days_later(self, days: int, *args: str, check: bool = True) -> Completed:
         """The CLI with the clock moved ``days`` ahead, so that ``sqlmesh run`` finds new intervals."""
-        return self.python(
+        return run(self.days_later_command(days, *args), self.path, self.env, check=check)
+
+    def days_later_command(self, days: int, *args: str) -> list[str]:
+        """The argv of ``sqlmesh <args>`` with the clock moved ``days`` ahead."""
+        program = (
             "import sys, datetime, time_machine\n"
             "from sqlmesh.cli.main import cli\n"
             f"sys.argv = ['sqlmesh', *{list(args)!r}]\n"
             f"later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days={days})\n"
             "with time_machine.travel(later):\n"
-            "    cli()\n",
-            check=check,
+            "    cli()\n"
         )
+        return [sys.executable, "-c", program]
 
     def plan(self, environment: str | None = None, *extra: str, check: bool = True, **kwargs: Any) -> Completed:
         args = ["plan", *([environment] if environment else []), "--auto-apply", "--no-prompts", *extra]
@@ -112,8 +118,8 @@ class Project:
 Completed = subprocess.CompletedProcess[str]
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> Completed:
-    result = processes.run(command, cwd=cwd, env=env, timeout=COMMAND_TIMEOUT)
+def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True, stdin: str | None = None) -> Completed:
+    result = processes.run(command, cwd=cwd, env=env, timeout=COMMAND_TIMEOUT, input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result

@@ -12,9 +12,7 @@ directory must be) and must be announced once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from support import processes
 from support.png import colours
 from support.webhook import Webhook
 
@@ -172,14 +171,7 @@ def _chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
     command = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={cwd / 'chromium-profile'}",
                "--enable-logging=stderr", "--v=0", *args]
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=CHROMIUM_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return processes.run(command, cwd=cwd, timeout=CHROMIUM_TIMEOUT)
 
 
 def test_report_renders_in_headless_chromium_with_its_charts_and_no_console_error(story: Story, tmp_path: Path) -> None:
@@ -242,16 +234,10 @@ def test_object_storage_down_announces_the_breaker_opening_once(
 
 def test_a_second_plan_while_the_warehouse_is_held_says_so_without_a_traceback(tmp_path: Path) -> None:
     project = local_project(tmp_path)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time\nc = duckdb.connect('warehouse.duckdb')\nprint('held', flush=True)\ntime.sleep(120)"],
-        cwd=project.path, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
+    hold = [sys.executable, "-c", "import duckdb, sys, time\nc = duckdb.connect('warehouse.duckdb')\nprint('held', flush=True)\ntime.sleep(120)"]
+    with processes.spawn(hold, cwd=project.path, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         result = project.plan(check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
-    finally:
-        os.killpg(holder.pid, signal.SIGKILL)
-        holder.communicate()
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
     assert f"{project.path / 'warehouse.duckdb'} is locked by another process, PID {holder.pid}" in output

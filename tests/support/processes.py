@@ -26,9 +26,12 @@ def run(command: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.
     """``subprocess.run`` with text output captured, in its own process group, killed with it afterwards."""
     kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
+    stdin_text = kwargs.pop("input", None)
+    if stdin_text is not None:
+        kwargs["stdin"] = subprocess.PIPE
     with spawn(command, **_popen_options(kwargs)) as process:
         try:
-            stdout, stderr = process.communicate(timeout=timeout)
+            stdout, stderr = process.communicate(stdin_text, timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_group(process)
             stdout, stderr = process.communicate()
