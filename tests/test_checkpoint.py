@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 
 from sqlmesh_osaa.checkpoint import (
+    ROW_COLUMNS,
     CheckpointScope,
     CheckpointStatus,
     PipelineCheckpoint,
     calculate_checksum,
 )
+from sqlmesh_osaa.checkpoint.transitions import replay
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.settings import reset_settings
 
@@ -285,6 +287,36 @@ def test_clearing_an_item_logs_a_transition_to_pending(store: PipelineCheckpoint
     store.clear_checkpoint(FILE, "k")
 
     assert transitions(store, "k")[-1] == ("completed", "pending")
+
+
+def stored_rows(store: PipelineCheckpoint) -> dict[tuple[str, str, str], dict]:
+    rows = store.store.read(f"SELECT {', '.join(ROW_COLUMNS)} FROM checkpoints")
+    return {(r[0], r[1], r[2]): dict(zip(ROW_COLUMNS, r)) for r in rows}
+
+
+def test_the_event_log_alone_rebuilds_every_row(store: PipelineCheckpoint, raw_file: Path) -> None:
+    complete(store, "single", raw_file)
+    store.mark_started(FILE, "meta", metadata={"phase": "open"})
+    store.update_metadata(FILE, "meta", {"phase": "committing"})
+    fail(store, "failed")
+    store.mark_started_many(FILE, [f"batch/{i}" for i in range(40)] + [("batch/file", raw_file)])
+    store.mark_completed_many(FILE, [f"batch/{i}" for i in range(20)] + [("batch/file", raw_file, "a" * 32)])
+    complete(store, "cleared")
+    store.clear_checkpoint(FILE, "cleared")
+    complete(store, "m", scope=MODEL)
+    store.clear_all_checkpoints(scope=MODEL)
+
+    rows = stored_rows(store)
+    assert len(rows) == 44
+    assert replay(store.store.scan_events(all_kinds=True)) == rows
+
+
+def test_prune_keeps_the_last_event_of_every_row_it_keeps(store: PipelineCheckpoint) -> None:
+    fail(store, "broken")
+    store.mark_started(FILE, "running")
+    store.prune(timedelta(0))
+
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
 
 
 # -- files ---------------------------------------------------------------------------------
