@@ -62,6 +62,8 @@ CompletionItem = (
 )
 
 _MAX_LISTED_REFUSALS = 5
+# Times a row read is repeated while its run's lease ends under it (_settle_interrupted).
+_SETTLE_ROUNDS = 3
 _HOST = socket.gethostname()
 
 
@@ -429,17 +431,49 @@ class PipelineCheckpoint:
 
     def _public_rows(self, rows: Sequence[Row]) -> list[dict[str, Any]]:
         """Rows as callers get them: metadata parsed, aware UTC times, and whether they are interrupted."""
-        running = {row["run_id"] for row in rows if row["status"] == IN_PROGRESS}
-        live = self._is_live(running) if running else set()
+        rows, interrupted = self._settle_interrupted(list(rows))
         public = []
         for row in rows:
             result = dict(row)
             result["metadata"] = json.loads(row["metadata"]) if row["metadata"] else {}
             for column in ROW_TIMESTAMPS:
                 result[column] = _aware(row[column])
-            result["interrupted"] = row["status"] == IN_PROGRESS and row["run_id"] not in live
+            result["interrupted"] = (row["scope"], row["key"]) in interrupted
             public.append(result)
         return public
+
+    def _settle_interrupted(self, rows: list[Row]) -> tuple[list[Row], set[tuple[str, str]]]:
+        """The rows, some read again, and those of them that are interrupted.
+
+        A lease can end between reading a row and asking whether its run is live (the run
+        completed the item and closed): a row is interrupted only when it is still in progress
+        for a dead run when read *after* that run was found dead. Rows that keep changing stay
+        live (the safe side).
+        """
+        interrupted: set[tuple[str, str]] = set()
+        pending = [i for i, row in enumerate(rows) if row["status"] == IN_PROGRESS]
+        for _ in range(_SETTLE_ROUNDS):
+            live = self._is_live({rows[i]["run_id"] for i in pending}) if pending else set()
+            suspects = [i for i in pending if rows[i]["run_id"] not in live]
+            if not suspects:
+                break
+            dead = {rows[i]["run_id"] for i in suspects}
+            by_scope: dict[str, list[int]] = {}
+            for index in suspects:
+                by_scope.setdefault(rows[index]["scope"], []).append(index)
+            pending = []
+            for scope, indexes in by_scope.items():
+                fresh = self.store.read_rows(self.pipeline_name, scope, [rows[i]["key"] for i in indexes])
+                for index in indexes:
+                    row = fresh.get(rows[index]["key"], rows[index])
+                    rows[index] = row
+                    if row["status"] != IN_PROGRESS:
+                        continue
+                    if row["run_id"] in dead:
+                        interrupted.add((row["scope"], row["key"]))
+                    else:
+                        pending.append(index)
+        return rows, interrupted
 
     @staticmethod
     def _public_event(event: Event) -> dict[str, Any]:

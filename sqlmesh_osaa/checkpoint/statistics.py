@@ -65,9 +65,18 @@ def statistics(store: CheckpointStore, pipeline: str) -> dict[str, Any]:
 
 
 def _interrupted(store: CheckpointStore, pipeline: str) -> int:
+    """In-progress rows of dead runs, counted again once their runs are known dead.
+
+    A run may complete its items and close between the first count and the lease check:
+    only rows still in progress after the check are interrupted.
+    """
     running = dict(store.read(_RUNNING_SQL, [pipeline]))
-    live = store.live_runs(set(running)) if running else set()
-    return sum(count for run_id, count in running.items() if run_id not in live)
+    dead = sorted(set(running) - store.live_runs(set(running))) if running else []
+    if not dead:
+        return 0
+    marks = ", ".join("?" * len(dead))
+    sql = f"SELECT count(*) FROM checkpoints WHERE pipeline = ? AND status = '{IN_PROGRESS}' AND run_id IN ({marks})"
+    return store.read(sql, [pipeline, *dead])[0][0]
 
 
 def _retries(store: CheckpointStore, pipeline: str) -> dict[str, int]:
