@@ -29,6 +29,7 @@ import re
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from typing import Any
 
 import duckdb
 
-from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
+from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     PRUNE_EVENTS_SQL,
     PRUNE_ROWS_SQL,
@@ -49,7 +50,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Target,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 
 logger = logging.getLogger(__name__)
@@ -149,21 +150,14 @@ _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({'
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 
-def _bulk_select(columns: Sequence[str]) -> str:
-    """SELECT turning the JSON document ``$data`` (one list per column) into rows."""
-    unnested = ", ".join(f'unnest(j."{c}") AS "{c}"' for c in columns)
-    return f"SELECT {unnested} FROM (SELECT from_json($data, $spec) AS j)"
-
-
-def _bulk_spec(types: dict[str, str], columns: Sequence[str]) -> str:
-    return json.dumps({c: [types.get(c, "VARCHAR")] for c in columns})
-
-
 _ROW_BULK_COLUMNS = ("item_id", *ROW_COLUMNS)
-_ROW_BULK_SQL = f"INSERT OR REPLACE INTO checkpoints ({', '.join(_ROW_BULK_COLUMNS)}) " + _bulk_select(_ROW_BULK_COLUMNS)
-_ROW_BULK_SPEC = _bulk_spec(_ROW_TYPES, _ROW_BULK_COLUMNS)
-_EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) " + _bulk_select(EVENT_LOG_COLUMNS[1:])
-_EVENT_BULK_SPEC = _bulk_spec(_EVENT_TYPES, EVENT_LOG_COLUMNS[1:])
+_EVENT_TO_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
+_ROW_BULK_INSERT_SQL = f"INSERT INTO checkpoints ({', '.join(_ROW_BULK_COLUMNS)}) SELECT {', '.join(_ROW_BULK_COLUMNS)} FROM {{frame}}"
+_ROW_BULK_UPDATE_SQL = (
+    f"UPDATE checkpoints AS c SET {', '.join(f'{col} = b.{col}' for col in ROW_COLUMNS)} "
+    "FROM {frame} AS b WHERE c.item_id = b.item_id"
+)
+_EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
 _DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
@@ -276,12 +270,42 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             ) from exc
 
 
-def _json_value(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+def _frame(records: Sequence[dict[str, Any]], columns: Sequence[str], types: dict[str, str]) -> Any:
+    """A pandas DataFrame of ``records``: how a batch reaches DuckDB (docs/performance.md compares the ways).
+
+    pandas and numpy are loaded anyway: DuckDB imports them at the first bound parameter.
+    """
+    import pandas
+
+    data = {}
+    for column in columns:
+        values = [record[column] for record in records]
+        kind = types.get(column, "VARCHAR")
+        if kind == "TIMESTAMP":
+            data[column] = pandas.to_datetime(pandas.Series(values, dtype=object))
+        elif kind in ("INTEGER", "BIGINT"):
+            data[column] = pandas.array(values, dtype="Int64")
+        else:
+            data[column] = pandas.Series(values, dtype=object)
+    return pandas.DataFrame(data)
 
 
-def _columns_document(records: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    return json.dumps({c: [_json_value(record[c]) for record in records] for c in columns})
+def _row_frame(pipeline: str, events: Sequence[Event]) -> Any:
+    """The rows ``events`` leave (:func:`row_after`), built column by column straight from the events."""
+    frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
+    frame = frame.rename(columns=_EVENT_TO_ROW)[list(ROW_COLUMNS)]
+    frame.insert(0, "item_id", [item_id(pipeline, e["scope"], e["key"]) for e in events])
+    return frame
+
+
+@contextmanager
+def _registered(connection: duckdb.DuckDBPyConnection, frame: Any) -> Iterator[str]:
+    name = f"osaa_batch_{uuid.uuid4().hex}"
+    connection.register(name, frame)
+    try:
+        yield name
+    finally:
+        connection.unregister(name)
 
 
 class DuckDBStore(CheckpointStore):
@@ -487,8 +511,8 @@ class DuckDBStore(CheckpointStore):
         self, connection: duckdb.DuckDBPyConnection, pipeline: str, rows: dict[str, Row], events: list[Event]
     ) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction."""
-        inserted, updated, deleted = written_rows(rows, events)
         if len(events) < _BULK_FROM:
+            inserted, updated, deleted = written_rows(rows, events)
             for event in events:
                 connection.execute(_EVENT_INSERT_SQL, [event[c] for c in EVENT_LOG_COLUMNS[1:]])
             for row in inserted:
@@ -496,14 +520,17 @@ class DuckDBStore(CheckpointStore):
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
-            connection.execute(
-                _EVENT_BULK_SQL, {"data": _columns_document(events, EVENT_LOG_COLUMNS[1:]), "spec": _EVENT_BULK_SPEC}
-            )
-            written = [{"item_id": item_id(pipeline, row["scope"], row["key"]), **row} for row in inserted + updated]
-            if written:
-                connection.execute(
-                    _ROW_BULK_SQL, {"data": _columns_document(written, _ROW_BULK_COLUMNS), "spec": _ROW_BULK_SPEC}
-                )
+            with _registered(connection, _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)) as frame:
+                connection.execute(_EVENT_BULK_SQL.format(frame=frame))
+            kept = [event for event in events if event["to_status"] != PENDING]
+            for sql, written in (
+                (_ROW_BULK_INSERT_SQL, [event for event in kept if event["key"] not in rows]),
+                (_ROW_BULK_UPDATE_SQL, [event for event in kept if event["key"] in rows]),
+            ):
+                if written:
+                    with _registered(connection, _row_frame(pipeline, written)) as frame:
+                        connection.execute(sql.format(frame=frame))
+            deleted = [event["key"] for event in events if event["to_status"] == PENDING and event["key"] in rows]
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

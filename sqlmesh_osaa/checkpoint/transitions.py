@@ -65,10 +65,25 @@ class Change:
 
 def merged_metadata(old: str | None, new: Mapping[str, Any] | None) -> str:
     """The stored JSON of ``old`` updated with ``new``; values JSON cannot hold are stored as text."""
-    if not new and old is not None:
-        return old
+    if not new:
+        return "{}" if old is None else old
     base = json.loads(old) if old else {}
     return json.dumps({**base, **(new or {})}, sort_keys=True, default=str)
+
+
+_NO_ROW: Row = {
+    "status": PENDING,
+    "file_path": None,
+    "attempt": 0,
+    "error_message": None,
+    "error_category": None,
+    "checksum": None,
+    "file_size": None,
+    "file_mtime_ns": None,
+    "metadata": None,
+    "started_at": None,
+    "completed_at": None,
+}
 
 
 def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change) -> Event:
@@ -76,8 +91,8 @@ def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change
 
     It carries the state the item is left in: the row is :func:`row_after` of it.
     """
-    base: Mapping[str, Any] = old or {}
-    from_status = base.get("status", PENDING)
+    base = _NO_ROW if old is None else old
+    from_status = base["status"]
     status = from_status if change.kind == METADATA else change.to_status
     owner = change.run if change.kind == TRANSITION else RunIdentity(base["run_id"], base["owner_pid"], base["owner_host"])
     event: Event = {
@@ -85,22 +100,22 @@ def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change
         "scope": scope,
         "key": key,
         "kind": change.kind,
-        "file_path": change.file_path if change.file_path is not None else base.get("file_path"),
+        "file_path": change.file_path if change.file_path is not None else base["file_path"],
         "from_status": from_status,
         "to_status": status,
         "at": change.at,
-        "attempt": base.get("attempt", 0),
+        "attempt": base["attempt"],
         "run_id": owner.run_id,
         "pid": owner.pid,
         "host": owner.host,
-        "error_message": base.get("error_message"),
-        "error_category": base.get("error_category"),
-        "checksum": base.get("checksum"),
-        "file_size": base.get("file_size"),
-        "file_mtime_ns": base.get("file_mtime_ns"),
-        "metadata": merged_metadata(base.get("metadata"), change.metadata),
-        "started_at": base.get("started_at"),
-        "completed_at": base.get("completed_at"),
+        "error_message": base["error_message"],
+        "error_category": base["error_category"],
+        "checksum": base["checksum"],
+        "file_size": base["file_size"],
+        "file_mtime_ns": base["file_mtime_ns"],
+        "metadata": merged_metadata(base["metadata"], change.metadata),
+        "started_at": base["started_at"],
+        "completed_at": base["completed_at"],
     }
     if change.kind == METADATA or status == PENDING:
         return event
@@ -119,6 +134,10 @@ def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change
     elif status == FAILED:
         event.update(error_message=change.error_message, error_category=change.error_category)
     return event
+
+
+# How a row's columns are named in the event that leaves it (the others have the same name).
+ROW_FROM_EVENT = {"status": "to_status", "owner_pid": "pid", "owner_host": "host", "updated_at": "at"}
 
 
 def row_after(event: Mapping[str, Any]) -> Row | None:
