@@ -90,6 +90,7 @@ class CheckpointSettings(_Section):
     backend: Literal["duckdb", "postgres"] = "duckdb"
     db_path: Path = Path(".osaa/checkpoints.duckdb")
     dsn: str | None = None
+    synchronous_commit: bool = True
     lock_timeout_seconds: float = Field(10.0, ge=0)
     retention_days: int = Field(30, ge=1)
 

@@ -100,7 +100,7 @@ def open_store(db_path: str | Path | None = None, *, lock_timeout: float | None 
     if dsn is not None:
         from sqlmesh_osaa.checkpoint.postgres_store import PostgresStore
 
-        return PostgresStore(dsn, connect_timeout=lock_timeout)
+        return PostgresStore(dsn, connect_timeout=lock_timeout, synchronous_commit=settings.synchronous_commit)
     from sqlmesh_osaa.checkpoint.duckdb_store import DuckDBStore
 
     return DuckDBStore(settings.db_path if db_path is None else db_path, lock_timeout)
