@@ -107,6 +107,8 @@ _ROW_UPDATE_SQL = (
     "WHERE c.pipeline = u.pipeline AND c.scope = u.scope AND c.key = u.key"
 )
 _EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
+# From this many keys a read scans their common prefix.
+_SCAN_FROM_KEYS = 1000
 # From this many events a write goes through COPY (PostgresStore._write).
 _COPY_FROM = 16
 _BATCH_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS osaa_batch (LIKE checkpoints) ON COMMIT DELETE ROWS"
@@ -201,8 +203,13 @@ class PostgresStore(CheckpointStore):
         return self._execute(sql.replace("?", "%s"), list(params))
 
     def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
+        """Rows of ``keys``; many keys are read by scanning their common prefix (measured faster than ``ANY``)."""
         if not keys:
             return {}
+        if len(keys) >= _SCAN_FROM_KEYS:
+            wanted = set(keys)
+            where = RowFilter(scope=scope, key_prefix=os.path.commonprefix(list(keys)))
+            return {row["key"]: row for row in self.select_rows(pipeline, where) if row["key"] in wanted}
         found = self._execute(
             f"SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
             [pipeline, scope, list(keys)],
