@@ -46,7 +46,7 @@ from sqlmesh_osaa.checkpoint.states import (
     Fingerprint,
 )
 from sqlmesh_osaa.checkpoint.statistics import statistics
-from sqlmesh_osaa.checkpoint.store import CheckpointStore, Keys, RowFilter
+from sqlmesh_osaa.checkpoint.store import CheckpointStore, Keys, RowFilter, refuse_if_forked
 from sqlmesh_osaa.checkpoint.transitions import ALWAYS_LEGAL_FROM, Change, Event, Row, RunIdentity, advance, refusal
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 from sqlmesh_osaa.settings import get_settings
@@ -412,14 +412,7 @@ class PipelineCheckpoint:
     # -- internals ----------------------------------------------------------------------
 
     def _require_open(self) -> CheckpointStore:
-        if os.getpid() != self._pid:
-            raise CheckpointError(
-                f"This PipelineCheckpoint was opened by process {self._pid} and this process ({os.getpid()}) is a "
-                "fork of it: it cannot write through its parent's store. Open a new PipelineCheckpoint in this "
-                "process (on PostgreSQL), or start workers with multiprocessing 'spawn'",
-                category=ErrorCategory.PERMANENT,
-                pipeline=self.pipeline_name,
-            )
+        refuse_if_forked(self._pid, f"PipelineCheckpoint {self.pipeline_name!r}")
         if not self._finalizer.alive:
             raise CheckpointError(
                 "This PipelineCheckpoint is closed; open a new one", pipeline=self.pipeline_name, location=self.location

@@ -36,6 +36,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
+    refuse_if_forked,
     written_rows,
 )
 from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity
@@ -284,13 +285,7 @@ class PostgresStore(CheckpointStore):
             logger.warning("Run %s shares its lease key with another live run", run_id)
 
     def _live_connection(self) -> Any:
-        if os.getpid() != self._opened_in:
-            raise CheckpointError(
-                f"This checkpoint store ({self.location}) was opened by process {self._opened_in}, and this process "
-                "is a fork of it: a PostgreSQL session cannot be shared between processes. Open a new "
-                "PipelineCheckpoint in this process",
-                category=ErrorCategory.PERMANENT,
-            )
+        refuse_if_forked(self._opened_in, f"Checkpoint store ({self.location})")
         if self._closed:
             raise CheckpointError(f"Checkpoint store ({self.location}) is closed; open a new one")
         if self._connection is None or self._connection.closed:

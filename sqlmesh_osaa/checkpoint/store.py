@@ -18,6 +18,7 @@ answers who is alive. The state machine and the fold live above it
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, ROW_COLUMNS, TRANSITION
 from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, row_after
+from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,17 @@ class RowFilter:
 Target = Keys | RowFilter
 # Rows found (by key) -> the events to append; raising aborts the transaction.
 Plan = Callable[[dict[str, Row]], list[Event]]
+
+
+def refuse_if_forked(opened_in: int, what: str) -> None:
+    """Raise at once when ``what``, opened by process ``opened_in``, is used in a forked child of it."""
+    if os.getpid() != opened_in:
+        raise CheckpointError(
+            f"{what} was opened by process {opened_in} and this process ({os.getpid()}) is a fork of it: it cannot "
+            "write through its parent's store. Open a new PipelineCheckpoint in this process (on PostgreSQL), or "
+            "start workers with multiprocessing 'spawn'",
+            category=ErrorCategory.PERMANENT,
+        )
 
 
 class ConcurrentChange(Exception):
