@@ -207,3 +207,26 @@ def test_a_syntax_error_is_permanent(pg_dsn: str) -> None:
         error = raised(lambda: connection.execute("SELEC 1"))
 
     assert categorize_error(error) is ErrorCategory.PERMANENT
+
+
+def test_the_recovery_cli_lists_the_failures_of_a_postgres_store(pg_dsn: str, tmp_path: Path) -> None:
+    with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
+        checkpoint.mark_started(FILE, "prod/landing/wdi/broken.parquet")
+        checkpoint.mark_failed(FILE, "prod/landing/wdi/broken.parquet", "bad header", category="permanent")
+    environment = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OSAA_")},
+        "OSAA_CHECKPOINT__BACKEND": "postgres",
+        "OSAA_CHECKPOINT__DSN": pg_dsn,
+    }
+
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("osaa-recover")), "list-failed", "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=120,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "prod/landing/wdi/broken.parquet" in result.stdout and "bad header" in result.stdout

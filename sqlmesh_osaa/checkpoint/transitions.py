@@ -48,9 +48,9 @@ class RunIdentity:
     host: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Change:
-    """One requested change of one item; :func:`advance` turns it into an event."""
+    """One requested change of one item; :func:`advance` turns it into an event (one per item of a batch)."""
 
     to_status: str
     at: datetime
