@@ -290,12 +290,11 @@ def _frame(records: Sequence[dict[str, Any]], columns: Sequence[str], types: dic
     return pandas.DataFrame(data)
 
 
-def _row_frame(pipeline: str, events: Sequence[Event]) -> Any:
-    """The rows ``events`` leave (:func:`row_after`), built column by column straight from the events."""
-    frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
-    frame = frame.rename(columns=_EVENT_TO_ROW)[list(ROW_COLUMNS)]
-    frame.insert(0, "item_id", [item_id(pipeline, e["scope"], e["key"]) for e in events])
-    return frame
+def _row_frame(pipeline: str, events: Any) -> Any:
+    """The rows a frame of events leaves (:func:`row_after`, column by column)."""
+    rows = events.rename(columns=_EVENT_TO_ROW)[list(ROW_COLUMNS)]
+    rows.insert(0, "item_id", pipeline + ID_SEPARATOR + rows["scope"] + ID_SEPARATOR + rows["key"])
+    return rows
 
 
 @contextmanager
@@ -520,17 +519,15 @@ class DuckDBStore(CheckpointStore):
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
-            with _registered(connection, _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)) as frame:
-                connection.execute(_EVENT_BULK_SQL.format(frame=frame))
-            kept = [event for event in events if event["to_status"] != PENDING]
-            for sql, written in (
-                (_ROW_BULK_INSERT_SQL, [event for event in kept if event["key"] not in rows]),
-                (_ROW_BULK_UPDATE_SQL, [event for event in kept if event["key"] in rows]),
-            ):
-                if written:
-                    with _registered(connection, _row_frame(pipeline, written)) as frame:
-                        connection.execute(sql.format(frame=frame))
-            deleted = [event["key"] for event in events if event["to_status"] == PENDING and event["key"] in rows]
+            frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
+            with _registered(connection, frame) as name:
+                connection.execute(_EVENT_BULK_SQL.format(frame=name))
+            kept, existed = frame["to_status"] != PENDING, frame["key"].isin(list(rows))
+            for sql, wanted in ((_ROW_BULK_INSERT_SQL, kept & ~existed), (_ROW_BULK_UPDATE_SQL, kept & existed)):
+                if wanted.any():
+                    with _registered(connection, _row_frame(pipeline, frame[wanted])) as name:
+                        connection.execute(sql.format(frame=name))
+            deleted = frame["key"][~kept & existed].tolist()
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

@@ -521,16 +521,17 @@ class PipelineCheckpoint:
         # are the slow part); files recorded at start are fingerprinted once the rows are read.
         given = None
         if to_status == COMPLETED:
-            given = fingerprints(
-                (path, fp) if path is not None or isinstance(fp, Fingerprint) else (None, None)
-                for path, fp in zip(paths, known or [None] * len(keys))
-            )
+            known = known or [None] * len(keys)
+            named = [i for i, path in enumerate(paths) if path is not None or isinstance(known[i], Fingerprint)]
+            given = [None] * len(keys)
+            for index, fingerprint in zip(named, fingerprints((paths[i], known[i]) for i in named)):
+                given[index] = fingerprint
 
         def plan(rows: dict[str, Row]) -> list[Event]:
             self._check(scope, rows, keys, paths, to_status, force)
             prints = given
             if to_status == COMPLETED:
-                prints = self._fingerprint_recorded(rows, keys, paths, known or [None] * len(keys), given)
+                prints = self._fingerprint_recorded(rows, keys, known, given)
             at = _utcnow()
             events = []
             for index, key in enumerate(keys):
@@ -557,13 +558,12 @@ class PipelineCheckpoint:
     def _fingerprint_recorded(
         rows: dict[str, Row],
         keys: list[str],
-        paths: list[str | None],
         known: list[str | Fingerprint | None],
-        given: list[Fingerprint] | None,
-    ) -> list[Fingerprint]:
+        given: list[Fingerprint | None],
+    ) -> list[Fingerprint | None]:
         """``given``, with the items completed without a path fingerprinted from the file recorded at start."""
-        result = list(given or [])
-        unnamed = [i for i, path in enumerate(paths) if path is None and not isinstance(known[i], Fingerprint)]
+        result = list(given)
+        unnamed = [i for i, fingerprint in enumerate(given) if fingerprint is None]
         recorded = fingerprints((rows[keys[i]]["file_path"] if keys[i] in rows else None, known[i]) for i in unnamed)
         for index, fingerprint in zip(unnamed, recorded):
             result[index] = fingerprint
