@@ -1,25 +1,28 @@
-"""Checkpoint store speed: batch marking, batch lookups and single-item latency.
+"""Checkpoint store speed on both backends side by side: batches, lookups, single pairs, concurrent runners.
 
-Run: .venv/bin/python bench/checkpoints.py [--files N] [--pairs N]
+Run: .venv/bin/python bench/checkpoints.py [--files N] [--pairs N] [--runner-marks N]
 
 Targets (docs/performance.md, "Checkpoints"): 100k FILE completions through the batch API
-<= 3 s, completed_keys of 100k keys <= 0.5 s, a single mark_started + mark_completed pair
-<= 3 ms median on an open store. Every figure is printed with the process CPU time beside
-the wall time: CPU well below wall means the machine was busy with something else. The
-single pair is also timed on tmpfs, next to the disk's bare fsync latency, which separates
-the store's own cost from the disk's.
+<= 3 s on both backends, completed_keys of 100k keys <= 0.5 s, a single mark_started +
+mark_completed pair <= 3 ms median on PostgreSQL (DuckDB's reported beside it), and 4
+runner processes writing to one PostgreSQL store >= 2.5x the marks per second of one.
+PostgreSQL is a throwaway server started here (tests/support/pgserver.py) with its default
+durability (fsync and synchronous commit on), its data on the same disk as the DuckDB file.
+Every figure is printed with the process CPU time beside the wall time: CPU well below wall
+means waiting (the disk, the server, or a machine busy with something else).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +30,32 @@ from typing import Any
 
 import duckdb
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint  # noqa: E402
+from support.pgserver import PostgresServer  # noqa: E402
 
 FILE = CheckpointScope.FILE
-TMPFS = Path("/dev/shm")
 Figure = tuple[float, float | None]
+RUNNERS = 4
+RUNNER = textwrap.dedent(
+    """
+    import sys, time
+    from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+    dsn, name, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with PipelineCheckpoint("bench-runners", dsn=dsn) as store:
+        store.completed_keys("file", ["warm-up"])
+        print("ready", flush=True)
+        sys.stdin.readline()
+        began = time.perf_counter()
+        for i in range(pairs):
+            store.mark_started("file", f"{name}/{i}")
+            store.mark_completed("file", f"{name}/{i}")
+        print(time.perf_counter() - began, flush=True)
+    """
+)
 
 
 def timed(action: Callable[[], Any]) -> Figure:
@@ -56,17 +78,17 @@ def make_files(root: Path, count: int) -> list[tuple[str, str, str]]:
     return items
 
 
-def open_warm(db_path: Path) -> PipelineCheckpoint:
-    """An open store past DuckDB's one-time import of pandas/numpy at the first bound parameter."""
-    store = PipelineCheckpoint("bench", db_path, lock_timeout=0)
+def open_warm(where: dict[str, Any]) -> PipelineCheckpoint:
+    """An open store past one-time costs (DuckDB imports pandas/numpy at the first bound parameter)."""
+    store = PipelineCheckpoint("bench", **where, lock_timeout=0)
     store.completed_keys(FILE, ["warm-up"])
     return store
 
 
-def bench_batches(directory: Path, items: list[tuple[str, str, str]]) -> dict[str, Figure]:
+def bench_batches(where: dict[str, Any], items: list[tuple[str, str, str]]) -> dict[str, Figure]:
     keys = [key for key, _, _ in items]
     pairs = [(key, path) for key, path, _ in items]
-    with open_warm(directory / "batch.duckdb") as store:
+    with open_warm(where) as store:
         started = timed(lambda: store.mark_started_many(FILE, pairs))
         completed = timed(lambda: store.mark_completed_many(FILE, items))
         lookup = timed(lambda: store.completed_keys(FILE, keys))
@@ -88,9 +110,9 @@ def mark_pair(store: PipelineCheckpoint, key: str) -> None:
     store.mark_completed(FILE, key)
 
 
-def bench_pairs(db_path: Path, pairs: int, preload: int) -> dict[str, Figure]:
+def bench_pairs(where: dict[str, Any], pairs: int, preload: int) -> dict[str, Figure]:
     """Median and p90 of single mark_started + mark_completed pairs on a store holding ``preload`` rows."""
-    with open_warm(db_path) as store:
+    with open_warm(where) as store:
         store.mark_started_many(FILE, [f"preload/{i}" for i in range(preload)])
         store.mark_completed_many(FILE, [f"preload/{i}" for i in range(preload)])
         figures = [timed(lambda: mark_pair(store, f"single/{i}")) for i in range(pairs)]
@@ -113,58 +135,39 @@ def fsync_latency(directory: Path, samples: int = 100) -> Figure:
     return statistics.median(walls), None
 
 
-def compare_batch_loads(rows: int) -> dict[str, Figure]:
-    """Ways to move ``rows`` rows of 5 columns from Python into DuckDB, as the batch API must."""
-    keys = [f"dev/landing/src/file_{i:06d}.parquet" for i in range(rows)]
-    paths = [f"/data/raw/src/file_{i:06d}.csv" for i in range(rows)]
-    sums = [hashlib.md5(key.encode()).hexdigest() for key in keys]
-    numbers = list(range(rows))
-    table = list(zip(keys, paths, sums, numbers, numbers))
-    connection = duckdb.connect()
-    connection.execute("SET threads = 1")
-    connection.execute("SELECT ?", [0])
+def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
+    """Marks per second of one runner process alone, then of RUNNERS processes at once, on one store."""
 
-    def json_document() -> None:
-        spec = {"k": ["VARCHAR"], "f": ["VARCHAR"], "c": ["VARCHAR"], "s": ["BIGINT"], "m": ["BIGINT"]}
-        connection.execute(
-            "INSERT INTO t SELECT unnest(j.k), unnest(j.f), unnest(j.c), unnest(j.s), unnest(j.m) "
-            "FROM (SELECT from_json(?, ?) AS j)",
-            [json.dumps({"k": keys, "f": paths, "c": sums, "s": numbers, "m": numbers}), json.dumps(spec)],
-        )
+    def run(count: int, tag: str) -> float:
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", RUNNER, dsn, f"{tag}-{i}", str(pairs)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            for i in range(count)
+        ]
+        try:
+            for process in processes:
+                assert process.stdout.readline().strip() == "ready"
+            began = time.perf_counter()
+            for process in processes:
+                process.stdin.write("go\n")
+                process.stdin.flush()
+            for process in processes:
+                process.stdout.readline()
+            elapsed = time.perf_counter() - began
+        finally:
+            for process in processes:
+                process.kill()
+                process.wait()
+        return 2 * pairs * count / elapsed
 
-    def unnest_lists() -> None:
-        connection.execute(
-            "INSERT INTO t SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), "
-            "unnest(?::BIGINT[]), unnest(?::BIGINT[])",
-            [keys, paths, sums, numbers, numbers],
-        )
-
-    def values_chunks(size: int = 1000) -> None:
-        for start in range(0, rows, size):
-            chunk = table[start : start + size]
-            placeholders = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
-            connection.execute(f"INSERT INTO t VALUES {placeholders}", [value for row in chunk for value in row])
-
-    sample = min(rows, 2000)
-    loads = {
-        "JSON document + from_json (used)": json_document,
-        "UNNEST of list parameters": unnest_lists,
-        "INSERT VALUES, 1000-row chunks": values_chunks,
-        f"executemany (x{rows / sample:g} of {sample} rows)": lambda: connection.executemany(
-            "INSERT INTO t VALUES (?, ?, ?, ?, ?)", table[:sample]
-        ),
-    }
-    results = {}
-    for name, load in loads.items():
-        connection.execute(
-            "CREATE OR REPLACE TEMP TABLE t "
-            "(key VARCHAR, file_path VARCHAR, checksum VARCHAR, file_size BIGINT, file_mtime_ns BIGINT)"
-        )
-        wall, cpu = timed(load)
-        scale = rows / sample if name.startswith("executemany") else 1
-        results[name] = (wall * scale, cpu * scale)
-    connection.close()
-    return results
+    alone = run(1, "alone")
+    together = run(RUNNERS, "together")
+    return {"one runner, marks/s": alone, f"{RUNNERS} runners, marks/s": together, "ratio": together / alone}
 
 
 def report(title: str, figures: dict[str, Figure], unit: str = "s") -> None:
@@ -179,34 +182,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000, help="files in the batch benchmarks")
     parser.add_argument("--pairs", type=int, default=300, help="single mark pairs timed")
+    parser.add_argument("--runner-marks", type=int, default=2000, help="marks each concurrent runner makes")
     args = parser.parse_args()
 
     print(
         f"python {platform.python_version()}, duckdb {duckdb.__version__}, {platform.machine()}, "
         f"{os.cpu_count()} cores, {platform.platform()}; load average {os.getloadavg()[0]:.2f}"
     )
-    with tempfile.TemporaryDirectory(prefix="osaa-bench-") as tmp:
-        directory = Path(tmp)
-        items = make_files(directory, args.files)
-        report(
-            f"Batch API, {args.files} FILE items (targets: total <= 3 s, completed_keys <= 0.5 s)",
-            bench_batches(directory, items),
-        )
-        pairs = bench_pairs(directory / "pairs.duckdb", args.pairs, args.files)
-        report(
-            f"Single mark_started + mark_completed pair, store holding {args.files} rows (target: median <= 3 ms)",
-            {f"disk, {name}": figure for name, figure in pairs.items()}
-            | {"disk, bare write + fsync (floor of one commit)": fsync_latency(directory)},
-            unit="ms",
-        )
-    if TMPFS.is_dir():
-        with tempfile.TemporaryDirectory(prefix="osaa-bench-", dir=TMPFS) as tmp:
-            pairs = bench_pairs(Path(tmp) / "pairs.duckdb", args.pairs, args.files)
-            report("Same pair on tmpfs (no fsync cost)", {f"tmpfs, {name}": f for name, f in pairs.items()}, unit="ms")
-    report(
-        f"Loading {args.files} rows x 5 columns from Python into DuckDB (how the batch API loads)",
-        compare_batch_loads(args.files),
-    )
+    server = PostgresServer(durable=True).start()
+    os.environ["PGPASSFILE"] = str(server.passfile)
+    try:
+        with tempfile.TemporaryDirectory(prefix="osaa-bench-") as tmp:
+            directory = Path(tmp)
+            items = make_files(directory, args.files)
+            backends = {
+                "duckdb": lambda name: {"db_path": directory / f"{name}.duckdb"},
+                "postgres": lambda name: {"dsn": server.create_database()},
+            }
+            for backend, where in backends.items():
+                report(
+                    f"{backend}: batch API, {args.files} FILE items (targets: completions <= 3 s, "
+                    "completed_keys <= 0.5 s)",
+                    bench_batches(where("batch"), items),
+                )
+            for backend, where in backends.items():
+                pairs = bench_pairs(where("pairs"), args.pairs, args.files)
+                report(
+                    f"{backend}: single mark_started + mark_completed pair, store holding {args.files} rows "
+                    "(target on postgres: median <= 3 ms)",
+                    pairs,
+                    unit="ms",
+                )
+            report("disk: bare small write + fsync (floor of one durable commit)", {"median": fsync_latency(directory)}, unit="ms")
+        runners = bench_runners(server.create_database(), args.runner_marks // 2)
+        print(f"\npostgres: {RUNNERS} runner processes on one store, {args.runner_marks} marks each (target: ratio >= 2.5)")
+        for name, value in runners.items():
+            print(f"  {name:<50} {value:9.2f}")
+    finally:
+        server.stop()
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -301,6 +301,30 @@ _PERMANENT_CLASS_NAMES = frozenset(
 _DATA_CLASS_NAMES = frozenset({"AuditError", "NodeAuditsErrors"})
 
 
+# SQLSTATE classes and codes (PostgreSQL, via psycopg's ``sqlstate``) that a retry can fix:
+# connection exceptions, serialization failures and deadlocks, an unavailable or restarting
+# server, lock and statement timeouts, too many connections.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03", "57014"})
+# Syntax and access rules, integrity, data and privilege problems: the same answer every time.
+_PERMANENT_SQLSTATE_CLASSES = frozenset({"22", "23", "28", "42", "3D", "3F"})
+
+
+def _sqlstate_category(exc: BaseException) -> ErrorCategory | None:
+    """The category of a database error carrying a SQLSTATE; a psycopg error without one lost its connection."""
+    if not type(exc).__module__.startswith("psycopg"):
+        return None
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate is None:
+        names = _class_names(exc)
+        return ErrorCategory.TRANSIENT if names & {"OperationalError", "InterfaceError"} else None
+    if sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
+        return ErrorCategory.TRANSIENT
+    if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:
+        return ErrorCategory.PERMANENT
+    return None
+
+
 def _class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -374,7 +398,8 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
 
     Our own errors carry their category; an unknown-category wrapper defers to its
     cause. botocore client errors are classified by S3 error code, then HTTP status (so
-    are DuckDB's httpfs errors); connection, timeout and TLS-transport errors are
+    are DuckDB's httpfs errors); PostgreSQL errors by SQLSTATE (connection, serialization
+    and deadlock errors are transient); connection, timeout and TLS-transport errors are
     transient; OS errors by errno; a missing local file, denied access, a full disk and
     bad parameters are permanent. Anything else is unknown (and retried).
     See docs/decisions.md ("exceptions") for why each class lands where it does.
@@ -388,6 +413,9 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
         category = _client_error_category(response)
         if category is not None:
             return category
+    category = _sqlstate_category(exc)
+    if category is not None:
+        return category
     names = _class_names(exc)
     if names & _DATA_CLASS_NAMES:
         return ErrorCategory.DATA

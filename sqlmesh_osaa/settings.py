@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Literal, Mapping
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -66,12 +68,57 @@ class StorageSettings(_Section):
         return value
 
 
-class CheckpointSettings(_Section):
-    """The DuckDB checkpoint database and how long to wait for another process holding it."""
+def dsn_password_problem(dsn: str) -> str | None:
+    """Why ``dsn`` may not be used because it holds a password, or None when it holds none."""
+    if re.match(r"^postgres(ql)?://", dsn):
+        parts = urlsplit(dsn)
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            return "the DSN holds a password"
+    elif _DSN_PASSWORD.search(dsn):
+        return "the DSN holds a password"
+    return None
 
+
+def describe_dsn(dsn: str) -> str:
+    """``dsn`` as messages and logs may show it: host, port, database and user, never a secret."""
+    if re.match(r"^postgres(ql)?://", dsn):
+        parts = urlsplit(dsn)
+        fields = {"host": parts.hostname, "port": parts.port, "dbname": parts.path.lstrip("/") or None,
+                  "user": parts.username}  # fmt: skip
+    else:
+        fields = dict(_DSN_FIELD.findall(dsn))
+    shown = " ".join(f"{name}={fields[name]}" for name in ("host", "port", "dbname", "user") if fields.get(name))
+    return f"postgresql {shown}".strip()
+
+
+_DSN_PASSWORD = re.compile(r"(^|\s)password\s*=", re.IGNORECASE)
+_DSN_FIELD = re.compile(r"(host|port|dbname|user)\s*=\s*('[^']*'|\S+)")
+
+
+class CheckpointSettings(_Section):
+    """Where checkpoints live: a DuckDB file (the default) or a PostgreSQL database shared by a team."""
+
+    backend: Literal["duckdb", "postgres"] = "duckdb"
     db_path: Path = Path(".osaa/checkpoints.duckdb")
+    dsn: str | None = None
+    synchronous_commit: bool = True
     lock_timeout_seconds: float = Field(10.0, ge=0)
     retention_days: int = Field(30, ge=1)
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        if value is not None and (problem := dsn_password_problem(value)):
+            raise ValueError(
+                f"{problem}; remove it and let libpq find it in PGPASSWORD, PGPASSFILE or ~/.pgpass"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _postgres_needs_a_dsn(self) -> CheckpointSettings:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("backend 'postgres' needs checkpoint.dsn, e.g. 'host=db.internal dbname=osaa user=osaa'")
+        return self
 
 
 class RetrySettings(_Section):
@@ -242,10 +289,13 @@ def _validate(data: Mapping[str, Any], sources: Mapping[tuple[str, ...], str]) -
             message = "Unknown setting; see config.yaml at the project root for every setting"
         else:
             message = f"Invalid setting: {error['msg']}"
+        value = error.get("input")
+        if isinstance(value, str) and dsn_password_problem(value):
+            value = describe_dsn(value) + " (password removed)"
         raise ConfigurationError(
             message,
             setting=".".join(location),
-            value=error.get("input"),
+            value=value,
             source=_source_of(location, sources),
         ) from None
 

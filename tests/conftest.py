@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 endpoint (moto server over HTTP), a fault proxy in front of it, and stores.
+"""Shared fixtures: a real S3 endpoint (moto server over HTTP), a fault proxy in front of it, stores,
+and a real PostgreSQL server for the checkpoint store's team backend.
 
 The test process is a child subreaper: a process orphaned by a killed parent (a ``sqlmesh
 plan`` whose test timed out) is re-parented to pytest instead of init, so the autouse check
@@ -18,6 +19,7 @@ import psutil
 import pytest
 from support import processes
 from support.faultproxy import FaultProxy
+from support.pgserver import PostgresServer
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MotoServer, s3_client_for
 
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
@@ -104,3 +106,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
         return LocalStore(tmp_path / "storage", "test-bucket")
     bucket = request.getfixturevalue("s3_bucket")
     return S3Store(bucket, endpoint_url=request.getfixturevalue("s3_server"), addressing_style="path")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session; libpq finds its password through PGPASSFILE."""
+    server = PostgresServer().start()
+    previous = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(server.passfile)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("PGPASSFILE", None)
+        else:
+            os.environ["PGPASSFILE"] = previous
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PostgresServer) -> str:
+    """DSN of a fresh, empty database on the session's server (no password in it)."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def checkpoint_target(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Where a test's checkpoints live, once per backend: keyword arguments of PipelineCheckpoint."""
+    if request.param == "duckdb":
+        return {"db_path": tmp_path / "checkpoints.duckdb"}
+    return {"dsn": request.getfixturevalue("pg_dsn")}

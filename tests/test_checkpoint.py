@@ -1,8 +1,10 @@
-"""The DuckDB checkpoint store: state machine, event log, file idempotency, batches, statistics."""
+"""The checkpoint store, once per backend (DuckDB, PostgreSQL): state machine, event log, file idempotency,
+batches, statistics."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -13,16 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import processes
 
 from sqlmesh_osaa.checkpoint import (
+    ROW_COLUMNS,
     CheckpointScope,
     CheckpointStatus,
     PipelineCheckpoint,
     calculate_checksum,
 )
+from sqlmesh_osaa.checkpoint.transitions import replay
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.settings import reset_settings
 
@@ -52,13 +57,14 @@ def files_opened() -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "checkpoints.duckdb"
+def where(checkpoint_target: dict[str, Any]) -> dict[str, Any]:
+    """PipelineCheckpoint's keyword arguments for this test's store (a DuckDB file or a PostgreSQL database)."""
+    return checkpoint_target
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[PipelineCheckpoint]:
-    with PipelineCheckpoint("test", db_path, lock_timeout=5) as checkpoint:
+def store(where: dict[str, Any]) -> Iterator[PipelineCheckpoint]:
+    with PipelineCheckpoint("test", **where, lock_timeout=5) as checkpoint:
         yield checkpoint
 
 
@@ -186,10 +192,10 @@ def test_starting_an_item_twice_in_one_run_is_refused(store: PipelineCheckpoint)
         store.mark_started(FILE, "k")
 
 
-def test_an_item_another_open_run_holds_is_refused_unless_forced(store: PipelineCheckpoint, db_path: Path) -> None:
+def test_an_item_another_open_run_holds_is_refused_unless_forced(store: PipelineCheckpoint, where: dict[str, Any]) -> None:
     store.mark_started(FILE, "k")
 
-    with PipelineCheckpoint("test", db_path) as other:
+    with PipelineCheckpoint("test", **where) as other:
         assert other.get(FILE, "k")["interrupted"] is False
         with pytest.raises(CheckpointError, match=f"run {store.run_id}.*still working"):
             other.mark_started(FILE, "k")
@@ -207,11 +213,11 @@ def test_a_refused_transition_writes_nothing(store: PipelineCheckpoint) -> None:
     assert (store.get(FILE, "k"), store.history(FILE, "k")) == before
 
 
-def test_an_item_left_in_progress_by_a_closed_run_is_interrupted_and_resumable(db_path: Path) -> None:
-    with PipelineCheckpoint("test", db_path) as first:
+def test_an_item_left_in_progress_by_a_closed_run_is_interrupted_and_resumable(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("test", **where) as first:
         first.mark_started(FILE, "k")
 
-    with PipelineCheckpoint("test", db_path) as second:
+    with PipelineCheckpoint("test", **where) as second:
         assert second.get(FILE, "k")["interrupted"] is True
         second.mark_started(FILE, "k")
         second.mark_completed(FILE, "k")
@@ -225,12 +231,12 @@ def test_an_item_left_in_progress_by_a_closed_run_is_interrupted_and_resumable(d
 
 
 @pytest.mark.parametrize("ending", ["sigkill", "exit"])
-def test_an_item_left_in_progress_by_a_dead_process_is_interrupted_and_resumable(db_path: Path, ending: str) -> None:
+def test_an_item_left_in_progress_by_a_dead_process_is_interrupted_and_resumable(where: dict[str, Any], ending: str) -> None:
     script = textwrap.dedent(
         """
-        import sys, time
+        import json, sys, time
         from sqlmesh_osaa.checkpoint import PipelineCheckpoint
-        store = PipelineCheckpoint("test", sys.argv[1], lock_timeout=30)
+        store = PipelineCheckpoint("test", **json.loads(sys.argv[1]), lock_timeout=30)
         store.mark_started("file", "k")
         print("started", flush=True)
         if sys.argv[2] == "exit":
@@ -238,13 +244,14 @@ def test_an_item_left_in_progress_by_a_dead_process_is_interrupted_and_resumable
         time.sleep(120)
         """
     )
-    with processes.spawn([sys.executable, "-c", script, str(db_path), ending], stdout=subprocess.PIPE, text=True) as child:
+    command = [sys.executable, "-c", script, json.dumps(where, default=str), ending]
+    with processes.spawn(command, stdout=subprocess.PIPE, text=True) as child:
         assert child.stdout.readline().strip() == "started"
         if ending == "sigkill":
             child.send_signal(signal.SIGKILL)
         child.wait(timeout=60)
 
-    with PipelineCheckpoint("test", db_path, lock_timeout=30) as store:
+    with PipelineCheckpoint("test", **where, lock_timeout=30) as store:
         row = store.get(FILE, "k")
         assert (row["status"], row["interrupted"], row["owner_pid"]) == ("in_progress", True, child.pid)
         assert store.get_statistics()["interrupted"] == 1
@@ -282,6 +289,36 @@ def test_clearing_an_item_logs_a_transition_to_pending(store: PipelineCheckpoint
     store.clear_checkpoint(FILE, "k")
 
     assert transitions(store, "k")[-1] == ("completed", "pending")
+
+
+def stored_rows(store: PipelineCheckpoint) -> dict[tuple[str, str, str], dict]:
+    rows = store.store.read(f"SELECT {', '.join(ROW_COLUMNS)} FROM checkpoints")
+    return {(r[0], r[1], r[2]): dict(zip(ROW_COLUMNS, r)) for r in rows}
+
+
+def test_the_event_log_alone_rebuilds_every_row(store: PipelineCheckpoint, raw_file: Path) -> None:
+    complete(store, "single", raw_file)
+    store.mark_started(FILE, "meta", metadata={"phase": "open"})
+    store.update_metadata(FILE, "meta", {"phase": "committing"})
+    fail(store, "failed")
+    store.mark_started_many(FILE, [f"batch/{i}" for i in range(40)] + [("batch/file", raw_file)])
+    store.mark_completed_many(FILE, [f"batch/{i}" for i in range(20)] + [("batch/file", raw_file, "a" * 32)])
+    complete(store, "cleared")
+    store.clear_checkpoint(FILE, "cleared")
+    complete(store, "m", scope=MODEL)
+    store.clear_all_checkpoints(scope=MODEL)
+
+    rows = stored_rows(store)
+    assert len(rows) == 44
+    assert replay(store.store.scan_events(all_kinds=True)) == rows
+
+
+def test_prune_keeps_the_last_event_of_every_row_it_keeps(store: PipelineCheckpoint) -> None:
+    fail(store, "broken")
+    store.mark_started(FILE, "running")
+    store.prune(timedelta(0))
+
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -426,10 +463,10 @@ def test_list_filters_by_scope_and_status_newest_first(store: PipelineCheckpoint
     assert [row["key"] for row in store.list(limit=2)] == ["m", "x"]
 
 
-def test_items_of_another_pipeline_are_invisible(store: PipelineCheckpoint, db_path: Path) -> None:
+def test_items_of_another_pipeline_are_invisible(store: PipelineCheckpoint, where: dict[str, Any]) -> None:
     complete(store, "k")
 
-    with PipelineCheckpoint("other", db_path) as other:
+    with PipelineCheckpoint("other", **where) as other:
         assert other.get(FILE, "k") is None
         assert other.list() == []
         assert other.get_statistics()["total"] == 0
@@ -482,12 +519,12 @@ def test_failure_rate_is_the_percentage_of_items_failed(store: PipelineCheckpoin
     assert store.get_statistics()["failure_rate"] == 50.0
 
 
-def test_retries_are_counted_by_cause(store: PipelineCheckpoint, db_path: Path) -> None:
+def test_retries_are_counted_by_cause(store: PipelineCheckpoint, where: dict[str, Any]) -> None:
     fail(store, "a")
     complete(store, "a")
     complete(store, "b")
     store.mark_started(FILE, "b", force=True)
-    with PipelineCheckpoint("test", db_path) as dead_run:
+    with PipelineCheckpoint("test", **where) as dead_run:
         dead_run.mark_started(FILE, "c")
     store.mark_started(FILE, "c")
 
@@ -580,10 +617,10 @@ def test_completed_keys_returns_only_the_completed_ones_asked_for(store: Pipelin
     assert store.completed_keys(MODEL, ["done"]) == set()
 
 
-def test_a_long_key_list_returns_only_its_own_completed_keys(db_path: Path) -> None:
+def test_a_long_key_list_returns_only_its_own_completed_keys(where: dict[str, Any]) -> None:
     """Thousands of keys are looked up by scanning the scope; rows of other keys, scopes and pipelines stay out."""
     keys = [f"prod/landing/wdi/{i}.parquet" for i in range(1500)]
-    with PipelineCheckpoint("test", db_path) as store, PipelineCheckpoint("other", db_path) as other:
+    with PipelineCheckpoint("test", **where) as store, PipelineCheckpoint("other", **where) as other:
         store.mark_started_many(FILE, keys + ["prod/landing/wdi/not-asked.parquet"])
         store.mark_completed_many(FILE, keys[1:] + ["prod/landing/wdi/not-asked.parquet"])
         store.mark_started_many(MODEL, [keys[0]])
@@ -628,9 +665,9 @@ def test_a_batch_naming_a_key_twice_is_refused(store: PipelineCheckpoint) -> Non
     assert store.list() == []
 
 
-def test_a_batch_start_retries_failed_and_resumes_interrupted_items(store: PipelineCheckpoint, db_path: Path) -> None:
+def test_a_batch_start_retries_failed_and_resumes_interrupted_items(store: PipelineCheckpoint, where: dict[str, Any]) -> None:
     fail(store, "failed")
-    with PipelineCheckpoint("test", db_path) as dead_run:
+    with PipelineCheckpoint("test", **where) as dead_run:
         dead_run.mark_started(FILE, "interrupted")
 
     store.mark_started_many(FILE, ["failed", "interrupted", "new"])
@@ -728,24 +765,24 @@ def test_database_path_and_lock_timeout_default_to_the_settings(
         reset_settings()
 
 
-def test_checkpoints_survive_closing_and_reopening(db_path: Path) -> None:
-    with PipelineCheckpoint("test", db_path) as store:
+def test_checkpoints_survive_closing_and_reopening(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("test", **where) as store:
         complete(store, "k")
 
-    with PipelineCheckpoint("test", db_path) as store:
+    with PipelineCheckpoint("test", **where) as store:
         assert store.is_completed(FILE, "k")
 
 
-def test_a_closed_store_refuses_to_work(db_path: Path) -> None:
-    store = PipelineCheckpoint("test", db_path)
+def test_a_closed_store_refuses_to_work(where: dict[str, Any]) -> None:
+    store = PipelineCheckpoint("test", **where)
     store.close()
 
     with pytest.raises(CheckpointError, match="closed"):
         store.mark_started(FILE, "k")
 
 
-def test_two_stores_of_one_process_share_the_database_file(db_path: Path) -> None:
-    with PipelineCheckpoint("test", db_path) as first, PipelineCheckpoint("test", db_path) as second:
+def test_two_stores_of_one_process_share_the_database_file(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("test", **where) as first, PipelineCheckpoint("test", **where) as second:
         first.mark_started(FILE, "k")
         second.mark_started(FILE, "j")
         first.mark_completed(FILE, "j")
@@ -754,13 +791,13 @@ def test_two_stores_of_one_process_share_the_database_file(db_path: Path) -> Non
         assert second.completed_keys(FILE, ["j", "k"]) == {"j"}
 
 
-def test_a_pipeline_name_containing_the_id_separator_is_rejected(db_path: Path) -> None:
+def test_a_pipeline_name_containing_the_id_separator_is_rejected(where: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="pipeline_name"):
-        PipelineCheckpoint("bad\x1fname", db_path)
+        PipelineCheckpoint("bad\x1fname", **where)
 
 
-def test_a_mark_after_another_checkpoint_cleared_the_item_sees_it_gone(db_path: Path) -> None:
-    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+def test_a_mark_after_another_checkpoint_cleared_the_item_sees_it_gone(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **where) as first, PipelineCheckpoint("ingest", **where) as second:
         first.mark_started(CheckpointScope.FILE, "k")
         second.clear_checkpoint(CheckpointScope.FILE, "k")
         with pytest.raises(CheckpointError):
@@ -768,8 +805,8 @@ def test_a_mark_after_another_checkpoint_cleared_the_item_sees_it_gone(db_path: 
         assert first.get(CheckpointScope.FILE, "k") is None
 
 
-def test_a_mark_after_another_checkpoint_completed_the_item_in_a_batch_sees_it_completed(db_path: Path) -> None:
-    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+def test_a_mark_after_another_checkpoint_completed_the_item_in_a_batch_sees_it_completed(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **where) as first, PipelineCheckpoint("ingest", **where) as second:
         first.mark_started(CheckpointScope.OPERATION, "k")
         second.mark_completed_many(CheckpointScope.OPERATION, ["k"])
         with pytest.raises(CheckpointError):
@@ -777,8 +814,8 @@ def test_a_mark_after_another_checkpoint_completed_the_item_in_a_batch_sees_it_c
         assert first.get(CheckpointScope.OPERATION, "k")["status"] == "completed"
 
 
-def test_a_mark_keeps_metadata_another_checkpoint_added(db_path: Path) -> None:
-    with PipelineCheckpoint("ingest", db_path) as first, PipelineCheckpoint("ingest", db_path) as second:
+def test_a_mark_keeps_metadata_another_checkpoint_added(where: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **where) as first, PipelineCheckpoint("ingest", **where) as second:
         first.mark_started(CheckpointScope.OPERATION, "k", metadata={"a": 1})
         second.update_metadata(CheckpointScope.OPERATION, "k", {"b": 2})
         first.mark_completed(CheckpointScope.OPERATION, "k")

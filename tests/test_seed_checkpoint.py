@@ -2,7 +2,8 @@
 
 Snippets with a ``return`` are wrapped in functions; ``process_file``, ``process``,
 ``ingest.run()`` and ``send_alert`` are stand-ins defined here. The default checkpoint
-database (settings ``checkpoint.db_path``) lands in a temporary working directory.
+database (settings ``checkpoint.db_path``) lands in a temporary working directory; every
+snippet also runs against PostgreSQL (``checkpoint.backend: postgres``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -38,10 +40,18 @@ def send_alert(message: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def seed_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A working directory holding local/file.csv, default settings, and empty stand-in records."""
+def seed_workdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint_target: dict[str, Any]
+) -> Iterator[Path]:
+    """A working directory holding local/file.csv, default settings but the backend, and empty records.
+
+    Each snippet runs twice: on the default DuckDB file and with ``checkpoint.backend: postgres``.
+    """
     for name in [name for name in os.environ if name.startswith("OSAA_")]:
         monkeypatch.delenv(name)
+    if "dsn" in checkpoint_target:
+        monkeypatch.setenv("OSAA_CHECKPOINT__BACKEND", "postgres")
+        monkeypatch.setenv("OSAA_CHECKPOINT__DSN", checkpoint_target["dsn"])
     monkeypatch.chdir(tmp_path)
     (tmp_path / "local").mkdir()
     (tmp_path / "local" / "file.csv").write_text("country,value\nKEN,1\n")
@@ -269,5 +279,9 @@ def test_a_separate_database_per_pipeline_avoids_lock_contention(seed_workdir: P
         db_path=".checkpoints/ingest_checkpoint.db"
     )
 
-    assert checkpoint.db_path == seed_workdir / ".checkpoints" / "ingest_checkpoint.db"
+    if checkpoint.store.backend == "duckdb":
+        assert checkpoint.db_path == seed_workdir / ".checkpoints" / "ingest_checkpoint.db"
+    else:
+        # The settings name PostgreSQL: there is no file to give each pipeline, and no file lock to contend for.
+        assert checkpoint.location.startswith("postgresql host=127.0.0.1")
     checkpoint.close()

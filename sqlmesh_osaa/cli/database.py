@@ -1,39 +1,27 @@
-"""The checkpoint database as one command sees it: one PipelineCheckpoint per pipeline.
+"""The checkpoint store as one command sees it: one PipelineCheckpoint per pipeline.
 
-A PipelineCheckpoint serves one pipeline, and the database may hold several ("ingest",
-"transactions", the SQLMesh project's). The session opens them on demand on one file and
-answers the two questions the checkpoint module has no function for: which pipelines the
-database holds, and how many failures an open circuit breaker caused. Both are read-only
-queries on the connection DuckDB shares within the process.
+A PipelineCheckpoint serves one pipeline, and the store may hold several ("ingest",
+"transactions", the SQLMesh project's). The session opens them on demand on one store and
+answers, through the store interface, the two questions the checkpoint API has no method
+for: which pipelines the store holds, and how many failures an open circuit breaker caused.
 
-Opening the first checkpoint takes DuckDB's file lock, waiting ``lock_timeout`` seconds for
-another process; while the session is open no other process can write, so every
-in-progress row it shows was left by a run that ended (interrupted).
+On a DuckDB file, opening the first checkpoint takes DuckDB's file lock, waiting
+``lock_timeout`` seconds for another process; on PostgreSQL (``checkpoint.backend:
+postgres``) nothing waits, and an in-progress row is interrupted only when its run's lease
+is gone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from sqlmesh_osaa.checkpoint import PipelineCheckpoint
 from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
+from sqlmesh_osaa.settings import get_settings
 
-# A name that never holds rows: only used to open the database before its pipelines are known.
+# A name that never holds rows: only used to open the store before its pipelines are known.
 _PROBE_PIPELINE = "osaa-recover"
-_PIPELINES_SQL = "SELECT pipeline FROM checkpoints UNION SELECT pipeline FROM checkpoint_events ORDER BY 1"
-_BREAKER_REJECTIONS_SQL = """
-    SELECT pipeline, count(*) FROM checkpoint_events
-    WHERE to_status = 'failed' AND starts_with(error_message, 'Circuit breaker is')
-    GROUP BY pipeline
-"""
-# Openings as error_handler.record_breaker_transitions keeps them: each one fails its item.
-_BREAKER_OPENINGS_SQL = f"""
-    SELECT pipeline, count(*) FROM checkpoint_events
-    WHERE to_status = 'failed' AND scope = 'operation' AND starts_with(key, '{BREAKER_KEY_PREFIX}')
-    GROUP BY pipeline
-"""
+_BREAKER_MESSAGE_PREFIX = "Circuit breaker is"
 
 
 class MissingDatabaseError(Exception):
@@ -45,7 +33,7 @@ class UnknownPipelineError(Exception):
 
 
 class CheckpointSession:
-    """Checkpoints of one database for one command; close it to release the file."""
+    """Checkpoints of one store for one command; close it to release the store."""
 
     def __init__(self, db_path: Path, lock_timeout: float, *, create: bool = False) -> None:
         self.db_path = db_path
@@ -55,16 +43,17 @@ class CheckpointSession:
 
     def checkpoint(self, pipeline: str) -> PipelineCheckpoint:
         if pipeline not in self._checkpoints:
-            if not self.create and not self.db_path.exists():
+            on_file = get_settings().checkpoint.backend == "duckdb"
+            if on_file and not self.create and not self.db_path.exists():
                 raise MissingDatabaseError(self.db_path)
             self._checkpoints[pipeline] = PipelineCheckpoint(pipeline, self.db_path, lock_timeout=self.lock_timeout)
         return self._checkpoints[pipeline]
 
     def all_pipelines(self) -> list[str]:
-        return [name for (name,) in self._read(_PIPELINES_SQL) if name != _PROBE_PIPELINE]
+        return [name for name in self._anchor().store.pipelines() if name != _PROBE_PIPELINE]
 
     def pipelines(self, requested: str | None) -> list[str]:
-        """``[requested]`` if the database holds it, else every pipeline it holds."""
+        """``[requested]`` if the store holds it, else every pipeline it holds."""
         known = self.all_pipelines()
         if requested is None:
             return known
@@ -73,18 +62,17 @@ class CheckpointSession:
         return [requested]
 
     def breaker_rejections(self) -> dict[str, int]:
-        return dict(self._read(_BREAKER_REJECTIONS_SQL))
+        return self._anchor().store.failures_by_pipeline(error_prefix=_BREAKER_MESSAGE_PREFIX)
 
     def breaker_openings(self) -> dict[str, int]:
-        return dict(self._read(_BREAKER_OPENINGS_SQL))
+        """Openings as error_handler.record_breaker_transitions keeps them: each one fails its item."""
+        return self._anchor().store.failures_by_pipeline(scope="operation", key_prefix=BREAKER_KEY_PREFIX)
 
     def close(self) -> None:
-        """Release the database so another process (a pipeline, ``sqlmesh run``) can open it."""
+        """Release the store so another process (a pipeline, ``sqlmesh run``) can open it."""
         for checkpoint in self._checkpoints.values():
             checkpoint.close()
         self._checkpoints.clear()
 
-    def _read(self, sql: str) -> list[tuple]:
-        anchor = next(iter(self._checkpoints.values()), None) or self.checkpoint(_PROBE_PIPELINE)
-        with duckdb.connect(str(anchor.db_path)) as connection:
-            return connection.execute(sql).fetchall()
+    def _anchor(self) -> PipelineCheckpoint:
+        return next(iter(self._checkpoints.values()), None) or self.checkpoint(_PROBE_PIPELINE)

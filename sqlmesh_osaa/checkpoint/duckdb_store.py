@@ -1,0 +1,556 @@
+"""The embedded checkpoint store: one DuckDB file, the default.
+
+DuckDB lets one process write a database file at a time and keeps it locked while a
+connection is open. That lock is the lease: while a store is open no other process can be
+working on the file, so an ``in_progress`` row is live only if its run is open in this
+process; any other was left by a run that ended or died, and is *interrupted*. A process
+that finds the file locked waits up to ``lock_timeout`` seconds, then raises a
+:class:`CheckpointError` naming the holder.
+
+The same lock is why a single mark need not read its row from DuckDB: while a store of this
+process has the file open, only this process writes it, so the rows it last wrote are the
+rows on disk. They are kept in memory per file (bounded) and forgotten when the last store
+on the file closes. This assumes the tables are written only through this module.
+
+A forked child inherits DuckDB's in-process database but not the file lock, so writes it
+made through it could be lost or corrupt the file: a child cannot open (or use) a file its
+parent had open when it forked, and is told so at once (:class:`CheckpointError`).
+
+File layout: version 2 adds the row state to ``checkpoint_events`` (see
+docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS
+from sqlmesh_osaa.checkpoint.store import (
+    PRUNE_EVENTS_SQL,
+    PRUNE_ROWS_SQL,
+    CheckpointStore,
+    Keys,
+    Plan,
+    RowFilter,
+    Target,
+    written_rows,
+)
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
+from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+# Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
+# DuckDB answer a single-item lookup from its index (it does not for a compound key).
+ID_SEPARATOR = "\x1f"
+# From this many keys a lookup scans the scope instead of joining the key list.
+_SCAN_FROM_KEYS = 1000
+# Up to this many rows or events a write binds parameters; more travel as one JSON document.
+_BULK_FROM = 16
+# Rows a store keeps in memory per database file (module docstring).
+_MAX_CACHED_ROWS = 4096
+
+_ROW_TYPES = {
+    "pipeline": "VARCHAR",
+    "scope": "VARCHAR",
+    "key": "VARCHAR",
+    "file_path": "VARCHAR",
+    "status": "VARCHAR",
+    "attempt": "INTEGER",
+    "error_message": "VARCHAR",
+    "error_category": "VARCHAR",
+    "checksum": "VARCHAR",
+    "file_size": "BIGINT",
+    "file_mtime_ns": "BIGINT",
+    "metadata": "VARCHAR",
+    "run_id": "VARCHAR",
+    "owner_pid": "INTEGER",
+    "owner_host": "VARCHAR",
+    "started_at": "TIMESTAMP",
+    "updated_at": "TIMESTAMP",
+    "completed_at": "TIMESTAMP",
+}
+_EVENT_TYPES = {
+    "seq": "BIGINT",
+    "pipeline": "VARCHAR",
+    "scope": "VARCHAR",
+    "key": "VARCHAR",
+    "file_path": "VARCHAR",
+    "from_status": "VARCHAR",
+    "to_status": "VARCHAR",
+    "at": "TIMESTAMP",
+    "attempt": "INTEGER",
+    "run_id": "VARCHAR",
+    "pid": "INTEGER",
+    "host": "VARCHAR",
+    "error_message": "VARCHAR",
+    "error_category": "VARCHAR",
+    "kind": "VARCHAR",
+    "checksum": "VARCHAR",
+    "file_size": "BIGINT",
+    "file_mtime_ns": "BIGINT",
+    "metadata": "VARCHAR",
+    "started_at": "TIMESTAMP",
+    "completed_at": "TIMESTAMP",
+}
+_NOT_NULL_ROW = {"pipeline", "scope", "key", "status", "attempt", "metadata", "run_id", "owner_pid", "owner_host", "updated_at"}
+_NOT_NULL_EVENT = {"pipeline", "scope", "key", "from_status", "to_status", "at", "attempt", "run_id", "pid", "host"}
+_V2_EVENT_COLUMNS = tuple(_EVENT_TYPES)[14:]
+
+
+def _column_ddl(types: dict[str, str], not_null: set[str], skip: Collection[str] = ()) -> str:
+    return ", ".join(
+        f'"{name}" {kind}{" NOT NULL" if name in not_null else ""}' for name, kind in types.items() if name not in skip
+    )
+
+
+_SCHEMA = (
+    "CREATE SEQUENCE IF NOT EXISTS checkpoint_event_seq",
+    f"""CREATE TABLE IF NOT EXISTS checkpoint_events (
+        seq BIGINT NOT NULL DEFAULT nextval('checkpoint_event_seq'),
+        {_column_ddl(_EVENT_TYPES, _NOT_NULL_EVENT, skip=("seq",))})""",
+    f"CREATE TABLE IF NOT EXISTS checkpoints (item_id VARCHAR PRIMARY KEY, {_column_ddl(_ROW_TYPES, _NOT_NULL_ROW)})",
+    "CREATE TABLE IF NOT EXISTS checkpoint_schema (version INTEGER NOT NULL)",
+)
+# Version 1 -> 2: the event log gains the row state; each row gets one "snapshot" event
+# holding its current state, so the log rebuilds every row from then on.
+_MIGRATE_V1 = (
+    *(
+        f'ALTER TABLE checkpoint_events ADD COLUMN "{name}" {_EVENT_TYPES[name]}'
+        + (" DEFAULT 'transition'" if name == "kind" else "")
+        for name in _V2_EVENT_COLUMNS
+    ),
+    f"""INSERT INTO checkpoint_events ({", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])})
+        SELECT pipeline, scope, key, file_path, status, status, updated_at, attempt, run_id, owner_pid, owner_host,
+               error_message, error_category, 'snapshot', checksum, file_size, file_mtime_ns, metadata,
+               started_at, completed_at
+        FROM checkpoints ORDER BY updated_at, item_id""",
+)
+
+_ROW_SELECT = ", ".join(ROW_COLUMNS)
+_ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = ?"
+_EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
+_EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
+_ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
+
+
+_ROW_BULK_COLUMNS = ("item_id", *ROW_COLUMNS)
+_EVENT_TO_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
+_ROW_BULK_INSERT_SQL = f"INSERT INTO checkpoints ({', '.join(_ROW_BULK_COLUMNS)}) SELECT {', '.join(_ROW_BULK_COLUMNS)} FROM {{frame}}"
+_ROW_BULK_UPDATE_SQL = (
+    f"UPDATE checkpoints AS c SET {', '.join(f'{col} = b.{col}' for col in ROW_COLUMNS)} "
+    "FROM {frame} AS b WHERE c.item_id = b.item_id"
+)
+_EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
+_DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+_MAX_COMMAND_LINE = 200
+_FIRST_RETRY_DELAY = 0.02
+_MAX_RETRY_DELAY = 0.5
+
+# Runs of this process whose store is open: the only live runs of a DuckDB file.
+_LIVE_RUNS: set[str] = set()
+
+
+@dataclass
+class _OpenFile:
+    """What every store of this process on one database file shares.
+
+    DuckDB shares the database between their connections: two transactions writing the
+    same rows at once would conflict, hence one lock; and the rows they wrote are the
+    file's rows only while one of them holds it open (module docstring).
+    """
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    rows: dict[str, Row] = field(default_factory=dict)
+    stores: int = 0
+    # Set in a forked child: the parent holds the file, the child must not touch it.
+    inherited_from: int | None = None
+
+    def remember(self, item_id: str, row: Row) -> None:
+        self.rows.pop(item_id, None)
+        self.rows[item_id] = row
+        if len(self.rows) > _MAX_CACHED_ROWS:
+            del self.rows[next(iter(self.rows))]
+
+
+_OPEN_FILES: dict[str, _OpenFile] = {}
+_OPEN_FILES_GUARD = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Files the parent had open stay the parent's: mark them, and reset the guards' state."""
+    global _OPEN_FILES_GUARD
+    _OPEN_FILES_GUARD = threading.Lock()
+    parent = os.getppid()
+    for shared in _OPEN_FILES.values():
+        shared.lock = threading.RLock()
+        shared.rows.clear()
+        shared.inherited_from = parent
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def item_id(pipeline: str, scope: str, key: str) -> str:
+    return f"{pipeline}{ID_SEPARATOR}{scope}{ID_SEPARATOR}{key}"
+
+
+def _process_name(pid: int, program: str) -> str:
+    """The holder's command line when it runs here, so the message says which job to wait for.
+
+    The PID may belong to another host (a shared filesystem): the command line is used only
+    when this host's process with that PID runs the program DuckDB named.
+    """
+    try:
+        if os.path.realpath(f"/proc/{pid}/exe") != os.path.realpath(program):
+            return program
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return program
+    words = " ".join(cmdline.replace(b"\0", b" ").decode(errors="replace").split())
+    return textwrap.shorten(words, _MAX_COMMAND_LINE, placeholder=" ...") or program
+
+
+def _locked_error(path: Path, lock_timeout: float, pid: int, program: str) -> CheckpointError:
+    name = _process_name(pid, program)
+    return CheckpointError(
+        f"Checkpoint database {path} is locked by another process, PID {pid} ({name}), and was not released "
+        f"within {lock_timeout:g}s. DuckDB lets one process at a time write a database file: wait for that "
+        f"process to finish or stop it, raise checkpoint.lock_timeout_seconds, give this pipeline its own "
+        f"database (checkpoint.db_path), or share checkpoints through PostgreSQL (checkpoint.backend: postgres)",
+        category=ErrorCategory.TRANSIENT,
+        db_path=str(path),
+        holder_pid=pid,
+    )
+
+
+def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open the database, waiting up to ``lock_timeout`` seconds for another process to let go."""
+    deadline = time.monotonic() + lock_timeout
+    delay = _FIRST_RETRY_DELAY
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            holder = _LOCK_HOLDER.search(str(exc))
+            if holder is None:
+                raise CheckpointError(
+                    f"Cannot open checkpoint database {path}: {exc}", category=categorize_error(exc), db_path=str(path)
+                ) from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _locked_error(path, lock_timeout, int(holder["pid"]), holder["program"]) from exc
+            if delay == _FIRST_RETRY_DELAY:
+                logger.info(
+                    "Checkpoint database %s is locked by PID %s; waiting up to %gs", path, holder["pid"], lock_timeout
+                )
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_RETRY_DELAY)
+        except duckdb.Error as exc:
+            raise CheckpointError(
+                f"Cannot open checkpoint database {path}: {exc}", category=categorize_error(exc), db_path=str(path)
+            ) from exc
+
+
+def _frame(records: Sequence[dict[str, Any]], columns: Sequence[str], types: dict[str, str]) -> Any:
+    """A pandas DataFrame of ``records``: how a batch reaches DuckDB (docs/performance.md compares the ways).
+
+    pandas and numpy are loaded anyway: DuckDB imports them at the first bound parameter.
+    """
+    import pandas
+
+    data = {}
+    for column in columns:
+        values = [record[column] for record in records]
+        kind = types.get(column, "VARCHAR")
+        if kind == "TIMESTAMP":
+            data[column] = pandas.to_datetime(pandas.Series(values, dtype=object))
+        elif kind in ("INTEGER", "BIGINT"):
+            data[column] = pandas.array(values, dtype="Int64")
+        else:
+            data[column] = pandas.Series(values, dtype=object)
+    return pandas.DataFrame(data)
+
+
+def _row_frame(pipeline: str, events: Any) -> Any:
+    """The rows a frame of events leaves (:func:`row_after`, column by column)."""
+    rows = events.rename(columns=_EVENT_TO_ROW)[list(ROW_COLUMNS)]
+    rows.insert(0, "item_id", pipeline + ID_SEPARATOR + rows["scope"] + ID_SEPARATOR + rows["key"])
+    return rows
+
+
+@contextmanager
+def _registered(connection: duckdb.DuckDBPyConnection, frame: Any) -> Iterator[str]:
+    name = f"osaa_batch_{uuid.uuid4().hex}"
+    connection.register(name, frame)
+    try:
+        yield name
+    finally:
+        connection.unregister(name)
+
+
+class DuckDBStore(CheckpointStore):
+    """Checkpoints in one DuckDB file; every store of a process on the file shares its lock."""
+
+    backend = "duckdb"
+
+    def __init__(self, db_path: str | Path, lock_timeout: float) -> None:
+        self.db_path = Path(db_path).expanduser().resolve()
+        self.location = str(self.db_path)
+        self.lock_timeout = lock_timeout
+        self._opened_in = os.getpid()
+        self._shared = self._share()
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            with self._shared.lock:
+                self._connection: duckdb.DuckDBPyConnection | None = _connect(self.db_path, lock_timeout)
+                self._prepare()
+        except BaseException:
+            self._unshare()
+            raise
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def open_run(self, run: RunIdentity) -> None:
+        _LIVE_RUNS.add(run.run_id)
+
+    def close_run(self, run_id: str) -> None:
+        _LIVE_RUNS.discard(run_id)
+
+    def live_runs(self, run_ids: Collection[str]) -> set[str]:
+        return {run_id for run_id in run_ids if run_id in _LIVE_RUNS}
+
+    def close(self) -> None:
+        if self._connection is None:
+            return
+        if os.getpid() != self._opened_in:
+            # A forked child: the connection is the parent's.
+            self._connection = None
+            return
+        with self._shared.lock:
+            self._connection.close()
+            self._connection = None
+        self._unshare()
+
+    # -- reads and writes -----------------------------------------------------------------
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._shared.lock:
+            try:
+                return self._live_connection().execute(sql, list(params)).fetchall()
+            except duckdb.Error as exc:
+                raise self._error(exc) from exc
+
+    def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
+        with self._shared.lock:
+            try:
+                return self._rows_of_keys(self._live_connection(), pipeline, scope, keys, cached=False)
+            except duckdb.Error as exc:
+                raise self._error(exc) from exc
+
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+        with self._transaction() as connection:
+            if isinstance(target, Keys):
+                rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, cached=True)
+            else:
+                rows = self._rows_of_filter(connection, pipeline, target)
+            events = plan(rows)
+            if events:
+                self._write(connection, pipeline, rows, events)
+        self._remember(pipeline, rows, events)
+        return events
+
+    def prune(self, pipeline: str, cutoff: datetime) -> tuple[int, int]:
+        with self._transaction() as connection:
+            self._shared.rows.clear()
+            (rows,) = connection.execute(PRUNE_ROWS_SQL, [pipeline, cutoff]).fetchone()
+            (events,) = connection.execute(PRUNE_EVENTS_SQL, [pipeline, cutoff]).fetchone()
+        return rows, events
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _share(self) -> _OpenFile:
+        with _OPEN_FILES_GUARD:
+            shared = _OPEN_FILES.setdefault(str(self.db_path), _OpenFile())
+            if shared.inherited_from is not None:
+                raise CheckpointError(
+                    f"Checkpoint database {self.db_path} was open in the parent process (PID "
+                    f"{shared.inherited_from}) when this process was forked from it; DuckDB's file lock is not "
+                    "inherited, so writes from here could be lost. Open checkpoints in a process started fresh "
+                    "(multiprocessing 'spawn' or 'forkserver'), or share them through PostgreSQL",
+                    category=ErrorCategory.PERMANENT,
+                    db_path=str(self.db_path),
+                )
+            shared.stores += 1
+            return shared
+
+    def _unshare(self) -> None:
+        with _OPEN_FILES_GUARD:
+            self._shared.stores -= 1
+            if self._shared.stores == 0:
+                # Another process may write the file from now on.
+                self._shared.rows.clear()
+                del _OPEN_FILES[str(self.db_path)]
+
+    def _prepare(self) -> None:
+        connection = self._live_connection()
+        # Checkpoint statements are small: a second DuckDB thread only added scheduling
+        # overhead when measured (docs/performance.md) and competes with the pipeline's work.
+        connection.execute("SET threads = 1")
+        connection.begin()
+        try:
+            columns = {
+                name
+                for (name,) in connection.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'checkpoint_events'"
+                ).fetchall()
+            }
+            migrate = bool(columns) and "kind" not in columns
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            if migrate:
+                for statement in _MIGRATE_V1:
+                    connection.execute(statement)
+            if not connection.execute("SELECT count(*) FROM checkpoint_schema").fetchone()[0]:
+                connection.execute("INSERT INTO checkpoint_schema VALUES (?)", [SCHEMA_VERSION])
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        if migrate:
+            logger.warning(
+                "Migrated checkpoint database %s from layout 1 to %d (events now carry the row state)",
+                self.db_path,
+                SCHEMA_VERSION,
+            )
+
+    def _live_connection(self) -> duckdb.DuckDBPyConnection:
+        if self._connection is None:
+            raise CheckpointError(f"Checkpoint store {self.db_path} is closed; open a new one", db_path=str(self.db_path))
+        return self._connection
+
+    def _error(self, exc: duckdb.Error) -> CheckpointError:
+        return CheckpointError(f"Checkpoint database {self.db_path} failed: {exc}", category=categorize_error(exc))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One DuckDB transaction under the file's lock; it is durable when the block returns."""
+        with self._shared.lock:
+            connection = self._live_connection()
+            try:
+                connection.begin()
+                try:
+                    yield connection
+                except BaseException:
+                    connection.rollback()
+                    raise
+                connection.commit()
+            except duckdb.Error as exc:
+                raise self._error(exc) from exc
+
+    def _rows_of_keys(
+        self, connection: duckdb.DuckDBPyConnection, pipeline: str, scope: str, keys: Sequence[str], cached: bool
+    ) -> dict[str, Row]:
+        """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
+
+        Many keys are answered by scanning the scope's rows under their common prefix and
+        keeping the wanted ones in Python: for 20k keys that takes a third of the time of
+        joining the key list inside DuckDB.
+        """
+        if not keys:
+            return {}
+        if len(keys) == 1:
+            (key,) = keys
+            identity = item_id(pipeline, scope, key)
+            row = self._shared.rows.get(identity) if cached else None
+            if row is None:
+                found = connection.execute(_ROW_BY_ID_SQL, [identity]).fetchall()
+                row = dict(zip(ROW_COLUMNS, found[0])) if found else None
+            return {} if row is None else {key: dict(row)}
+        if len(keys) >= _SCAN_FROM_KEYS:
+            wanted = set(keys)
+            where = RowFilter(scope=scope, key_prefix=os.path.commonprefix(list(keys)))
+            condition, params = where.sql(pipeline)
+            found = connection.execute(f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition}", params).fetchall()
+            rows = (dict(zip(ROW_COLUMNS, values)) for values in found)
+            return {row["key"]: row for row in rows if row["key"] in wanted}
+        found = connection.execute(
+            f"""SELECT {_ROW_SELECT} FROM checkpoints
+                WHERE item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
+            {"prefix": item_id(pipeline, scope, ""), "keys": json.dumps(list(keys))},
+        ).fetchall()
+        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+
+    def _rows_of_filter(self, connection: duckdb.DuckDBPyConnection, pipeline: str, where: RowFilter) -> dict[str, Row]:
+        if where.scope is None:
+            raise ValueError("a write's row filter names its scope")
+        condition, params = where.sql(pipeline)
+        found = connection.execute(f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition}", params).fetchall()
+        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+
+    def _write(
+        self, connection: duckdb.DuckDBPyConnection, pipeline: str, rows: dict[str, Row], events: list[Event]
+    ) -> None:
+        """Append ``events`` and write the rows they leave, in the caller's transaction."""
+        if len(events) < _BULK_FROM:
+            inserted, updated, deleted = written_rows(rows, events)
+            for event in events:
+                connection.execute(_EVENT_INSERT_SQL, [event[c] for c in EVENT_LOG_COLUMNS[1:]])
+            for row in inserted:
+                connection.execute(_ROW_INSERT_SQL, [item_id(pipeline, row["scope"], row["key"]), *row.values()])
+            for row in updated:
+                self._update_row(connection, pipeline, rows[row["key"]], row)
+        else:
+            frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
+            with _registered(connection, frame) as name:
+                connection.execute(_EVENT_BULK_SQL.format(frame=name))
+            kept, existed = frame["to_status"] != PENDING, frame["key"].isin(list(rows))
+            for sql, wanted in ((_ROW_BULK_INSERT_SQL, kept & ~existed), (_ROW_BULK_UPDATE_SQL, kept & existed)):
+                if wanted.any():
+                    with _registered(connection, _row_frame(pipeline, frame[wanted])) as name:
+                        connection.execute(sql.format(frame=name))
+            deleted = frame["key"][~kept & existed].tolist()
+        if deleted:
+            scope = events[0]["scope"]
+            connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
+
+    @staticmethod
+    def _update_row(connection: duckdb.DuckDBPyConnection, pipeline: str, old: Row, new: Row) -> None:
+        # DuckDB's cost of an UPDATE grows with the columns it sets: set only those that change.
+        changed = [column for column in ROW_COLUMNS if new[column] != old[column]]
+        if not changed:
+            return
+        connection.execute(
+            f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in changed)} WHERE item_id = ?",
+            [*(new[c] for c in changed), item_id(pipeline, new["scope"], new["key"])],
+        )
+
+    def _remember(self, pipeline: str, rows: dict[str, Row], events: list[Event]) -> None:
+        """Keep the rows a small write left (only once committed: a rolled-back write is not the row)."""
+        if len(events) >= _BULK_FROM:
+            self._shared.rows.clear()
+            return
+        inserted, updated, deleted = written_rows(rows, events)
+        for row in inserted + updated:
+            self._shared.remember(item_id(pipeline, row["scope"], row["key"]), row)
+        for key in deleted:
+            self._shared.rows.pop(item_id(pipeline, events[0]["scope"], key), None)
+

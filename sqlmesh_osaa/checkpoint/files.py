@@ -1,0 +1,81 @@
+"""File idempotency: fingerprint a file at completion, and tell later whether it changed.
+
+A file is unchanged when its size and mtime_ns equal the record (nothing is read) or,
+when they differ or verification is asked for, when its MD5 equals the recorded one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlmesh_osaa.checkpoint.states import Fingerprint
+from sqlmesh_osaa.storage import file_md5
+
+logger = logging.getLogger(__name__)
+
+# The seed's name for the streamed MD5 of a file.
+calculate_checksum = file_md5
+
+_MAX_LISTED = 5
+
+
+def fingerprints(files: Iterable[tuple[str | Path | None, str | Fingerprint | None]]) -> list[Fingerprint]:
+    """Fingerprint each ``(file_path, checksum or fingerprint)``; a file that vanished has none.
+
+    A :class:`Fingerprint` given by the caller (taken when it read the file) is kept as is:
+    the file is neither stat'ed nor read.
+    """
+    result, missing = [], []
+    for file_path, known in files:
+        if isinstance(known, Fingerprint):
+            result.append(known)
+            continue
+        if file_path is None:
+            result.append(Fingerprint(known, None, None))
+            continue
+        try:
+            stat = os.stat(file_path)
+            result.append(Fingerprint(known or calculate_checksum(file_path), stat.st_size, stat.st_mtime_ns))
+        except FileNotFoundError:
+            missing.append(str(file_path))
+            result.append(Fingerprint(known, None, None))
+    if missing:
+        logger.warning(
+            "Completed %d items without a fingerprint (their files no longer exist; a later run redoes them): %s",
+            len(missing),
+            ", ".join(missing[:_MAX_LISTED]),
+        )
+    return result
+
+
+def file_matches(
+    record: Mapping[str, Any],
+    file_path: str | Path,
+    verify_checksum: bool,
+    known_stat: tuple[int, int] | None = None,
+) -> bool:
+    """Whether ``file_path`` still holds what ``record`` fingerprinted; reads it only when needed.
+
+    ``known_stat`` is the file's (size, mtime_ns) when the caller already stat'ed it.
+    """
+    if known_stat is None:
+        try:
+            stat = os.stat(file_path)
+        except OSError:
+            return False
+        known_stat = (stat.st_size, stat.st_mtime_ns)
+    size, mtime_ns = known_stat
+    if record["file_size"] is not None and size != record["file_size"]:
+        return False
+    if not verify_checksum and record["file_mtime_ns"] is not None and mtime_ns == record["file_mtime_ns"]:
+        return True
+    if record["checksum"] is None:
+        return False
+    try:
+        return calculate_checksum(file_path) == record["checksum"]
+    except OSError:
+        return False

@@ -1,0 +1,358 @@
+"""The team checkpoint store: PostgreSQL, shared by any number of runner processes and hosts.
+
+Liveness without a file lock: each run holds a session-level advisory lock (its *lease*)
+on its store's connection for as long as it is open. A run that ends closes it; a process
+that dies loses its session, and the server drops the lock with it (TCP keepalives bound
+how long a vanished host keeps it). An ``in_progress`` row is *interrupted* exactly when no
+session holds its run's lock, so live work of another runner is never taken for dead.
+
+Writes lock the rows they read (``SELECT ... FOR UPDATE``, in key order so two batches
+cannot deadlock); a row another writer inserted first makes the transaction roll back and
+plan again on the fresh rows. Connection, serialization and deadlock errors are transient.
+
+Credentials never pass through here: the DSN names host, port, database and user; libpq
+takes the password from ``PGPASSWORD``, ``PGPASSFILE`` or ``~/.pgpass`` (a DSN holding a
+password is refused, so it cannot reach settings, logs or messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
+from sqlmesh_osaa.checkpoint.store import (
+    PRUNE_EVENTS_SQL,
+    PRUNE_ROWS_SQL,
+    CheckpointStore,
+    ConcurrentChange,
+    Keys,
+    Plan,
+    RowFilter,
+    Target,
+    refuse_if_forked,
+    written_rows,
+)
+from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity
+from sqlmesh_osaa.exceptions import CheckpointError, ConfigurationError, ErrorCategory, categorize_error
+from sqlmesh_osaa.settings import describe_dsn, dsn_password_problem
+
+logger = logging.getLogger(__name__)
+
+# The first key of every advisory lock this package takes ("OSAA"), the second a run's hash.
+LOCK_NAMESPACE = 0x05AA_0C4B
+_SCHEMA_LOCK = 0
+# SQLSTATEs after which the transaction is simply planned again: serialization, deadlock.
+_REPLAN_SQLSTATES = {"40001", "40P01"}
+
+_SQL_TYPES = {
+    "attempt": "integer",
+    "owner_pid": "integer",
+    "pid": "integer",
+    "file_size": "bigint",
+    "file_mtime_ns": "bigint",
+    "started_at": "timestamp",
+    "updated_at": "timestamp",
+    "completed_at": "timestamp",
+    "at": "timestamp",
+}
+_NOT_NULL = {
+    "pipeline", "scope", "key", "status", "attempt", "metadata", "run_id", "owner_pid", "owner_host", "updated_at",
+    "from_status", "to_status", "at", "pid", "host", "kind",
+}  # fmt: skip
+_ROW_KEY = ("pipeline", "scope", "key")
+
+
+def _ddl(columns: Sequence[str]) -> str:
+    return ", ".join(
+        f'"{c}" {_SQL_TYPES.get(c, "text")}{" NOT NULL" if c in _NOT_NULL else ""}' for c in columns
+    )
+
+
+_SCHEMA = (
+    # Room on each page lets an update stay on its page and skip the index (a HOT update).
+    f"""CREATE TABLE IF NOT EXISTS checkpoints ({_ddl(ROW_COLUMNS)}, PRIMARY KEY (pipeline, scope, key))
+        WITH (fillfactor = 70)""",
+    f"CREATE TABLE IF NOT EXISTS checkpoint_events (seq bigserial PRIMARY KEY, {_ddl(EVENT_LOG_COLUMNS[1:])})",
+    # An item's history and prune's "last event of a row"; the key alone is selective enough.
+    "CREATE INDEX IF NOT EXISTS checkpoint_events_key ON checkpoint_events (key)",
+    "CREATE TABLE IF NOT EXISTS checkpoint_schema (version integer NOT NULL)",
+    "INSERT INTO checkpoint_schema SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM checkpoint_schema)",
+)
+_ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
+
+
+def _unnest(columns: Sequence[str]) -> str:
+    """``unnest`` of one array parameter per column: many rows in one statement."""
+    arrays = ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}[]" for c in columns)
+    return f"unnest({arrays})"
+
+
+_EVENT_COLUMNS = EVENT_LOG_COLUMNS[1:]
+_EVENT_INSERT_SQL = (
+    f"INSERT INTO checkpoint_events ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in _EVENT_COLUMNS)}) "
+    f"SELECT * FROM {_unnest(_EVENT_COLUMNS)}"
+)
+_ROW_INSERT_SQL = (
+    f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT * FROM {_unnest(ROW_COLUMNS)} ON CONFLICT DO NOTHING"
+)
+_ROW_UPDATE_SQL = (
+    f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(f'u.{chr(34)}{col}{chr(34)}' for col in ROW_COLUMNS)}) "
+    f"FROM {_unnest(ROW_COLUMNS)} AS u({_ROW_SELECT}) "
+    "WHERE c.pipeline = u.pipeline AND c.scope = u.scope AND c.key = u.key"
+)
+_EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
+# From this many keys a read scans their common prefix.
+_SCAN_FROM_KEYS = 1000
+# From this many events a write goes through COPY (PostgresStore._write).
+_COPY_FROM = 16
+_BATCH_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS osaa_batch (LIKE checkpoints) ON COMMIT DELETE ROWS"
+_BATCH_INSERT_SQL = f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {_ROW_SELECT} FROM osaa_batch ON CONFLICT DO NOTHING"
+_BATCH_UPDATE_SQL = (
+    f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(f'b.{chr(34)}{col}{chr(34)}' for col in ROW_COLUMNS)}) "
+    "FROM osaa_batch b WHERE c.pipeline = b.pipeline AND c.scope = b.scope AND c.key = b.key"
+)
+_LIVE_LOCKS_SQL = """
+    SELECT objid FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = %s AND objsubid = 2 AND granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+def run_lock_key(run_id: str) -> int:
+    """The second (signed 32-bit) key of a run's advisory lock."""
+    value = zlib.crc32(run_id.encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise CheckpointError(
+            "The PostgreSQL checkpoint store needs psycopg: pip install 'sqlmesh-osaa[postgres]'",
+            category=ErrorCategory.PERMANENT,
+        ) from exc
+    return psycopg
+
+
+class PostgresStore(CheckpointStore):
+    """Checkpoints in a PostgreSQL database; one connection (and its leases) per store."""
+
+    backend = "postgres"
+
+    def __init__(self, dsn: str, connect_timeout: float, *, synchronous_commit: bool = True) -> None:
+        if problem := dsn_password_problem(dsn):
+            raise ConfigurationError(
+                f"Refusing checkpoint DSN ({describe_dsn(dsn)}): {problem}; remove it and let libpq find it in "
+                "PGPASSWORD, PGPASSFILE or ~/.pgpass",
+                setting="checkpoint.dsn",
+            )
+        self._psycopg = _psycopg()
+        self._dsn = dsn
+        self.location = describe_dsn(dsn)
+        self.connect_timeout = connect_timeout
+        self.synchronous_commit = synchronous_commit
+        self._lock = threading.RLock()
+        self._runs: set[str] = set()
+        self._opened_in = os.getpid()
+        self._closed = False
+        self._connection = self._connect()
+        self._prepare()
+
+    # -- the lease ------------------------------------------------------------------------
+
+    def open_run(self, run: RunIdentity) -> None:
+        with self._lock:
+            self._take_lease(self._live_connection(), run.run_id)
+            self._runs.add(run.run_id)
+
+    def close_run(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.discard(run_id)
+            if self._connection is not None and not self._connection.closed and os.getpid() == self._opened_in:
+                try:
+                    self._connection.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, run_lock_key(run_id)])
+                except self._psycopg.Error as exc:
+                    logger.warning("Could not release the lease of run %s (%s); it ends with the session", run_id, exc)
+
+    def live_runs(self, run_ids: Collection[str]) -> set[str]:
+        live = {run_id for run_id in run_ids if run_id in self._runs}
+        others = [run_id for run_id in run_ids if run_id not in live]
+        if not others:
+            return live
+        held = {objid for (objid,) in self._execute(_LIVE_LOCKS_SQL, [LOCK_NAMESPACE])}
+        return live | {run_id for run_id in others if run_lock_key(run_id) & 0xFFFF_FFFF in held}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connection, self._connection = self._connection, None
+            if connection is not None and os.getpid() == self._opened_in:
+                # Ending the session ends every lease this store held.
+                connection.close()
+
+    # -- reads and writes -----------------------------------------------------------------
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._execute(sql.replace("?", "%s"), list(params))
+
+    def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
+        """Rows of ``keys``; many keys are read by scanning their common prefix (measured faster than ``ANY``)."""
+        if not keys:
+            return {}
+        if len(keys) >= _SCAN_FROM_KEYS:
+            wanted = set(keys)
+            where = RowFilter(scope=scope, key_prefix=os.path.commonprefix(list(keys)))
+            return {row["key"]: row for row in self.select_rows(pipeline, where) if row["key"] in wanted}
+        found = self._execute(
+            f"SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
+            [pipeline, scope, list(keys)],
+        )
+        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+        with self._transaction() as connection:
+            if isinstance(target, Keys):
+                if not target.keys:
+                    return []
+                found = connection.execute(
+                    f"""SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)
+                        ORDER BY key FOR UPDATE""",
+                    [pipeline, target.scope, list(target.keys)],
+                ).fetchall()
+            else:
+                condition, params = target.sql(pipeline)
+                found = connection.execute(
+                    f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition.replace('?', '%s')} ORDER BY key FOR UPDATE",
+                    params,
+                ).fetchall()
+            rows = {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+            events = plan(rows)
+            if events:
+                self._write(connection, pipeline, rows, events)
+            return events
+
+    def prune(self, pipeline: str, cutoff: datetime) -> tuple[int, int]:
+        with self._transaction() as connection:
+            rows = connection.execute(PRUNE_ROWS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
+            events = connection.execute(PRUNE_EVENTS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
+        return rows, events
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+                application_name="sqlmesh-osaa",
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+                # Off: a commit returns before its WAL reaches the server's disk (a server crash,
+                # not a client crash, may lose the last fraction of a second of marks).
+                options="" if self.synchronous_commit else "-c synchronous_commit=off",
+            )
+        except self._psycopg.Error as exc:
+            raise CheckpointError(
+                f"Cannot connect to the checkpoint database ({self.location}): {exc}".strip(),
+                category=categorize_error(exc),
+                location=self.location,
+            ) from exc
+
+    def _prepare(self) -> None:
+        with self._transaction() as connection:
+            # Runners starting together would race on CREATE ... IF NOT EXISTS: one at a time.
+            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, _SCHEMA_LOCK])
+            for statement in _SCHEMA:
+                connection.execute(statement)
+
+    def _take_lease(self, connection: Any, run_id: str) -> None:
+        (taken,) = connection.execute(
+            "SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, run_lock_key(run_id)]
+        ).fetchone()
+        if not taken:
+            # Another live run's lock has the same hash: it keeps this run's rows live too (the safe side).
+            logger.warning("Run %s shares its lease key with another live run", run_id)
+
+    def _live_connection(self) -> Any:
+        refuse_if_forked(self._opened_in, f"Checkpoint store ({self.location})")
+        if self._closed:
+            raise CheckpointError(f"Checkpoint store ({self.location}) is closed; open a new one")
+        if self._connection is None or self._connection.closed:
+            logger.warning("Reconnecting to the checkpoint database (%s); re-taking %d leases", self.location, len(self._runs))
+            self._connection = self._connect()
+            for run_id in self._runs:
+                self._take_lease(self._connection, run_id)
+        return self._connection
+
+    def _error(self, exc: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"Checkpoint database ({self.location}) failed: {exc}", category=categorize_error(exc), location=self.location
+        )
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._live_connection().execute(sql, params).fetchall()
+            except self._psycopg.Error as exc:
+                raise self._error(exc) from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One PostgreSQL transaction on this store's connection; durable when the block returns."""
+        with self._lock:
+            connection = self._live_connection()
+            try:
+                with connection.transaction():
+                    yield connection
+            except self._psycopg.Error as exc:
+                if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
+                    raise ConcurrentChange(str(exc)) from exc
+                raise self._error(exc) from exc
+
+    def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: list[Event]) -> None:
+        """Append ``events`` and write the rows they leave, in the caller's transaction.
+
+        A few rows travel as array parameters of one statement each; a batch is copied into
+        temporary tables first (COPY is several times faster than arrays of 100k values).
+        """
+        inserted, updated, deleted = written_rows(rows, events)
+        if len(events) < _COPY_FROM:
+            connection.execute(_EVENT_INSERT_SQL, [[event[c] for event in events] for c in _EVENT_COLUMNS])
+            count = 0
+            if inserted:
+                count = connection.execute(_ROW_INSERT_SQL, [[row[c] for row in inserted] for c in ROW_COLUMNS]).rowcount
+            if updated:
+                connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
+        else:
+            self._copy(connection, f"checkpoint_events ({_EVENT_NAMES})", _EVENT_COLUMNS, events)
+            connection.execute(_BATCH_TABLE_SQL)
+            self._copy(connection, f"osaa_batch ({_ROW_SELECT})", ROW_COLUMNS, inserted)
+            count = connection.execute(_BATCH_INSERT_SQL).rowcount if inserted else 0
+            if updated:
+                connection.execute("TRUNCATE osaa_batch")
+                self._copy(connection, f"osaa_batch ({_ROW_SELECT})", ROW_COLUMNS, updated)
+                connection.execute(_BATCH_UPDATE_SQL)
+        if count != len(inserted):
+            raise ConcurrentChange(f"{len(inserted) - count} rows were inserted by another writer")
+        if deleted:
+            connection.execute(
+                "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
+                [pipeline, events[0]["scope"], deleted],
+            )
+
+    @staticmethod
+    def _copy(connection: Any, table: str, columns: Sequence[str], records: Sequence[Row]) -> None:
+        with connection.cursor().copy(f"COPY {table} FROM STDIN") as copy:
+            for record in records:
+                copy.write_row([record[c] for c in columns])

@@ -1,0 +1,230 @@
+"""The checkpoint-store interface: the few primitives PipelineCheckpoint is written against.
+
+A backend stores rows (the current state of each item) and the append-only event log, and
+answers who is alive. The state machine and the fold live above it
+(:mod:`sqlmesh_osaa.checkpoint.transitions`), written once. The primitives:
+
+- :meth:`CheckpointStore.apply`: in one transaction, lock and read the rows of some keys (or
+  of a filter), let a plan turn them into events, append the events and write the rows they
+  leave (insert, update or delete). A concurrent writer makes the backend run the plan again
+  on the fresh rows; the plan is never applied to rows that changed under it.
+- :meth:`read_rows` (by keys) and :meth:`select_rows` (by scope, status, key prefix).
+- :meth:`scan_events`, :meth:`prune`, and :meth:`read` for the portable aggregate queries of
+  statistics and the CLI (``?`` placeholders, SQL both DuckDB and PostgreSQL run).
+- The lease: :meth:`open_run` / :meth:`close_run` / :meth:`live_runs`. An ``in_progress`` row
+  is *interrupted* only when its run's lease is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, ROW_COLUMNS, TRANSITION
+from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, row_after
+from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
+
+logger = logging.getLogger(__name__)
+
+# Attempts of one apply() when concurrent writers keep changing its rows under it.
+MAX_APPLY_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The rows of these keys of one scope (absent keys are pending items)."""
+
+    scope: str
+    keys: Sequence[str]
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    """The rows of a pipeline matching every given field."""
+
+    scope: str | None = None
+    status: str | None = None
+    exclude_status: str | None = None
+    key_prefix: str | None = None
+
+    def sql(self, pipeline: str) -> tuple[str, list[Any]]:
+        """A portable WHERE clause (``?`` placeholders) and its parameters."""
+        condition, params = "pipeline = ?", [pipeline]
+        for column, operator, value in (
+            ("scope", "=", self.scope),
+            ("status", "=", self.status),
+            ("status", "<>", self.exclude_status),
+        ):
+            if value is not None:
+                condition += f" AND {column} {operator} ?"
+                params.append(value)
+        if self.key_prefix:
+            condition += " AND starts_with(key, ?)"
+            params.append(self.key_prefix)
+        return condition, params
+
+
+Target = Keys | RowFilter
+# Rows found (by key) -> the events to append; raising aborts the transaction.
+Plan = Callable[[dict[str, Row]], list[Event]]
+
+
+def refuse_if_forked(opened_in: int, what: str) -> None:
+    """Raise at once when ``what``, opened by process ``opened_in``, is used in a forked child of it."""
+    if os.getpid() != opened_in:
+        raise CheckpointError(
+            f"{what} was opened by process {opened_in} and this process ({os.getpid()}) is a fork of it: it cannot "
+            "write through its parent's store. Open a new PipelineCheckpoint in this process (on PostgreSQL), or "
+            "start workers with multiprocessing 'spawn'",
+            category=ErrorCategory.PERMANENT,
+        )
+
+
+class ConcurrentChange(Exception):
+    """Rows changed under a transaction (another writer inserted one first): run the plan again."""
+
+
+class CheckpointStore(ABC):
+    """Rows and events of every pipeline of one database, and the leases of its runs."""
+
+    backend: str
+    # Where the store is, for messages and logs: a path, or a DSN without any secret.
+    location: str
+
+    # -- the lease ------------------------------------------------------------------------
+
+    @abstractmethod
+    def open_run(self, run: RunIdentity) -> None:
+        """Take the lease of ``run``: until :meth:`close_run` or death, its rows are live."""
+
+    @abstractmethod
+    def close_run(self, run_id: str) -> None:
+        """Give the lease back; the run's in_progress rows become interrupted."""
+
+    @abstractmethod
+    def live_runs(self, run_ids: Collection[str]) -> set[str]:
+        """The runs of ``run_ids`` whose lease is held, by any process."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store (its connection, file lock and leases)."""
+
+    # -- reads and writes -----------------------------------------------------------------
+
+    @abstractmethod
+    def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
+        """The stored rows of ``keys``, by key, in one round trip however many keys."""
+
+    @abstractmethod
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a portable read-only query (``?`` placeholders)."""
+
+    def apply(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+        """Lock and read ``target``'s rows, append ``plan``'s events and write their rows, atomically."""
+        for _ in range(MAX_APPLY_ATTEMPTS):
+            try:
+                return self._apply_once(pipeline, target, plan)
+            except ConcurrentChange:
+                logger.debug("Checkpoint rows of %r changed under a transaction; planning again", pipeline)
+        raise ConcurrentChange(f"rows of pipeline {pipeline!r} kept changing under {MAX_APPLY_ATTEMPTS} attempts")
+
+    @abstractmethod
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+        """One attempt of :meth:`apply`; raises :class:`ConcurrentChange` to be tried again."""
+
+    @abstractmethod
+    def prune(self, pipeline: str, cutoff: datetime) -> tuple[int, int]:
+        """Delete completed rows updated before ``cutoff`` and events older than it; (rows, events).
+
+        Kept whatever their age: events of items that are not completed, and the last event
+        of every remaining row (the log must still rebuild it).
+        """
+
+    # -- portable reads built on read() ---------------------------------------------------
+
+    def select_rows(
+        self, pipeline: str, where: RowFilter, order: str | None = None, limit: int | None = None
+    ) -> list[Row]:
+        """Rows matching ``where``; ``order`` is ``"newest"`` or ``"oldest"`` (by updated_at)."""
+        condition, params = where.sql(pipeline)
+        sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM checkpoints WHERE {condition}"
+        if order is not None:
+            sql += " ORDER BY updated_at DESC, scope, key" if order == "newest" else " ORDER BY updated_at, scope, key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [dict(zip(ROW_COLUMNS, values)) for values in self.read(sql, params)]
+
+    def scan_events(
+        self, pipeline: str | None = None, scope: str | None = None, key: str | None = None, *, all_kinds: bool = False
+    ) -> list[Event]:
+        """Events in log order: transitions only, or with ``all_kinds`` metadata updates too."""
+        conditions, params = ["1 = 1"], []
+        for column, value in (("pipeline", pipeline), ("scope", scope), ("key", key)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        if not all_kinds:
+            conditions.append("kind = ?")
+            params.append(TRANSITION)
+        columns = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS)
+        sql = f"SELECT {columns} FROM checkpoint_events WHERE {' AND '.join(conditions)} ORDER BY seq"
+        return [dict(zip(EVENT_LOG_COLUMNS, values)) for values in self.read(sql, params)]
+
+    def pipelines(self) -> list[str]:
+        """Every pipeline with rows or events in the store."""
+        sql = "SELECT pipeline FROM checkpoints UNION SELECT pipeline FROM checkpoint_events ORDER BY 1"
+        return [name for (name,) in self.read(sql)]
+
+    def failures_by_pipeline(
+        self, *, scope: str | None = None, key_prefix: str | None = None, error_prefix: str | None = None
+    ) -> dict[str, int]:
+        """Transitions to failed per pipeline, of one scope, key prefix or error message prefix."""
+        conditions, params = ["to_status = 'failed'", f"kind = '{TRANSITION}'"], []
+        for condition, value in (
+            ("scope = ?", scope),
+            ("starts_with(key, ?)", key_prefix),
+            ("starts_with(error_message, ?)", error_prefix),
+        ):
+            if value is not None:
+                conditions.append(condition)
+                params.append(value)
+        sql = f"SELECT pipeline, count(*) FROM checkpoint_events WHERE {' AND '.join(conditions)} GROUP BY pipeline"
+        return {pipeline: count for pipeline, count in self.read(sql, params)}
+
+
+def written_rows(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[list[Row], list[Row], list[str]]:
+    """What ``events`` do to the rows they were planned on: (inserted, updated, deleted keys)."""
+    inserted, updated, deleted = [], [], []
+    for event in events:
+        row = row_after(event)
+        existed = event["key"] in rows
+        if row is None:
+            if existed:
+                deleted.append(event["key"])
+        elif existed:
+            updated.append(row)
+        else:
+            inserted.append(row)
+    return inserted, updated, deleted
+
+
+PRUNE_ROWS_SQL = f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?"
+# Events older than the cutoff go, except those of items still not completed and the last
+# event of every row that stays (rows must remain rebuildable from the log).
+PRUNE_EVENTS_SQL = f"""
+    DELETE FROM checkpoint_events WHERE pipeline = ? AND "at" < ?
+    AND NOT EXISTS (
+        SELECT 1 FROM checkpoints c
+        WHERE c.pipeline = checkpoint_events.pipeline AND c.scope = checkpoint_events.scope
+          AND c.key = checkpoint_events.key
+          AND (c.status <> '{COMPLETED}' OR checkpoint_events.seq = (
+              SELECT max(l.seq) FROM checkpoint_events l
+              WHERE l.pipeline = c.pipeline AND l.scope = c.scope AND l.key = c.key))
+    )
+"""
