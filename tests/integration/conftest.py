@@ -6,6 +6,7 @@ import os
 from typing import Iterator
 
 import pytest
+from support.pgserver import PostgresServer
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
 
@@ -31,3 +32,17 @@ def s3_credentials_for_tests() -> Iterator[None]:
         os.environ.update(saved)
 
 
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for SQLMesh's engine, for the whole session; one database per project.
+
+    libpq (psycopg2 under SQLMesh, in the test process and in ``sqlmesh`` subprocesses) reads
+    the password from the ``PGPASSFILE`` the server wrote: no project config holds it.
+    """
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
