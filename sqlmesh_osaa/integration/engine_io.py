@@ -18,6 +18,7 @@ other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 from __future__ import annotations
 
 import logging
+import tempfile
 import typing as t
 import uuid
 from contextlib import contextmanager
@@ -29,7 +30,6 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from sqlmesh.utils import columns_to_types_all_known
 
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
-from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 from sqlmesh_osaa.settings import StorageSettings
 
 _log = logging.getLogger(__name__)
@@ -141,17 +141,15 @@ def _append(db: duckdb.DuckDBPyConnection, staging: str, names: list[str], batch
 
 @contextmanager
 def _scratch_duckdb(directory: Path) -> t.Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB file of its own in ``directory``, limited in memory and spilling beside it."""
-    path = directory / f"osaa-engine-io-{uuid.uuid4().hex[:12]}.duckdb"
-    db = duckdb.connect(str(path))
-    try:
-        db.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-        db.execute(f"SET temp_directory = {exp.Literal.string(str(directory / 'spill')).sql(dialect=NATIVE_DIALECT)}")
-        yield db
-    finally:
-        db.close()
-        for leftover in (path, path.with_name(path.name + ".wal")):
-            leftover.unlink(missing_ok=True)
+    """A DuckDB file of its own under ``directory``, limited in memory, spilling beside it, removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="osaa-engine-io-", dir=directory) as scratch:
+        db = duckdb.connect(str(Path(scratch) / "rows.duckdb"))
+        try:
+            db.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            db.execute(f"SET temp_directory = {exp.Literal.string(scratch).sql(dialect=NATIVE_DIALECT)}")
+            yield db
+        finally:
+            db.close()
 
 
 @contextmanager
@@ -184,31 +182,26 @@ def _fill_landing(
         db.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         source = "SELECT * FROM read_parquet($files, union_by_name = true)"
         described = db.execute(f"DESCRIBE {source}", {"files": uris}).fetchall()
-        columns = _landing_columns(described, model_dialect, table)
+        columns = _landing_columns(described, model_dialect)
         adapter.create_table(table, columns)
-        for batch in db.execute(source, {"files": uris}).fetch_record_batch(batch_rows):
+        for batch in db.execute(source, {"files": uris}).to_arrow_reader(batch_rows):
             frame = batch.to_pandas()
             frame.columns = list(columns)
             adapter.insert_append(table, frame.astype(object).where(frame.notna(), None), columns)
 
 
-def _landing_columns(
-    described: list[tuple[t.Any, ...]], model_dialect: str, table: exp.Table
-) -> dict[str, exp.DataType]:
-    """Landing column name (as the model's query sees it) -> type; two names that collide are an error."""
-    columns: dict[str, exp.DataType] = {}
-    originals: dict[str, str] = {}
-    for name, dtype, *_ in described:
-        normalized = normalize_identifiers(exp.to_identifier(name, quoted=True), dialect=model_dialect).name
-        if normalized in originals:
-            raise IngestError(
-                f"Landing columns '{originals[normalized]}' and '{name}' of {table.sql()} are one name in the "
-                f"{model_dialect} dialect; rename one of them in the raw files",
-                category=ErrorCategory.PERMANENT,
-            )
-        originals[normalized] = name
-        columns[normalized] = exp.DataType.build(dtype, dialect=NATIVE_DIALECT)
-    return columns
+def _landing_columns(described: list[tuple[t.Any, ...]], model_dialect: str) -> dict[str, exp.DataType]:
+    """Landing column name, as the model's query sees it, -> type.
+
+    DuckDB makes column names unique case-insensitively when it reads the files, so no two
+    names can collide once lower-cased.
+    """
+    return {
+        normalize_identifiers(exp.to_identifier(name, quoted=True), dialect=model_dialect).name: exp.DataType.build(
+            dtype, dialect=NATIVE_DIALECT
+        )
+        for name, dtype, *_ in described
+    }
 
 
 def export_columns(adapter: t.Any, table_name: str, model: t.Any) -> dict[str, exp.DataType]:
