@@ -41,6 +41,25 @@ BATCH_ROWS = 50_000
 DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
 _POSTGRES_DIALECTS = ("postgres", "redshift")
+_COPY_CHUNK_BYTES = 1 << 20
+# Types whose PostgreSQL CSV text DuckDB reads back to the identical value (floats: shortest exact digits).
+_CSV_EXACT_TYPES = frozenset(
+    {
+        exp.DataType.Type.VARCHAR,
+        exp.DataType.Type.TEXT,
+        exp.DataType.Type.CHAR,
+        exp.DataType.Type.TINYINT,
+        exp.DataType.Type.SMALLINT,
+        exp.DataType.Type.INT,
+        exp.DataType.Type.BIGINT,
+        exp.DataType.Type.FLOAT,
+        exp.DataType.Type.DOUBLE,
+        exp.DataType.Type.DECIMAL,
+        exp.DataType.Type.DATE,
+        exp.DataType.Type.TIMESTAMP,
+        exp.DataType.Type.BOOLEAN,
+    }
+)
 
 
 def is_native(adapter: t.Any) -> bool:
@@ -59,28 +78,67 @@ def sorted_parquet_copy(source: str, target: Path) -> str:
 
 def export_parquet(
     adapter: t.Any, table_name: str, columns: t.Mapping[str, exp.DataType], target: Path, batch_rows: int = BATCH_ROWS
-) -> int:
-    """Write the rows of ``table_name`` on the adapter's engine to ``target``; returns the row count.
+) -> None:
+    """Write the rows of ``table_name`` on the adapter's engine to ``target`` as the native path would.
 
     ``columns`` are the model's column types: they, not whatever the engine's driver returns,
     decide the parquet schema, so a PostgreSQL ``numeric`` or a Spark ``int`` becomes the
     same parquet type as on DuckDB.
     """
+    select = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(exp.to_table(table_name))
     staging = exp.to_identifier(_STAGING_TABLE).sql(dialect=NATIVE_DIALECT)
-    definition = ", ".join(
+    with _scratch_duckdb(target.parent) as (db, scratch):
+        if _copies_csv(adapter, columns):
+            csv = scratch / "rows.csv"
+            _postgres_copy_csv(adapter, select, csv)
+            db.execute(f"CREATE VIEW {staging} AS SELECT * FROM {_read_csv(csv, columns)}")
+        else:
+            db.execute(f"CREATE TABLE {staging} ({_definition(columns)})")
+            for batch in fetch_batches(adapter, select, batch_rows):
+                _append(db, staging, batch)
+        db.execute(sorted_parquet_copy(staging, target))
+    _log.debug("Exported %s from the %s engine through its adapter", table_name, adapter.dialect)
+
+
+def _definition(columns: t.Mapping[str, exp.DataType]) -> str:
+    return ", ".join(
         f"{exp.to_identifier(name).sql(dialect=NATIVE_DIALECT, identify=True)} {dtype.sql(dialect=NATIVE_DIALECT)}"
         for name, dtype in columns.items()
     )
-    select = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(exp.to_table(table_name))
-    rows = 0
-    with _scratch_duckdb(target.parent) as db:
-        db.execute(f"CREATE TABLE {staging} ({definition})")
-        for batch in fetch_batches(adapter, select, batch_rows):
-            _append(db, staging, list(columns), batch)
-            rows += len(batch)
-        db.execute(sorted_parquet_copy(staging, target))
-    _log.debug("Exported %d row(s) of %s from %s through the engine adapter", rows, table_name, adapter.dialect)
-    return rows
+
+
+def _copies_csv(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
+    """Whether PostgreSQL's ``COPY ... TO STDOUT`` CSV carries every column exactly (scalar types only)."""
+    return (
+        adapter.dialect == "postgres"
+        and type(adapter.connection).__module__.startswith("psycopg2")
+        and all(dtype.this in _CSV_EXACT_TYPES for dtype in columns.values())
+    )
+
+
+def _postgres_copy_csv(adapter: t.Any, select: exp.Select, target: Path) -> None:
+    """Stream the rows to a local CSV file with PostgreSQL's COPY: no row passes through Python.
+
+    Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
+    table the same evaluation just wrote.
+    """
+    sql = f"COPY ({select.sql(dialect='postgres', identify=True)}) TO STDOUT WITH (FORMAT csv)"
+    with adapter.transaction(), target.open("wb") as out:
+        cursor = adapter.connection.cursor()
+        try:
+            cursor.copy_expert(sql, out, size=_COPY_CHUNK_BYTES)
+        finally:
+            cursor.close()
+
+
+def _read_csv(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
+    """DuckDB's reader of PostgreSQL's CSV: NULL is an unquoted empty field, ``""`` an empty string."""
+    literal = lambda text: exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)  # noqa: E731
+    types = ", ".join(f"{literal(name)}: {literal(dtype.sql(dialect=NATIVE_DIALECT))}" for name, dtype in columns.items())
+    return (
+        f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = ',', quote = '\"', "
+        "escape = '\"', nullstr = '', allow_quoted_nulls = false, auto_detect = false)"
+    )
 
 
 def fetch_batches(adapter: t.Any, query: exp.Select, batch_rows: int) -> t.Iterator[list[tuple[t.Any, ...]]]:
@@ -126,12 +184,12 @@ def _spark_batches(adapter: t.Any, sql: str, batch_rows: int) -> t.Iterator[list
         yield batch
 
 
-def _append(db: duckdb.DuckDBPyConnection, staging: str, names: list[str], batch: list[tuple[t.Any, ...]]) -> None:
+def _append(db: duckdb.DuckDBPyConnection, staging: str, batch: list[tuple[t.Any, ...]]) -> None:
     """Insert one batch into the staging table; DuckDB casts each value to the column's pinned type."""
     import pyarrow as pa
 
     arrays = [pa.array(values) for values in zip(*batch)]
-    arrow_batch = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(names))])
+    arrow_batch = pa.Table.from_arrays(arrays, names=[f"c{i}" for i in range(len(arrays))])
     db.register("osaa_batch", arrow_batch)
     try:
         db.execute(f"INSERT INTO {staging} SELECT * FROM osaa_batch")
@@ -140,14 +198,15 @@ def _append(db: duckdb.DuckDBPyConnection, staging: str, names: list[str], batch
 
 
 @contextmanager
-def _scratch_duckdb(directory: Path) -> t.Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB file of its own under ``directory``, limited in memory, spilling beside it, removed on exit."""
+def _scratch_duckdb(directory: Path) -> t.Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
+    """A DuckDB file of its own in a scratch directory under ``directory``, limited in memory,
+    spilling to that directory, which is removed on exit."""
     with tempfile.TemporaryDirectory(prefix="osaa-engine-io-", dir=directory) as scratch:
         db = duckdb.connect(str(Path(scratch) / "rows.duckdb"))
         try:
             db.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
             db.execute(f"SET temp_directory = {exp.Literal.string(scratch).sql(dialect=NATIVE_DIALECT)}")
-            yield db
+            yield db, Path(scratch)
         finally:
             db.close()
 
