@@ -7,12 +7,19 @@ to PostgreSQL would first do.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from support.pgserver import ROLE, PostgresServer
 
-from sqlmesh_project import Project, local_project
+from sqlmesh_project import SQLMESH, Completed, Project, local_project
+
+# A plan of the example project on Spark local mode takes minutes on a loaded 2-core machine.
+SPARK_COMMAND_TIMEOUT = 900
 
 _GATEWAY = re.compile(r"gateways:\n(?:  .*\n)+")
 
@@ -37,6 +44,60 @@ def postgres_project(directory: Path, server: PostgresServer) -> Project:
     )
     _replace_gateway(project, gateway)
     project.env["PGPASSFILE"] = str(server.passfile)
+    return project
+
+
+@dataclass
+class SparkProject(Project):
+    """A project whose ``sqlmesh`` commands may take minutes and start a JVM, reaped with them."""
+
+    def sqlmesh(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> Completed:
+        command = [str(SQLMESH), *args]
+        process = subprocess.Popen(
+            command, cwd=self.path, env={**self.env, **(extra_env or {})}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, err = process.communicate(timeout=SPARK_COMMAND_TIMEOUT)
+        finally:
+            _kill_group(process)
+        result = Completed(command, process.returncode, out, err)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{out}\n{err}")
+        return result
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """End the command's whole process group (the Spark JVM included), also after a timeout."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def spark_project(directory: Path) -> SparkProject:
+    """A copy of the example project whose SQLMesh engine is Spark in local mode (one core, no UI)."""
+    copy = local_project(directory)
+    project = SparkProject(path=copy.path, env=copy.env, store=copy.store)
+    gateway = (
+        "gateways:\n"
+        "  local:\n"
+        "    connection:\n"
+        "      type: spark\n"
+        "      concurrent_tasks: 1\n"
+        "      config:\n"
+        "        spark.master: local[1]\n"
+        f"        spark.sql.warehouse.dir: {project.path / 'spark-warehouse'}\n"
+        f"        spark.driver.extraJavaOptions: -Dderby.system.home={project.path / 'derby'}\n"
+        "        spark.ui.enabled: 'false'\n"
+        "        spark.sql.shuffle.partitions: '1'\n"
+        "        spark.driver.bindAddress: 127.0.0.1\n"
+        "    state_connection:\n"
+        "      type: duckdb\n"
+        "      database: state.duckdb\n"
+    )
+    _replace_gateway(project, gateway)
     return project
 
 
