@@ -3,13 +3,14 @@
 The kinds keep a native path on DuckDB (one ``COPY``, one ``read_parquet`` view). On every
 other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
-- **export**: the model's table is read through the adapter in batches of
-  :data:`BATCH_ROWS` rows (a server-side cursor on PostgreSQL, a local iterator over the
-  partitions on Spark, ``fetchmany`` elsewhere). Each batch goes, as Arrow, into a
-  table of a private on-disk DuckDB whose columns have the model's types, and that table
-  is written with :func:`sorted_parquet_copy`, the very statement of the native path: the
-  same rows give the same bytes on every engine. DuckDB runs under a memory limit and
-  spills to its directory, so memory is bounded by the batch, not by the table.
+- **export**: the model's table is read through the adapter: on PostgreSQL with
+  ``COPY ... TO STDOUT`` as CSV into a local file when every column is a scalar type whose
+  text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
+  on PostgreSQL, a local iterator over the partitions on Spark, ``fetchmany`` elsewhere),
+  each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
+  rows with the model's column types and writes them with :func:`sorted_parquet_copy`, the
+  very statement of the native path: the same rows give the same bytes on every engine.
+  DuckDB runs under a memory limit and spills to its directory; Python holds one batch.
 - **ingest**: the landing parquet is read by a private DuckDB in batches and handed to the
   engine as DataFrames through the adapter's own insert (VALUES on PostgreSQL, a Spark
   DataFrame on Spark), into a table ``osaa_landing.<source>`` that the model's query reads.
@@ -18,6 +19,7 @@ other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import typing as t
 import uuid
@@ -40,25 +42,12 @@ BATCH_ROWS = 50_000
 # The private DuckDB that sorts and writes an export spills to disk beyond this.
 DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
-_POSTGRES_DIALECTS = ("postgres", "redshift")
 _COPY_CHUNK_BYTES = 1 << 20
 # Types whose PostgreSQL CSV text DuckDB reads back to the identical value (floats: shortest exact digits).
 _CSV_EXACT_TYPES = frozenset(
-    {
-        exp.DataType.Type.VARCHAR,
-        exp.DataType.Type.TEXT,
-        exp.DataType.Type.CHAR,
-        exp.DataType.Type.TINYINT,
-        exp.DataType.Type.SMALLINT,
-        exp.DataType.Type.INT,
-        exp.DataType.Type.BIGINT,
-        exp.DataType.Type.FLOAT,
-        exp.DataType.Type.DOUBLE,
-        exp.DataType.Type.DECIMAL,
-        exp.DataType.Type.DATE,
-        exp.DataType.Type.TIMESTAMP,
-        exp.DataType.Type.BOOLEAN,
-    }
+    getattr(exp.DataType.Type, name)
+    for name in ("VARCHAR", "TEXT", "CHAR", "TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL")
+    + ("DATE", "TIMESTAMP", "BOOLEAN")
 )
 
 
@@ -109,11 +98,12 @@ def _definition(columns: t.Mapping[str, exp.DataType]) -> str:
 
 def _copies_csv(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
     """Whether PostgreSQL's ``COPY ... TO STDOUT`` CSV carries every column exactly (scalar types only)."""
-    return (
-        adapter.dialect == "postgres"
-        and type(adapter.connection).__module__.startswith("psycopg2")
-        and all(dtype.this in _CSV_EXACT_TYPES for dtype in columns.values())
-    )
+    return _is_psycopg2(adapter) and all(dtype.this in _CSV_EXACT_TYPES for dtype in columns.values())
+
+
+def _is_psycopg2(adapter: t.Any) -> bool:
+    """PostgreSQL through psycopg2, SQLMesh's driver for it: COPY and named cursors are there."""
+    return adapter.dialect == "postgres" and type(adapter.connection).__module__.startswith("psycopg2")
 
 
 def _postgres_copy_csv(adapter: t.Any, select: exp.Select, target: Path) -> None:
@@ -144,7 +134,7 @@ def _read_csv(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
 def fetch_batches(adapter: t.Any, query: exp.Select, batch_rows: int) -> t.Iterator[list[tuple[t.Any, ...]]]:
     """The rows of ``query`` on the adapter's engine, ``batch_rows`` at a time, never all at once."""
     sql = query.sql(dialect=adapter.dialect, identify=True)
-    if adapter.dialect in _POSTGRES_DIALECTS:
+    if _is_psycopg2(adapter):
         yield from _server_side_batches(adapter, sql, batch_rows)
     elif getattr(adapter, "spark", None) is not None:
         yield from _spark_batches(adapter, sql, batch_rows)
@@ -243,10 +233,41 @@ def _fill_landing(
         described = db.execute(f"DESCRIBE {source}", {"files": uris}).fetchall()
         columns = _landing_columns(described, model_dialect)
         adapter.create_table(table, columns)
+        as_values = _is_psycopg2(adapter)
         for batch in db.execute(source, {"files": uris}).to_arrow_reader(batch_rows):
-            frame = batch.to_pandas()
-            frame.columns = list(columns)
-            adapter.insert_append(table, frame.astype(object).where(frame.notna(), None), columns)
+            adapter.insert_append(table, _frame(batch, list(columns), as_values), columns)
+
+
+def _frame(batch: t.Any, names: list[str], as_values: bool) -> t.Any:
+    """A DataFrame of Python values: NULL stays None, an integer stays exact, a NaN stays NaN.
+
+    SQLMesh turns a DataFrame into VALUES on PostgreSQL, and sqlglot converts a float NaN or
+    infinity to NULL there; as ``as_values`` they go as typed literals instead.
+    """
+    import pandas as pd
+
+    def column_values(column: t.Any) -> list[t.Any]:
+        values = column.to_pylist()
+        if as_values and _is_floating(column.type):
+            return [_special_float(value) for value in values]
+        return values
+
+    return pd.DataFrame(
+        {name: pd.Series(column_values(column), dtype=object) for name, column in zip(names, batch.columns)}
+    )
+
+
+def _is_floating(arrow_type: t.Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(arrow_type)
+
+
+def _special_float(value: t.Any) -> t.Any:
+    if value is None or math.isfinite(value):
+        return value
+    text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return exp.cast(exp.Literal.string(text), exp.DataType.build("DOUBLE"))
 
 
 def _landing_columns(described: list[tuple[t.Any, ...]], model_dialect: str) -> dict[str, exp.DataType]:

@@ -8,6 +8,7 @@ ingest side must give PostgreSQL the landing rows under the names the model's qu
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,8 +130,9 @@ def _landing_file(tmp_path: Path) -> str:
     path = tmp_path / "landing.parquet"
     with duckdb.connect() as db:
         db.execute(
-            "COPY (SELECT * FROM (VALUES ('NGA', 'CR.1', 2023, 74.0), ('KEN', NULL, 2023, NULL)) "
-            f"AS v(\"Country Code\", INDICATOR_ID, \"2023\", VALUE)) TO '{path}' (FORMAT parquet)"
+            "COPY (SELECT * FROM (VALUES ('NGA', 'CR.1', 2023, 74.0, 9007199254740993), "
+            "('KEN', NULL, 2023, NULL, NULL), ('UGA', 'CR.2', NULL, 'NaN'::DOUBLE, -1)) "
+            f"AS v(\"Country Code\", INDICATOR_ID, \"2023\", VALUE, BIG)) TO '{path}' (FORMAT parquet)"
         )
     return str(path)
 
@@ -140,8 +142,9 @@ def test_postgres_landing_table_holds_the_landing_rows_under_the_models_names(ad
     table = exp.table_("sdg", db="osaa_landing")
     storage = StorageSettings(backend="local", root=tmp_path)
     with engine_io.landing_table(adapter, table, [_landing_file(tmp_path)], storage, "duckdb"):
-        rows = adapter.fetchall('SELECT "country code", indicator_id, "2023", value FROM osaa_landing.sdg ORDER BY 1')
-    assert rows == [("KEN", None, 2023, None), ("NGA", "CR.1", 2023, 74.0)]
+        rows = adapter.fetchall('SELECT "country code", indicator_id, "2023", value, big FROM osaa_landing.sdg ORDER BY 1')
+    assert rows[:2] == [("KEN", None, 2023, None, None), ("NGA", "CR.1", 2023, 74.0, 9007199254740993)]
+    assert rows[2][:3] == ("UGA", "CR.2", None) and math.isnan(rows[2][3]) and rows[2][4] == -1
 
 
 def test_postgres_landing_table_is_dropped_after_the_model_read_it(adapter: Any, tmp_path: Path) -> None:
