@@ -26,7 +26,11 @@ _GATEWAY = re.compile(r"gateways:\n(?:  .*\n)+")
 
 def postgres_project(directory: Path, server: PostgresServer) -> Project:
     """A copy of the example project whose SQLMesh engine is a fresh database on ``server``."""
-    project = local_project(directory)
+    return on_postgres(local_project(directory), server)
+
+
+def on_postgres(project: Project, server: PostgresServer) -> Project:
+    """``project`` with its SQLMesh engine moved to a fresh database on ``server``."""
     database = server.create_database().split("dbname=")[1].split()[0]
     gateway = (
         "gateways:\n"

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from engine_projects import postgres_project, spark_project
-from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, Project, local_project
+from engine_projects import on_postgres, postgres_project, spark_project
+from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, Project, local_project, s3_project
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +130,18 @@ def test_virtual_promotion_publishes_the_dev_export_to_prod(story_of: Callable[[
     story = story_of(engine)
     assert story.after_promotion[PROD_EXPORT] == story.after_dev[DEV_EXPORT]
     assert story.after_promotion[PROD_EXPORT] != story.prod_after_fix[PROD_EXPORT]
+
+
+@pytest.mark.postgres
+@pytest.mark.s3
+def test_postgres_engine_on_s3_publishes_the_duckdb_engines_bytes(
+    story_of: Callable[[str], Story],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    """The landing data reaches PostgreSQL from the bucket (httpfs in engine_io's DuckDB)."""
+    request.getfixturevalue("s3_credentials_for_tests")
+    project = on_postgres(s3_project(tmp_path, request.getfixturevalue("s3_server")), request.getfixturevalue("postgres_engine"))
+    project.plan()
+    assert project.objects("prod/") == story_of("duckdb").prod_first
+
