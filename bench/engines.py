@@ -8,9 +8,9 @@ peak memory is its own:
     DuckDB engine runs the kinds' native ``COPY``; PostgreSQL goes through ``engine_io``
     (server-side cursor, batches into a private DuckDB, the same ``COPY``). The parquet
     files must be byte-identical;
-(b) peak memory of the PostgreSQL export (VmHWM minus the RSS just before it) for two table
-    sizes at one batch size and for two batch sizes at one table size: it must follow the
-    batch size, not the table size.
+(b) peak memory of the PostgreSQL export (VmHWM minus the RSS just before it) for several
+    table sizes: on the COPY path (scalar columns) and on the batched-cursor path (the same
+    rows plus a TIMESTAMPTZ column, which CSV does not carry exactly) at two batch sizes.
 
 Run: ``.venv/bin/python bench/engines.py [--rows N] [--rounds K]``. Figures are medians over
 K rounds; targets are in docs/performance.md.
@@ -35,17 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from support.pgserver import ROLE, PostgresServer  # noqa: E402
 
 COLUMNS = {"country_id": "VARCHAR", "indicator_id": "VARCHAR", "year": "INTEGER", "value": "DOUBLE", "source": "VARCHAR"}
+TZ_COLUMNS = {**COLUMNS, "at": "TIMESTAMPTZ"}
 # The same rows on both engines: i is 1..N.
 _ROWS_SQL = (
     "SELECT 'C' || CAST(i % 250 AS VARCHAR) AS country_id, 'IND.' || CAST(i % 997 AS VARCHAR) AS indicator_id, "
     "CAST(1960 + i % 70 AS INTEGER) AS year, CAST(i AS DOUBLE) / 8 AS value, "
     "CASE WHEN i % 3 = 0 THEN 'wdi' WHEN i % 3 = 1 THEN 'sdg' ELSE 'opri' END AS source "
-    "FROM generate_series(1, {rows}) AS s(i)"
+    "{extra}FROM generate_series(1, {rows}) AS s(i)"
 )
+_TZ_EXTRA = ", TIMESTAMPTZ '2024-01-01 00:00:00+00' + i * INTERVAL '1' SECOND AS at "
 
 
-def _table(rows: int) -> str:
-    return f"bench.rows_{rows}"
+def _table(rows: int, shape: str = "scalar") -> str:
+    return f"bench.{shape}_{rows}"
 
 
 def _postgres_adapter(port: int, database: str) -> Any:
@@ -62,12 +64,13 @@ def _duckdb_adapter(path: str) -> Any:
     return DuckDBConnectionConfig(database=path).create_engine_adapter()
 
 
-def _create(adapter: Any, rows: int) -> None:
+def _create(adapter: Any, rows: int, shape: str = "scalar") -> None:
     from sqlglot import exp
 
     adapter.create_schema("bench")
-    query = exp.maybe_parse(_ROWS_SQL.format(rows=rows), dialect="duckdb")
-    adapter.replace_query(_table(rows), query)
+    extra = _TZ_EXTRA if shape == "tz" else " "
+    query = exp.maybe_parse(_ROWS_SQL.format(rows=rows, extra=extra), dialect="duckdb")
+    adapter.replace_query(_table(rows, shape), query)
 
 
 def _rss_kb(field: str) -> int:
@@ -83,19 +86,18 @@ def child(args: argparse.Namespace) -> None:
 
     from sqlmesh_osaa.integration import engine_io
 
-    if args.memory_limit:
-        engine_io.DUCKDB_MEMORY_LIMIT = args.memory_limit
     adapter = _postgres_adapter(args.port, args.database) if args.engine == "postgres" else _duckdb_adapter(args.database)
     adapter.fetchall("SELECT 1")
-    types = {name: exp.DataType.build(dtype, dialect="duckdb") for name, dtype in COLUMNS.items()}
+    columns = TZ_COLUMNS if args.shape == "tz" else COLUMNS
+    types = {name: exp.DataType.build(dtype, dialect="duckdb") for name, dtype in columns.items()}
     with tempfile.TemporaryDirectory(prefix="osaa-bench-") as workdir:
         target = Path(workdir) / "export.parquet"
         before = _rss_kb("VmRSS")
         started = time.perf_counter()
         if args.engine == "postgres":
-            engine_io.export_parquet(adapter, _table(args.rows), types, target, batch_rows=args.batch_rows)
+            engine_io.export_parquet(adapter, _table(args.rows, args.shape), types, target, batch_rows=args.batch_rows)
         else:
-            adapter.execute(engine_io.sorted_parquet_copy(_table(args.rows), target))
+            adapter.execute(engine_io.sorted_parquet_copy(_table(args.rows, args.shape), target))
         seconds = time.perf_counter() - started
         peak = _rss_kb("VmHWM") - before
         md5 = hashlib.md5(target.read_bytes()).hexdigest()
@@ -104,10 +106,10 @@ def child(args: argparse.Namespace) -> None:
 
 
 def _run_child(
-    engine: str, database: str, rows: int, batch_rows: int, port: int, env: dict[str, str], memory_limit: str = ""
+    engine: str, database: str, rows: int, batch_rows: int, port: int, env: dict[str, str], shape: str = "scalar"
 ) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", engine, "--database", database, "--rows", str(rows),
-               "--batch-rows", str(batch_rows), "--port", str(port), "--memory-limit", memory_limit]  # fmt: skip
+               "--batch-rows", str(batch_rows), "--port", str(port), "--shape", shape]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         out, _ = process.communicate(timeout=600)
@@ -128,7 +130,7 @@ def main() -> None:
     parser.add_argument("--database", default="")
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--memory-limit", default="", help="DuckDB memory limit of the export (default: engine_io's)")
+    parser.add_argument("--shape", choices=["scalar", "tz"], default="scalar")
     args = parser.parse_args()
     if args.child:
         args.engine = args.child
@@ -148,6 +150,7 @@ def main() -> None:
             for rows in (small, args.rows):
                 _create(postgres, rows)
                 _create(duck, rows)
+                _create(postgres, rows, "tz")
             postgres.execute("ANALYZE")
             postgres.close()
             duck.close()
@@ -155,11 +158,18 @@ def main() -> None:
             for _ in range(args.rounds):
                 runs["duckdb"].append(_run_child("duckdb", duck_path, args.rows, BATCH_ROWS, 0, env))
                 runs["postgres"].append(_run_child("postgres", database, args.rows, BATCH_ROWS, server.port, env))
+            pg = {"database": database, "port": server.port, "env": env}
             memory = {
-                f"{small} rows, batch {BATCH_ROWS}": _run_child("postgres", database, small, BATCH_ROWS, server.port, env),
-                f"{args.rows} rows, batch {BATCH_ROWS}": runs["postgres"][0],
-                f"{args.rows} rows, batch {BATCH_ROWS * 4}": _run_child(
-                    "postgres", database, args.rows, BATCH_ROWS * 4, server.port, env
+                f"COPY path, {small} rows": _run_child("postgres", rows=small, batch_rows=BATCH_ROWS, **pg),
+                f"COPY path, {args.rows} rows": runs["postgres"][0],
+                f"cursor path, {small} rows, batch {BATCH_ROWS}": _run_child(
+                    "postgres", rows=small, batch_rows=BATCH_ROWS, shape="tz", **pg
+                ),
+                f"cursor path, {args.rows} rows, batch {BATCH_ROWS}": _run_child(
+                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS, shape="tz", **pg
+                ),
+                f"cursor path, {args.rows} rows, batch {BATCH_ROWS * 4}": _run_child(
+                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS * 4, shape="tz", **pg
                 ),
             }
     finally:
@@ -170,7 +180,8 @@ def main() -> None:
     print(f"(a) export of {args.rows} rows: DuckDB engine {duck_s:.2f} s, PostgreSQL {pg_s:.2f} s, "
           f"ratio {pg_s / duck_s:.2f}x (target <= 2x); byte-identical: {len(identical) == 1}")  # fmt: skip
     for label, result in memory.items():
-        print(f"(b) PostgreSQL export, {label}: peak {result['peak_mb']:.0f} MB above the start")
+        print(f"(b) PostgreSQL export, {label}: peak {result['peak_mb']:.0f} MB above the start, "
+              f"{result['seconds']:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":
