@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/engines.py
 
 clean:
-	rm -rf $(VENV) .osaa .pytest_cache
+	rm -rf $(VENV) .osaa .pytest_cache .demo

@@ -1,7 +1,9 @@
 """A guided tour of sqlmesh-osaa on the example project, on the embedded local store.
 
-Run it with ``make demo``. It works on a temporary copy of this project, so every run
-starts from a clean state and leaves the repository untouched (``--keep`` keeps the copy).
+Run it with ``make demo``. It works on a fresh copy of this project in ``.demo/example_project``
+at the repository root (``--workdir`` to choose another place), replaced at every run and
+kept afterwards, so you can look inside and run the commands yourself. The repository's
+own ``example_project`` is never touched.
 """
 
 from __future__ import annotations
@@ -10,60 +12,56 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.storage import LocalStore
 
 HERE = Path(__file__).resolve().parent
-SQLMESH = Path(sys.executable).parent / "sqlmesh"
+DEFAULT_WORKDIR = HERE.parent / ".demo"
+BIN = Path(sys.executable).parent
 EXPORT_KEY = "prod/indicators/indicators.parquet"
-BAD_FILE = "data/raw/sdg/SDG_DATA_UPDATE.csv"
-BAD_ROWS = "INDICATOR_ID,COUNTRY_ID,YEAR,VALUE,MAGNITUDE,QUALIFIER\nCR.1,NGA,2023,74.0,,\nCR.1,KEN,2099,88.0,,\n"
+NEW_FILE = "data/raw/sdg/SDG_DATA_UPDATE.csv"
+HEADER = "INDICATOR_ID,COUNTRY_ID,YEAR,VALUE,MAGNITUDE,QUALIFIER\n"
+BAD_ROWS = HEADER + "CR.1,NGA,2023,74.0,,\nCR.2,KEN,2022,,,\n"
+FIXED_ROWS = BAD_ROWS.replace("2022,,,", "2022,88.0,,")
+WIDTH = 100
 
 
 def say(text: str) -> None:
-    print(textwrap.fill(" ".join(text.split()), width=96), end="\n\n")
+    print(textwrap.fill(" ".join(text.split()), width=WIDTH), end="\n\n")
 
 
 def heading(text: str) -> None:
-    print(f"\n=== {text} " + "=" * max(0, 88 - len(text)) + "\n")
+    print(f"\n=== {text} " + "=" * max(0, WIDTH - 5 - len(text)) + "\n")
 
 
 def sqlmesh(project: Path, *args: str) -> int:
+    """Run a sqlmesh command and show the lines that tell the story (audits, publication, errors)."""
     print(f"$ sqlmesh {' '.join(args)}")
-    result = subprocess.run([str(SQLMESH), *args], cwd=project, capture_output=True, text=True)
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    words = ("audit", "insert", "full refresh", "Error", "failed")
-    interesting = [line for line in lines if any(word in line for word in words)]
-    for line in interesting[-12:]:
-        print(f"    {line.strip()}")
+    result = subprocess.run([str(BIN / "sqlmesh"), *args], cwd=project, capture_output=True, text=True)
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    words = ("audits passed", "audit", "sqlmesh-osaa published", "Error", "failed")
+    for line in [line for line in lines if any(word in line for word in words)][-8:]:
+        print(f"    {line}")
     print(f"    -> exit code {result.returncode}\n")
     return result.returncode
 
 
-def published(store: LocalStore) -> dict[str, str]:
-    return {info.key: (store.head(info.key).md5 or "")[:8] for info in store.list_prefix("prod/")}
+def recover(project: Path, *args: str) -> int:
+    """Run ``sqlmesh osaa-recover`` with its own output, as an operator would see it."""
+    print(f"$ sqlmesh osaa-recover {' '.join(args)}")
+    sys.stdout.flush()
+    result = subprocess.run([str(BIN / "sqlmesh"), "osaa-recover", *args], cwd=project)
+    print(f"    -> exit code {result.returncode}\n")
+    return result.returncode
 
 
-def show_published(store: LocalStore, before: dict[str, str] | None = None) -> dict[str, str]:
-    now = published(store)
-    if not now:
-        print("    (nothing under prod/)")
-    for key, md5 in sorted(now.items()):
-        print(f"    {key:55} md5 {md5}{_change(before, key, md5)}")
+def show_published(store: LocalStore) -> None:
+    keys = sorted(info.key for info in store.list_prefix("prod/"))
+    for key in keys or ["(nothing under prod/)"]:
+        print(f"    {key}")
     print()
-    return now
-
-
-def _change(before: dict[str, str] | None, key: str, md5: str) -> str:
-    if before is None:
-        return ""
-    if key not in before:
-        return "  (new)"
-    return "  (changed)" if before[key] != md5 else "  (unchanged)"
 
 
 def export_rows(store: LocalStore) -> int:
@@ -73,67 +71,65 @@ def export_rows(store: LocalStore) -> int:
         return connection.execute("SELECT count(*) FROM read_parquet(?)", [store.uri(EXPORT_KEY)]).fetchone()[0]
 
 
-def last_failures(project: Path) -> list[dict]:
-    with PipelineCheckpoint("sqlmesh", project / ".osaa" / "checkpoints.duckdb") as checkpoint:
-        return checkpoint.list(scope=CheckpointScope.MODEL, status="failed")
-
-
 def tour(project: Path) -> None:
     store = LocalStore(project / ".osaa" / "storage", "osaa")
 
-    heading("1. Plan prod: ingest the raw files, build the models, publish")
-    say("""The project has three raw sources (World Bank WDI, UIS SDG, UIS OPRI) as CSV files under
-        data/raw/. Models of kind osaa_file_ingest convert them to parquet, a master model
-        `osaa.indicators` puts them in one long table, and `osaa.indicators_export` (kind osaa_s3_export)
-        is the published dataset. Nothing is published before SQLMesh's audits pass.""")
+    heading("1. The first plan: ingest the raw files, build the models, publish")
+    say("""The project has three raw sources (World Bank WDI, UIS SDG, UIS OPRI) as CSV files in data/raw/.
+        Three models turn them into tables, `osaa.indicators` puts them in one long table, and
+        `osaa.indicators_export` is the dataset we publish. Nothing is published before SQLMesh's audits
+        pass. We plan the prod environment:""")
     sqlmesh(project, "plan", "--auto-apply", "--no-prompts")
-    say("Published under the prod prefix of the store (.osaa/storage/osaa/ in the project copy):")
-    before = show_published(store)
-    say(f"The export holds {export_rows(store)} indicator values.")
+    say("These objects are now published under the prod prefix of the store (.osaa/storage/osaa/prod/):")
+    show_published(store)
+    say(f"The published dataset holds {export_rows(store)} indicator values.")
 
-    heading("2. A new SDG file arrives with a bad row: the audit blocks publication")
-    say(f"""We add {BAD_FILE}: one good row, and one with the year 2099. We tell SQLMesh the source
-        changed (`--restate-model osaa_raw.sdg`, SQLMesh's way to reprocess data). The model's
-        `accepted_range` audit (years 1960-2030) fails, so SQLMesh does not record the interval, and
-        sqlmesh-osaa publishes nothing from it.""")
-    (project / BAD_FILE).write_text(BAD_ROWS, encoding="utf-8")
+    heading("2. New data arrives with a hole in it")
+    say(f"""A new SDG file arrives, {NEW_FILE}. One of its rows has no value. The SDG model itself accepts
+        it (its audits check ids and years, not values), but the master table's `not_null` audit refuses
+        it. We tell SQLMesh the source changed, with `--restate-model osaa_raw.sdg`:""")
+    (project / NEW_FILE).write_text(BAD_ROWS, encoding="utf-8")
     sqlmesh(project, "plan", "--restate-model", "osaa_raw.sdg", "--auto-apply", "--no-prompts")
-    say("The prod prefix is exactly as it was:")
-    show_published(store, before)
-    for row in last_failures(project):
-        say(f"MODEL checkpoint {row['key'].split('|')[0]}: FAILED - {row['error_message']}")
+    say("""The plan failed, and nothing was published from it: prod holds exactly what it held before.
+        A team that set up notification targets for SQLMesh (Slack, e-mail) would have got one message
+        saying the publication of prod is held back, for which model, and why. Here is what an operator
+        sees:""")
+    recover(project, "list-failed")
+    say("""The model failure is a data error: running it again cannot help until the data changes. What
+        should we do? `retry` reads SQLMesh's graph of models and finds where the data comes from:""")
+    recover(project, "retry", "--scope", "model")
 
-    heading("3. Fix the file and run again: the data is published")
-    (project / BAD_FILE).write_text(BAD_ROWS.replace("2099", "2023"), encoding="utf-8")
-    sqlmesh(project, "plan", "--restate-model", "osaa_raw.sdg", "--auto-apply", "--no-prompts")
-    show_published(store, before)
-    say(f"""The export now holds {export_rows(store)} indicator values. The files that did not change
-        (WDI, OPRI, the first SDG file) were neither converted nor uploaded again: their FILE
-        checkpoints said so.""")
+    heading("3. Fix the data, and let retry apply the fix")
+    say("""We correct the file (the value was 88.0) and ask `retry` to run the plan it proposed. It restates
+        only the source whose file changed, and SQLMesh re-runs everything downstream of it:""")
+    (project / NEW_FILE).write_text(FIXED_ROWS, encoding="utf-8")
+    recover(project, "retry", "--scope", "model", "--apply")
+    say(f"""The published dataset now holds {export_rows(store)} indicator values. The files that did not
+        change were neither converted nor uploaded again: their checkpoints said so.""")
 
-    heading("What was recorded")
-    with PipelineCheckpoint("sqlmesh", project / ".osaa" / "checkpoints.duckdb") as checkpoint:
-        for row in reversed(checkpoint.list(scope=CheckpointScope.PIPELINE)):
-            outcome = row["status"].upper()
-            print(f"    {row['key']:48} {outcome:10} published {row['metadata'].get('published_count', 0)} object(s)")
-    print()
+    heading("4. Where things stand")
+    say("""Nothing is broken any more, so `list-failed` exits 0. The failed plan is not forgotten: it counts
+        as recovered, and `stats` says how long the recovery took.""")
+    recover(project, "list-failed")
+    recover(project, "stats")
+    report = project / "report.html"
+    recover(project, "report", "--html", str(report))
+    say(f"""Open {report} in a browser: runs over time with the failure marked, time to recovery, the
+        slowest models, and what prod publishes and from which evaluation. For Prometheus, `sqlmesh
+        osaa-recover stats --format openmetrics` prints the same numbers as metrics.""")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary project copy to look around")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where the project copy goes (replaced)")
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="osaa-demo-"))
-    project = workdir / "example_project"
-    leftovers = shutil.ignore_patterns("warehouse.duckdb*", ".osaa", ".cache", "logs", "__pycache__")
+    project = args.workdir.resolve() / "example_project"
+    shutil.rmtree(project, ignore_errors=True)
+    leftovers = shutil.ignore_patterns("warehouse.duckdb*", ".osaa", ".cache", "logs", "__pycache__", "demo.py")
     shutil.copytree(HERE, project, ignore=leftovers)
-    try:
-        tour(project)
-    finally:
-        if args.keep:
-            print(f"The project copy is in {project}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"The demo works on a copy of the example project in {project}; it stays there afterwards.")
+    tour(project)
+    print(f"The project copy is in {project}: `cd` there and try `sqlmesh osaa-recover history --key osaa.indicators`.")
 
 
 if __name__ == "__main__":

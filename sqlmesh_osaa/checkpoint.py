@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
+from sqlmesh_osaa.redaction import redact
 from sqlmesh_osaa.settings import get_settings
 from sqlmesh_osaa.storage import file_md5
 
@@ -596,7 +597,7 @@ class PipelineCheckpoint:
             FAILED,
             file_path=file_path,
             metadata=metadata,
-            error_message=error_message,
+            error_message=redact(error_message),  # any exception's text: no credential is stored
             category=_category_value(category),
         )
 
@@ -638,6 +639,19 @@ class PipelineCheckpoint:
             [self.pipeline_name, CheckpointScope(scope).value, key],
         )
         return [_as_event(row) for row in rows]
+
+    def count_failures(self, error_prefix: str) -> int:
+        """How many failures of this pipeline's event log had an error starting with ``error_prefix``.
+
+        Monitoring counts failures by cause this way (calls refused by an open circuit)
+        without reading every item's history.
+        """
+        (count,) = self._query(
+            f"SELECT count(*) FROM checkpoint_events WHERE pipeline = ? AND to_status = '{FAILED}' "
+            "AND starts_with(error_message, ?)",
+            [self.pipeline_name, error_prefix],
+        )[0]
+        return count
 
     def clear_checkpoint(
         self, scope: CheckpointScope | str, key: str, file_path: str | Path | None = None

@@ -132,6 +132,37 @@ def _check_readable_csv(source: Path) -> None:
             "replace it with the complete export or remove it",
             file_path=str(source),
         )
+    kind = _binary_kind(source)
+    if kind is not None:
+        raise FileConversionError(
+            f"Not a CSV text file: it holds binary data ({kind}) under a .csv name; "
+            "replace it with the CSV export, or remove it",
+            file_path=str(source),
+        )
+
+
+# Signatures of files that end up named .csv by mistake; any other NUL byte also means binary.
+_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"PK\x03\x04": "a ZIP archive, e.g. an .xlsx workbook",
+    b"%PDF": "a PDF document",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\xd0\xcf\x11\xe0": "an old Excel .xls workbook",
+    b"PAR1": "a parquet file",
+}
+_SNIFF_BYTES = 8192
+
+
+def _binary_kind(source: Path) -> str | None:
+    """What binary format the file starts with, if any (CSV text holds no NUL byte)."""
+    with source.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    for signature, kind in _SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    if b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "NUL bytes"
+    return None
 
 
 def _copy(db: duckdb.DuckDBPyConnection, source: Path, temporary: Path) -> int:

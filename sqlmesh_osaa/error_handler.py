@@ -346,7 +346,7 @@ _Transition = tuple[CircuitBreakerState, CircuitBreakerState]
 
 def _is_caller_error(error: BaseException) -> bool:
     """A permanent error (NoSuchKey, bad input) is the caller's fault, not the service's."""
-    return categorize_error(error) is ErrorCategory.PERMANENT
+    return categorize_error(error) in (ErrorCategory.PERMANENT, ErrorCategory.DATA)
 
 
 class _Ticket(NamedTuple):
@@ -585,7 +585,7 @@ class FailureRecord:
 def _batch_category(failures: list[FailureRecord]) -> ErrorCategory:
     """Retrying a batch helps only if none of its failures is permanent."""
     categories = {failure.category for failure in failures}
-    if ErrorCategory.PERMANENT in categories:
+    if categories & {ErrorCategory.PERMANENT, ErrorCategory.DATA}:
         return ErrorCategory.PERMANENT
     if categories == {ErrorCategory.TRANSIENT}:
         return ErrorCategory.TRANSIENT

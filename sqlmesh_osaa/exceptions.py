@@ -15,6 +15,8 @@ import re
 from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
 
+from sqlmesh_osaa.redaction import redact
+
 
 class ErrorCategory(str, Enum):
     """Whether retrying an operation that raised an error can succeed."""
@@ -22,13 +24,17 @@ class ErrorCategory(str, Enum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     UNKNOWN = "unknown"
+    # The data broke a rule (a SQLMesh audit): permanent until the data changes, never retried.
+    DATA = "data"
 
 
 class PipelineBaseError(Exception):
     """Base of every error raised by sqlmesh_osaa.
 
     ``context`` names the things involved (key, file_path, operation, ...); they are
-    appended to the message so a log line alone says what failed.
+    appended to the message so a log line alone says what failed. Message and context are
+    redacted (URL passwords, known secret values) when the error is made, so no credential
+    reaches a log, a checkpoint row or the CLI's JSON through an error.
     """
 
     default_category: ErrorCategory = ErrorCategory.UNKNOWN
@@ -40,15 +46,16 @@ class PipelineBaseError(Exception):
         category: ErrorCategory | None = None,
         **context: Any,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.category = category or self.default_category
-        self.context = {k: v for k, v in context.items() if v is not None}
+        self.context = {k: redact(v) if isinstance(v, str) else v for k, v in context.items() if v is not None}
 
     def __str__(self) -> str:
         if not self.context:
             return self.message
-        details = ", ".join(f"{k}={v!r}" for k, v in self.context.items())
+        details = redact(", ".join(f"{k}={v!r}" for k, v in self.context.items()))
         return f"{self.message} ({details})"
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -290,6 +297,10 @@ _PERMANENT_CLASS_NAMES = frozenset(
 )
 
 
+# SQLMesh's audit failures, by name (the core never imports sqlmesh).
+_DATA_CLASS_NAMES = frozenset({"AuditError", "NodeAuditsErrors"})
+
+
 def _class_names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
@@ -359,7 +370,7 @@ def _builtin_category(exc: BaseException) -> ErrorCategory | None:
 
 
 def categorize_error(exc: BaseException) -> ErrorCategory:
-    """Classify any exception as transient, permanent or unknown.
+    """Classify any exception as transient, permanent, data (a failed audit) or unknown.
 
     Our own errors carry their category; an unknown-category wrapper defers to its
     cause. botocore client errors are classified by S3 error code, then HTTP status (so
@@ -378,6 +389,8 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
         if category is not None:
             return category
     names = _class_names(exc)
+    if names & _DATA_CLASS_NAMES:
+        return ErrorCategory.DATA
     status = _http_status(exc, names)
     category = _status_category(status) if status is not None else None
     category = category or _library_category(exc, names) or _builtin_category(exc)

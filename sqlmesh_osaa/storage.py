@@ -42,6 +42,7 @@ from sqlmesh_osaa.exceptions import (
     S3OperationError,
     categorize_error,
 )
+from sqlmesh_osaa.redaction import install_log_redaction, register_secret, url_userinfo, without_userinfo
 from sqlmesh_osaa.settings import StorageSettings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -779,6 +780,9 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, a
     import botocore.session
     from botocore.config import Config
 
+    install_log_redaction()
+    if endpoint_url and url_userinfo(endpoint_url):
+        raise _endpoint_with_credentials(endpoint_url)
     config = Config(
         region_name=region,
         retries={"total_max_attempts": 1, "mode": "standard"},
@@ -786,7 +790,30 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, a
     )
     session = botocore.session.get_session()
     session.register_component("data_loader", _botocore_loader())
-    return session.create_client("s3", endpoint_url=endpoint_url, config=config)
+    _register_credentials(session)
+    client = session.create_client("s3", endpoint_url=endpoint_url, config=config)
+    if url_userinfo(client.meta.endpoint_url):  # from AWS_ENDPOINT_URL or a profile
+        raise _endpoint_with_credentials(client.meta.endpoint_url)
+    return client
+
+
+def _register_credentials(session: Any) -> None:
+    """Credentials from a profile file or a role are in no environment variable: tell the redaction their values."""
+    found = session.get_credentials()  # cached on the session: create_client signs with the same object
+    if found is not None:
+        frozen = found.get_frozen_credentials()
+        register_secret(frozen.secret_key, frozen.token)
+
+
+def _endpoint_with_credentials(endpoint_url: str) -> S3ConfigurationError:
+    """Refused rather than stripped: a URL password is a credential in the wrong place, and S3 never uses it."""
+    return S3ConfigurationError(
+        f"The S3 endpoint URL {without_userinfo(endpoint_url)} carries a user name or password: S3 takes "
+        "credentials from boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role), never "
+        "from the URL; remove 'user:password@' from storage.endpoint_url (OSAA_STORAGE__ENDPOINT_URL) or "
+        "AWS_ENDPOINT_URL",
+        operation="create_client",
+    )
 
 
 class S3Store(ObjectStore):

@@ -114,6 +114,28 @@ def test_s3_operation_error_without_cause_is_unknown() -> None:
     assert categorize_error(S3OperationError("upload failed")) is ErrorCategory.UNKNOWN
 
 
+def test_a_failed_sqlmesh_audit_is_a_data_error() -> None:
+    from sqlmesh.utils.errors import NodeAuditsErrors
+
+    assert categorize_error(NodeAuditsErrors([])) is ErrorCategory.DATA
+
+
+def test_a_data_error_is_never_retried() -> None:
+    from sqlmesh.utils.errors import NodeAuditsErrors
+
+    from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
+
+    calls = []
+
+    def audit() -> None:
+        calls.append(1)
+        raise NodeAuditsErrors([])
+
+    with pytest.raises(NodeAuditsErrors):
+        ErrorHandler(RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)).execute(audit)
+    assert len(calls) == 1
+
+
 # --- every error issue 9 names, as the libraries raise it ----------------------------------
 
 

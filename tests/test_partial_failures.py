@@ -63,6 +63,7 @@ def test_failures_by_category_counts_every_category(collector: PartialFailureCol
         ErrorCategory.TRANSIENT: 1,
         ErrorCategory.PERMANENT: 1,
         ErrorCategory.UNKNOWN: 1,
+        ErrorCategory.DATA: 0,
     }
 
 
@@ -71,7 +72,7 @@ def test_summary_gives_counts_categories_types_and_failed_items(collector: Parti
         "total": 5,
         "succeeded": 2,
         "failed": 3,
-        "by_category": {"transient": 1, "permanent": 1, "unknown": 1},
+        "by_category": {"transient": 1, "permanent": 1, "unknown": 1, "data": 0},
         "by_error_type": {"ValueError": 1, "ClientError": 1, "RuntimeError": 1},
         "failed_items": [
             {"item": "bad.csv", "category": "permanent", "error_type": "ValueError", "message": "malformed header"},
@@ -94,7 +95,7 @@ def test_log_summary_writes_one_count_line_and_one_warning_per_failure(
 
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert infos == ["Batch finished: 5 items, 2 succeeded, 3 failed (transient: 1, permanent: 1, unknown: 1)"]
+    assert infos == ["Batch finished: 5 items, 2 succeeded, 3 failed (transient: 1, permanent: 1, unknown: 1, data: 0)"]
     assert len(warnings) == 3
     assert all(item in line for item, line in zip(["bad.csv", "big.csv", "odd.csv"], warnings))
     assert "[permanent]" in warnings[0] and "malformed header" in warnings[0]

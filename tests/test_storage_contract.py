@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
+from support import processes
 from support.faultproxy import FaultProxy
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
-from sqlmesh_osaa.exceptions import ErrorCategory, S3ConfigurationError, S3OperationError
+from sqlmesh_osaa.exceptions import (
+    ErrorCategory,
+    S3ConfigurationError,
+    S3OperationError,
+)
 from sqlmesh_osaa.settings import StorageSettings
 from sqlmesh_osaa.storage import (
     MD5_METADATA_KEY,
@@ -393,20 +398,14 @@ def kill_during_a_put(local: LocalStore, tmp_path: Path) -> None:
     """SIGKILL a process while it writes data/file.bin: its partial temp file stays behind."""
     fifo = tmp_path / "source.fifo"
     os.mkfifo(fifo)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
+    command = [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)]
+    with processes.spawn(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}) as child:
         with open_fifo_for_writing(fifo, child) as feed:
             feed.write(b"n" * (MiB + MiB // 2))  # the child copies 1 MiB, then waits for more
             feed.flush()
             wait_for_partial_temp_file(local.root / "bkt" / "data", MiB)
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=10)
-    finally:
-        child.kill()
-        child.wait(timeout=10)
 
 
 def test_local_sigkill_during_a_put_leaves_the_previous_object_intact(local: LocalStore, tmp_path: Path) -> None:
@@ -656,19 +655,12 @@ def test_s3_remove_incomplete_aborts_the_multipart_upload_of_a_killed_process(
     source = write(tmp_path, "big", os.urandom(11 * MiB))
     s3_client.create_multipart_upload(Bucket=s3_bucket, Key="other/live.parquet")
     fault_proxy.delay_next(100, 5.0, operations=["UploadPart"])
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_MULTIPART_PUT, s3_bucket, fault_proxy.url, str(source)],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        start_new_session=True,
-    )
-    try:
+    command = [sys.executable, "-c", KILLED_MULTIPART_PUT, s3_bucket, fault_proxy.url, str(source)]
+    with processes.spawn(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}) as child:
         deadline = time.monotonic() + 30
         while fault_proxy.count("UploadPart") == 0 and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         assert fault_proxy.count("UploadPart") > 0, "the child never started uploading parts"
-    finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=10)
     fault_proxy.clear()
     store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
 

@@ -171,7 +171,25 @@ def command_run(
     except ConfigurationError as error:
         _fail(ctx, f"Configuration error: {error}", EXIT_USAGE, as_json, db_path)
     except PipelineBaseError as error:
-        _fail(ctx, str(error), EXIT_USAGE, as_json, db_path)
+        damaged = _is_damaged_database(error.__cause__ or error)
+        _fail(ctx, f"{error}. {DAMAGED_ADVICE}" if damaged else str(error), EXIT_USAGE, as_json, db_path)
+    except Exception as error:
+        if not _is_damaged_database(error):
+            raise
+        _fail(ctx, f"Cannot read checkpoint database {db_path}: {error}. {DAMAGED_ADVICE}", EXIT_USAGE, as_json, db_path)
+
+
+DAMAGED_ADVICE = (
+    "The file is damaged (truncated or not a DuckDB database): restore it from a backup, or move it "
+    "aside to start with no checkpoints (every item is then new)"
+)
+
+
+def _is_damaged_database(error: BaseException | None) -> bool:
+    """DuckDB could not read the file itself (not a lock held by another process)."""
+    import duckdb
+
+    return isinstance(error, duckdb.IOException) and "lock" not in str(error).lower()
 
 
 def _fail(ctx: click.Context, message: str, exit_code: int, as_json: bool, db_path: Path | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sqlmesh_osaa.checkpoint import EVENT_COLUMNS, CheckpointScope, CheckpointStatus, PipelineCheckpoint
@@ -70,6 +71,45 @@ def failing_since(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> dat
     return since
 
 
+RECOVERED_SHOWN = 20
+
+
+def _time_to_recovery(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> tuple[datetime | None, float | None]:
+    """When the item's last failure spell began, and the seconds until it completed."""
+    spell, last = None, (None, None)
+    for event in checkpoint.history(row["scope"], row["key"]):
+        if event["to_status"] == FAILED and spell is None:
+            spell = event["at"]
+        elif event["to_status"] == COMPLETED and spell is not None:
+            last, spell = (spell, (event["at"] - spell).total_seconds()), None
+    return last
+
+
+def recovered(session: CheckpointSession, pipelines: Iterable[str], scope: str | None) -> list[dict[str, Any]]:
+    """Failures a later success superseded (``resolved_by``), most recent first, with their time to recovery."""
+    rows = [
+        row
+        for name in pipelines
+        for row in session.checkpoint(name).list(scope=scope, status=COMPLETED)
+        if (row.get("metadata") or {}).get("resolved_by")
+    ]
+    shown = []
+    for row in _recent_first(rows)[:RECOVERED_SHOWN]:
+        failed_at, seconds = _time_to_recovery(session.checkpoint(row["pipeline"]), row)
+        shown.append(
+            {
+                "pipeline": row["pipeline"],
+                "scope": row["scope"],
+                "key": row["key"],
+                "resolved_by": row["metadata"]["resolved_by"],
+                "failed_at": failed_at,
+                "recovered_at": row["completed_at"],
+                "time_to_recovery_seconds": seconds,
+            }
+        )
+    return shown
+
+
 def list_failed(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, limit: int | None) -> dict[str, Any]:
     pipelines = list(pipelines)
     rows = _recent_first([row for name in pipelines for row in failing_rows(session.checkpoint(name), scope)])
@@ -79,7 +119,7 @@ def list_failed(session: CheckpointSession, pipelines: Iterable[str], scope: str
         entry = item(row)
         entry["failing_since"] = failing_since(session.checkpoint(row["pipeline"]), row)
         items.append(entry)
-    return {"pipelines": pipelines, "count": len(items), "items": items}
+    return {"pipelines": pipelines, "count": len(items), "items": items, "recovered": recovered(session, pipelines, scope)}
 
 
 def _matches(row: Mapping[str, Any], status: str | None) -> bool:
@@ -123,12 +163,42 @@ def clear(
     return {"confirmed": confirm, "count": len(rows), "cleared": cleared, "items": [item(row) for row in rows]}
 
 
+def _model_of(row: Mapping[str, Any]) -> str | None:
+    return (row.get("metadata") or {}).get("model")
+
+
+def _is_file(row: Mapping[str, Any], wanted: str) -> bool:
+    recorded = row.get("file_path")
+    if not recorded:
+        return False
+    return recorded == wanted or Path(recorded) == Path(wanted).expanduser().resolve()
+
+
+def matching_keys(checkpoint: PipelineCheckpoint, scope: str | None, wanted: str) -> list[tuple[str, str]]:
+    """(scope, key) of the items ``wanted`` names: a whole key, else a model name, a raw file path or a key prefix."""
+    rows = checkpoint.list(scope=scope)
+    for rule in (
+        lambda row: row["key"] == wanted,
+        lambda row: _model_of(row) == wanted,
+        lambda row: _is_file(row, wanted),
+        lambda row: row["key"].startswith(wanted),
+    ):
+        found = sorted({(row["scope"], row["key"]) for row in rows if rule(row)})
+        if found:
+            return found
+    return [(s.value, wanted) for s in _scopes(scope)]
+
+
 def history(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, key: str) -> dict[str, Any]:
-    events = [
-        {field: event.get(field) for field in EVENT_COLUMNS}
-        for name in pipelines
-        for s in _scopes(scope)
-        for event in session.checkpoint(name).history(s, key)
-    ]
+    """Every event of the items ``key`` names (see :func:`matching_keys`), oldest first."""
+    events = []
+    keys: set[str] = set()
+    for name in pipelines:
+        checkpoint = session.checkpoint(name)
+        for item_scope, item_key in matching_keys(checkpoint, scope, key):
+            found = checkpoint.history(item_scope, item_key)
+            if found:
+                keys.add(item_key)
+            events.extend({field: event.get(field) for field in EVENT_COLUMNS} for event in found)
     events.sort(key=lambda event: (event["at"], event["seq"]))
-    return {"key": key, "count": len(events), "events": events}
+    return {"key": key, "keys": sorted(keys), "count": len(events), "events": events}

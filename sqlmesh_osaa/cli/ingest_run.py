@@ -8,6 +8,7 @@ command exits 1 when any file failed, so a scheduler sees it.
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -19,7 +20,11 @@ from sqlmesh_osaa.cli import output
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.exceptions import IngestError
 from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
+from sqlmesh_osaa.metrics import write_textfile
 from sqlmesh_osaa.storage import make_store
+
+# SQLMesh environment names: letters, digits, '_' and '-' (never a path).
+_ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @contextmanager
@@ -70,6 +75,24 @@ def _render(report: Mapping[str, Any]) -> None:
         output.note("Fix the files, then run this command again or `osaa-recover retry --scope file`.")
 
 
+def landing_prefix(prefix_for: Any, environment: str, prefix: str | None) -> str:
+    """The object prefix the files land under; a path-like --env or a bad --prefix is a usage error."""
+    if prefix is None:
+        if not _ENVIRONMENT.match(environment):
+            raise CliError(
+                f"--env {environment!r} is not a SQLMesh environment name: use letters, digits, '_' and '-' "
+                "(e.g. prod or dev_alice), or give the object prefix itself with --prefix"
+            )
+        return prefix_for(environment).strip("/")
+    parts = prefix.split("/")
+    if not prefix.strip("/") or prefix.startswith("/") or ".." in parts or "" in parts[:-1]:
+        raise CliError(
+            f"--prefix {prefix!r} is not a relative object prefix: give one such as dev/alice "
+            "(no leading '/', no '..', not empty)"
+        )
+    return prefix.strip("/")
+
+
 def run(
     ctx: click.Context,
     raw_dir: Path,
@@ -83,7 +106,7 @@ def run(
 ) -> None:
     with command_run(ctx, create_db=True, **target_options) as run:
         settings = run.target.settings
-        env_prefix = (prefix if prefix is not None else settings.environments.prefix_for(environment)).strip("/")
+        env_prefix = landing_prefix(settings.environments.prefix_for, environment, prefix)
         request = IngestRequest(raw_dir, env_prefix, pattern=pattern, source=source, verify_checksum=verify_checksum)
         try:
             with _progress(not run.as_json) as progress:
@@ -96,5 +119,6 @@ def run(
                 )
         except IngestError as error:
             raise CliError(f"Ingest of {raw_dir} did not start: {error}") from error
+        write_textfile(settings.monitoring.textfile_directory, run.session.checkpoint(pipeline))
         report = {"pipeline": pipeline, "raw_root": str(raw_dir), "env_prefix": env_prefix, **report_of(result)}
         run.finish(report, _render, EXIT_PROBLEMS if result.failures else EXIT_OK)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _PIPED_WIDTH = 240
@@ -55,7 +56,8 @@ def emit_json(data: Mapping[str, Any]) -> None:
 
 
 def error(message: str) -> None:
-    err_console().print(f"[bold red]Error:[/] {message}", highlight=False, markup=True)
+    """The message as written: square brackets in it (``raw[v2]``) are text, not markup."""
+    err_console().print(f"[bold red]Error:[/] {escape(message)}", highlight=False, markup=True)
 
 
 def text(value: Any) -> str:

@@ -8,6 +8,7 @@ configuration, database missing or locked).
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -47,6 +48,7 @@ def list_failed(ctx: click.Context, **params: Any) -> None:
 @options.pipeline
 @options.scope
 @click.option("--key", help="Retry only this item (FILE: its landing key; MODEL: <model>|<fingerprint>|<start>|<end>).")
+@click.option("--apply", is_flag=True, help="Run the restatement plan that fixes a MODEL data error (without it: print it).")
 @options.target
 @options.json_output
 @click.pass_context
@@ -54,7 +56,10 @@ def retry(ctx: click.Context, **params: Any) -> None:
     """Re-run one failed item, or every failed and interrupted item (of a scope).
 
     FILE items are ingested again, interrupted transactions recovered and rolled-back
-    promotions re-applied, MODEL items re-run with `sqlmesh run`. Reports each outcome.
+    promotions re-applied, MODEL items re-run with `sqlmesh run`. A MODEL item that failed a
+    blocking audit (a data error) needs a restatement of the sources upstream of it (found
+    in SQLMesh's DAG): the plan is printed (outcome `planned`), and run with --apply.
+    Reports each outcome.
     """
     _recover_run().retry(ctx, **params)
 
@@ -78,12 +83,45 @@ def clear(ctx: click.Context, **params: Any) -> None:
 
 @recover.command("stats")
 @options.pipeline
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json", "openmetrics"]),
+    default="table",
+    show_default=True,
+    help="openmetrics: the same figures as Prometheus metrics (OpenMetrics text), e.g. for a scrape or a push.",
+)
 @options.target
 @options.json_output
 @click.pass_context
 def stats(ctx: click.Context, **params: Any) -> None:
-    """Counts by status and scope, failure rate, retries, time to recovery, top failures."""
+    """Counts by status and scope, failure rate, retries, time to recovery, breakers, exports, top failures.
+
+    --json and --format json print the same document; --format openmetrics prints the same
+    numbers as OpenMetrics text (names in docs/monitoring.md).
+    """
     _recover_run().stats(ctx, **params)
+
+
+@recover.command("report")
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report to this file (one self-contained HTML page).",
+)
+@options.pipeline
+@options.target
+@options.json_output
+@click.pass_context
+def report(ctx: click.Context, **params: Any) -> None:
+    """Write one self-contained HTML page: runs over time, time to recovery, slowest models, what is published.
+
+    Everything is inline (CSS, SVG charts; no script, no network at view time), so the file
+    can be opened anywhere or kept as a CI artefact. Open failures are listed at the end.
+    """
+    _recover_run().report(ctx, **params)
 
 
 @recover.command("verify")
@@ -126,14 +164,22 @@ def reconcile(ctx: click.Context, **params: Any) -> None:
 
 
 @recover.command("history")
-@click.option("--key", required=True, help="The item's key.")
+@click.option(
+    "--key",
+    required=True,
+    help="A whole key, or a model name (osaa.indicators), a raw file path, or a key prefix: every item it names.",
+)
 @options.pipeline
 @options.scope
 @options.target
 @options.json_output
 @click.pass_context
 def history(ctx: click.Context, **params: Any) -> None:
-    """Show every state change of one item, oldest first."""
+    """Show every state change of the items --key names, oldest first.
+
+    --key is matched as a whole key first, then as a model name, a raw file path, and a key
+    prefix (the first rule that matches any item wins).
+    """
     _recover_run().history(ctx, **params)
 
 

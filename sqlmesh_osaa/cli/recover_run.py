@@ -16,12 +16,14 @@ from typing import Any, Mapping
 import click
 
 from sqlmesh_osaa.cli import failures, output
+from sqlmesh_osaa.cli import report as html_report
 from sqlmesh_osaa.cli import retry as retrying
-from sqlmesh_osaa.cli import stats as statistics
 from sqlmesh_osaa.cli import transactions as transactions_module
 from sqlmesh_osaa.cli import verify as verification
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.metrics import OPENMETRICS, render, write_atomically
+from sqlmesh_osaa.monitoring import database_stats
 from sqlmesh_osaa.storage import make_store
 
 
@@ -46,6 +48,13 @@ def _render_failed(report: Mapping[str, Any]) -> None:
     columns = ["Pipeline", "Scope", "Key", "File", "Attempts", "Status", "Last error", "Category", "Since"]
     output.show(output.table(f"Failed and interrupted items in {report['db_path']}", columns, rows))
     output.note(f"{report['count']} item(s)." if report["count"] else "No failed or interrupted items.")
+    if report["recovered"]:
+        recovered = [
+            (r["pipeline"], r["scope"], r["key"], r["failed_at"], r["recovered_at"], r["time_to_recovery_seconds"], r["resolved_by"])
+            for r in report["recovered"]
+        ]
+        header = ["Pipeline", "Scope", "Key", "Failed", "Recovered", "Time to recovery (s)", "Recovered by"]
+        output.show(output.table("Recovered by a later success (not counted as failing)", header, recovered))
 
 
 def list_failed(
@@ -66,17 +75,24 @@ def _render_retry(report: Mapping[str, Any]) -> None:
 
 
 def retry(
-    ctx: click.Context, pipeline: str | None, scope: str | None, key: str | None, db: Path | None, project: Path | None, as_json: bool
+    ctx: click.Context,
+    pipeline: str | None,
+    scope: str | None,
+    key: str | None,
+    apply: bool,
+    db: Path | None,
+    project: Path | None,
+    as_json: bool,
 ) -> None:
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         pipelines = run.session.pipelines(pipeline)
         store = make_store(run.target.settings.storage)
-        outcomes = retrying.retry(run.session, run.target, store, pipelines, scope, key)
+        outcomes = retrying.retry(run.session, run.target, store, pipelines, scope, key, apply)
         if key is not None and not outcomes:
             raise CliError(f"No item with key {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}")
         items = [vars(outcome) for outcome in outcomes]
         recovered = sum(1 for item in items if item["outcome"] == retrying.RECOVERED)
-        failed = sum(1 for item in items if item["outcome"] in (retrying.STILL_FAILED, retrying.NOT_RETRYABLE))
+        failed = sum(1 for item in items if item["outcome"] in (retrying.STILL_FAILED, retrying.NOT_RETRYABLE, retrying.PLANNED))
         report = {"count": len(items), "recovered": recovered, "failed": failed, "items": items}
         run.finish(report, _render_retry, EXIT_PROBLEMS if failed else EXIT_OK)
 
@@ -130,12 +146,13 @@ def _render_stats(report: Mapping[str, Any]) -> None:
                 f"{entry['retries']['total']} ({entry['retries']['per_item']:.2f}/item)",
                 f"{ttr['recovered']} recovered, {ttr['unrecovered']} not"
                 + (f"; mean {ttr['mean_seconds']:.1f}s, max {ttr['max_seconds']:.1f}s" if ttr["recovered"] else ""),
+                entry["last_success_at"],
                 f"{entry['circuit_breaker_openings']} / {entry['circuit_breaker_rejections']}",
             )
         )
     columns = [
         "Pipeline", "Items", "Completed", "Failed", "Interrupted", "Failure rate", "Retries", "Time to recovery",
-        "Breaker openings / rejections",
+        "Last success", "Breaker openings / rejections",
     ]
     output.show(output.table(f"Checkpoint statistics ({report['db_path']})", columns, rows))
     errors = [(n, e["count"], e["error_category"], e["error_message"]) for n, s in report["pipelines"].items() for e in s["most_common_errors"]]
@@ -144,15 +161,55 @@ def _render_stats(report: Mapping[str, Any]) -> None:
     stuck = [(n, i["scope"], i["key"], i["attempt"], i["error_message"]) for n, s in report["pipelines"].items() for i in s["consistently_failing"]]
     if stuck:
         output.show(output.table("Consistently failing", ["Pipeline", "Scope", "Key", "Attempts", "Last error"], stuck))
+    exports = [
+        (n, e["environment"], key, e["bytes"], html_report.evaluation_label(e["evaluation"]), e["last_success_at"])
+        for n, s in report["pipelines"].items()
+        for key, e in s["exports"].items()
+    ]
+    if exports:
+        output.show(output.table("Exports", ["Pipeline", "Environment", "Key", "Bytes", "From evaluation", "Last published or confirmed"], exports))
     totals = report["totals"]
     output.note(f"{totals['items']} item(s), {totals['failed']} failed, {totals['interrupted']} interrupted.")
 
 
-def stats(ctx: click.Context, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+def stats(
+    ctx: click.Context, pipeline: str | None, output_format: str, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    as_json = as_json or output_format == "json"
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
-        report = statistics.stats(run.session, run.session.pipelines(pipeline))
+        names = run.session.pipelines(pipeline)
+        report = database_stats([run.session.checkpoint(name) for name in names])
         troubled = report["totals"]["failed"] or report["totals"]["interrupted"]
-        run.finish(report, _render_stats, EXIT_PROBLEMS if troubled else EXIT_OK)
+        exit_code = EXIT_PROBLEMS if troubled else EXIT_OK
+        if output_format == OPENMETRICS:
+            click.echo(render(report, OPENMETRICS), nl=False)
+            ctx.exit(exit_code)
+        run.finish(report, _render_stats, exit_code)
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def _render_report(report: Mapping[str, Any]) -> None:
+    opened = "" if not report["open_failures"] else f" It lists {report['open_failures']} open failure(s)."
+    output.note(f"Wrote the report to {report['html']} (open it in a browser).{opened}")
+
+
+def report(
+    ctx: click.Context, html_path: Path, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool
+) -> None:
+    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+        names = run.session.pipelines(pipeline)
+        checkpoints = [run.session.checkpoint(name) for name in names]
+        open_failures = failures.list_failed(run.session, names, None, None)["items"]
+        page = html_report.render(database_stats(checkpoints), checkpoints, open_failures, str(run.target.db_path))
+        target = html_path.expanduser().resolve()
+        try:
+            write_atomically(target, page)
+        except OSError as error:
+            raise CliError(f"Cannot write the report to {target}: {error.strerror or error}; choose a writable path") from error
+        summary = {"html": str(target), "pipelines": names, "open_failures": len(open_failures), "bytes": len(page.encode())}
+        run.finish(summary, _render_report, EXIT_OK)
 
 
 # -- verify ----------------------------------------------------------------------------
@@ -234,10 +291,10 @@ def reconcile(
 
 def _render_history(report: Mapping[str, Any]) -> None:
     rows = [
-        (e["at"], e["pipeline"], e["scope"], f"{e['from_status']} -> {e['to_status']}", e["attempt"], e["pid"], e["host"], e["error_message"], e["error_category"])
+        (e["at"], e["pipeline"], e["scope"], e["key"], f"{e['from_status']} -> {e['to_status']}", e["attempt"], e["pid"], e["host"], e["error_message"], e["error_category"])
         for e in report["events"]
     ]
-    output.show(output.table(f"History of {report['key']}", ["At", "Pipeline", "Scope", "Transition", "Attempt", "PID", "Host", "Error", "Category"], rows))
+    output.show(output.table(f"History of {report['key']} ({len(report['keys'])} item(s))", ["At", "Pipeline", "Scope", "Key", "Transition", "Attempt", "PID", "Host", "Error", "Category"], rows))
 
 
 def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
@@ -245,7 +302,11 @@ def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | Non
         pipelines = run.session.pipelines(pipeline)
         report = failures.history(run.session, pipelines, scope, key)
         if not report["events"]:
-            raise CliError(f"No events for key {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}")
+            raise CliError(
+                f"No item matches {key!r} in pipeline(s) {', '.join(pipelines) or '(none)'} of {run.target.db_path}: "
+                "give a whole key, a key prefix, a model name (osaa.indicators) or a raw file path; "
+                "`osaa-recover list-failed` and `clear` show the keys"
+            )
         run.finish(report, _render_history, EXIT_OK)
 
 

@@ -5,7 +5,12 @@
 - OPERATION items: interrupted transactions are recovered (rolled back or forward); a
   promotion that was rolled back is applied again under its own transaction id; any other
   rolled-back transaction left production untouched and is re-done by re-running its step.
-- MODEL items are re-run through SQLMesh in a subprocess, ``sqlmesh run <environment>
+- MODEL items that failed a blocking audit (a data error) need the data fixed and restated
+  where it enters: ``model_fixes`` finds the sources upstream of the model in SQLMesh's DAG,
+  and the outcome is the restatement plan (``planned``); with ``--apply`` it runs, ``sqlmesh
+  plan <environment> --restate-model <source>... --auto-apply --no-prompts``, and the item's
+  checkpoint tells the outcome. Re-running the failed model alone would fail the same audit.
+- Other MODEL items are re-run through SQLMesh in a subprocess, ``sqlmesh run <environment>
   --select-model <model> --ignore-cron``, which evaluates every missing interval of the model
   (the failed one included) and its upstream; the item's checkpoint then tells the outcome.
   ``run`` never applies a plan, so an evaluation that failed inside ``sqlmesh plan`` (a new
@@ -26,10 +31,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
-from sqlmesh_osaa.cli.context import Target
+from sqlmesh_osaa.cli import model_fixes
+from sqlmesh_osaa.cli.context import CliError, Target
 from sqlmesh_osaa.cli.database import CheckpointSession
 from sqlmesh_osaa.cli.failures import COMPLETED, failing_rows, is_failing
 from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.exceptions import ErrorCategory
 from sqlmesh_osaa.ingest import IngestRequest, run_ingest
 from sqlmesh_osaa.promotion import OPERATION as PROMOTE
 from sqlmesh_osaa.promotion import promote_prefix
@@ -37,6 +44,8 @@ from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX, recover_transactions
 
 RECOVERED = "recovered"
+# The fix is a plan: printed, run with --apply.
+PLANNED = "planned"
 STILL_FAILED = "still_failed"
 NOT_RETRYABLE = "not_retryable"
 SKIPPED = "skipped"
@@ -166,41 +175,99 @@ def sqlmesh_executable() -> str:
     return str(beside) if beside.is_file() else (shutil.which("sqlmesh") or "sqlmesh")
 
 
-def model_command(target: Target, model: str, environment: str) -> list[str]:
+def sqlmesh_command(target: Target, *arguments: str) -> list[str]:
     command = [sqlmesh_executable(), "-p", str(target.project_dir)]
     if target.gateway:
         command += ["--gateway", target.gateway]
-    return command + ["run", environment, "--select-model", model, "--ignore-cron"]
+    return command + list(arguments)
 
 
-def _retry_models(session: CheckpointSession, target: Target, rows: list[Mapping[str, Any]]) -> list[Outcome]:
-    if target.project_dir is None:
-        message = "Not retried: MODEL items are re-run through SQLMesh; pass --project (or run `sqlmesh osaa-recover` in the project)"
-        return [Outcome(r["pipeline"], r["scope"], r["key"], "none", NOT_RETRYABLE, message) for r in rows]
+def model_command(target: Target, model: str, environment: str) -> list[str]:
+    return sqlmesh_command(target, "run", environment, "--select-model", model, "--ignore-cron")
+
+
+def _model_and_environment(row: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = row.get("metadata") or {}
+    return metadata.get("model") or row["key"].split("|", 1)[0], metadata.get("environment") or "prod"
+
+
+def is_data_error(row: Mapping[str, Any]) -> bool:
+    """A failed blocking audit: re-running cannot help until the data changes."""
+    return row.get("error_category") == ErrorCategory.DATA.value or bool((row.get("metadata") or {}).get("failed_audits"))
+
+
+def _run_sqlmesh(session: CheckpointSession, target: Target, command: list[str]) -> subprocess.CompletedProcess[str]:
+    session.close()
+    return subprocess.run(command, cwd=target.project_dir, capture_output=True, text=True, timeout=MODEL_TIMEOUT_SECONDS, check=False)
+
+
+def _last_line(completed: subprocess.CompletedProcess[str]) -> str:
+    tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or [""]
+    return f"sqlmesh exited {completed.returncode}" + (f": {tail[0]}" if tail[0] else "")
+
+
+def _rerun_models(session: CheckpointSession, target: Target, rows: list[Mapping[str, Any]]) -> list[Outcome]:
     runs: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
-        metadata = row.get("metadata") or {}
-        model = metadata.get("model") or row["key"].split("|", 1)[0]
-        runs.setdefault((model, metadata.get("environment") or "prod"), []).append(row)
+        runs.setdefault(_model_and_environment(row), []).append(row)
     outcomes = []
     for (model, environment), model_rows in runs.items():
         command = model_command(target, model, environment)
-        session.close()
-        completed = subprocess.run(
-            command, cwd=target.project_dir, capture_output=True, text=True, timeout=MODEL_TIMEOUT_SECONDS, check=False
-        )
+        completed = _run_sqlmesh(session, target, command)
         action = " ".join(command[1:])
         for row in model_rows:
             outcome = _outcome_of(session, row, action)
             if outcome.outcome != RECOVERED:
-                tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or [""]
                 outcome.message = (
-                    f"{outcome.message} (sqlmesh exited {completed.returncode}{': ' + tail[0] if tail[0] else ''}). "
+                    f"{outcome.message} ({_last_line(completed)}). "
                     f"If it failed in a `sqlmesh plan`, `run` has nothing to re-run: once the data or model is fixed, "
                     f"run `sqlmesh plan {environment} --restate-model {model}` (a changed model: `sqlmesh plan {environment}`)"
                 )
             outcomes.append(outcome)
     return outcomes
+
+
+def _restate_sources(
+    session: CheckpointSession, target: Target, rows: list[Mapping[str, Any]], apply: bool
+) -> list[Outcome]:
+    by_environment: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_environment.setdefault(_model_and_environment(row)[1], []).append(row)
+    try:
+        context = model_fixes.load_context(target.project_dir, target.gateway)
+    except Exception as error:
+        raise CliError(f"Cannot load the SQLMesh project {target.project_dir} to find what to restate: {error}") from error
+    outcomes = []
+    for environment, env_rows in by_environment.items():
+        checkpoint = session.checkpoint(env_rows[0]["pipeline"])
+        failed = [_model_and_environment(row)[0] for row in env_rows]
+        plan = model_fixes.restatement(context, target.project_dir, checkpoint, environment, failed)
+        command = sqlmesh_command(target, *plan.arguments(), "--auto-apply", "--no-prompts")
+        shown = "sqlmesh " + " ".join(plan.arguments())
+        if not apply:
+            message = (
+                f"A data error: fix the data, then restate where it enters ({', '.join(plan.models)}): "
+                f"`{shown}`, or run this command again with --apply"
+            )
+            outcomes.extend(Outcome(r["pipeline"], r["scope"], r["key"], shown, PLANNED, message) for r in env_rows)
+            continue
+        completed = _run_sqlmesh(session, target, command)
+        for row in env_rows:
+            outcome = _outcome_of(session, row, shown)
+            if outcome.outcome != RECOVERED:
+                outcome.message = f"{outcome.message} ({_last_line(completed)}); is the data fixed?"
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _retry_models(session: CheckpointSession, target: Target, rows: list[Mapping[str, Any]], apply: bool) -> list[Outcome]:
+    if target.project_dir is None:
+        message = "Not retried: MODEL items are re-run through SQLMesh; pass --project (or run `sqlmesh osaa-recover` in the project)"
+        return [Outcome(r["pipeline"], r["scope"], r["key"], "none", NOT_RETRYABLE, message) for r in rows]
+    data_errors = [row for row in rows if is_data_error(row)]
+    others = [row for row in rows if not is_data_error(row)]
+    outcomes = _restate_sources(session, target, data_errors, apply) if data_errors else []
+    return outcomes + (_rerun_models(session, target, others) if others else [])
 
 
 # -- all -------------------------------------------------------------------------------
@@ -235,13 +302,14 @@ def retry(
     pipelines: Iterable[str],
     scope: str | None,
     key: str | None,
+    apply: bool = False,
 ) -> list[Outcome]:
     """Retry scope by scope, selecting each after the previous ran (a rolled-back transaction fails its files)."""
     pipelines = list(pipelines)
     handlers: dict[CheckpointScope, Callable[[list[dict[str, Any]]], list[Outcome]]] = {
         CheckpointScope.OPERATION: lambda rows: _retry_operations(session, target, store, rows),
         CheckpointScope.FILE: lambda rows: [_retry_file(session, target, store, row) for row in rows],
-        CheckpointScope.MODEL: lambda rows: _retry_models(session, target, rows),
+        CheckpointScope.MODEL: lambda rows: _retry_models(session, target, rows, apply),
         CheckpointScope.PIPELINE: _not_retried,
     }
     outcomes: list[Outcome] = []

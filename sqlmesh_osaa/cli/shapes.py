@@ -70,9 +70,22 @@ PIPELINE_STATS: dict[str, Any] = {
     "most_common_errors": [{"error_message": "string|null", "error_category": "string|null", "count": "integer"}],
     "circuit_breaker_openings": "integer",
     "circuit_breaker_rejections": "integer",
+    "circuit_breakers": {"<breaker>": {"openings": "integer", "open_seconds": "number", "open": "boolean"}},
     "consistently_failing": [
         {"scope": "string", "key": "string", "file_path": "string|null", "attempt": "integer", "error_message": "string|null"}
     ],
+    "last_success_at": "datetime|null",
+    "exports": {
+        "<published key>": {
+            "environment": "string",
+            "last_success_at": "datetime|null",
+            "bytes": "integer|null",
+            "md5": "string|null",
+            "evaluation": "string|null",
+            "run": "string",
+        }
+    },
+    "published": {"<environment>": {"objects": "integer", "bytes": "integer"}},
 }
 
 ERROR: dict[str, Any] = {"error": {"message": "string", "exit_code": "integer", "db_path": "string|null"}}
@@ -83,6 +96,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         "pipelines": ["string"],
         "count": "integer",
         "items": [{**ITEM, "failing_since": "datetime|null"}],
+        "recovered": [
+            {
+                "pipeline": "string",
+                "scope": "string",
+                "key": "string",
+                "resolved_by": "string",
+                "failed_at": "datetime|null",
+                "recovered_at": "datetime|null",
+                "time_to_recovery_seconds": "number|null",
+            }
+        ],
     },
     "osaa-recover retry": {
         "db_path": "string",
@@ -104,6 +128,14 @@ SHAPES: dict[str, dict[str, Any]] = {
         "db_path": "string",
         "pipelines": {"<pipeline>": PIPELINE_STATS},
         "totals": {"items": "integer", "failed": "integer", "interrupted": "integer", "failure_rate_percent": "number"},
+        "generated_at": "datetime",
+    },
+    "osaa-recover report": {
+        "db_path": "string",
+        "html": "string",
+        "pipelines": ["string"],
+        "open_failures": "integer",
+        "bytes": "integer",
     },
     "osaa-recover verify": {
         "db_path": "string",
@@ -177,7 +209,7 @@ SHAPES: dict[str, dict[str, Any]] = {
             ],
         },
     },
-    "osaa-recover history": {"db_path": "string", "key": "string", "count": "integer", "events": [EVENT]},
+    "osaa-recover history": {"db_path": "string", "key": "string", "keys": ["string"], "count": "integer", "events": [EVENT]},
     "osaa-recover prune": {
         "db_path": "string",
         "older_than_seconds": "number",
@@ -217,15 +249,16 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "osaa-recover list-failed": {0: "no failed or interrupted item", 1: "failed or interrupted items listed", 2: COULD_NOT_LOOK},
     "osaa-recover retry": {
         0: "every selected item recovered (or there was nothing to retry)",
-        1: "an item is still failing or cannot be retried",
+        1: "an item is still failing, cannot be retried, or needs the printed plan (--apply runs it)",
         2: COULD_NOT_LOOK + "; or --key matches no item",
     },
     "osaa-recover clear": {0: "listed (and, with --confirm, deleted)", 2: COULD_NOT_LOOK},
     "osaa-recover stats": {0: "no failed or interrupted item", 1: "some item is failed or interrupted", 2: COULD_NOT_LOOK},
+    "osaa-recover report": {0: "the report was written (open failures are listed in it)", 2: COULD_NOT_LOOK + "; or FILE cannot be written"},
     "osaa-recover verify": {0: "every checked file and object matches", 1: "a source changed, an object is missing, differs or is unreadable", 2: COULD_NOT_LOOK},
     "osaa-recover transactions": {0: "nothing awaits recovery", 1: "a transaction or staged output awaits `reconcile`", 2: COULD_NOT_LOOK},
     "osaa-recover reconcile": {0: "everything was recovered", 1: "a transaction could not be recovered", 2: COULD_NOT_LOOK + "; or SQLMesh state could not be read"},
-    "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or the key has no events"},
+    "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or --key names no item"},
     "osaa-recover prune": {0: "pruned", 2: COULD_NOT_LOOK},
     "osaa-ingest": {0: "every file landed or was unchanged", 1: "a file failed (the others landed)", 2: COULD_NOT_LOOK + "; or RAW_DIR is missing"},
     "osaa-promote": {0: "promoted (or, with --dry-run, planned)", 1: "the promotion failed; --to is unchanged, or rolled forward by `reconcile`", 2: COULD_NOT_LOOK + "; or the prefixes overlap, or --from is empty"},

@@ -79,38 +79,12 @@ def register(main_module: ModuleType) -> None:
             group.add_command(command, name)
     skipped = tuple(getattr(main_module, "SKIP_CONTEXT_COMMANDS", ()))
     main_module.SKIP_CONTEXT_COMMANDS = skipped + tuple(name for name in COMMAND_NAMES if name not in skipped)
-    _reconcile_before_run()
+    # `sqlmesh run` does not load the project, so nothing else would import the package
+    # before the run decides it has nothing to do: install the Context wrappers now. They
+    # import the integration only for projects whose before_all enables it.
+    from sqlmesh_osaa.integration.sqlmesh_patches import install as install_patches
 
-
-def _reconcile_before_run() -> None:
-    """Make ``sqlmesh run`` reconcile a dead run's leftovers even when it has nothing to evaluate.
-
-    ``sqlmesh run`` does not load the project, so nothing of the extension is imported
-    before SQLMesh decides there is no interval to process (and then runs no ``before_all``).
-    The wrapper only reads the project's ``before_all`` and imports the integration when the
-    project enables it, so other projects and other commands pay nothing.
-    """
-    import functools
-
-    from sqlmesh.core.context import GenericContext
-
-    original = GenericContext.run
-    if getattr(original, "__osaa_run_start__", False):
-        return
-
-    @functools.wraps(original)
-    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if any("osaa_before_all" in statement for statement in (self.config.before_all or [])):
-            try:
-                from sqlmesh_osaa.integration.plan_start import reconcile_before_plan
-
-                reconcile_before_plan(self)
-            except Exception as error:
-                sys.stderr.write(f"sqlmesh-osaa: could not reconcile before the run: {error!r}\n")
-        return original(self, *args, **kwargs)
-
-    run.__osaa_run_start__ = True  # type: ignore[attr-defined]
-    GenericContext.run = run  # type: ignore[method-assign]
+    install_patches()
 
 
 def install() -> None:

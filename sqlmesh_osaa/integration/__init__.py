@@ -1,15 +1,11 @@
 """sqlmesh-osaa inside SQLMesh: checkpoints, osaa model kinds, audited publication.
 
-Importing the package installs three wrappers on SQLMesh classes: ``Scheduler.evaluate``
-(MODEL checkpoints), the plan evaluator (the PIPELINE checkpoint of a failed plan) and
-``Context.plan`` (reconciliation before every plan). The first two pass straight through
-until ``@osaa_before_all()`` enables the integration, the third unless the project's
-``before_all`` calls it, so a project that does not use the extension runs exactly as
-stock SQLMesh.
+Importing the package installs the wrappers of ``sqlmesh_patches`` on SQLMesh classes
+(``Scheduler.evaluate``, ``Context.plan``, ``Context.run``). They pass straight through
+until ``@osaa_before_all()`` enables the integration, or unless the project's ``before_all``
+calls it, so a project that does not use the extension runs exactly as stock SQLMesh.
 """
 
-from sqlmesh_osaa.integration import model_checkpoints, pipeline_runs, plan_start
+from sqlmesh_osaa.integration import sqlmesh_patches
 
-model_checkpoints.install()
-pipeline_runs.install()
-plan_start.install()
+sqlmesh_patches.install()

@@ -3,7 +3,8 @@
 ``kind CUSTOM (materialization 'osaa_s3_export', materialization_properties (key 'x/y.parquet'))``
 
 The insert replaces the table (like FULL) and stages its content, sorted so that equal
-content gives equal bytes, under the evaluation's staged-output directory. Nothing is
+content gives equal bytes, in a new staged-output directory of this evaluation (never one
+an earlier evaluation wrote). Nothing is
 written under an environment's prefix here: SQLMesh audits the table after the insert, and
 only an interval SQLMesh records is published (``publication.py``).
 """
@@ -21,7 +22,7 @@ from sqlglot import exp
 from sqlmesh import CustomKind, CustomMaterialization, Model
 
 from sqlmesh_osaa.fault_points import fault_point
-from sqlmesh_osaa.integration import engine_io, properties, runtime
+from sqlmesh_osaa.integration import engine_io, model_checkpoints, properties, runtime
 from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
         self.adapter.replace_query(table_name, query_or_df, model.columns_to_types)
         rt = runtime.require()
         key = t.cast(OsaaS3ExportKind, model.kind).key
-        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs, NAME)
+        model_checkpoints.note_output(output.prefix)
         with tempfile.TemporaryDirectory(prefix="osaa-export-") as workdir:
             local = Path(workdir) / "export.parquet"
             self._write_parquet(table_name, model, local)

@@ -19,7 +19,15 @@ import logging
 import time
 from typing import Any
 
-from sqlmesh_osaa.integration import model_checkpoints, pipeline_runs, runtime, state
+from sqlmesh_osaa.integration import (
+    duckdb_connections,
+    exports,
+    model_checkpoints,
+    notifications,
+    pipeline_runs,
+    runtime,
+    state,
+)
 from sqlmesh_osaa.integration.ingest_kind import create_landing_schema
 from sqlmesh_osaa.integration.publication import publish_environment
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
@@ -30,17 +38,20 @@ _log = logging.getLogger(__name__)
 def before_all(evaluator: Any) -> None:
     rt = runtime.activate()
     pipeline_runs.begin(rt, evaluator.this_env)
+    duckdb_connections.configure_adapter(evaluator.engine_adapter, rt.settings.storage)
+    notifications.watch_breaker(rt, evaluator.this_env)
     if any(state.ingests(snapshot) for snapshot in evaluator.snapshots.values()):
         create_landing_schema(evaluator.engine_adapter)
     if rt.reconciled:
         return
     try:
-        reconcile_leftovers(rt, state.state_sync_for(evaluator.engine_adapter))
+        reconcile_leftovers(rt, state.state_sync_for(), evaluator.engine_adapter)
         rt.reconciled = True
-    except Exception:
+    except Exception as error:
         # Leftovers never reach an environment (publication reads state), so this run may go on;
         # the next plan/run or `osaa-recover reconcile` tries again.
         _log.exception("sqlmesh-osaa could not reconcile leftovers of an earlier run")
+        notifications.recovery_needed(rt, evaluator.this_env, error)
 
 
 def after_all(evaluator: Any) -> None:
@@ -49,11 +60,14 @@ def after_all(evaluator: Any) -> None:
     run = rt.pipeline_run
     try:
         publication = publish_environment(
-            rt, state.state_sync_for(evaluator.engine_adapter), environment, evaluator.snapshots.values()
+            rt, state.state_sync_for(), environment, evaluator.snapshots.values()
         )
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
+        notifications.publication_failed(rt, environment, error, evaluator.snapshots.values())
         raise
+    rt.note_publication(publication)
+    exports.record(rt, run, publication)
     if run is not None:
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
         run.finish()

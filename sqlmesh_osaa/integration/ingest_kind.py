@@ -10,8 +10,9 @@ unchanged file is neither converted nor uploaded again). The evaluation then sna
 current landing files into its staged-output directory (server-side copies) and fills the
 model's table by running the model's query against the view ``osaa_landing.<source>`` over
 those files. Once SQLMesh records the interval (audits passed), publication copies them
-to ``<environment prefix>/landing/<source>/`` and removes landing files of raw files that
-no longer exist.
+to ``<environment prefix>/landing/<source>/`` and removes the landing files it published
+earlier whose raw file no longer exists; objects other writers put there (``osaa-ingest``,
+``osaa-promote``) are never touched.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
-from sqlmesh_osaa.integration import engine_io, properties, runtime
+from sqlmesh_osaa.integration import engine_io, model_checkpoints, properties, runtime
 from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
     ) -> None:
         kind = t.cast(OsaaFileIngestKind, model.kind)
         rt = runtime.require()
-        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs)
+        output = evaluation_output(rt.settings.storage.staging_prefix, model.name, kwargs, NAME)
+        model_checkpoints.note_output(output.prefix)
         landed = self._ingest(rt, model.name, kind)
         prefix = output.prefix
         area = _ingest_area(rt)
@@ -95,7 +97,7 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
             objects[key[len(area) :]] = info.md5 or ""
         uris = [rt.store.uri(prefix + key) for key in sorted(objects)]
         self._load(rt, table_name, query_or_df, model, kind.source, uris)
-        output = replace(output, objects=objects, owned_prefix=f"landing/{kind.source}/")
+        output = replace(output, objects=objects)
         write_manifest(rt.store, output, rt.error_handler)
 
     def _ingest(self, rt: runtime.Runtime, model_name: str, kind: OsaaFileIngestKind) -> list[str]:

@@ -1,15 +1,18 @@
 """One MODEL checkpoint per model evaluation, decided after SQLMesh's audits.
 
 SQLMesh runs a model's post-statements before its audits, so a post-statement cannot know
-whether the interval will count. :func:`install` wraps ``Scheduler.evaluate`` (evaluate ->
-audit -> record the interval in state), the one call that sees the whole outcome:
+whether the interval will count. ``sqlmesh_patches`` wraps ``Scheduler.evaluate`` (evaluate ->
+audit -> record the interval in state), the one call that sees the whole outcome, and calls
+:func:`evaluate_recorded`:
 
-- it returns: the interval is recorded in state -> *completed*, with the audit results;
+- it returns: the interval is recorded in state -> *completed*, with the audit results, and
+  the evaluation's staged outputs get their audit marker (``staged_outputs.mark_audited``);
 - it raises ``NodeAuditsErrors``: a blocking audit failed, the interval is not recorded
   -> *failed*, naming each failing audit and its row count;
 - it raises anything else: the evaluation failed -> *failed* with the error.
 
-In both failure cases the evaluation's staged outputs are discarded at once. The wrapper
+In both failure cases this evaluation's own staged outputs are discarded at once (an earlier
+evaluation of the same interval keeps its directory). The wrapper
 runs in SQLMesh's worker threads (``concurrent_tasks``); the checkpoint is thread safe and
 the per-evaluation timing lives in a thread-local, because SQLMesh runs one interval's
 pre-statements, insert, post-statements and audits on one thread.
@@ -24,8 +27,6 @@ When the integration is not active in the process the wrapper only calls through
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import threading
 import time
@@ -33,18 +34,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlmesh.core.scheduler import Scheduler
 from sqlmesh.utils.date import to_timestamp
 from sqlmesh.utils.errors import NodeAuditsErrors
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import categorize_error
+from sqlmesh_osaa.fault_points import fault_point
 from sqlmesh_osaa.integration import runtime
-from sqlmesh_osaa.integration.staged_outputs import discard, output_prefix, table_version
+from sqlmesh_osaa.integration.staged_outputs import discard, mark_audited
 
 _log = logging.getLogger(__name__)
 
-_INSTALLED_MARKER = "__osaa_model_checkpoints__"
+# Crash tests kill the process here: SQLMesh recorded the interval, its audit marker is not written yet.
+INTERVAL_RECORDED = "osaa_interval_recorded"
+# ...and here: a blocking audit failed, the evaluation's staged output is not discarded yet.
+EVALUATION_FAILED = "osaa_evaluation_failed"
 _current = threading.local()
 # Keys of failed MODEL items, loaded once per process, kept current by this module.
 _failed_keys: set[str] | None = None
@@ -61,6 +65,8 @@ class Evaluation:
     started: float = field(default_factory=time.perf_counter)
     sql_started: float | None = None
     sql_ended: float | None = None
+    # Staged-output directories this evaluation wrote (appended by the osaa kinds' insert).
+    outputs: list[str] = field(default_factory=list)
 
     def timings(self) -> dict[str, float]:
         now = time.perf_counter()
@@ -76,6 +82,13 @@ def current_evaluation() -> Evaluation | None:
     return getattr(_current, "evaluation", None)
 
 
+def note_output(prefix: str) -> None:
+    """Tell the evaluation running on this thread that it staged ``prefix`` (marked or discarded with it)."""
+    evaluation = current_evaluation()
+    if evaluation is not None:
+        evaluation.outputs.append(prefix)
+
+
 def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -84,28 +97,8 @@ def model_key(model: str, fingerprint: str, start: int, end: int) -> str:
     return f"{model}|{fingerprint}|{_iso(start)}|{_iso(end)}"
 
 
-def install() -> None:
-    """Wrap ``Scheduler.evaluate`` once per process."""
-    original = Scheduler.evaluate
-    if getattr(original, _INSTALLED_MARKER, False):
-        return
-    signature = inspect.signature(original)
-
-    @functools.wraps(original)
-    def evaluate(self: Scheduler, *args: Any, **kwargs: Any) -> Any:
-        rt = runtime.current()
-        if rt is None:
-            return original(self, *args, **kwargs)
-        bound = signature.bind(self, *args, **kwargs).arguments
-        return _evaluate_recorded(rt, original, self, args, kwargs, bound)
-
-    setattr(evaluate, _INSTALLED_MARKER, True)
-    Scheduler.evaluate = evaluate  # type: ignore[method-assign]
-
-
-def _evaluate_recorded(
-    rt: runtime.Runtime, original: Any, scheduler: Scheduler, args: Any, kwargs: Any, bound: dict[str, Any]
-) -> Any:
+def evaluate_recorded(rt: runtime.Runtime, original: Any, args: Any, kwargs: Any, bound: dict[str, Any]) -> Any:
+    """Run SQLMesh's evaluate-audit-record call for one interval and record its outcome."""
     snapshot = bound["snapshot"]
     start, end = to_timestamp(bound["start"]), to_timestamp(bound["end"])
     naming = bound.get("environment_naming_info")
@@ -126,20 +119,28 @@ def _evaluate_recorded(
     _safely(rt.checkpoint.mark_started, CheckpointScope.MODEL, evaluation.key, metadata=metadata, force=True)
     _current.evaluation = evaluation
     try:
-        results = original(scheduler, *args, **kwargs)
+        results = original(*args, **kwargs)
     except NodeAuditsErrors as error:
         audits = [{"audit": e.audit_name, "rows": e.count} for e in error.errors]
         message = "; ".join(f"blocking audit '{a['audit']}' failed: {a['rows']} row(s)" for a in audits)
         _record_failure(rt, evaluation, message, error, {"failed_audits": audits, "phase": "audit"})
-        _discard_outputs(rt, model, table_version(snapshot, deployable), deployable, start, end)
+        fault_point(EVALUATION_FAILED)
+        _discard_outputs(rt, evaluation)
+        _restore_table(rt, bound, snapshot, deployable)
         raise
     except BaseException as error:
         phase = "audit" if evaluation.sql_ended is not None else "evaluation"
         _record_failure(rt, evaluation, f"{type(error).__name__}: {error}", error, {"phase": phase})
-        _discard_outputs(rt, model, table_version(snapshot, deployable), deployable, start, end)
+        _discard_outputs(rt, evaluation)
+        if evaluation.outputs:
+            _restore_table(rt, bound, snapshot, deployable)
         raise
     finally:
         _current.evaluation = None
+    fault_point(INTERVAL_RECORDED)
+    for prefix in evaluation.outputs:
+        # SQLMesh recorded the interval: this evaluation's outputs passed their audits.
+        _safely(mark_audited, rt.store, prefix, "recorded by Scheduler.evaluate", rt.error_handler)
     audits = [
         {"audit": r.audit.name, "rows": r.count, "blocking": r.blocking} for r in results if getattr(r, "audit", None)
     ]
@@ -203,10 +204,19 @@ def _note_outcome(rt: runtime.Runtime, evaluation: Evaluation, failure: str | No
         run.note_evaluation(evaluation.model, failure)
 
 
-def _discard_outputs(rt: runtime.Runtime, model: str, version: str, deployable: bool, start: int, end: int) -> None:
-    """An interval SQLMesh did not record must never be published: drop what it staged."""
-    prefix = output_prefix(rt.settings.storage.staging_prefix, model, version, deployable, start, end)
-    _safely(discard, rt.store, prefix, rt.error_handler)
+def _discard_outputs(rt: runtime.Runtime, evaluation: Evaluation) -> None:
+    """An interval SQLMesh did not record must never be published: drop what this evaluation staged."""
+    for prefix in evaluation.outputs:
+        _safely(discard, rt.store, prefix, rt.error_handler)
+
+
+def _restore_table(rt: runtime.Runtime, bound: dict[str, Any], snapshot: Any, deployable: bool) -> None:
+    """The failed evaluation's rows are in the table (SQLMesh keeps them): put back what state vouches for."""
+    from sqlmesh_osaa.integration.table_restore import restore_safely
+
+    scheduler = bound["self"]
+    adapter = scheduler.snapshot_evaluator.get_adapter(getattr(snapshot, "model_gateway", None))
+    restore_safely(rt, scheduler.state_sync, adapter, snapshot, deployable)
 
 
 def _safely(func: Any, *args: Any, **kwargs: Any) -> Any:

@@ -10,22 +10,18 @@ checkpoint still open (after_all not configured) closes it at exit.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
 import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
-
-from sqlmesh.core.plan.evaluator import BuiltInPlanEvaluator
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
-from sqlmesh_osaa.integration import runtime
+from sqlmesh_osaa.exceptions import ErrorCategory
+from sqlmesh_osaa.integration import run_reports, runtime
 
 _log = logging.getLogger(__name__)
 
-_INSTALLED_MARKER = "__osaa_pipeline_runs__"
 _MAX_LISTED = 10
 
 
@@ -74,12 +70,20 @@ class PipelineRun:
             self._rt.checkpoint.mark_completed(
                 CheckpointScope.PIPELINE, self.key, metadata={**metadata, "outcome": "completed"}
             )
+            run_reports.run_ended(self._rt, self, succeeded=True)
             return
-        message = error or f"{len(failures)} model evaluation(s) failed: " + "; ".join(failures[:3])
+        evaluations = f"{len(failures)} model evaluation(s) failed: " + "; ".join(failures[:3]) if failures else None
+        message = "; ".join(part for part in (error, evaluations) if part)
+        audits_only = bool(failures) and all("blocking audit" in failure for failure in failures)
         self._rt.checkpoint.mark_failed(
-            CheckpointScope.PIPELINE, self.key, message, metadata={**metadata, "outcome": "failed"}
+            CheckpointScope.PIPELINE,
+            self.key,
+            message,
+            metadata={**metadata, "outcome": "failed"},
+            category=ErrorCategory.DATA if audits_only else None,
         )
         _log.warning("sqlmesh %s %s failed: %s", self.command, self.environment, message)
+        run_reports.run_ended(self._rt, self, succeeded=False)
 
 
 _exit_hook_registered = False
@@ -107,21 +111,3 @@ def finish_open_run(error: str) -> None:
             run.finish(error)
         except Exception:
             _log.exception("sqlmesh-osaa could not record the end of %s", run.key)
-
-
-def install() -> None:
-    """Close the PIPELINE checkpoint when a plan fails: after_all does not run then."""
-    original = BuiltInPlanEvaluator.evaluate
-    if getattr(original, _INSTALLED_MARKER, False):
-        return
-
-    @functools.wraps(original)
-    def evaluate(self: BuiltInPlanEvaluator, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original(self, *args, **kwargs)
-        except Exception as error:
-            finish_open_run(f"plan failed: {type(error).__name__}: {error}")
-            raise
-
-    setattr(evaluate, _INSTALLED_MARKER, True)
-    BuiltInPlanEvaluator.evaluate = evaluate  # type: ignore[method-assign]

@@ -1,13 +1,25 @@
-"""Publishing an environment's audited outputs: object storage follows SQLMesh state.
+"""Publishing: object storage follows SQLMesh state, one environment at a time.
 
-For every snapshot of the environment whose model stages outputs, the newest staged
-interval that state records (its blocking audits passed) is copied to
-``<environment prefix>/<key>``. Nothing else ever is (P1). All changes of one publication
-go through one transaction whose id is derived from what it writes and what it replaces,
-so re-running a publication that crashed rolls it forward and re-running one that
-finished is a no-op; objects whose published copy already has the staged MD5 are skipped
-without a transaction. A snapshot none of whose intervals is recorded publishes nothing,
-so the prefix keeps what it held before (P2).
+For each snapshot of an environment whose model is an osaa kind, the environment publishes
+the staged output of the latest evaluation of its physical table that passed its audits
+(an audit marker, or SQLMesh's own interval records: ``audit_evidence.py``) and whose
+interval state still records. Both kinds' evaluations hold the table's whole content, so
+the latest one is what the environment's view reads: a restatement that ran after a
+``sqlmesh run`` interval wins over it, and an evaluation killed before its audits never
+counts. Nothing else ever reaches an environment prefix (P1); a model with no audited output
+keeps what the prefix held (P2).
+
+What was published is recorded per environment and model in a *publication record*, a copy
+of the published output's manifest at::
+
+    <staging_prefix>/publications/<environment>/<model>/<evaluation>.json
+
+so a catch-up costs one listing of the records plus one listing per osaa table, and reads
+no object when nothing changed. Records also scope deletions: a removed model, a changed
+``key``/``source`` or an environment gone from state removes exactly the objects its record
+lists, and only while they still hold the content we published; objects other writers put
+under the prefix (``osaa-ingest``, ``osaa-promote``) are never touched. Every change of one
+environment (copies, deletions, the record swap) is one ``TransactionManager`` transaction.
 """
 
 from __future__ import annotations
@@ -17,25 +29,33 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable
 
 from sqlmesh.core.snapshot import Snapshot
 from sqlmesh.core.state_sync import StateSync
 
-from sqlmesh_osaa.exceptions import ErrorCategory, TransactionError
-from sqlmesh_osaa.integration import state
+from sqlmesh_osaa.integration import audit_evidence, state
 from sqlmesh_osaa.integration.runtime import Runtime
 from sqlmesh_osaa.integration.staged_outputs import (
+    MANIFEST_NAME,
+    EvaluationDir,
     StagedOutput,
-    output_prefixes,
-    parse_interval,
+    evaluation_dirs,
+    get_json,
+    latest_first,
+    mark_audited,
     read_manifest,
+    safe_name,
     table_dir,
     table_version,
 )
 from sqlmesh_osaa.transaction_manager import TransactionManager, TransactionPhase
 
 _log = logging.getLogger(__name__)
+
+PUBLICATIONS_DIR = "publications"
+NO_INTERVAL = "no interval recorded in state"
+NO_AUDITED_OUTPUT = "no staged output of this table passed its audits (audit failed, or intervals recorded without evaluation)"
 
 
 @dataclass
@@ -47,119 +67,211 @@ class Publication:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    # Models of the environment with no recorded, staged output to publish.
-    nothing_recorded: list[str] = field(default_factory=list)
+    # Models of the environment with nothing audited to publish, and why (the prefix keeps what it held).
+    held_back: dict[str, str] = field(default_factory=dict)
     transaction_id: str | None = None
+    # Published key -> the staged object it was copied from (names the evaluation that produced it).
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nothing_recorded(self) -> list[str]:
+        return sorted(self.held_back)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.written or self.deleted)
 
 
-def newest_recorded_output(rt: Runtime, snapshot: Snapshot, deployable: bool) -> StagedOutput | None:
-    """The sealed staged output of the newest interval state records for this snapshot's table."""
+@dataclass(frozen=True)
+class Record:
+    """A publication record: which evaluation of a model an environment holds."""
+
+    environment: str
+    model: str
+    evaluation: str
+    key: str
+
+
+def publications_root(rt: Runtime) -> str:
+    return f"{rt.settings.storage.staging_prefix.strip('/')}/{PUBLICATIONS_DIR}/"
+
+
+def published_records(rt: Runtime, environment: str | None = None) -> dict[str, dict[str, Record]]:
+    """environment -> model (safe name) -> record, from one listing."""
+    root = publications_root(rt)
+    listed = root + (f"{environment}/" if environment else "")
+    records: dict[str, dict[str, Record]] = {}
+    for info in rt.error_handler.execute(lambda: list(rt.store.list_prefix(listed)), operation="ListObjectsV2"):
+        parts = info.key[len(root) :].split("/")
+        if len(parts) != 3 or not parts[2].endswith(".json"):
+            continue
+        env, model, name = parts
+        records.setdefault(env, {})[model] = Record(env, model, name[: -len(".json")], info.key)
+    return records
+
+
+def record_key(rt: Runtime, environment: str, model: str, evaluation: str) -> str:
+    return f"{publications_root(rt)}{environment}/{safe_name(model)}/{evaluation}.json"
+
+
+class Evidence:
+    """SQLMesh's interval rows, read at most once per publication and only when a marker is missing."""
+
+    def __init__(self, rt: Runtime, state_sync: StateSync) -> None:
+        self._rt = rt
+        self._state_sync = state_sync
+        self._rows: dict[str, list[audit_evidence.IntervalRow]] = {}
+
+    def audited(self, directory: EvaluationDir, siblings: list[EvaluationDir]) -> StagedOutput | None:
+        output = read_manifest(self._rt.store, directory.prefix, self._rt.error_handler)
+        if output is None:
+            return None
+        if output.snapshot_name not in self._rows:
+            self._rows[output.snapshot_name] = audit_evidence.interval_rows(self._state_sync, [output.snapshot_name])
+        if not audit_evidence.recorded_by_sqlmesh(output, self._rows[output.snapshot_name], siblings):
+            return None
+        mark_audited(self._rt.store, directory.prefix, "interval row in SQLMesh state", self._rt.error_handler)
+        return output
+
+
+def audited_output(
+    rt: Runtime, snapshot: Snapshot, deployable: bool, evidence: Evidence
+) -> tuple[EvaluationDir | None, str | None]:
+    """The latest audited evaluation of the snapshot's table whose interval state records, or why none."""
     intervals = state.recorded(snapshot, deployable)
     if not intervals:
-        return None
-    version = table_version(snapshot, deployable)
-    root = table_dir(rt.settings.storage.staging_prefix, snapshot.model.name, version, deployable)
-    candidates = []
-    for prefix, sealed in output_prefixes(rt.store, root, depth=1):
-        interval = parse_interval(prefix)
-        if sealed and interval is not None and state.covered(interval, intervals):
-            candidates.append((interval[1], interval[0], prefix))
-    for _, _, prefix in sorted(candidates, reverse=True):
-        output = read_manifest(rt.store, prefix, rt.error_handler)
-        if output is not None:
-            return output
-    return None
+        return None, NO_INTERVAL
+    root = table_dir(rt.settings.storage.staging_prefix, snapshot.model.name, table_version(snapshot, deployable), deployable)
+    dirs = list(rt.error_handler.execute(lambda: list(evaluation_dirs(rt.store, root, depth=1)), operation="ListObjectsV2"))
+    for directory in latest_first(dirs):
+        if not directory.sealed or not state.covered((directory.start, directory.end), intervals):
+            continue
+        if directory.audited or evidence.audited(directory, dirs) is not None:
+            return directory, None
+    return None, NO_AUDITED_OUTPUT
+
+
+@dataclass
+class _Change:
+    model: str
+    new: EvaluationDir | None
+    old: Record | None
 
 
 def publish_environment(
-    rt: Runtime, state_sync: StateSync, environment: str, snapshots: Iterable[Snapshot]
+    rt: Runtime,
+    state_sync: StateSync,
+    environment: str,
+    snapshots: Iterable[Snapshot],
+    records: dict[str, Record] | None = None,
 ) -> Publication:
-    """Make ``environment``'s prefix hold the newest audited output of each of its snapshots."""
+    """Make ``environment``'s prefix hold the latest audited output of each of its osaa snapshots."""
     prefix = rt.env_prefix(environment)
     publication = Publication(environment=environment, prefix=prefix)
     snapshots = list(snapshots)
-    if not any(state.publishes(snapshot) for snapshot in snapshots):
-        # Nothing to publish: spare the read of every snapshot's intervals from state.
+    if records is None:
+        records = published_records(rt, environment).get(environment, {})
+    publishing = [s for s in snapshots if state.publishes(s)]
+    if not publishing and not records:
         return publication
     env_snapshots = state.fresh(state_sync, snapshots)
     index = state.deployability(environment, {s.snapshot_id: s for s in env_snapshots})
-    puts: dict[str, tuple[str, str]] = {}
-    deletes: list[str] = []
+    evidence = Evidence(rt, state_sync)
+    changes: list[_Change] = []
+    current: set[str] = set()
     for snapshot in sorted(env_snapshots, key=lambda s: s.name):
         if not state.publishes(snapshot):
             continue
-        output = newest_recorded_output(rt, snapshot, index.is_representative(snapshot))
-        if output is None:
-            publication.nothing_recorded.append(snapshot.model.name)
-            continue
-        for key, md5 in sorted(output.objects.items()):
-            puts[_join(prefix, key)] = (output.staged_key(key), md5)
-        if output.owned_prefix:
-            keep = {_join(prefix, key) for key in output.objects}
-            deletes.extend(_stale(rt, _join(prefix, output.owned_prefix), keep))
-    changed = {}
-    for destination, (staged, md5) in puts.items():
-        current = rt.error_handler.execute(rt.store.head, destination, operation="HeadObject")
-        if current is not None and current.md5 == md5:
-            publication.unchanged.append(destination)
+        model = safe_name(snapshot.model.name)
+        current.add(model)
+        chosen, reason = audited_output(rt, snapshot, index.is_representative(snapshot), evidence)
+        old = records.get(model)
+        if chosen is None:
+            publication.held_back[snapshot.model.name] = str(reason)
+        elif old is None or old.evaluation != chosen.evaluation:
+            changes.append(_Change(snapshot.model.name, chosen, old))
         else:
-            _check_staged(rt, staged, md5)
-            changed[destination] = (staged, md5, current.md5 if current else None)
-    if changed or deletes:
-        _commit(rt, publication, changed, deletes)
-    _log.info(
-        "Published %s to %s/: %d written, %d unchanged, %d deleted",
-        environment, prefix, len(publication.written), len(publication.unchanged), len(publication.deleted),
-    )
+            publication.unchanged.append(model)
+    changes.extend(_Change(model, None, record) for model, record in sorted(records.items()) if model not in current)
+    if changes:
+        _commit(rt, publication, changes)
+    if publication.changed:
+        _log.info(
+            "Published %s to %s/: %d written, %d deleted", environment, prefix, len(publication.written), len(publication.deleted)
+        )
     return publication
 
 
-def _check_staged(rt: Runtime, staged: str, md5: str) -> None:
-    """Publish only the bytes the manifest vouches for (an evaluation killed while re-staging may differ)."""
-    info = rt.error_handler.execute(rt.store.head, staged, operation="HeadObject")
-    if info is None or info.md5 != md5:
-        raise TransactionError(
-            "Staged object does not match its manifest; it is not published. "
-            "Re-evaluate the model (e.g. sqlmesh plan --restate-model) to stage it again",
-            category=ErrorCategory.PERMANENT,
-            staged_key=staged,
-            expected_md5=md5,
-            found_md5=info.md5 if info else None,
-        )
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}/{key}" if prefix else key
-
-
-def _stale(rt: Runtime, owned: str, keep: set[str]) -> list[str]:
-    return sorted(info.key for info in rt.store.list_prefix(owned) if info.key not in keep)
-
-
-def transaction_id_for(prefix: str, changed: Mapping[str, tuple[str, str, str | None]], deletes: list[str]) -> str:
-    """Same writes over the same previous content -> same id (idempotent); anything else -> a new one."""
-    puts = sorted((key, new_md5, old_md5) for key, (_, new_md5, old_md5) in changed.items())
-    document = {"prefix": prefix, "puts": puts, "deletes": sorted(deletes)}
-    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
-    return f"publish-{digest[:32]}"
-
-
-def _commit(
-    rt: Runtime, publication: Publication, changed: dict[str, tuple[str, str, str | None]], deletes: list[str]
-) -> None:
-    transaction_id = transaction_id_for(publication.prefix, changed, deletes)
+def _commit(rt: Runtime, publication: Publication, changes: list[_Change]) -> None:
+    puts: dict[str, tuple[str, str]] = {}
+    deletes: list[str] = []
+    swaps: list[tuple[str, str]] = []
+    for change in changes:
+        new_objects: dict[str, str] = {}
+        if change.new is not None:
+            output = read_manifest(rt.store, change.new.prefix, rt.error_handler)
+            if output is None:
+                raise RuntimeError(f"Staged output {change.new.prefix} lost its manifest while being published")
+            new_objects = {_join(publication.prefix, key): md5 for key, md5 in output.objects.items()}
+            for key, md5 in output.objects.items():
+                puts[_join(publication.prefix, key)] = (output.staged_key(key), md5)
+                publication.sources[_join(publication.prefix, key)] = output.staged_key(key)
+            record = record_key(rt, publication.environment, change.model, change.new.evaluation)
+            swaps.append((change.new.prefix + MANIFEST_NAME, record))
+        if change.old is not None:
+            deletes.extend(_ours_to_delete(rt, publication.prefix, change.old, set(new_objects)))
+            deletes.append(change.old.key)
+    deletes = [key for key in dict.fromkeys(deletes) if key not in puts]
+    transaction_id = _transaction_id(publication, changes, deletes)
     transaction = _open_transaction(rt, transaction_id)
     if transaction.phase is TransactionPhase.COMMITTED:
         # This exact change committed before and was undone since (v2 promoted, rolled back, promoted again).
         transaction = _open_transaction(rt, f"{transaction_id}-{uuid.uuid4().hex[:8]}")
     publication.transaction_id = transaction.transaction_id
     with transaction:
-        for destination, (staged, _, _) in sorted(changed.items()):
+        for destination, (staged, _) in sorted(puts.items()):
+            transaction.stage_copy(staged, destination)
+        for staged, destination in swaps:
             transaction.stage_copy(staged, destination)
         for key in deletes:
             transaction.delete(key)
-    publication.written.extend(sorted(changed))
-    publication.deleted.extend(deletes)
+    records = publications_root(rt)
+    publication.written.extend(sorted(puts))
+    publication.deleted.extend(key for key in deletes if not key.startswith(records))
+
+
+def _ours_to_delete(rt: Runtime, prefix: str, record: Record, keep: set[str]) -> list[str]:
+    """Objects the old record lists, not published again, that still hold what we wrote there."""
+    document: Any = get_json(rt.store, record.key, rt.error_handler) or {}
+    stale = []
+    for key, md5 in sorted((document.get("objects") or {}).items()):
+        destination = _join(prefix, key)
+        if destination in keep:
+            continue
+        current = rt.error_handler.execute(rt.store.head, destination, operation="HeadObject")
+        if current is not None and current.md5 == md5:
+            stale.append(destination)
+        elif current is not None:
+            _log.warning("Not deleting %s: another writer replaced what sqlmesh-osaa published there", destination)
+    return stale
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}/{key}" if prefix else key
+
+
+def _transaction_id(publication: Publication, changes: list[_Change], deletes: list[str]) -> str:
+    """Same change over the same previous publication -> same id (idempotent); anything else -> a new one."""
+    document = {
+        "prefix": publication.prefix,
+        "environment": publication.environment,
+        "changes": sorted(
+            (c.model, c.old.evaluation if c.old else None, c.new.evaluation if c.new else None) for c in changes
+        ),
+        "deletes": sorted(deletes),
+    }
+    digest = hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
+    return f"publish-{digest[:32]}"
 
 
 def _open_transaction(rt: Runtime, transaction_id: str) -> TransactionManager:
@@ -173,3 +285,42 @@ def _open_transaction(rt: Runtime, transaction_id: str) -> TransactionManager:
     )
     transaction.begin()
     return transaction
+
+
+def catch_up(rt: Runtime, state_sync: StateSync, skip: Iterable[str] = ()) -> list[Publication]:
+    """Bring every environment's prefix to what state holds; remove what environments gone from state published."""
+    records = published_records(rt)
+    environments = {env.name: env for env in state_sync.get_environments()}
+    skipped = set(skip)
+    publications = []
+    for name in sorted(environments):
+        if name in skipped:
+            continue
+        env = environments[name]
+        if name not in records and not any(_publishing_info(info) for info in env.snapshots):
+            continue
+        snapshots = state_sync.get_snapshots(env.snapshots).values()
+        publications.append(publish_environment(rt, state_sync, name, snapshots, records.get(name, {})))
+    for name in sorted(set(records) - set(environments)):
+        # The environment is gone from state (invalidated, then janitored): remove what it published.
+        publications.append(publish_environment(rt, state_sync, name, [], records[name]))
+    return publications
+
+
+def _publishing_info(info: Any) -> bool:
+    return getattr(info, "custom_materialization", None) in state.PUBLISHING_MATERIALIZATIONS
+
+
+def summary(publications: Iterable[Publication]) -> list[str]:
+    """Lines for SQLMesh's console: what was published where, what was held back and why."""
+    lines = []
+    for publication in publications:
+        where = f"{publication.prefix}/" if publication.prefix else "the bucket root"
+        if publication.written or publication.deleted:
+            parts = [f"{len(publication.written)} object(s) published"]
+            if publication.deleted:
+                parts.append(f"{len(publication.deleted)} removed")
+            lines.append(f"{publication.environment} -> {where}: " + ", ".join(parts))
+        for model, reason in sorted(publication.held_back.items()):
+            lines.append(f"{publication.environment}: {model} held back ({reason}); {where} keeps what it held")
+    return lines

@@ -42,9 +42,29 @@ class Runtime:
     error_handler: ErrorHandler
     # The PipelineRun of the command running now, set by @osaa_before_all.
     pipeline_run: Any = None
-    # True once leftovers of dead runs were reconciled in this process (once is enough).
+    # True once leftovers of dead runs were reconciled for the command running now.
     reconciled: bool = False
+    # The state sync of the SQLMesh command running now (set around Context.plan/run).
+    state_sync: Any = None
+    # Environments @osaa_after_all() published during this command, and what it did.
+    published_envs: set[str] = field(default_factory=set)
+    publications: list[Any] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def begin_command(self, state_sync: Any) -> None:
+        self.state_sync = state_sync
+        self.reconciled = False
+        self.published_envs.clear()
+        self.publications.clear()
+
+    def end_command(self) -> None:
+        self.state_sync = None
+        self.published_envs.clear()
+        self.publications.clear()
+
+    def note_publication(self, publication: Any) -> None:
+        self.published_envs.add(publication.environment)
+        self.publications.append(publication)
 
     def env_prefix(self, environment: str) -> str:
         return self.settings.environments.prefix_for(environment)
@@ -89,6 +109,12 @@ def activate(
 def require() -> Runtime:
     """The active runtime, activating it from the project's settings when a hook was not configured."""
     return current() or activate()
+
+
+def project_settings(variables: Mapping[str, Any] | None, project_dir: str | Path) -> OsaaSettings:
+    """The settings ``activate`` would use for this project, without activating anything."""
+    project = Path(project_dir).resolve()
+    return resolve_paths(_load(variables, project), project)
 
 
 def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSettings:

@@ -19,21 +19,37 @@ from sqlmesh_osaa.integration.ingest_kind import NAME as INGEST
 _log = logging.getLogger(__name__)
 
 PUBLISHING_MATERIALIZATIONS = frozenset({EXPORT, INGEST})
-DEFAULT_STATE_SCHEMA = "sqlmesh"
 
 
-def state_sync_for(engine_adapter: Any = None) -> StateSync:
-    """The CLI's state sync when there is one, else one on ``engine_adapter`` (state in the gateway)."""
-    from sqlmesh_osaa.integration.runtime import sqlmesh_cli_context_object
+def state_sync_for() -> StateSync:
+    """The state sync of the SQLMesh command running now (CLI or Python API).
 
+    ``Context.plan``/``Context.run`` hand theirs to the runtime (``commands.py``); under the
+    CLI the click context holds the Context too. There is no guessing from the engine
+    adapter: state may live in another schema or connection.
+    """
+    from sqlmesh_osaa.integration.runtime import current, sqlmesh_cli_context_object
+
+    rt = current()
+    if rt is not None and rt.state_sync is not None:
+        return rt.state_sync
     context = sqlmesh_cli_context_object()
     if context is not None:
         return context.state_sync
-    if engine_adapter is None:
-        raise RuntimeError("No SQLMesh context or engine adapter to read state from")
-    from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
+    raise RuntimeError(
+        "sqlmesh-osaa cannot tell which SQLMesh state this command uses: call Context.plan() or "
+        "Context.run() (Context.apply() alone does not go through them), or run `sqlmesh osaa-recover reconcile`"
+    )
 
-    return EngineAdapterStateSync(engine_adapter, schema=DEFAULT_STATE_SCHEMA)
+
+def claim(model: Any) -> tuple[str, str] | None:
+    """What an osaa model publishes that no other model may: its export key or its landing source."""
+    materialization = getattr(model.kind, "materialization", None)
+    properties = getattr(model.kind, "materialization_properties", None) or {}
+    name = {EXPORT: "key", INGEST: "source"}.get(str(materialization))
+    if name is None or name not in properties:
+        return None
+    return (name, str(properties[name]).strip("/"))
 
 
 def publishes(snapshot: Snapshot) -> bool:

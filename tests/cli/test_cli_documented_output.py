@@ -12,7 +12,7 @@ from sqlmesh_osaa.cli import reference
 from sqlmesh_osaa.cli.recover import recover
 from sqlmesh_osaa.cli.shapes import ERROR, EXIT_CODES, SHAPES
 
-VERBS = ["list-failed", "retry", "clear", "stats", "verify", "transactions", "reconcile", "history", "prune"]
+VERBS = ["list-failed", "retry", "clear", "stats", "report", "verify", "transactions", "reconcile", "history", "prune"]
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
@@ -66,6 +66,7 @@ def test_sqlmesh_osaa_recover_help_lists_every_verb(workspace: Workspace) -> Non
         ["retry"],
         ["clear"],
         ["stats"],
+        ["report", "--html", "report.html"],
         ["verify"],
         ["transactions"],
         ["reconcile"],
@@ -90,6 +91,7 @@ def test_history_of_an_unknown_key_is_a_usage_error_with_a_json_error_document(e
         (["list-failed"], 1),
         (["clear", "--status", "failed"], 0),
         (["stats"], 1),
+        (["report", "--html", "report.html"], 0),
         (["verify"], 0),
         (["transactions", "--all"], 0),
         (["reconcile"], 0),

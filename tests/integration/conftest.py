@@ -6,6 +6,7 @@ import os
 from typing import Iterator
 
 import pytest
+from support import processes
 from support.pgserver import PostgresServer
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
@@ -42,7 +43,10 @@ def postgres_engine() -> Iterator[PostgresServer]:
     the password from the ``PGPASSFILE`` the server wrote: no project config holds it.
     """
     server = PostgresServer().start()
+    # pgserver.py is shared as it is with the checkpoint-store tests; its postmaster is _process.
+    processes.long_lived(server._process)
     try:
         yield server
     finally:
+        processes.forget(server._process)
         server.stop()

@@ -7,13 +7,11 @@ to PostgreSQL would first do.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from support import processes
 from support.pgserver import ROLE, PostgresServer
 
 from sqlmesh_project import SQLMESH, Completed, Project, local_project
@@ -53,31 +51,17 @@ def on_postgres(project: Project, server: PostgresServer) -> Project:
 
 @dataclass
 class SparkProject(Project):
-    """A project whose ``sqlmesh`` commands may take minutes and start a JVM, reaped with them."""
+    """A project whose ``sqlmesh`` commands may take minutes (each starts a Spark JVM, reaped with it)."""
 
-    def sqlmesh(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> Completed:
+    def sqlmesh(
+        self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Completed:
         command = [str(SQLMESH), *args]
-        process = subprocess.Popen(
-            command, cwd=self.path, env={**self.env, **(extra_env or {})}, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            out, err = process.communicate(timeout=SPARK_COMMAND_TIMEOUT)
-        finally:
-            _kill_group(process)
-        result = Completed(command, process.returncode, out, err)
+        env = {**self.env, **(extra_env or {})}
+        result = processes.run(command, cwd=self.path, env=env, timeout=SPARK_COMMAND_TIMEOUT, input=stdin)
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{out}\n{err}")
+            raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
-
-
-def _kill_group(process: subprocess.Popen[str]) -> None:
-    """End the command's whole process group (the Spark JVM included), also after a timeout."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def spark_project(directory: Path) -> SparkProject:

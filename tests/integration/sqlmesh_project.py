@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from support import processes
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, s3_client_for
 
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
@@ -39,8 +40,10 @@ class Project:
     env: dict[str, str]
     store: ObjectStore
 
-    def sqlmesh(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None) -> Completed:
-        return run([str(SQLMESH), *args], self.path, {**self.env, **(extra_env or {})}, check=check)
+    def sqlmesh(
+        self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> Completed:
+        return run([str(SQLMESH), *args], self.path, {**self.env, **(extra_env or {})}, check=check, stdin=stdin)
 
     def python(self, program: str, check: bool = True) -> Completed:
         """A Python program run in the project directory with the project's environment."""
@@ -48,15 +51,19 @@ class Project:
 
     def sqlmesh_days_later(self, days: int, *args: str, check: bool = True) -> Completed:
         """The CLI with the clock moved ``days`` ahead, so that ``sqlmesh run`` finds new intervals."""
-        return self.python(
+        return run(self.days_later_command(days, *args), self.path, self.env, check=check)
+
+    def days_later_command(self, days: int, *args: str) -> list[str]:
+        """The argv of ``sqlmesh <args>`` with the clock moved ``days`` ahead."""
+        program = (
             "import sys, datetime, time_machine\n"
             "from sqlmesh.cli.main import cli\n"
             f"sys.argv = ['sqlmesh', *{list(args)!r}]\n"
             f"later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days={days})\n"
             "with time_machine.travel(later):\n"
-            "    cli()\n",
-            check=check,
+            "    cli()\n"
         )
+        return [sys.executable, "-c", program]
 
     def plan(self, environment: str | None = None, *extra: str, check: bool = True, **kwargs: Any) -> Completed:
         args = ["plan", *([environment] if environment else []), "--auto-apply", "--no-prompts", *extra]
@@ -111,8 +118,8 @@ class Project:
 Completed = subprocess.CompletedProcess[str]
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> Completed:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True, stdin: str | None = None) -> Completed:
+    result = processes.run(command, cwd=cwd, env=env, timeout=COMMAND_TIMEOUT, input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -153,6 +160,15 @@ def s3_project(directory: Path, endpoint_url: str) -> Project:
     path = copy_example(directory / "project")
     store = S3Store(bucket, endpoint_url=endpoint_url, region="us-east-1", addressing_style="path")
     return Project(path=path, env=env, store=store)
+
+
+def sentinel_project(directory: Path, endpoint_url: str, *, secret_key: str, session_token: str) -> Project:
+    """:func:`s3_project` in an empty HOME of its own (``env["HOME"]``), signing with these credentials."""
+    project = s3_project(directory, endpoint_url)
+    home = directory / "home"
+    home.mkdir()
+    project.env.update(HOME=str(home), AWS_SECRET_ACCESS_KEY=secret_key, AWS_SESSION_TOKEN=session_token)
+    return project
 
 
 BAD_SDG_ROWS = "INDICATOR_ID,COUNTRY_ID,YEAR,VALUE,MAGNITUDE,QUALIFIER\nCR.1,NGA,2023,74.0,,\nCR.1,KEN,2099,88.0,,\n"

@@ -29,6 +29,7 @@ class Story:
     prod_after_bad: dict[str, str]
     models_after_bad: list[dict[str, Any]]
     pipelines_after_bad: list[dict[str, Any]]
+    sdg_staged_before: dict[str, str]
     sdg_staged_after_bad: dict[str, str]
     prod_after_fix: dict[str, str]
     export_rows_after_fix: list[tuple[Any, ...]]
@@ -46,6 +47,7 @@ def story(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         project = s3_project(directory, request.getfixturevalue("s3_server"))
     project.plan()
     prod_before = project.objects("prod/")
+    sdg_staged_before = project.objects("staging/exports/osaa_raw.sdg/")
     project.write("data/raw/sdg/SDG_update.csv", BAD_SDG_ROWS)
     bad = project.plan(None, *RESTATE_SDG, check=False)
     observed = dict(
@@ -60,6 +62,7 @@ def story(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return Story(
         project=project,
         prod_before=prod_before,
+        sdg_staged_before=sdg_staged_before,
         bad_exit_code=bad.returncode,
         **observed,
         prod_after_fix=project.objects("prod/"),
@@ -99,8 +102,9 @@ def test_failed_plan_is_recorded_as_a_failed_pipeline_checkpoint(story: Story) -
     ]
 
 
-def test_staged_output_of_the_failed_model_is_discarded(story: Story) -> None:
-    assert story.sdg_staged_after_bad == {}
+def test_failed_restatement_discards_its_own_staged_output_and_keeps_the_recorded_one(story: Story) -> None:
+    assert story.sdg_staged_before
+    assert story.sdg_staged_after_bad == story.sdg_staged_before
 
 
 def test_fixed_data_is_published_to_prod(story: Story) -> None:

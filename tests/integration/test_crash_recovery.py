@@ -83,10 +83,17 @@ def test_next_plan_records_the_killed_evaluation_as_interrupted_then_completes_i
     assert "interrupted" in history[1][2]
 
 
-def test_next_plan_records_the_killed_plan_as_failed(story: Story) -> None:
-    killed, recovered = story.project.checkpoints("pipeline")
-    assert killed["status"] == "failed" and "interrupted" in killed["error_message"]
-    assert recovered["status"] == "completed"
+def test_next_plan_records_the_killed_plan_as_failed_and_its_success_recovers_it(story: Story) -> None:
+    plans = story.project.checkpoints("pipeline")
+    (killed,) = [row for row in plans if row["metadata"].get("resolved_by")]
+    (recovered,) = [row for row in plans if row is not killed]
+    events = story.project._query(
+        "SELECT to_status, coalesce(error_message, '') FROM checkpoint_events WHERE scope = 'pipeline' AND key = ? ORDER BY seq",
+        [killed["key"]],
+    )
+    assert [status for status, _ in events] == ["in_progress", "failed", "in_progress", "completed"]
+    assert "interrupted" in events[1][1]
+    assert killed["metadata"]["resolved_by"] == recovered["key"] and recovered["status"] == "completed"
 
 
 def test_next_plan_keeps_only_the_audited_staged_output(story: Story) -> None:

@@ -1,0 +1,32 @@
+"""A database another process holds, said as a SQLMesh error instead of a DuckDB traceback.
+
+A second ``sqlmesh plan``/``run`` while one is running finds the warehouse (or the checkpoint
+database) locked: DuckDB allows one writer process per file. SQLMesh's CLI prints its own
+errors as one ``Error:`` line but lets a DuckDB ``IOException`` escape as a traceback, so the
+plan wrapper turns a lock found before the plan into a ``SQLMeshError`` naming the file, the
+process holding it and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlmesh.utils.errors import SQLMeshError
+
+from sqlmesh_osaa.exceptions import CheckpointError
+
+_DUCKDB_LOCK = re.compile(r'Could not set lock on file "(?P<path>[^"]+)": Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)')
+
+
+def busy_error(error: BaseException) -> SQLMeshError | None:
+    """The clear error for a database locked by another process, or None for any other failure."""
+    if isinstance(error, CheckpointError) and "locked by another process" in str(error):
+        return SQLMeshError(f"sqlmesh-osaa: {error}")
+    match = _DUCKDB_LOCK.search(str(error))
+    if match is None:
+        return None
+    return SQLMeshError(
+        f"The database {match['path']} is locked by another process, PID {match['pid']} ({match['program']}): "
+        "DuckDB lets one process at a time use it, so another sqlmesh plan/run (or a tool) holds it. "
+        "Wait for that process to finish, then run this command again"
+    )

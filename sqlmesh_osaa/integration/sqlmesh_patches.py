@@ -1,0 +1,153 @@
+"""Every patch of SQLMesh internals sqlmesh-osaa installs, in one module.
+
+SQLMesh 0.236 has no supported extension point for these four (``docs/sqlmesh-internals.md``
+says why, per patch):
+
+- ``Scheduler.evaluate`` (evaluate -> audit -> record the interval): the only call that
+  returns exactly when SQLMesh recorded an evaluation's interval, so the MODEL checkpoint and
+  the audit marker of the evaluation's staged outputs are written there;
+- ``GenericContext.plan`` / ``GenericContext.run``: SQLMesh runs ``before_all``/``after_all``
+  only when there is work, so a "No changes" plan or a run with nothing to evaluate would
+  never reconcile or catch up; wrapped, every command reconciles first and catches every
+  environment up afterwards (``commands.py``), and the hooks read state through the
+  command's own state sync (``state_schema``/``state_connection``, also in the Python API);
+- ``BaseDuckDBConnectionConfig._cursor_init``: chained so every DuckDB cursor SQLMesh opens
+  gets httpfs and an S3 secret when the project's storage is S3 (``duckdb_connections.py``).
+
+Each wrapper passes straight through unless the integration is active (evaluate) or the
+project's ``before_all`` calls ``@osaa_before_all()`` (plan, run), so a project without the
+extension runs as stock SQLMesh. This module imports nothing of the package at import
+time: the CLI hook installs it at every ``sqlmesh`` start. :func:`problems` checks what the
+patches rely on against the installed SQLMesh; when anything moved, nothing is patched and
+an error is logged (``tests/integration/test_sqlmesh_patches.py`` fails on it too).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from typing import Any, Callable
+
+_log = logging.getLogger(__name__)
+
+PINNED_VERSION = "0.236."
+INSTALLED_MARKER = "__osaa_patch__"
+ENABLING_MACRO = "osaa_before_all"
+# (module, class, method, parameters the wrapper reads)
+PATCHED = (
+    ("sqlmesh.core.scheduler", "Scheduler", "evaluate", ("snapshot", "start", "end", "deployability_index", "batch_index", "environment_naming_info")),
+    ("sqlmesh.core.context", "GenericContext", "plan", ("environment", "explain")),
+    ("sqlmesh.core.context", "GenericContext", "run", ("environment",)),
+)
+
+
+def problems() -> list[str]:
+    """What the patches rely on and the installed SQLMesh no longer offers (empty when all holds)."""
+    import importlib
+
+    import sqlmesh
+
+    found = []
+    version = getattr(sqlmesh, "__version__", "")
+    if not version.startswith(PINNED_VERSION):
+        found.append(f"sqlmesh {version} is installed; sqlmesh-osaa's patches were checked against {PINNED_VERSION}x")
+    for module_name, class_name, method, parameters in PATCHED:
+        owner = getattr(importlib.import_module(module_name), class_name, None)
+        function = getattr(owner, method, None)
+        if function is None:
+            found.append(f"{module_name}.{class_name}.{method} no longer exists")
+            continue
+        function = inspect.unwrap(function)
+        missing = [p for p in parameters if p not in inspect.signature(function).parameters]
+        if missing:
+            found.append(f"{class_name}.{method} lost parameter(s) {missing}")
+    found.extend(_internals_read())
+    return found
+
+
+def _internals_read() -> list[str]:
+    """Attributes read (not patched) that SQLMesh does not document as API."""
+    import sqlmesh.cli.main as cli_main
+    from sqlmesh.core.config.connection import BaseDuckDBConnectionConfig
+    from sqlmesh.core.snapshot.definition import SnapshotTableInfo
+    from sqlmesh.core.state_sync.base import DelegatingStateSync
+    from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
+    from sqlmesh.core.state_sync.db.interval import IntervalState
+
+    found = []
+    if "custom_materialization" not in SnapshotTableInfo.model_fields:
+        found.append("SnapshotTableInfo.custom_materialization no longer exists")
+    if "interval_state" not in inspect.getsource(EngineAdapterStateSync.__init__):
+        found.append("EngineAdapterStateSync no longer sets interval_state")
+    if "self.intervals_table" not in inspect.getsource(IntervalState.__init__):
+        found.append("IntervalState no longer sets intervals_table")
+    if "self.state_sync = state_sync" not in inspect.getsource(DelegatingStateSync.__init__):
+        found.append("DelegatingStateSync no longer keeps the wrapped state sync in state_sync")
+    if not isinstance(BaseDuckDBConnectionConfig.__dict__.get("_cursor_init"), property):
+        found.append("BaseDuckDBConnectionConfig._cursor_init is no longer a property (S3 access of DuckDB models)")
+    if not isinstance(getattr(cli_main, "SKIP_CONTEXT_COMMANDS", None), tuple):
+        found.append("sqlmesh.cli.main.SKIP_CONTEXT_COMMANDS is gone (the osaa-* commands would build a Context)")
+    return found
+
+
+def install() -> None:
+    """Install the four patches once per process, unless the installed SQLMesh moved under them."""
+    from sqlmesh.core.context import GenericContext
+    from sqlmesh.core.scheduler import Scheduler
+
+    if getattr(Scheduler.evaluate, INSTALLED_MARKER, False):
+        return
+    found = problems()
+    if found:
+        _log.error("sqlmesh-osaa did not patch SQLMesh (stock behaviour, no MODEL checkpoints): %s", "; ".join(found))
+        return
+    _wrap(Scheduler, "evaluate", _evaluate)
+    _wrap(GenericContext, "plan", _command("plan"))
+    _wrap(GenericContext, "run", _command("run"))
+    from sqlmesh_osaa.integration import duckdb_connections
+
+    duckdb_connections.install()
+
+
+def _wrap(owner: type, name: str, make: Callable[[Any], Any]) -> None:
+    original = getattr(owner, name)
+    wrapper = functools.wraps(original)(make(original))
+    setattr(wrapper, INSTALLED_MARKER, True)
+    setattr(owner, name, wrapper)
+
+
+def _evaluate(original: Any) -> Any:
+    signature = inspect.signature(original)
+
+    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runtime = sys.modules.get("sqlmesh_osaa.integration.runtime")
+        rt = runtime.current() if runtime is not None else None
+        if rt is None:
+            return original(self, *args, **kwargs)
+        from sqlmesh_osaa.integration.model_checkpoints import evaluate_recorded
+
+        bound = signature.bind(self, *args, **kwargs).arguments
+        return evaluate_recorded(rt, functools.partial(original, self), args, kwargs, bound)
+
+    return evaluate
+
+
+def uses_extension(context: Any) -> bool:
+    """Whether the project enables sqlmesh-osaa: its before_all calls ``@osaa_before_all()``."""
+    return any(ENABLING_MACRO in statement for statement in (context.config.before_all or []))
+
+
+def _command(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        def command(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if not uses_extension(self):
+                return original(self, *args, **kwargs)
+            from sqlmesh_osaa.integration import commands
+
+            return commands.around(name, self, functools.partial(original, self), args, kwargs)
+
+        return command
+
+    return make

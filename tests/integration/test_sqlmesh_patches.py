@@ -1,0 +1,38 @@
+"""The SQLMesh internals sqlmesh-osaa relies on are still there in the pinned SQLMesh.
+
+These fail loudly when an upgrade of SQLMesh moves anything ``sqlmesh_patches.py`` or the
+audit evidence uses (docs/sqlmesh-internals.md, section 9, lists each and why).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlmesh.core.config import DuckDBConnectionConfig
+from sqlmesh.core.context import GenericContext
+from sqlmesh.core.scheduler import Scheduler
+from sqlmesh.core.state_sync.cache import CachingStateSync
+from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
+
+import sqlmesh_osaa.integration  # noqa: F401  (installs the patches)
+from sqlmesh_osaa.integration import audit_evidence, sqlmesh_patches
+
+
+def test_the_installed_sqlmesh_offers_everything_the_patches_rely_on() -> None:
+    assert sqlmesh_patches.problems() == []
+
+
+def test_importing_the_integration_installs_the_three_patches() -> None:
+    for method in (Scheduler.evaluate, GenericContext.plan, GenericContext.run):
+        assert getattr(method, sqlmesh_patches.INSTALLED_MARKER, False), method
+
+
+def test_interval_rows_are_read_through_a_caching_state_sync_in_its_own_schema(tmp_path: Path) -> None:
+    adapter = DuckDBConnectionConfig(database=str(tmp_path / "state.duckdb")).create_engine_adapter()
+    state_sync = EngineAdapterStateSync(adapter, schema="osaa_state")
+    state_sync.migrate()
+
+    columns = adapter.columns("osaa_state._intervals")
+
+    assert set(audit_evidence.ROW_COLUMNS) <= set(columns)
+    assert audit_evidence.interval_rows(CachingStateSync(state_sync), ['"db"."osaa"."x"']) == []
