@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/engines.py
 
 clean:
 	rm -rf $(VENV) .osaa .pytest_cache .demo

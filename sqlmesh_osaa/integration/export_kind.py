@@ -22,7 +22,7 @@ from sqlglot import exp
 from sqlmesh import CustomKind, CustomMaterialization, Model
 
 from sqlmesh_osaa.fault_points import fault_point
-from sqlmesh_osaa.integration import model_checkpoints, properties, runtime
+from sqlmesh_osaa.integration import engine_io, model_checkpoints, properties, runtime
 from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
         model_checkpoints.note_output(output.prefix)
         with tempfile.TemporaryDirectory(prefix="osaa-export-") as workdir:
             local = Path(workdir) / "export.parquet"
-            self._write_parquet(table_name, local)
+            self._write_parquet(table_name, model, local)
             info = rt.error_handler.execute(rt.store.put_file, local, output.staged_key(key), operation="PutObject")
         write_manifest(rt.store, replace(output, objects={key: info.md5}), rt.error_handler)
         fault_point(EXPORT_STAGED)
@@ -74,7 +74,8 @@ class OsaaS3ExportMaterialization(CustomMaterialization[OsaaS3ExportKind]):
             "Staged export of %s at %s (published once SQLMesh records the interval)", model.name, output.staged_key(key)
         )
 
-    def _write_parquet(self, table_name: str, target: Path) -> None:
-        table = exp.to_table(table_name).sql(dialect="duckdb")
-        path = exp.Literal.string(str(target)).sql(dialect="duckdb")
-        self.adapter.execute(f"COPY (SELECT * FROM {table} ORDER BY ALL) TO {path} (FORMAT parquet, COMPRESSION zstd)")
+    def _write_parquet(self, table_name: str, model: Model, target: Path) -> None:
+        if engine_io.is_native(self.adapter):
+            self.adapter.execute(engine_io.sorted_parquet_copy(exp.to_table(table_name).sql(dialect="duckdb"), target))
+        else:
+            engine_io.export_parquet(self.adapter, table_name, engine_io.export_columns(self.adapter, table_name, model), target)

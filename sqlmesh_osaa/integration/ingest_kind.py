@@ -31,7 +31,7 @@ from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
-from sqlmesh_osaa.integration import model_checkpoints, properties, runtime
+from sqlmesh_osaa.integration import engine_io, model_checkpoints, properties, runtime
 from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
 
 _log = logging.getLogger(__name__)
@@ -141,6 +141,11 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
     def _load(
         self, rt: runtime.Runtime, table_name: str, query_or_df: t.Any, model: Model, source: str, uris: list[str]
     ) -> None:
+        if not engine_io.is_native(self.adapter):
+            landing = exp.table_(source, db=LANDING_SCHEMA)
+            with engine_io.landing_table(self.adapter, landing, uris, rt.settings.storage, model.dialect):
+                self.adapter.replace_query(table_name, query_or_df, model.columns_to_types)
+            return
         # Repeated each time: cheap when in effect, and SQLMesh may have recycled its connections.
         configure_object_storage(self.adapter.cursor, rt.settings.storage)
         view = exp.table_(source, db=LANDING_SCHEMA).sql(dialect="duckdb")

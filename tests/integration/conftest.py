@@ -6,6 +6,7 @@ import os
 from typing import Iterator
 
 import pytest
+from support.pgserver import PostgresServer
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
 
@@ -31,3 +32,13 @@ def s3_credentials_for_tests() -> Iterator[None]:
         os.environ.update(saved)
 
 
+
+
+@pytest.fixture(scope="session")
+def postgres_engine(pg_server: PostgresServer) -> PostgresServer:
+    """The session's PostgreSQL server (tests/conftest.py) as SQLMesh's engine; one database per project.
+
+    libpq (psycopg2 under SQLMesh, in the test process and in ``sqlmesh`` subprocesses) reads
+    the password from the ``PGPASSFILE`` the server wrote: no project config holds it.
+    """
+    return pg_server

@@ -1,0 +1,188 @@
+"""Engine benchmark: the export of a large model on PostgreSQL against the DuckDB engine's, in one run.
+
+Both engines hold the same rows (five columns shaped like ``osaa.indicators_export``), made
+by SQLMesh's own engine adapters. Each measurement runs in a fresh Python process, so its
+peak memory is its own:
+
+(a) time of the export step (table on the engine -> sorted parquet on local disk): the
+    DuckDB engine runs the kinds' native ``COPY``; PostgreSQL goes through ``engine_io``
+    (server-side cursor, batches into a private DuckDB, the same ``COPY``). The parquet
+    files must be byte-identical;
+(b) peak memory of the PostgreSQL export (VmHWM minus the RSS just before it) for several
+    table sizes: on the COPY path (scalar columns) and on the batched-cursor path (the same
+    rows plus a TIMESTAMPTZ column, which CSV does not carry exactly) at two batch sizes.
+
+Run: ``.venv/bin/python bench/engines.py [--rows N] [--rounds K]``. Figures are medians over
+K rounds; targets are in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.pgserver import ROLE, PostgresServer  # noqa: E402
+
+COLUMNS = {"country_id": "VARCHAR", "indicator_id": "VARCHAR", "year": "INTEGER", "value": "DOUBLE", "source": "VARCHAR"}
+TZ_COLUMNS = {**COLUMNS, "at": "TIMESTAMPTZ"}
+# The same rows on both engines: i is 1..N.
+_ROWS_SQL = (
+    "SELECT 'C' || CAST(i % 250 AS VARCHAR) AS country_id, 'IND.' || CAST(i % 997 AS VARCHAR) AS indicator_id, "
+    "CAST(1960 + i % 70 AS INTEGER) AS year, CAST(i AS DOUBLE) / 8 AS value, "
+    "CASE WHEN i % 3 = 0 THEN 'wdi' WHEN i % 3 = 1 THEN 'sdg' ELSE 'opri' END AS source "
+    "{extra}FROM generate_series(1, {rows}) AS s(i)"
+)
+_TZ_EXTRA = ", TIMESTAMPTZ '2024-01-01 00:00:00+00' + i * INTERVAL '1' SECOND AS at "
+
+
+def _table(rows: int, shape: str = "scalar") -> str:
+    return f"bench.{shape}_{rows}"
+
+
+def _postgres_adapter(port: int, database: str) -> Any:
+    from sqlmesh.core.config.connection import PostgresConnectionConfig
+
+    return PostgresConnectionConfig(
+        host="127.0.0.1", port=port, user=ROLE, password="", database=database
+    ).create_engine_adapter()
+
+
+def _duckdb_adapter(path: str) -> Any:
+    from sqlmesh.core.config.connection import DuckDBConnectionConfig
+
+    return DuckDBConnectionConfig(database=path).create_engine_adapter()
+
+
+def _create(adapter: Any, rows: int, shape: str = "scalar") -> None:
+    from sqlglot import exp
+
+    adapter.create_schema("bench")
+    extra = _TZ_EXTRA if shape == "tz" else " "
+    query = exp.maybe_parse(_ROWS_SQL.format(rows=rows, extra=extra), dialect="duckdb")
+    adapter.replace_query(_table(rows, shape), query)
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def child(args: argparse.Namespace) -> None:
+    """One export in this process; prints seconds, peak memory above the start and the file's MD5."""
+    from sqlglot import exp
+
+    from sqlmesh_osaa.integration import engine_io
+
+    adapter = _postgres_adapter(args.port, args.database) if args.engine == "postgres" else _duckdb_adapter(args.database)
+    adapter.fetchall("SELECT 1")
+    columns = TZ_COLUMNS if args.shape == "tz" else COLUMNS
+    types = {name: exp.DataType.build(dtype, dialect="duckdb") for name, dtype in columns.items()}
+    with tempfile.TemporaryDirectory(prefix="osaa-bench-") as workdir:
+        target = Path(workdir) / "export.parquet"
+        before = _rss_kb("VmRSS")
+        started = time.perf_counter()
+        if args.engine == "postgres":
+            engine_io.export_parquet(adapter, _table(args.rows, args.shape), types, target, batch_rows=args.batch_rows)
+        else:
+            adapter.execute(engine_io.sorted_parquet_copy(_table(args.rows, args.shape), target))
+        seconds = time.perf_counter() - started
+        peak = _rss_kb("VmHWM") - before
+        md5 = hashlib.md5(target.read_bytes()).hexdigest()
+    adapter.close()
+    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "md5": md5}))
+
+
+def _run_child(
+    engine: str, database: str, rows: int, batch_rows: int, port: int, env: dict[str, str], shape: str = "scalar"
+) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", engine, "--database", database, "--rows", str(rows),
+               "--batch-rows", str(batch_rows), "--port", str(port), "--shape", shape]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"{engine} export of {rows} rows failed (exit {process.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--child", choices=["duckdb", "postgres"])
+    parser.add_argument("--database", default="")
+    parser.add_argument("--batch-rows", type=int, default=50_000)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--shape", choices=["scalar", "tz"], default="scalar")
+    args = parser.parse_args()
+    if args.child:
+        args.engine = args.child
+        child(args)
+        return
+    from sqlmesh_osaa.integration.engine_io import BATCH_ROWS
+
+    small = args.rows // 4
+    server = PostgresServer().start()
+    env = {**os.environ, "PGPASSFILE": str(server.passfile)}
+    os.environ["PGPASSFILE"] = str(server.passfile)
+    try:
+        with tempfile.TemporaryDirectory(prefix="osaa-bench-engines-") as workdir:
+            database = server.create_database().split("dbname=")[1].split()[0]
+            duck_path = str(Path(workdir) / "engine.duckdb")
+            postgres, duck = _postgres_adapter(server.port, database), _duckdb_adapter(duck_path)
+            for rows in (small, args.rows):
+                _create(postgres, rows)
+                _create(duck, rows)
+                _create(postgres, rows, "tz")
+            postgres.execute("ANALYZE")
+            postgres.close()
+            duck.close()
+            runs: dict[str, list[dict[str, Any]]] = {"duckdb": [], "postgres": []}
+            for _ in range(args.rounds):
+                runs["duckdb"].append(_run_child("duckdb", duck_path, args.rows, BATCH_ROWS, 0, env))
+                runs["postgres"].append(_run_child("postgres", database, args.rows, BATCH_ROWS, server.port, env))
+            pg = {"database": database, "port": server.port, "env": env}
+            memory = {
+                f"COPY path, {small} rows": _run_child("postgres", rows=small, batch_rows=BATCH_ROWS, **pg),
+                f"COPY path, {args.rows} rows": runs["postgres"][0],
+                f"cursor path, {small} rows, batch {BATCH_ROWS}": _run_child(
+                    "postgres", rows=small, batch_rows=BATCH_ROWS, shape="tz", **pg
+                ),
+                f"cursor path, {args.rows} rows, batch {BATCH_ROWS}": _run_child(
+                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS, shape="tz", **pg
+                ),
+                f"cursor path, {args.rows} rows, batch {BATCH_ROWS * 4}": _run_child(
+                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS * 4, shape="tz", **pg
+                ),
+            }
+    finally:
+        server.stop()
+    duck_s = statistics.median(r["seconds"] for r in runs["duckdb"])
+    pg_s = statistics.median(r["seconds"] for r in runs["postgres"])
+    identical = {r["md5"] for r in runs["duckdb"] + runs["postgres"]}
+    print(f"(a) export of {args.rows} rows: DuckDB engine {duck_s:.2f} s, PostgreSQL {pg_s:.2f} s, "
+          f"ratio {pg_s / duck_s:.2f}x (target <= 2x); byte-identical: {len(identical) == 1}")  # fmt: skip
+    for label, result in memory.items():
+        print(f"(b) PostgreSQL export, {label}: peak {result['peak_mb']:.0f} MB above the start, "
+              f"{result['seconds']:.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
