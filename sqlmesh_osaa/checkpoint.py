@@ -186,7 +186,13 @@ _EVENT_INSERT_SQL = (
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 StartItem = str | tuple[str, str | Path | None]
-CompletionItem = str | tuple[str] | tuple[str, str | Path | None] | tuple[str, str | Path | None, str | None]
+CompletionItem = (
+    str
+    | tuple[str]
+    | tuple[str, str | Path | None]
+    | tuple[str, str | Path | None, str | None]
+    | tuple[str, str | Path | None, str | None, int, int]
+)
 
 # Batch inputs travel as one JSON document parsed by DuckDB: one bound string instead of
 # per-value conversions (bench/checkpoints.py compares the alternatives).
@@ -376,10 +382,19 @@ def _release(run_id: str, connection: duckdb.DuckDBPyConnection, shared: _OpenFi
         _close_file(shared)
 
 
-def _fingerprints(files: Iterable[tuple[str | Path | None, str | None]]) -> list[_Fingerprint]:
-    """Fingerprint each ``(file_path, checksum)``; a file that vanished is completed without one."""
+def _fingerprints(
+    files: Iterable[tuple[str | Path | None, str | None, tuple[int, int] | None]],
+) -> list[_Fingerprint]:
+    """Fingerprint each ``(file_path, checksum, taken)``; a file that vanished is completed without one.
+
+    ``taken`` is the (size, mtime_ns) the caller recorded when it read the file: kept as is,
+    so a file rewritten since then no longer matches its record.
+    """
     fingerprints, missing = [], []
-    for file_path, checksum in files:
+    for file_path, checksum, taken in files:
+        if taken is not None:
+            fingerprints.append(_Fingerprint(checksum, *taken))
+            continue
         if file_path is None:
             fingerprints.append(_Fingerprint(checksum, None, None))
             continue
@@ -456,11 +471,13 @@ def _as_event(values: Sequence[Any]) -> dict[str, Any]:
     return event
 
 
-def _completion_item(item: CompletionItem) -> tuple[str, str | None, str | None]:
+def _completion_item(item: CompletionItem) -> tuple[str, str | None, str | None, tuple[int, int] | None]:
+    """(key, file_path, checksum, (size, mtime_ns) taken when the file was read, or None)."""
     if isinstance(item, str):
-        return item, None, None
-    key, file_path, checksum = (*item, None, None)[:3]
-    return str(key), None if file_path is None else str(file_path), checksum
+        return item, None, None, None
+    key, file_path, checksum, size, mtime_ns = (*item, None, None, None, None)[:5]
+    taken = None if size is None or mtime_ns is None else (int(size), int(mtime_ns))
+    return str(key), None if file_path is None else str(file_path), checksum, taken
 
 
 class PipelineCheckpoint:
@@ -575,7 +592,7 @@ class PipelineCheckpoint:
         The file is ``file_path`` or, when omitted, the one recorded at start; ``checksum``
         (hex MD5) spares reading it when the caller already knows it.
         """
-        fingerprint = None if file_path is None else _fingerprints([(file_path, checksum)])[0]
+        fingerprint = None if file_path is None else _fingerprints([(file_path, checksum, None)])[0]
         self._transition(
             scope, key, COMPLETED, file_path=file_path, metadata=metadata, fingerprint=fingerprint, checksum=checksum
         )
@@ -802,17 +819,19 @@ class PipelineCheckpoint:
     ) -> None:
         """:meth:`mark_completed` for many in_progress items in one transaction: all, or none.
 
-        Each item is a key, ``(key, file_path)`` or ``(key, file_path, checksum)``. As in
+        Each item is a key, ``(key, file_path)``, ``(key, file_path, checksum)`` or
+        ``(key, file_path, checksum, size, mtime_ns)``: a fingerprint taken when the file was
+        read (checksum None when unknown) is recorded as given. Otherwise, as in
         :meth:`mark_completed`, the file (``file_path``, else the one recorded at start) is
         fingerprinted: size and mtime_ns from ``stat``, MD5 from ``checksum`` when given,
         else computed by reading it. Metadata is kept as it was.
         """
         scope = CheckpointScope(scope)
-        triples = [_completion_item(item) for item in items]
-        unnamed = [key for key, path, _ in triples if path is None]
+        completions = [_completion_item(item) for item in items]
+        unnamed = [key for key, path, _, _ in completions if path is None]
         recorded = dict(self._rows_of_keys(scope, unnamed, "file_path IS NOT NULL", ("file_path",)))
-        fingerprints = _fingerprints((path or recorded.get(key), checksum) for key, path, checksum in triples)
-        keys, paths = [key for key, _, _ in triples], [path for _, path, _ in triples]
+        fingerprints = _fingerprints((path or recorded.get(key), checksum, taken) for key, path, checksum, taken in completions)
+        keys, paths = [key for key, _, _, _ in completions], [path for _, path, _, _ in completions]
         self._transition_many(scope, COMPLETED, keys, paths, fingerprints, force=False)
 
     # -- internals ----------------------------------------------------------------------
@@ -965,7 +984,7 @@ class PipelineCheckpoint:
                     self._refused(scope, [(key, PENDING if old is None else old["status"], reason)], to_status, 1)
                 if to_status == COMPLETED and fingerprint is None:
                     # No file_path given: the file recorded at start is fingerprinted, under the lock.
-                    (fingerprint,) = _fingerprints([(old["file_path"], checksum)])
+                    (fingerprint,) = _fingerprints([(old["file_path"], checksum, None)])
                 new = self._fold(scope, key, old, to_status, file_path, metadata, fingerprint, error_message, category)
                 connection.execute(
                     _EVENT_INSERT_SQL,

@@ -1,0 +1,56 @@
+"""Child processes for crash and race tests: each in its own process group, always reaped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from sqlmesh_osaa.fault_points import FAULT_POINT_ENV
+from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
+
+CRASH_DIR = Path(__file__).resolve().parent.parent / "crash"
+
+
+def store_spec(store: ObjectStore) -> str:
+    """How tests/crash/txn_job.py names ``store``."""
+    if isinstance(store, LocalStore):
+        return f"local:{store.root}:{store.bucket}"
+    assert isinstance(store, S3Store)
+    return f"s3:{store.endpoint_url}:{store.bucket}"
+
+
+def start(args: Sequence[str], *, fault: str | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start a Python script of tests/crash in its own process group."""
+    environment = {**os.environ, **(env or {}), FAULT_POINT_ENV: fault or ""}
+    return subprocess.Popen(
+        [sys.executable, *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Wait for ``process``; on timeout or any error its whole group is killed and reaped."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run(args: Sequence[str], *, fault: str | None = None, timeout: float = 120, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    return finish(start(args, fault=fault, env=env), timeout)
+
+
+def txn_job(store: ObjectStore, db: Path, *extra: str, fault: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run([str(CRASH_DIR / "txn_job.py"), store_spec(store), str(db), *extra], fault=fault, timeout=timeout)
