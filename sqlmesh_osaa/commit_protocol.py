@@ -44,7 +44,7 @@ from sqlmesh_osaa.exceptions import (
     TransactionConflictError,
     TransactionError,
 )
-from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, fault_point
+from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
 from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
 
 _log = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) 
     """After apply: checkpoints, pointer, garbage, marker — each failure here only costs a later retry."""
     if checkpoint is not None:
         complete_files(checkpoint, Manifest.of(entry).puts)
+    fault_point(BEFORE_STAGING_CLEANUP)
     log.move_head(entry.position)
     log.collect_replaced(entry.position)
     log.delete_marker(entry.transaction_id)

@@ -170,7 +170,11 @@ def _convert_and_commit(
             settings=settings,
             transaction_id=transaction_id,
         )
-        txn.begin()
+        try:
+            txn.begin()
+        except Exception as exc:
+            _fail_all(todo, checkpoint, collector, exc)
+            return
         result.transaction_id = txn.transaction_id
         txn.prefetch_production(landing_prefix(request.env_prefix))
         for start in range(0, len(todo), CHUNK_SIZE):
@@ -202,6 +206,16 @@ def _convert_and_commit(
         for relative, key in staged:
             collector.add_success(relative, key)
             result.landed.append(key)
+
+
+def _fail_all(
+    todo: list[tuple[RawFile, str]], checkpoint: PipelineCheckpoint, collector: PartialFailureCollector, exc: Exception
+) -> None:
+    """The transaction could not begin (the store refused its marker): every file fails with that error."""
+    _log.error("Could not begin the ingest transaction: %s", exc)
+    for raw, key in todo:
+        _record_file_failure(checkpoint, key, raw, exc)
+        collector.add_failure(raw.relative, exc)
 
 
 def _convert_chunk(

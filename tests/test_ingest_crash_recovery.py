@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.processes import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -93,7 +94,7 @@ def assert_recovered(raw: Path, storage: Path, db: Path, sets) -> None:
         recover_transactions(checkpoint, store, error_handler=FAST)
         now = production(store)
         assert now in (old, new)
-        assert list(store.list_prefix("staging/")) == []
+        assert unfinished_work(store) == NOTHING_UNFINISHED
         for key, md5 in new.items():
             source = raw / "wdi" / (Path(key).stem + ".csv")
             if checkpoint.is_completed(CheckpointScope.FILE, key, str(source)):
@@ -101,7 +102,7 @@ def assert_recovered(raw: Path, storage: Path, db: Path, sets) -> None:
     finished = run_job(raw, storage, db)
     assert finished.stdout.strip() == "done", finished.stderr
     assert production(store) == new
-    assert list(store.list_prefix("staging/")) == []
+    assert unfinished_work(store) == NOTHING_UNFINISHED
 
 
 @pytest.mark.parametrize(

@@ -54,3 +54,21 @@ def run(args: Sequence[str], *, fault: str | None = None, timeout: float = 120, 
 
 def txn_job(store: ObjectStore, db: Path, *extra: str, fault: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return run([str(CRASH_DIR / "txn_job.py"), store_spec(store), str(db), *extra], fault=fault, timeout=timeout)
+
+
+def unfinished_work(store: ObjectStore) -> dict[str, list[str]]:
+    """What a finished protocol leaves nothing of: markers in flight, staging, versions no snapshot names."""
+    from sqlmesh_osaa.commit_log import MARKER_PREFIX, VERSIONS_PREFIX, CommitLog
+    from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
+
+    retained = CommitLog(store, ErrorHandler(RetryPolicy(max_attempts=1))).retained_versions()
+    return {
+        "markers": [info.key for info in store.list_prefix(MARKER_PREFIX)],
+        "staging": [info.key for info in store.list_prefix("staging/")],
+        "unreferenced_versions": [
+            info.key for info in store.list_prefix(VERSIONS_PREFIX) if info.key not in retained
+        ],
+    }
+
+
+NOTHING_UNFINISHED = {"markers": [], "staging": [], "unreferenced_versions": []}
