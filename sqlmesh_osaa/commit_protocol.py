@@ -44,6 +44,7 @@ from sqlmesh_osaa.exceptions import (
     TransactionConflictError,
     TransactionError,
 )
+from sqlmesh_osaa.raw_files import Fingerprint
 from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
 from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
 
@@ -60,15 +61,6 @@ TOMBSTONE_SECONDS = 3600.0
 def journal_key(transaction_id: str) -> str:
     """The OPERATION checkpoint key of a transaction (history and statistics)."""
     return f"{JOURNAL_PREFIX}{transaction_id}"
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """A source file as it was read: taken at discovery, carried to the FILE checkpoint."""
-
-    size: int
-    mtime_ns: int
-    md5: str | None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 One run discovers the raw files, skips those whose FILE checkpoint says they are done and
 unchanged (size and mtime from the discovery walk against the record; no file is read),
-converts the rest to parquet with DuckDB, stages every converted file in one transaction
+fingerprints the rest as they are read (discovery's size and mtime, the MD5 of the bytes
+converted; a file rewritten meanwhile is recorded without it, so the next run lands it
+again), converts them to parquet with DuckDB, stages every converted file in one transaction
 and commits it. A bad file is a recorded failure (FILE checkpoint *failed* with its
 category and message), never an abort: the good files still land. The same engine serves
 ``osaa-ingest`` and the ``osaa_file_ingest`` model kind.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +32,8 @@ from sqlmesh_osaa.raw_files import (
     discover_raw_files,
     landing_keys,
     landing_prefix,
+    read_fingerprint,
+    still_as_discovered,
 )
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
@@ -231,13 +235,17 @@ def _convert_chunk(
     for index, (raw, key) in enumerate(chunk, start=offset):
         parquet = workdir / f"{index}.parquet"
         try:
+            fingerprint = read_fingerprint(raw)
             convert_csv_to_parquet(raw.path, parquet, connection=connection)
         except Exception as exc:
             _record_file_failure(checkpoint, key, raw, exc)
             collector.add_failure(raw.relative, exc)
             parquet.unlink(missing_ok=True)
         else:
-            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path))
+            if not still_as_discovered(raw):
+                _log.warning("%s changed while it was converted; the next run lands it again", raw.relative)
+                fingerprint = replace(fingerprint, md5=None)
+            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint))
     return uploads
 
 
