@@ -417,13 +417,16 @@ class Snapshot:
         return [obj.uri for obj in self.objects.values()]
 
 
-def resolve_snapshot(store: ObjectStore, prefix: str = "", *, handler: ErrorHandler | None = None) -> Snapshot:
+def resolve_snapshot(
+    store: ObjectStore, prefix: str = "", *, handler: ErrorHandler | None = None, log: CommitLog | None = None
+) -> Snapshot:
     """The current snapshot of the objects under ``prefix``: read these URIs for a consistent set.
 
     Its versions stay readable for ``SNAPSHOT_RETENTION`` further commits, so resolve again
-    for each new read (docs/recovery.md, "Consistent reads").
+    for each new read (docs/recovery.md, "Consistent reads"). A reader that polls passes one
+    ``log``: entries never change, so each is fetched once.
     """
-    log = CommitLog(store, handler or ErrorHandler.from_settings(name="object-storage"))
+    log = log or CommitLog(store, handler or ErrorHandler.from_settings(name="object-storage"))
     position = log.head()
     objects = {
         key: SnapshotObject(key, ref["version"], store.uri(ref["version"]), ref["md5"], ref["size"])

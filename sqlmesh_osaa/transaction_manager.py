@@ -230,7 +230,6 @@ class TransactionManager:
             return
         if row and row["status"] == CheckpointStatus.IN_PROGRESS.value and not row["interrupted"]:
             raise self._taken(row.get("owner_pid"), row.get("owner_host"), alive=True)
-        self._check_marker_free()
         position = self.log.head()
         self._base = self.log.snapshot(position)
         marker = Marker(
