@@ -229,7 +229,8 @@ def reconcile(
     project: Path | None,
     as_json: bool,
 ) -> None:
-    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+    # The store holds what recovery needs: a machine with no checkpoint database reconciles too.
+    with command_run(ctx, as_json=as_json, db=db, project=project, create_db=pipeline is None) as run:
         settings = run.target.settings
         report = transactions_module.reconcile(
             run.session, run.target, run.session.pipelines(pipeline), make_store(settings.storage), list(environments), not no_publish

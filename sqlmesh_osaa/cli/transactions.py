@@ -21,7 +21,7 @@ from sqlmesh_osaa.commit_log import CommitLog
 from sqlmesh_osaa.commit_protocol import decision_history
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.storage import ObjectStore
-from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX, RecoveryReport, iter_transactions, journal_key, recover_transactions
+from sqlmesh_osaa.transaction_manager import DEFAULT_PIPELINE, JOURNAL_PREFIX, RecoveryReport, iter_transactions, journal_key, recover_transactions
 
 # The SQLMesh integration's layout of staged exports (sqlmesh_osaa.integration.staged_outputs),
 # repeated here so listing them does not import SQLMesh.
@@ -183,6 +183,12 @@ def _sqlmesh_part(target: Target, environments: list[str] | None, publish: bool,
     }
 
 
+def _pipelines_in_flight(store: ObjectStore, handler: ErrorHandler) -> list[str]:
+    """Pipelines whose transactions are in flight in the store: their rows are settled too (a fresh database knows none)."""
+    names = {marker.pipeline or DEFAULT_PIPELINE for marker in CommitLog(store, handler).markers()}
+    return sorted(names) or [DEFAULT_PIPELINE]
+
+
 def reconcile(
     session: CheckpointSession,
     target: Target,
@@ -194,6 +200,7 @@ def reconcile(
     """Recover every pipeline's transactions, then (in a project) let the integration reconcile with SQLMesh state."""
     recovered = RecoveryReport()
     handler = ErrorHandler.from_settings(target.settings, name="object-storage")
+    pipelines = list(dict.fromkeys([*pipelines, *_pipelines_in_flight(store, handler)]))
     for name in pipelines:
         report = recover_transactions(
             session.checkpoint(name), store, error_handler=handler, staging_prefix=target.settings.storage.staging_prefix

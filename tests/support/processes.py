@@ -24,12 +24,19 @@ def store_spec(store: ObjectStore) -> str:
     return f"s3:{store.endpoint_url}:{store.bucket}"
 
 
-def start(args: Sequence[str], *, fault: str | None = None, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Start a Python script of tests/crash in its own process group."""
+def start(
+    args: Sequence[str],
+    *,
+    fault: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen:
+    """Start a Python script (or, with an absolute executable first, a command) in its own process group."""
     environment = {**os.environ, **(env or {}), FAULT_POINT_ENV: fault or ""}
+    command = list(args) if Path(args[0]).name.startswith("osaa-") else [sys.executable, *args]
     return subprocess.Popen(
-        [sys.executable, *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, cwd=cwd,
     )
 
 
