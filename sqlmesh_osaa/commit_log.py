@@ -3,7 +3,7 @@
 Everything a machine needs to finish or undo another machine's transaction lives in the
 bucket, beside the data, under ``_osaa/`` (docs/recovery.md draws the layout):
 
-- ``_osaa/log/<position>.json`` — the **commit log**: numbered entries written with
+- ``_osaa/log/<position>.json.gz`` — the **commit log**: numbered entries written with
   If-None-Match, so exactly one writer takes each position. An entry is a transaction's
   decision (its full manifest, the snapshot it leaves, its owner) or an abort that fences a
   dead transaction out of the log. Entries are immutable.
@@ -22,6 +22,7 @@ Every request goes through an :class:`ErrorHandler` (retries, circuit breaker).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -57,7 +58,7 @@ _ACTIVE: set[str] = set()
 
 
 def log_key(position: int) -> str:
-    return f"{LOG_PREFIX}{position:020d}.json"
+    return f"{LOG_PREFIX}{position:020d}.json.gz"
 
 
 def marker_key(transaction_id: str) -> str:
@@ -179,11 +180,13 @@ class Entry:
         return {put["key"] for put in self.puts} | set(self.deletes)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        """gzip'd JSON: an entry carries the whole snapshot, and keys and versions compress well."""
+        text = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True, ensure_ascii=False)
+        return gzip.compress(text.encode("utf-8"), mtime=0)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
-        data = json.loads(raw)
+        data = json.loads(gzip.decompress(raw))
         data.pop("format", None)
         return cls(**data)
 
@@ -302,11 +305,11 @@ class CommitLog:
         found = self._call(self.store.get_bytes, marker_key(transaction_id), operation="GetObject")
         return Marker.from_bytes(*found) if found else None
 
-    def markers(self) -> list[Marker]:
-        """Every transaction in flight in this store."""
+    def markers(self, *, besides: str | None = None) -> list[Marker]:
+        """Every transaction in flight in this store (but ``besides``, whose marker is not read)."""
         ids = [info.key[len(MARKER_PREFIX) : -len(".json")] for info in self._list(MARKER_PREFIX)
                if info.key.endswith(".json")]
-        return [m for m in (self.marker(i) for i in ids) if m is not None]
+        return [m for m in (self.marker(i) for i in ids if i != besides) if m is not None]
 
     def delete_marker(self, transaction_id: str) -> None:
         self._call(self.store.delete_many, [marker_key(transaction_id)], operation="DeleteObjects")

@@ -139,7 +139,7 @@ def await_earlier(log: CommitLog, entry: Entry, *, timeout: float = APPLY_WAIT_S
     """
     deadline = time.monotonic() + timeout
     while True:
-        blocking = [m for m in log.markers() if _applies_before(log, m, entry)]
+        blocking = [m for m in log.markers(besides=entry.transaction_id) if _applies_before(log, m, entry)]
         if not blocking:
             return
         if time.monotonic() > deadline:
