@@ -39,7 +39,9 @@ from sqlmesh_osaa.commit_log import (
     CommitLog,
     Marker,
     Owner,
+    Snapshot,
     new_versions_root,
+    resolve_snapshot,
 )
 from sqlmesh_osaa.commit_protocol import (
     JOURNAL_PREFIX,
@@ -81,6 +83,7 @@ __all__ = [
     "Fingerprint",
     "Manifest",
     "RecoveryReport",
+    "Snapshot",
     "StagedPut",
     "TransactionManager",
     "TransactionPhase",
@@ -89,6 +92,7 @@ __all__ = [
     "iter_transactions",
     "journal_key",
     "recover_transactions",
+    "resolve_snapshot",
 ]
 
 Validator = Callable[[str], Any]

@@ -243,3 +243,25 @@ def test_a_snapshot_reader_polling_during_a_50_object_commit_never_sees_a_mixed_
         processes.finish(writer)
     assert seen[0] == "v1" and seen[-1] == "v2"
     assert seen.index("v2") > 0 and "v1" not in seen[seen.index("v2"):], "the snapshot flips once"
+
+
+def test_the_documented_duckdb_example_reads_the_current_snapshot(tmp_path):
+    import duckdb
+
+    from sqlmesh_osaa.storage import LocalStore
+
+    store = LocalStore(tmp_path / "storage", "osaa")
+    with PipelineCheckpoint("transactions", tmp_path / "c.duckdb") as checkpoint:
+        for rows in (2, 3):
+            parquet = tmp_path / f"{rows}.parquet"
+            duckdb.execute(f"COPY (SELECT range AS n FROM range({rows})) TO '{parquet}' (FORMAT parquet)")
+            with TransactionManager(store=store, checkpoint=checkpoint, error_handler=FAST) as txn:
+                txn.upload_file(parquet, "prod/landing/sdg/SDG_DATA_NATIONAL.parquet")
+
+    # docs/transactions.md, "Reading the current snapshot"
+    from sqlmesh_osaa.transaction_manager import resolve_snapshot
+
+    snapshot = resolve_snapshot(store, "prod/landing/sdg/")
+    count = duckdb.execute("SELECT count(*) FROM read_parquet(?)", [snapshot.uris()]).fetchone()[0]
+
+    assert snapshot.position == 2 and count == 3
