@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.exceptions import PreconditionFailedError

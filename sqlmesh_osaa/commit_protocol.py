@@ -273,8 +273,8 @@ def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry |
     if row is None or row["interrupted"]:
         checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
     if entry is not None:
-        checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata={"phase": "committed",
-                                                                            "position": entry.position})
+        metadata = {"phase": "committed", "position": entry.position, "manifest": Manifest.of(entry).to_json()}
+        checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=metadata)
     else:
         checkpoint.mark_failed(CheckpointScope.OPERATION, key, reason, metadata={"phase": "rolled_back"})
 

@@ -18,7 +18,6 @@ from support.processes import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.commit_log import (
-    MARKER_PREFIX,
     CommitLog,
     Marker,
     Owner,

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import duckdb
-import pytest
 from support import processes
 from support.processes import NOTHING_UNFINISHED, unfinished_work
 
