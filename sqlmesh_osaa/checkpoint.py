@@ -246,7 +246,8 @@ _BATCH_COMPLETE_SQL = (
     UPDATE checkpoints AS c
     SET status = '{COMPLETED}', file_path = coalesce(b.file_path, c.file_path), checksum = b.checksum,
         file_size = b.file_size, file_mtime_ns = b.file_mtime_ns, error_message = NULL, error_category = NULL,
-        run_id = $run_id, owner_pid = $pid, owner_host = $host, updated_at = $now, completed_at = $now
+        run_id = $run_id, owner_pid = $pid, owner_host = $host, updated_at = $now, completed_at = $now,
+        metadata = CAST(json_merge_patch(c.metadata, $metadata) AS VARCHAR)
     FROM osaa_batch b WHERE c.item_id = b.item_id
     """,
 )
@@ -440,6 +441,16 @@ def _file_matches(
         return calculate_checksum(file_path) == record["checksum"]
     except OSError:
         return False
+
+
+def _metadata_condition(condition: str, metadata: Mapping[str, str] | None) -> tuple[str, dict[str, str]]:
+    """``condition`` narrowed to rows whose metadata holds each of ``metadata``'s values (bound, never pasted)."""
+    names = list(metadata or {})
+    if not all(re.fullmatch(r"[a-z_]+", name) for name in names):
+        raise ValueError(f"metadata filter names must be lower-case words: {sorted(names)}")
+    tests = [f"json_extract_string(metadata, '$.{name}') = $meta_{n}" for n, name in enumerate(names)]
+    params = {f"meta_{n}": str(value) for n, value in enumerate((metadata or {}).values())}
+    return " AND ".join([condition, *tests]), params
 
 
 def _merged_metadata(old: str | Mapping[str, Any], new: Mapping[str, Any] | None) -> str:
@@ -748,13 +759,16 @@ class PipelineCheckpoint:
 
     # -- batches ------------------------------------------------------------------------
 
-    def completed_keys(self, scope: CheckpointScope | str, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` whose items are completed, in one query."""
-        rows = self._rows_of_keys(CheckpointScope(scope), list(keys), f"status = '{COMPLETED}'")
+    def completed_keys(
+        self, scope: CheckpointScope | str, keys: Iterable[str], *, metadata: Mapping[str, str] | None = None
+    ) -> set[str]:
+        """The subset of ``keys`` whose items are completed (with ``metadata``'s values), in one query."""
+        condition, params = _metadata_condition(f"status = '{COMPLETED}'", metadata)
+        rows = self._rows_of_keys(CheckpointScope(scope), list(keys), condition, params=params)
         return {key for (key,) in rows}
 
     def completed_fingerprints(
-        self, scope: CheckpointScope | str, key_prefix: str = ""
+        self, scope: CheckpointScope | str, key_prefix: str = "", *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, tuple[int | None, int | None]]:
         """``(file_size, file_mtime_ns)`` recorded for each completed item whose key starts with ``key_prefix``.
 
@@ -762,7 +776,8 @@ class PipelineCheckpoint:
         files compares these and asks :meth:`unchanged_keys` only about the files that differ.
         """
         columns = ("file_size", "file_mtime_ns")
-        rows = self._rows_under(CheckpointScope(scope), key_prefix, f"status = '{COMPLETED}'", columns)
+        condition, params = _metadata_condition(f"status = '{COMPLETED}'", metadata)
+        rows = self._rows_under(CheckpointScope(scope), key_prefix, condition, columns, params)
         return {key: (size, mtime_ns) for key, size, mtime_ns in rows}
 
     def unchanged_keys(
@@ -770,18 +785,22 @@ class PipelineCheckpoint:
         scope: CheckpointScope | str,
         items: Iterable[tuple[str, str | Path] | tuple[str, str | Path, int, int]],
         verify_checksum: bool = False,
+        *,
+        metadata: Mapping[str, str] | None = None,
     ) -> set[str]:
         """Batch :meth:`is_completed` with files: keys of items completed and unchanged.
 
         Items are ``(key, file_path)``, or ``(key, file_path, size, mtime_ns)`` when the
         caller has already stat'ed the file (a directory walk has): then no file is touched
-        unless its size or mtime changed or ``verify_checksum`` asks for the MD5.
+        unless its size or mtime changed or ``verify_checksum`` asks for the MD5. With
+        ``metadata``, only completions that recorded those values count.
         """
         files = {item[0]: item for item in items}
         columns = ("checksum", "file_size", "file_mtime_ns")
         unchanged = set()
+        condition, params = _metadata_condition(f"status = '{COMPLETED}'", metadata)
         for key, checksum, size, mtime_ns in self._rows_of_keys(
-            CheckpointScope(scope), list(files), f"status = '{COMPLETED}'", columns
+            CheckpointScope(scope), list(files), condition, columns, params=params
         ):
             item = files[key]
             known = item[2:] or None
@@ -816,6 +835,8 @@ class PipelineCheckpoint:
         self,
         scope: CheckpointScope | str,
         items: Iterable[CompletionItem],
+        *,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """:meth:`mark_completed` for many in_progress items in one transaction: all, or none.
 
@@ -824,7 +845,8 @@ class PipelineCheckpoint:
         read (checksum None when unknown) is recorded as given. Otherwise, as in
         :meth:`mark_completed`, the file (``file_path``, else the one recorded at start) is
         fingerprinted: size and mtime_ns from ``stat``, MD5 from ``checksum`` when given,
-        else computed by reading it. Metadata is kept as it was.
+        else computed by reading it. ``metadata`` is merged into each row's (e.g. the store
+        the key lives in).
         """
         scope = CheckpointScope(scope)
         completions = [_completion_item(item) for item in items]
@@ -832,7 +854,7 @@ class PipelineCheckpoint:
         recorded = dict(self._rows_of_keys(scope, unnamed, "file_path IS NOT NULL", ("file_path",)))
         fingerprints = _fingerprints((path or recorded.get(key), checksum, taken) for key, path, checksum, taken in completions)
         keys, paths = [key for key, _, _, _ in completions], [path for _, path, _, _ in completions]
-        self._transition_many(scope, COMPLETED, keys, paths, fingerprints, force=False)
+        self._transition_many(scope, COMPLETED, keys, paths, fingerprints, force=False, metadata=metadata)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -1070,7 +1092,13 @@ class PipelineCheckpoint:
         return row
 
     def _rows_of_keys(
-        self, scope: CheckpointScope, keys: list[str], condition: str, columns: tuple[str, ...] = ()
+        self,
+        scope: CheckpointScope,
+        keys: list[str],
+        condition: str,
+        columns: tuple[str, ...] = (),
+        *,
+        params: Mapping[str, str] | None = None,
     ) -> list[tuple]:
         """``key`` and ``columns`` of the rows of ``keys`` meeting ``condition``, in one query however many keys.
 
@@ -1082,22 +1110,27 @@ class PipelineCheckpoint:
             return []
         if len(keys) >= _SCAN_FROM_KEYS:
             wanted = set(keys)
-            rows = self._rows_under(scope, os.path.commonprefix(keys), condition, columns)
+            rows = self._rows_under(scope, os.path.commonprefix(keys), condition, columns, params)
             return [row for row in rows if row[0] in wanted]
         return self._query(
             f"""SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}
                 AND item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
-            {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys)},
+            {"prefix": self._item_id(scope, ""), "keys": json.dumps(keys), **(params or {})},
         )
 
     def _rows_under(
-        self, scope: CheckpointScope, key_prefix: str, condition: str, columns: tuple[str, ...]
+        self,
+        scope: CheckpointScope,
+        key_prefix: str,
+        condition: str,
+        columns: tuple[str, ...],
+        params: Mapping[str, str] | None = None,
     ) -> list[tuple]:
         """``key`` and ``columns`` of this pipeline's rows in ``scope`` whose key starts with ``key_prefix``."""
         return self._query(
             f"""SELECT {', '.join(('key', *columns))} FROM checkpoints WHERE {condition}
                 AND pipeline = $pipeline AND scope = $scope AND starts_with(key, $prefix)""",
-            {"pipeline": self.pipeline_name, "scope": scope.value, "prefix": key_prefix},
+            {"pipeline": self.pipeline_name, "scope": scope.value, "prefix": key_prefix, **(params or {})},
         )
 
     def _transition_many(
@@ -1108,6 +1141,7 @@ class PipelineCheckpoint:
         paths: list[str | None],
         fingerprints: list[_Fingerprint] | None,
         force: bool,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Many transitions to ``to_status`` in one transaction, folded by the ``_BATCH_*_SQL`` statements."""
         if len(set(keys)) != len(keys):
@@ -1135,6 +1169,7 @@ class PipelineCheckpoint:
             "run_id": self.run_id,
             "pid": os.getpid(),
             "host": _HOST,
+            "metadata": json.dumps(metadata or {}, sort_keys=True, default=str),
         }
         statements = _BATCH_START_SQL if to_status == IN_PROGRESS else _BATCH_COMPLETE_SQL
         with self._transaction() as connection:

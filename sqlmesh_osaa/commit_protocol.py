@@ -223,18 +223,24 @@ def _verified_version(store: ObjectStore, handler: ErrorHandler, put: StagedPut,
     return staged
 
 
-def complete_files(checkpoint: PipelineCheckpoint, puts: Sequence[StagedPut]) -> None:
-    """FILE checkpoints completed with the fingerprint of the content production now holds."""
+def store_metadata(store: ObjectStore) -> dict[str, str]:
+    """What a FILE checkpoint records of the store its key lives in: another store is another key space."""
+    return {"store": store.identity}
+
+
+def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Sequence[StagedPut]) -> None:
+    """FILE checkpoints completed with the fingerprint of the content production now holds, and its store."""
     tracked = {put.key: put for put in puts if put.source_path is not None}
     if not tracked:
         return
-    done = checkpoint.completed_keys(CheckpointScope.FILE, tracked)
+    where = store_metadata(store)
+    done = checkpoint.completed_keys(CheckpointScope.FILE, tracked, metadata=where)
     running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
     todo = [put for key, put in tracked.items() if key not in done]
     restart = [(put.key, put.source_path) for put in todo if put.key not in running]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
-    checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo])
+    checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)
 
 
 def _completion(put: StagedPut) -> tuple[Any, ...]:
@@ -247,7 +253,7 @@ def _completion(put: StagedPut) -> tuple[Any, ...]:
 def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) -> None:
     """After apply: checkpoints, pointer, garbage, marker — each failure here only costs a later retry."""
     if checkpoint is not None:
-        complete_files(checkpoint, Manifest.of(entry).puts)
+        complete_files(checkpoint, log.store, Manifest.of(entry).puts)
     fault_point(BEFORE_STAGING_CLEANUP)
     log.move_head(entry.position)
     log.collect_replaced(entry.position)
@@ -408,7 +414,7 @@ def settle_checkpoint(
             found = log.find_decision(transaction_id, int(metadata.get("begin") or 0))
             decision = found if found is not None and found.kind == "commit" else None
         if decision is not None:
-            complete_files(checkpoint, Manifest.of(decision).puts)
+            complete_files(checkpoint, log.store, Manifest.of(decision).puts)
         _end_row(checkpoint, transaction_id, decision, "owner died before the commit decision")
 
 

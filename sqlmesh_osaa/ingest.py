@@ -21,6 +21,7 @@ from typing import Callable
 import duckdb
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.commit_protocol import store_metadata
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
@@ -72,21 +73,24 @@ class IngestRequest:
     verify_checksum: bool = False
 
 
-def _discover(request: IngestRequest, checkpoint: PipelineCheckpoint) -> Discovery:
-    """Discover the raw files against what their FILE checkpoints recorded when they landed.
+def _discover(request: IngestRequest, checkpoint: PipelineCheckpoint, store: ObjectStore) -> Discovery:
+    """Discover the raw files against what their FILE checkpoints recorded when they landed in ``store``.
 
     A file whose completed record has its size and mtime is unchanged without further
     question; discovery lists only its landing key. Verifying checksums skips that shortcut.
+    A record made for another store does not count: that store is another key space.
     """
     baseline = None
     if not request.verify_checksum:
-        fingerprints = checkpoint.completed_fingerprints(CheckpointScope.FILE, landing_prefix(request.env_prefix))
+        fingerprints = checkpoint.completed_fingerprints(
+            CheckpointScope.FILE, landing_prefix(request.env_prefix), metadata=store_metadata(store)
+        )
         baseline = Baseline(request.env_prefix, fingerprints)
     return discover_raw_files(request.raw_root, pattern=request.pattern, source=request.source, baseline=baseline)
 
 
 def _split_unchanged(
-    checkpoint: PipelineCheckpoint, discovery: Discovery, env_prefix: str, verify: bool
+    checkpoint: PipelineCheckpoint, store: ObjectStore, discovery: Discovery, env_prefix: str, verify: bool
 ) -> tuple[list[tuple[RawFile, str]], list[str]]:
     """The files to ingest (with their landing keys), and the keys of those unchanged since they landed.
 
@@ -98,7 +102,7 @@ def _split_unchanged(
     if not files:
         return files, skipped
     items = [(key, raw.real_path, raw.size, raw.mtime_ns) for raw, key in files]
-    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, items, verify)
+    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, items, verify, metadata=store_metadata(store))
     skipped += [key for _, key in files if key in unchanged]
     return [(raw, key) for raw, key in files if key not in unchanged], skipped
 
@@ -135,8 +139,8 @@ def _ingest(
     progress: Progress | None,
     transaction_id: str | None,
 ) -> IngestResult:
-    discovery = _discover(request, checkpoint)
-    todo, skipped = _split_unchanged(checkpoint, discovery, request.env_prefix, request.verify_checksum)
+    discovery = _discover(request, checkpoint, store)
+    todo, skipped = _split_unchanged(checkpoint, store, discovery, request.env_prefix, request.verify_checksum)
     collector = PartialFailureCollector()
     for refused in discovery.refused:
         collector.add_failure(refused.relative, refused.error)

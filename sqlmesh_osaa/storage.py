@@ -29,6 +29,7 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from sqlmesh_osaa.exceptions import (
     PERMANENT_ERROR_CODES,
@@ -249,6 +250,11 @@ class ObjectStore(ABC):
     def uri(self, key: str) -> str:
         """Where DuckDB and other readers find the object."""
 
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """Which key space this store is (backend, endpoint without credentials, bucket): checkpoints record it."""
+
     @abstractmethod
     def put_bytes(
         self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
@@ -343,6 +349,10 @@ class LocalStore(ObjectStore):
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r}, bucket={self.bucket!r})"
+
+    @property
+    def identity(self) -> str:
+        return f"local:{self.root}/{self.bucket}"
 
     def put_file(
         self,
@@ -685,6 +695,12 @@ class S3Store(ObjectStore):
     @property
     def endpoint_url(self) -> str:
         return str(self._client.meta.endpoint_url)
+
+    @property
+    def identity(self) -> str:
+        parts = urlsplit(self.endpoint_url)
+        host = parts.netloc.rpartition("@")[2]
+        return f"s3:{parts.scheme}://{host}{parts.path.rstrip('/')}/{self.bucket}"
 
     def put_file(
         self,

@@ -96,3 +96,29 @@ def test_a_killed_ingest_is_rolled_forward_from_a_new_directory_after_every_loca
     assert len(json.loads(recovered.stdout)["transactions"]["rolled_forward"]) == 1
     assert {info.key: info.md5 for info in store.list_prefix("prod/")} == clean
     assert unfinished_work(store) == NOTHING_UNFINISHED
+
+
+def test_the_same_checkpoints_pointed_at_another_store_land_every_file_there(store, tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "wdi").mkdir(parents=True)
+    (raw / "wdi" / "data.csv").write_text(csv(4))
+    first = LocalStore(tmp_path / "first-storage", "osaa")
+    settings = load_settings(environ={})
+    with PipelineCheckpoint("ingest", tmp_path / "c.duckdb") as checkpoint:
+        landed = run_ingest(IngestRequest(raw, "prod"), checkpoint=checkpoint, store=first, settings=settings,
+                            error_handler=FAST)
+        other = run_ingest(IngestRequest(raw, "prod"), checkpoint=checkpoint, store=store, settings=settings,
+                           error_handler=FAST)
+        again = run_ingest(IngestRequest(raw, "prod"), checkpoint=checkpoint, store=store, settings=settings,
+                           error_handler=FAST)
+        row = checkpoint.get(CheckpointScope.FILE, KEY)
+    assert landed.landed == other.landed == [KEY]
+    assert again.landed == [] and again.skipped == [KEY]
+    assert landed_rows(store, KEY, tmp_path) == 4
+    assert row["metadata"]["store"] == store.identity
+
+
+def test_a_store_identity_names_backend_endpoint_and_bucket_but_no_credentials(s3_server, s3_env):
+    identity = S3Store("osaa", endpoint_url=s3_server.replace("http://", "http://key:secret@")).identity
+    assert identity == f"s3:{s3_server}/osaa"
+    assert "secret" not in identity
