@@ -52,6 +52,7 @@ from sqlmesh_osaa.commit_protocol import (
     apply_entry,
     await_earlier,
     clean_transaction_area,
+    complete_files,
     decide,
     finish,
     recover_store,
@@ -432,6 +433,9 @@ class TransactionManager:
             return
         self._validate()
         assert self._marker is not None
+        if all(put.unchanged for put in self.manifest.puts) and not self.manifest.deletes:
+            self._end_unchanged()
+            return
         try:
             entry = decide(self.log, self.transaction_id, self._marker.begin, self.manifest)
         except TransactionConflictError as conflict:
@@ -471,6 +475,19 @@ class TransactionManager:
             sum(1 for put in self.manifest.puts if put.unchanged),
             len(self.manifest.deletes),
         )
+
+    def _end_unchanged(self) -> None:
+        """Nothing to write: no log entry; the FILE checkpoints complete, the marker goes."""
+        self._release()
+        complete_files(self.checkpoint, self.store, self.manifest.puts)
+        self.log.delete_marker(self.transaction_id)
+        self.checkpoint.mark_completed(
+            CheckpointScope.OPERATION, journal_key(self.transaction_id),
+            metadata={"phase": TransactionPhase.COMMITTED.value, "manifest": self.manifest.to_json()},
+        )
+        self.phase = TransactionPhase.COMMITTED
+        _log.info("Transaction %s changed nothing: %d object(s) already in production", self.transaction_id,
+                  len(self.manifest.puts))
 
     def _unfinished(self, exc: Exception, message: str) -> TransactionError:
         error = TransactionError(message, category=categorize_error(exc), transaction_id=self.transaction_id)
