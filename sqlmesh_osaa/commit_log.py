@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.exceptions import PreconditionFailedError
-from sqlmesh_osaa.storage import ObjectStore
+from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
 
 _log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class CommitLog:
 
     def markers(self, *, besides: str | None = None) -> list[Marker]:
         """Every transaction in flight in this store (but ``besides``, whose marker is not read)."""
-        ids = [info.key[len(MARKER_PREFIX) : -len(".json")] for info in self._list(MARKER_PREFIX)
+        ids = [info.key[len(MARKER_PREFIX) : -len(".json")] for info in self.list(MARKER_PREFIX)
                if info.key.endswith(".json")]
         return [m for m in (self.marker(i) for i in ids if i != besides) if m is not None]
 
@@ -318,7 +318,7 @@ class CommitLog:
 
     def delete_versions(self, root: str) -> int:
         """Delete every object under a versions root; returns how many there were."""
-        keys = [info.key for info in self._list(root)]
+        keys = [info.key for info in self.list(root)]
         if keys:
             self._call(self.store.delete_many, keys, operation="DeleteObjects")
         return len(keys)
@@ -334,7 +334,7 @@ class CommitLog:
         return [
             (VERSIONS_PREFIX + info.key[len(TOMBSTONE_PREFIX) :] + "/",
              now - info.last_modified.timestamp() if info.last_modified else 0.0)
-            for info in self._list(TOMBSTONE_PREFIX)
+            for info in self.list(TOMBSTONE_PREFIX)
         ]
 
     def forget_tombstone(self, root: str) -> None:
@@ -345,7 +345,7 @@ class CommitLog:
         self._call(self.store.delete_many, keys, operation="DeleteObjects")
 
     def list_versions(self) -> list[str]:
-        return [info.key for info in self._list(VERSIONS_PREFIX)]
+        return [info.key for info in self.list(VERSIONS_PREFIX)]
 
     def collect_replaced(self, position: int) -> None:
         """Delete the versions entry ``position - SNAPSHOT_RETENTION`` replaced: no retained snapshot names them."""
@@ -365,7 +365,8 @@ class CommitLog:
             names |= {ref["version"] for ref in self.snapshot(position).values()}
         return names
 
-    def _list(self, prefix: str) -> list[Any]:
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """The objects under ``prefix``, the listing retried as a whole."""
         return self._call(lambda: list(self.store.list_prefix(prefix)), operation="ListObjectsV2")
 
 

@@ -264,3 +264,26 @@ def test_the_documented_duckdb_example_reads_the_current_snapshot(tmp_path):
     count = duckdb.execute("SELECT count(*) FROM read_parquet(?)", [snapshot.uris()]).fetchone()[0]
 
     assert snapshot.position == 2 and count == 3
+
+
+@pytest.mark.s3
+def test_a_later_commit_waits_for_a_live_earlier_commit_of_its_keys_to_finish_applying(fault_proxy, s3_bucket, tmp_path):
+    import threading
+
+    from sqlmesh_osaa.storage import S3Store
+
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+    log = CommitLog(store, FAST)
+    with PipelineCheckpoint("transactions", tmp_path / "c.duckdb") as checkpoint:
+        slow = TransactionManager(store=store, checkpoint=checkpoint, error_handler=FAST)
+        slow.upload_file(write(tmp_path / "1.txt", "old"), "prod/k")
+        fault_proxy.delay_next(1, 2.0, operations={"CopyObject"})
+        applying = threading.Thread(target=slow.commit)
+        applying.start()
+        while log.head() < 1:  # the slow commit is decided; its copy is held at the proxy
+            time.sleep(0.01)
+        later = TransactionManager(store=store, checkpoint=checkpoint, error_handler=FAST, recover=False)
+        later.upload_file(write(tmp_path / "2.txt", "new"), "prod/k")
+        later.commit()
+        applying.join()
+    assert content(store, "prod/k") == "new"

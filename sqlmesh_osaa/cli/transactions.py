@@ -91,7 +91,7 @@ def in_flight_areas(log: CommitLog) -> list[dict[str, Any]]:
     """Each store transaction in flight (its marker) with the versions it uploaded so far."""
     areas = []
     for marker in log.markers():
-        listed = list(log.store.list_prefix(marker.versions))
+        listed = log.list(marker.versions)
         areas.append(
             {
                 "prefix": marker.versions,
@@ -103,7 +103,7 @@ def in_flight_areas(log: CommitLog) -> list[dict[str, Any]]:
             }
         )
     for root, _ in log.tombstones():
-        listed = list(log.store.list_prefix(root))
+        listed = log.list(root)
         if listed:
             areas.append({"prefix": root, "kind": "transaction", "transaction_id": None, "objects": len(listed),
                           "bytes": sum(info.size for info in listed), "state": "ended"})
