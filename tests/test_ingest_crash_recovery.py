@@ -67,10 +67,10 @@ def sets(tmp_path_factory) -> tuple[dict[str, str], dict[str, str]]:
     base = tmp_path_factory.mktemp("reference")
     raw, storage, db = base / "raw", base / "storage", base / "c.duckdb"
     write_raw(raw, 1)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     old = production(LocalStore(storage, "osaa"))
     write_raw(raw, 2)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     new = production(LocalStore(storage, "osaa"))
     assert len(old) == 4 and len(new) == FILES and old != new
     return old, new
@@ -81,7 +81,7 @@ def world(tmp_path, sets):
     """A raw directory at generation 2 whose store and checkpoints hold generation 1."""
     raw, storage, db = tmp_path / "raw", tmp_path / "storage", tmp_path / "c.duckdb"
     write_raw(raw, 1)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     time.sleep(0.01)
     write_raw(raw, 2)
     return raw, storage, db
@@ -100,7 +100,7 @@ def assert_recovered(raw: Path, storage: Path, db: Path, sets) -> None:
             if checkpoint.is_completed(CheckpointScope.FILE, key, str(source)):
                 assert now.get(key) == md5, f"{key} checkpointed as done but production differs"
     finished = run_job(raw, storage, db)
-    assert finished.stdout.strip() == "done", finished.stderr
+    assert finished.stdout.split() == ["started", "done"], finished.stderr
     assert production(store) == new
     assert unfinished_work(store) == NOTHING_UNFINISHED
 
@@ -129,7 +129,7 @@ def test_kills_at_random_times_never_leave_a_torn_state(tmp_path, sets):
         base = tmp_path / str(attempt)
         raw, storage, db = base / "raw", base / "storage", base / "c.duckdb"
         write_raw(raw, 1)
-        assert run_job(raw, storage, db).stdout.strip() == "done"
+        assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
         write_raw(raw, 2)
         process = subprocess.Popen(
             [sys.executable, str(JOB), str(raw), str(storage), str(db)],

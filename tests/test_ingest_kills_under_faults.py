@@ -51,11 +51,21 @@ def assert_agrees(store, db: Path, clean: dict[str, str]) -> None:
             assert now.get(row["key"]) == clean[row["key"]], f"{row['key']} checkpointed but production differs"
 
 
+def _timed_run(spec: str, raw: Path, db: Path) -> float:
+    """Seconds an uninterrupted ingest job takes from the end of its imports to its exit."""
+    job = processes.start([str(JOB), str(raw), str(db.parent / "unused"), str(db), spec, "8"])
+    processes.wait_for_line(job, "started")
+    started = time.monotonic()
+    finished = processes.finish(job)
+    assert finished.stdout.split() == ["done"], finished.stderr
+    return time.monotonic() - started
+
+
 def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_path, fault_proxy, s3_bucket, s3_server, s3_client):
     raw = tmp_path / "raw"
     write_raw(raw)
     reference = tmp_path / "reference"
-    assert processes.run([str(JOB), str(raw), str(reference), str(tmp_path / "ref.duckdb")]).stdout.strip() == "done"
+    assert processes.run([str(JOB), str(raw), str(reference), str(tmp_path / "ref.duckdb")]).stdout.split() == ["started", "done"]
     clean = production(LocalStore(reference, "osaa"))
     assert len(clean) == FILES
 
@@ -65,6 +75,7 @@ def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_pa
     fault_proxy.fail_fraction(0.10, 503, "SlowDown", seed=7)
     rng = random.Random(20261201)
     db = tmp_path / "c.duckdb"
+    clean_run = _timed_run(spec, raw, tmp_path / "timed.duckdb")  # kill times span a whole run, under any load
     recovered = {"rolled_back": 0, "rolled_forward": 0}
     for kill in range(KILLS):
         if kill % 5 == 0:  # start over now and then, so kills also land in the first phases
@@ -73,7 +84,8 @@ def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_pa
                 direct.delete_many(keys)
             db.unlink(missing_ok=True)
         job = processes.start([str(JOB), str(raw), str(tmp_path / "unused"), str(db), spec, "8"])
-        time.sleep(rng.uniform(0.3, 2.0))
+        processes.wait_for_line(job, "started")
+        time.sleep(rng.uniform(0, 1.2 * clean_run))
         processes.kill_group(job)
         processes.finish(job)
         with PipelineCheckpoint("ingest", db) as checkpoint:

@@ -2,7 +2,7 @@
 
 Usage: python ingest_job.py RAW_ROOT STORAGE_ROOT CHECKPOINT_DB [STORE [MAX_ATTEMPTS]]
 ``STORE`` (as in txn_job.py) replaces the LocalStore ``osaa`` under STORAGE_ROOT.
-Prints ``done`` when the run returned.
+Prints ``started`` once its imports are done and ``done`` when the run returned.
 """
 
 import logging
@@ -23,6 +23,7 @@ if len(sys.argv) > 4:
     endpoint, _, bucket = sys.argv[4].partition(":")[2].rpartition(":")
     store = S3Store(bucket, endpoint_url=endpoint, addressing_style="path")
 attempts = int(sys.argv[5]) if len(sys.argv) > 5 else 2
+print("started", flush=True)  # imports done: kill times are drawn from here
 with PipelineCheckpoint("ingest", Path(db_path)) as checkpoint:
     result = run_ingest(
         IngestRequest(Path(raw_root), "prod"),

@@ -79,3 +79,15 @@ def unfinished_work(store: ObjectStore) -> dict[str, list[str]]:
 
 
 NOTHING_UNFINISHED = {"markers": [], "staging": [], "unreferenced_versions": []}
+
+
+def wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 120) -> None:
+    """Block until ``process`` prints ``expected`` (as a whole line); kill its group if it never does."""
+    import select
+
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    line = process.stdout.readline().strip() if ready else ""
+    if line != expected:
+        kill_group(process)
+        raise AssertionError(f"process printed {line!r} instead of {expected!r} within {timeout}s")
