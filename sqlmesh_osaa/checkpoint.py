@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import duckdb
 
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
+from sqlmesh_osaa.redaction import redact
 from sqlmesh_osaa.settings import get_settings
 from sqlmesh_osaa.storage import file_md5
 
@@ -624,7 +625,7 @@ class PipelineCheckpoint:
             FAILED,
             file_path=file_path,
             metadata=metadata,
-            error_message=error_message,
+            error_message=redact(error_message),  # any exception's text: no credential is stored
             category=_category_value(category),
         )
 

@@ -263,12 +263,14 @@ def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) 
 
 
 def clean_transaction_area(log: CommitLog, root: str) -> int:
-    """Remove what an uncommitted attempt left under its versions root; returns how many objects.
+    """Remove what an uncommitted attempt left under its versions root; returns how many leftovers went.
 
-    The one place that empties a dead or rolled-back transaction's staging: the store's
-    incomplete writes under ``root`` (temp files, multipart uploads) belong here too.
+    The one place that empties a dead or rolled-back transaction's staging: its versions, then
+    the store's incomplete writes there (temp files of killed local writes, incomplete S3
+    multipart uploads). Called only once no writer of the attempt is alive.
     """
-    return log.delete_versions(root)
+    removed = log.delete_versions(root)
+    return removed + log.handler.execute(log.store.remove_incomplete, root, operation="RemoveIncomplete")
 
 
 def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry | None, reason: str = "") -> None:

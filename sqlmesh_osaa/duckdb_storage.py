@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import duckdb
 
 from sqlmesh_osaa.exceptions import ConfigurationError, S3ConfigurationError
+from sqlmesh_osaa.redaction import register_secret
 from sqlmesh_osaa.settings import StorageSettings
 from sqlmesh_osaa.storage import make_s3_client
 
@@ -168,6 +169,7 @@ def _credentials() -> dict[str, str]:
             operation="configure_object_storage",
         )
     frozen = found.get_frozen_credentials()
+    register_secret(frozen.secret_key, frozen.token)
     credentials = {"key_id": frozen.access_key, "secret": frozen.secret_key}
     if frozen.token:
         credentials["session_token"] = frozen.token

@@ -10,8 +10,12 @@ or DuckDB just to classify an error).
 
 from __future__ import annotations
 
+import errno
+import re
 from enum import Enum
 from typing import Any, Iterable, Mapping, Sequence
+
+from sqlmesh_osaa.redaction import redact
 
 
 class ErrorCategory(str, Enum):
@@ -26,7 +30,9 @@ class PipelineBaseError(Exception):
     """Base of every error raised by sqlmesh_osaa.
 
     ``context`` names the things involved (key, file_path, operation, ...); they are
-    appended to the message so a log line alone says what failed.
+    appended to the message so a log line alone says what failed. Message and context are
+    redacted (URL passwords, known secret values) when the error is made, so no credential
+    reaches a log, a checkpoint row or the CLI's JSON through an error.
     """
 
     default_category: ErrorCategory = ErrorCategory.UNKNOWN
@@ -38,15 +44,16 @@ class PipelineBaseError(Exception):
         category: ErrorCategory | None = None,
         **context: Any,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         self.category = category or self.default_category
-        self.context = {k: v for k, v in context.items() if v is not None}
+        self.context = {k: redact(v) if isinstance(v, str) else v for k, v in context.items() if v is not None}
 
     def __str__(self) -> str:
         if not self.context:
             return self.message
-        details = ", ".join(f"{k}={v!r}" for k, v in self.context.items())
+        details = redact(", ".join(f"{k}={v!r}" for k, v in self.context.items()))
         return f"{self.message} ({details})"
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -198,6 +205,14 @@ TRANSIENT_ERROR_CODES = frozenset(
         "InternalFailure",
         "ServiceUnavailable",
         "Unavailable",
+        # The signing clock drifted: botocore re-signs with the corrected offset on the next try.
+        "RequestTimeTooSkewed",
+        # The body was cut or altered on the wire; sending it again fixes it.
+        "IncompleteBody",
+        "XAmzContentSHA256Mismatch",
+        "KMS.ThrottlingException",
+        # 409 from a conditional write racing another request on the same key.
+        "ConditionalRequestConflict",
         "503",
         "500",
         "502",
@@ -232,6 +247,8 @@ PERMANENT_ERROR_CODES = frozenset(
         "MalformedXML",
         "KeyTooLongError",
         "MissingContentLength",
+        # 412: a conditional write lost to another writer. A conflict, not a fault: the caller
+        # must re-read and decide, repeating the same request cannot succeed.
         "PreconditionFailed",
     }
 )
@@ -249,8 +266,33 @@ _TRANSIENT_CLASS_NAMES = frozenset(
         "ResponseStreamingError",
         "HTTPClientError",
         "ChunkedEncodingError",
+        # A credential provider that is configured (else NoCredentialsError) failed to answer:
+        # the container/instance metadata endpoint, SSO or STS timed out or throttled.
+        "CredentialRetrievalError",
     }
 )
+# Names too generic to trust alone: they count only when the class comes from that library.
+_TRANSIENT_LIBRARY_CLASSES = frozenset({("urllib3", "ProtocolError"), ("urllib3", "IncompleteRead")})
+# OS errors whose errno says whether waiting helps. EMFILE/ENFILE: descriptors free up as
+# concurrent work finishes; EIO: network and FUSE filesystems report backend faults as EIO
+# (a dying local disk keeps failing and exhausts the bounded retries). A full or read-only
+# disk is not fixed by a retry seconds later: fail at once so the operator sees it.
+_TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EIO, errno.EAGAIN, errno.EBUSY})
+_PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# DuckDB raises IOException for local files and for httpfs alike: these messages mean a local
+# file or directory problem a retry cannot fix; any other IO error (connection refused or
+# reset, timeouts, a file lock held by another process) is worth retrying.
+_DUCKDB_PERMANENT_IO_MESSAGES = (
+    "No files found",
+    "No such file",
+    "Permission denied",
+    "Read-only file system",
+    "No space left",
+    "Is a directory",
+    "Not a directory",
+)
+_SSL_CERTIFICATE_PROBLEM = re.compile(r"certificate|hostname .* doesn't match", re.IGNORECASE)
+_DUCKDB_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 _PERMANENT_CLASS_NAMES = frozenset(
     {
         "NoCredentialsError",
@@ -284,9 +326,59 @@ def _client_error_category(response: Mapping[str, Any]) -> ErrorCategory | None:
     if code in PERMANENT_ERROR_CODES:
         return ErrorCategory.PERMANENT
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _status_category(status) if isinstance(status, int) else None
+
+
+def _status_category(status: int) -> ErrorCategory | None:
     if status in TRANSIENT_HTTP_STATUS:
         return ErrorCategory.TRANSIENT
-    if isinstance(status, int) and 400 <= status < 500:
+    if 400 <= status < 500:
+        return ErrorCategory.PERMANENT
+    return None
+
+
+def _http_status(exc: BaseException, names: set[str]) -> int | None:
+    """The HTTP status an error carries: DuckDB's HTTPException has it as an attribute or in its text."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    if "HTTPException" in names:
+        found = _DUCKDB_HTTP_STATUS.search(str(exc))
+        return int(found.group(1)) if found else None
+    return None
+
+
+def _library_category(exc: BaseException, names: set[str]) -> ErrorCategory | None:
+    """Errors of botocore, urllib3, ssl and DuckDB, recognised by class name (no import needed)."""
+    if names & {"SSLError", "SSLCertVerificationError"}:
+        # A certificate that does not verify is a setup problem (CA bundle, endpoint name);
+        # any other TLS failure (handshake EOF, reset) is the network.
+        certificate = "SSLCertVerificationError" in names or _SSL_CERTIFICATE_PROBLEM.search(str(exc))
+        return ErrorCategory.PERMANENT if certificate else ErrorCategory.TRANSIENT
+    if names & _TRANSIENT_CLASS_NAMES:
+        return ErrorCategory.TRANSIENT
+    if names & _PERMANENT_CLASS_NAMES:
+        return ErrorCategory.PERMANENT
+    modules = {cls.__module__.partition(".")[0] for cls in type(exc).__mro__}
+    if any(module in modules and name in names for module, name in _TRANSIENT_LIBRARY_CLASSES):
+        return ErrorCategory.TRANSIENT
+    if "IOException" in names:
+        message = str(exc)
+        permanent = any(marker in message for marker in _DUCKDB_PERMANENT_IO_MESSAGES)
+        return ErrorCategory.PERMANENT if permanent else ErrorCategory.TRANSIENT
+    return None
+
+
+def _builtin_category(exc: BaseException) -> ErrorCategory | None:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ErrorCategory.TRANSIENT
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return ErrorCategory.TRANSIENT
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
+        return ErrorCategory.PERMANENT
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return ErrorCategory.PERMANENT
+    if isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError)):
         return ErrorCategory.PERMANENT
     return None
 
@@ -295,9 +387,11 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
     """Classify any exception as transient, permanent or unknown.
 
     Our own errors carry their category; an unknown-category wrapper defers to its
-    cause. botocore client errors are classified by S3 error code, then HTTP status;
-    connection and timeout errors are transient; a missing local file, denied access
-    and bad parameters are permanent. Anything else is unknown (and retried).
+    cause. botocore client errors are classified by S3 error code, then HTTP status (so
+    are DuckDB's httpfs errors); connection, timeout and TLS-transport errors are
+    transient; OS errors by errno; a missing local file, denied access, a full disk and
+    bad parameters are permanent. Anything else is unknown (and retried).
+    See docs/decisions.md ("exceptions") for why each class lands where it does.
     """
     if isinstance(exc, PipelineBaseError):
         if exc.category is not ErrorCategory.UNKNOWN or exc.__cause__ is None:
@@ -308,21 +402,8 @@ def categorize_error(exc: BaseException) -> ErrorCategory:
         category = _client_error_category(response)
         if category is not None:
             return category
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        if status in TRANSIENT_HTTP_STATUS:
-            return ErrorCategory.TRANSIENT
-        if 400 <= status < 500:
-            return ErrorCategory.PERMANENT
     names = _class_names(exc)
-    if names & _TRANSIENT_CLASS_NAMES:
-        return ErrorCategory.TRANSIENT
-    if names & _PERMANENT_CLASS_NAMES:
-        return ErrorCategory.PERMANENT
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return ErrorCategory.TRANSIENT
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return ErrorCategory.PERMANENT
-    if isinstance(exc, (ValueError, TypeError, KeyError, UnicodeError)):
-        return ErrorCategory.PERMANENT
-    return ErrorCategory.UNKNOWN
+    status = _http_status(exc, names)
+    category = _status_category(status) if status is not None else None
+    category = category or _library_category(exc, names) or _builtin_category(exc)
+    return category or ErrorCategory.UNKNOWN

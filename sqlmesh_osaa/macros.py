@@ -16,7 +16,8 @@ and in ``config.yaml``::
       post_statements: ["@osaa_model_end()"]
 
 The per-model macros are metadata-only: adding or removing them changes no model's data
-version, so it triggers no backfill. Each macro returns None (no SQL).
+version, so it triggers no backfill. Each returns None (no SQL). ``@osaa_landing(source,
+name)`` is for model queries: it becomes the current environment's landing object.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from typing import Any
 
 from sqlmesh import macro
 
-from sqlmesh_osaa.integration import hooks
+from sqlglot import exp
 
-__all__ = ["osaa_after_all", "osaa_before_all", "osaa_model_end", "osaa_model_start"]
+from sqlmesh_osaa.integration import hooks, landing
+
+__all__ = ["osaa_after_all", "osaa_before_all", "osaa_landing", "osaa_model_end", "osaa_model_start"]
 
 
 @macro()
@@ -52,3 +55,21 @@ def osaa_model_start(evaluator: Any) -> None:
 def osaa_model_end(evaluator: Any) -> None:
     """Mark the end of the model's SQL; the checkpoint's outcome waits for SQLMesh's audits."""
     hooks.model_end(evaluator)
+
+
+@macro()
+def osaa_landing(evaluator: Any, source: Any, name: Any = None) -> exp.Literal:
+    """The current environment's landing object of ``source``/``name`` (all of the source's without a name).
+
+    ``SELECT * FROM read_parquet(@osaa_landing('sdg', 'SDG_DATA_NATIONAL'))`` reads
+    ``<env prefix>/landing/sdg/SDG_DATA_NATIONAL.parquet`` from the bucket (or the local store).
+    """
+    uri = landing.landing_uri(
+        landing.current_settings(), landing.current_environment(), _text(source), None if name is None else _text(name)
+    )
+    return exp.Literal.string(uri)
+
+
+def _text(value: Any) -> Any:
+    """A macro argument as Python: string literals arrive as sqlglot expressions."""
+    return value.this if isinstance(value, exp.Literal) and value.is_string else value

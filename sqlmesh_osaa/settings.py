@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from sqlmesh_osaa.exceptions import ConfigurationError
+from sqlmesh_osaa.redaction import url_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ class StorageSettings(_Section):
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     staging_prefix: str = "staging"
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | None) -> str | None:
+        if value and url_userinfo(value):
+            raise ValueError(
+                "must not carry a user name or password: S3 takes credentials from boto3's chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role); remove 'user:password@'"
+            )
+        return value
 
     @field_validator("staging_prefix")
     @classmethod
@@ -81,10 +92,37 @@ class CircuitBreakerSettings(_Section):
 
 
 class EnvironmentSettings(_Section):
-    """Object-storage prefixes of SQLMesh environments; ``{env}`` is the environment name."""
+    """Object-storage prefixes of SQLMesh environments; ``{env}`` is the environment name.
+
+    ``prefixes`` names the prefix of particular environments outright (``{dev: dev}`` gives
+    the layout ``prod/landing``, ``dev/landing``); every other dev environment gets
+    ``dev_prefix``. No two environments may share a prefix.
+    """
 
     prod_prefix: str = "prod"
     dev_prefix: str = "dev/{env}"
+    prefixes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _distinct_relative_prefixes(cls, value: dict[str, str]) -> dict[str, str]:
+        cleaned = {name: prefix.strip("/") for name, prefix in value.items()}
+        if "prod" in cleaned:
+            raise ValueError("must not name 'prod': set prod_prefix instead")
+        for name, prefix in cleaned.items():
+            if not prefix or ".." in prefix.split("/") or "{" in prefix:
+                raise ValueError(f"{name!r}: must be a non-empty relative prefix without '..' or placeholders")
+        shared = sorted({p for p in cleaned.values() if list(cleaned.values()).count(p) > 1})
+        if shared:
+            raise ValueError(f"environments must not share a prefix: {', '.join(shared)}")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _prod_prefix_is_its_own(self) -> EnvironmentSettings:
+        taken = [name for name, prefix in self.prefixes.items() if prefix == self.prod_prefix]
+        if taken:
+            raise ValueError(f"prefixes: {', '.join(taken)} would share prod's prefix {self.prod_prefix!r}")
+        return self
 
     @field_validator("dev_prefix")
     @classmethod
@@ -102,6 +140,8 @@ class EnvironmentSettings(_Section):
         """The prefix that holds ``environment``'s outputs (``prod`` maps to the prod prefix)."""
         if environment == "prod":
             return self.prod_prefix
+        if environment in self.prefixes:
+            return self.prefixes[environment]
         return self.dev_prefix.format(env=environment)
 
 

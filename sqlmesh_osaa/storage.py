@@ -4,7 +4,8 @@ Everything above this module (checkpoints, transactions, ingest) talks to an
 :class:`ObjectStore`, so the same transaction protocol runs on a laptop (:class:`LocalStore`,
 the embedded default) and on any S3-compatible endpoint (:class:`S3Store`). Both stores
 guarantee that a reader never sees a partially written object and that every object carries
-the MD5 of its content as metadata, so idempotency checks never need to download anything.
+the MD5 of its content as metadata, so idempotency checks never need to download anything,
+and a CRC32 the store computed from its bytes, against which every copy is verified.
 
 boto3 is imported on first use of :class:`S3Store`: the core must import fast and the local
 backend never needs it.
@@ -14,13 +15,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.header
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
@@ -41,11 +45,17 @@ from sqlmesh_osaa.exceptions import (
     S3OperationError,
     categorize_error,
 )
+from sqlmesh_osaa.redaction import install_log_redaction, register_secret, url_userinfo, without_userinfo
 from sqlmesh_osaa.settings import StorageSettings, get_settings
 
 logger = logging.getLogger(__name__)
 
 MD5_METADATA_KEY = "osaa-md5"
+# The additional checksum every object we write carries, computed from the bytes written:
+# stdlib-computable (zlib), and the one algorithm S3 keeps as a full-object checksum for both
+# single-part and multipart uploads (SHA-256 is composite for multipart; CRC32C needs awscrt).
+CHECKSUM_ALGORITHM = "CRC32"
+_CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA256", "SHA1")
 
 MiB = 1024**2
 GiB = 1024**3
@@ -73,6 +83,9 @@ class ObjectInfo:
     etag: str | None
     metadata: Mapping[str, str] = field(default_factory=dict)
     last_modified: datetime | None = None
+    # "<ALGORITHM>:<base64>", a full-object checksum the store computed from the object's
+    # bytes (S3 additional checksums; the local store's own CRC32), or None when unknown.
+    checksum: str | None = None
 
 
 def file_md5(path: str | Path) -> str:
@@ -82,6 +95,96 @@ def file_md5(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class ContentDigest:
+    """MD5 and CRC32 of a byte stream, fed chunk by chunk so both cost one read."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._crc = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._md5.update(chunk)
+        self._crc = zlib.crc32(chunk, self._crc)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def checksum(self) -> str:
+        return crc32_checksum(self._crc)
+
+
+def crc32_checksum(crc: int) -> str:
+    """A CRC32 in the form S3 reports it (base64 of the big-endian value), tagged with the algorithm."""
+    return f"{CHECKSUM_ALGORITHM}:{base64.b64encode(crc.to_bytes(4, 'big')).decode('ascii')}"
+
+
+def file_digest(path: str | Path) -> ContentDigest:
+    digest = ContentDigest()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total, row = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """CRC32 of A+B from CRC32(A), CRC32(B) and len(B), in O(log len(B)) (zlib's algorithm).
+
+    Python's zlib does not expose crc32_combine; this is what turns the per-part CRC32s of a
+    multipart object into the full-object CRC32 its source was uploaded with.
+    """
+    operator = [0xEDB88320] + [1 << bit for bit in range(31)]  # appends one zero bit
+    for _ in range(3):
+        operator = _gf2_square(operator)  # appends one zero byte
+    while length2 > 0:
+        if length2 & 1:
+            crc1 = _gf2_times(operator, crc1)
+        length2 >>= 1
+        if length2:
+            operator = _gf2_square(operator)  # appends twice as many zero bytes
+    return crc1 ^ crc2
+
+
+def checksum_algorithm(checksum: str | None) -> str | None:
+    return checksum.partition(":")[0] if checksum else None
+
+
+# S3 user metadata travels in HTTP headers: printable ASCII only. Anything else (a raw file
+# named "données_2024.csv") is sent as an RFC 2047 encoded word, the form S3 itself uses for
+# such values, and decoded on read; so are values that would otherwise read as encoded words.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+
+
+def encode_metadata_value(value: str) -> str:
+    if value == "" or (_HEADER_SAFE.fullmatch(value) and not value.startswith("=?")):
+        return value
+    return f"=?UTF-8?B?{base64.b64encode(value.encode('utf-8')).decode('ascii')}?="
+
+
+def decode_metadata_value(value: str) -> str:
+    if not (value.startswith("=?") and value.endswith("?=")):
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeDecodeError):
+        return value
 
 
 def md5_from_etag(etag: str | None) -> str | None:
@@ -120,6 +223,12 @@ def _prefix_problem(prefix: object) -> str | None:
     if not directory:
         return "prefixes must be relative (no leading '/')" if prefix.startswith("/") else None
     return _key_problem(directory)
+
+
+def _metadata_name_problem(name: str) -> str | None:
+    if not name or not all("!" <= char <= "~" and char not in "()<>@,;:\\\"/[]?={}" for char in name):
+        return f"metadata name {name!r} must be a non-empty HTTP token (ASCII letters, digits, '-', '_', '.')"
+    return None
 
 
 def _user_metadata(metadata: Mapping[str, str] | None, md5: str) -> dict[str, str]:
@@ -173,7 +282,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> os.stat_resu
     return written
 
 
-def _copy_hashing(source: IO[bytes], target: IO[bytes], digest: Any) -> None:
+def _copy_hashing(source: IO[bytes], target: IO[bytes], digest: ContentDigest) -> None:
     for chunk in iter(lambda: source.read(_CHUNK), b""):
         digest.update(chunk)
         target.write(chunk)
@@ -191,6 +300,28 @@ def _normalized_md5(md5: str | None, operation: str, key: str, bucket: str) -> s
         key=key,
         bucket=bucket,
     )
+
+
+def _matches(
+    expected: ObjectInfo, size: int | None, md5: str | None, checksum: str | None, *, every_digest: bool = False
+) -> bool:
+    """Whether content is ``expected``: size, then the strongest digest both sides know (a
+    full-object checksum of one algorithm, else the MD5), or ``every_digest`` both know (for
+    two records; a server's ETag is not always an MD5, so it only counts without a checksum)."""
+    if size is not None and size != expected.size:
+        return False
+    same_checksum = checksum_algorithm(checksum) == checksum_algorithm(expected.checksum)
+    if checksum and expected.checksum and same_checksum:
+        if checksum != expected.checksum:
+            return False
+        if not every_digest:
+            return True
+    return not (md5 and expected.md5) or md5 == expected.md5
+
+
+def _comparable(expected: ObjectInfo, computed: ObjectInfo) -> bool:
+    same_algorithm = checksum_algorithm(computed.checksum) == checksum_algorithm(expected.checksum)
+    return bool((computed.checksum and same_algorithm) or (computed.md5 and expected.md5))
 
 
 class ObjectStore(ABC):
@@ -227,10 +358,12 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
-        """Copy server-side keeping metadata; raises unless size and MD5 of the copy match.
+        """Copy server-side keeping metadata; raises unless the copied bytes match the source.
 
-        ``source`` is what the caller knows of the source (size, MD5): it spares the HEAD
-        requests, the copy is verified against the ETag the copy returns, and the result
+        The copy is checked against a checksum computed from the bytes copied (the store's
+        CRC32, else the MD5), compared with what was recorded when the source was written.
+        ``source`` is what the caller expects (size, MD5, checksum, e.g. from a manifest): a
+        source that differs is refused, and on S3 it spares the HEAD requests; the result
         then carries ``source``'s metadata and no last-modified time.
         """
 
@@ -244,6 +377,15 @@ class ObjectStore(ABC):
 
         Listings carry size, MD5 (when known without reading) and last-modified time but no
         user metadata: S3 listings do not return it, so neither does any store; use head().
+        """
+
+    @abstractmethod
+    def remove_incomplete(self, prefix: str) -> int:
+        """Remove what killed writes left under ``prefix``; returns how many leftovers went.
+
+        Local: ``.osaa-tmp-*`` temp files (listings hide them, they still take space). S3:
+        incomplete multipart uploads (invisible, billed until aborted). Only for prefixes
+        no live writer uses: a write in progress there fails.
         """
 
     @abstractmethod
@@ -275,52 +417,45 @@ class ObjectStore(ABC):
             f"Conditional write of {key!r} lost: {what}", operation="PutObject", key=key, bucket=self.bucket
         )
 
+    def _metadata(self, metadata: Mapping[str, str] | None, md5: str, key: str) -> dict[str, str]:
+        result = _user_metadata(metadata, md5)
+        for name in result:
+            problem = _metadata_name_problem(name)
+            if problem:
+                raise self._permanent(f"Invalid metadata for {key!r}: {problem}", "PutObject", key=key)
+        return result
+
     def _check_key(self, key: str, operation: str) -> None:
         problem = _key_problem(key)
         if problem:
-            raise S3OperationError(
-                f"Invalid object key {key!r}: {problem}",
-                category=ErrorCategory.PERMANENT,
-                operation=operation,
-                key=key,
-                bucket=self.bucket,
-            )
+            raise self._permanent(f"Invalid object key {key!r}: {problem}", operation, key=key)
 
     def _check_prefix(self, prefix: str) -> None:
         problem = _prefix_problem(prefix)
         if problem:
-            raise S3OperationError(
-                f"Invalid prefix {prefix!r}: {problem}",
-                category=ErrorCategory.PERMANENT,
-                operation="ListObjectsV2",
-                prefix=prefix,
-                bucket=self.bucket,
-            )
+            raise self._permanent(f"Invalid prefix {prefix!r}: {problem}", "ListObjectsV2", prefix=prefix)
 
     def _missing(self, key: str, operation: str) -> S3OperationError:
-        return S3OperationError(
-            f"Object {key!r} does not exist in bucket {self.bucket!r}",
-            category=ErrorCategory.PERMANENT,
-            operation=operation,
-            key=key,
-            bucket=self.bucket,
+        return self._permanent(f"Object {key!r} does not exist in bucket {self.bucket!r}", operation, key=key)
+
+    def _bad_digest(self, local_path: str | Path, key: str, md5: str, expected: str) -> S3OperationError:
+        return self._permanent(
+            f"BadDigest: content of {str(local_path)!r} has MD5 {md5}, not {expected}", "PutObject", key=key
         )
 
-    def _verify_copy(self, source: ObjectInfo, copied: ObjectInfo | None) -> ObjectInfo:
+    def _permanent(self, message: str, operation: str, **context: Any) -> S3OperationError:
+        return S3OperationError(
+            message, category=ErrorCategory.PERMANENT, operation=operation, bucket=self.bucket, **context
+        )
+
+    def _copy_mismatch(self, expected: ObjectInfo, dst_key: str, found: str) -> S3OperationError:
         """A copy that differs from its source most likely raced a concurrent write: retry it."""
-        if (
-            copied is not None
-            and copied.size == source.size
-            and (source.md5 is None or copied.md5 == source.md5)
-        ):
-            return copied
-        found = "nothing" if copied is None else f"size={copied.size}, md5={copied.md5}"
-        raise S3OperationError(
-            f"Copy of {source.key!r} does not match its source (expected size={source.size}, "
-            f"md5={source.md5}; found {found})",
+        return S3OperationError(
+            f"Copy of {expected.key!r} does not match its source (expected size={expected.size}, "
+            f"md5={expected.md5}, checksum={expected.checksum}; found {found})",
             category=ErrorCategory.TRANSIENT,
             operation="CopyObject",
-            key=copied.key if copied else None,
+            key=dst_key,
             bucket=self.bucket,
         )
 
@@ -364,23 +499,18 @@ class LocalStore(ObjectStore):
         """Like S3 with Content-MD5, a given ``md5`` is checked against the bytes as they are copied."""
         self._check_key(key, "PutObject")
         expected = _normalized_md5(md5, "PutObject", key, self.bucket)
-        digest = hashlib.md5(usedforsecurity=False)
+        user_metadata = self._metadata(metadata, expected or "", key)
+        digest = ContentDigest()
 
         def write(target: IO[bytes]) -> None:
             with open(local_path, "rb") as source:
                 _copy_hashing(source, target, digest)
-            if expected is not None and digest.hexdigest() != expected:
-                raise S3OperationError(
-                    f"BadDigest: content of {str(local_path)!r} has MD5 {digest.hexdigest()}, not {expected}",
-                    category=ErrorCategory.PERMANENT,
-                    operation="PutObject",
-                    key=key,
-                    bucket=self.bucket,
-                )
+            if expected is not None and digest.md5 != expected:
+                raise self._bad_digest(local_path, key, digest.md5, expected)
 
         with self._os_errors("PutObject", key):
             written = atomic_write(self._object_path(key), write)
-            info = self._write_sidecar(key, written, _user_metadata(metadata, digest.hexdigest()))
+            info = self._write_sidecar(key, written, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum)
         logger.debug("Stored %s (%d bytes) in %s", key, info.size, self)
         return info
 
@@ -406,23 +536,31 @@ class LocalStore(ObjectStore):
             return self._info(key)
 
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
+        """The copy's bytes are hashed as they are written and checked against what was recorded
+        when the source was written (and against ``source``, what the caller expects)."""
         self._check_key(src_key, "CopyObject")
         self._check_key(dst_key, "CopyObject")
-        digest = hashlib.md5(usedforsecurity=False)
+        digest = ContentDigest()
         with self._os_errors("CopyObject", dst_key):
-            source = self._info(src_key)
-            if source is None:
+            recorded = self._info(src_key)
+            if recorded is None:
                 raise self._missing(src_key, "CopyObject")
             if src_key == dst_key:
-                return source
+                return recorded
 
             def write(target: IO[bytes]) -> None:
                 with open(self._object_path(src_key), "rb") as handle:
                     _copy_hashing(handle, target, digest)
+                for expected in (recorded, source):
+                    if expected is not None and not _matches(
+                        expected, target.tell(), digest.md5, digest.checksum, every_digest=True
+                    ):
+                        found = f"size={target.tell()}, md5={digest.md5}, checksum={digest.checksum}"
+                        raise self._copy_mismatch(expected, dst_key, found)
 
             written = atomic_write(self._object_path(dst_key), write)
-            self._write_sidecar(dst_key, written, {**source.metadata, MD5_METADATA_KEY: digest.hexdigest()})
-            return self._verify_copy(source, self._info(dst_key))
+            metadata = {**recorded.metadata, MD5_METADATA_KEY: digest.md5}
+            return self._write_sidecar(dst_key, written, metadata, digest.checksum)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         unique = list(dict.fromkeys(keys))
@@ -447,6 +585,18 @@ class LocalStore(ObjectStore):
             if info is not None:
                 yield replace(info, metadata={})
 
+    def remove_incomplete(self, prefix: str) -> int:
+        self._check_prefix(prefix)
+        removed = 0
+        with self._os_errors("RemoveIncomplete", prefix):
+            for path in self._temp_files(prefix):
+                with suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+                    logger.info("Removed %s, left by a killed write, from %s", path, self)
+                self._prune_empty_dirs(path.parent)
+        return removed
+
     def uri(self, key: str) -> str:
         self._check_key(key, "GetObject")
         return str(self._object_path(key))
@@ -456,7 +606,9 @@ class LocalStore(ObjectStore):
     ) -> str:
         """Conditions are checked and the object renamed into place under an exclusive lock on the key."""
         self._check_key(key, "PutObject")
-        etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        digest = ContentDigest()
+        digest.update(data)
+        etag = digest.md5
         with self._os_errors("PutObject", key), self._key_lock(key):
             if if_none_match or if_match is not None:
                 current = self._current_etag(key)
@@ -465,7 +617,7 @@ class LocalStore(ObjectStore):
                 if if_match is not None and current != if_match.strip('"'):
                     raise self._precondition_failed(key, f"its ETag is {current}, not {if_match}")
             written = atomic_write(self._object_path(key), lambda handle: handle.write(data))
-            self._write_sidecar(key, written, {MD5_METADATA_KEY: etag})
+            self._write_sidecar(key, written, {MD5_METADATA_KEY: etag}, digest.checksum)
         return etag
 
     def get_bytes(self, key: str) -> tuple[bytes, str] | None:
@@ -500,20 +652,26 @@ class LocalStore(ObjectStore):
         name = hashlib.sha256(key.encode("utf-8")).hexdigest()
         return self._meta_dir / name[:2] / f"{name}.json"
 
-    def _write_sidecar(self, key: str, written: os.stat_result, metadata: dict[str, str]) -> ObjectInfo:
+    def _write_sidecar(
+        self, key: str, written: os.stat_result, metadata: dict[str, str], checksum: str
+    ) -> ObjectInfo:
         record = {
             "key": key,
             "metadata": metadata,
+            "checksum": checksum,
             "ino": written.st_ino,
             "size": written.st_size,
             "mtime_ns": written.st_mtime_ns,
         }
         payload = json.dumps(record, ensure_ascii=False).encode("utf-8")
         atomic_write(self._sidecar_path(key), lambda handle: handle.write(payload))
-        return self._object_info(key, written, metadata)
+        return self._object_info(key, written, record)
 
-    def _read_sidecar(self, key: str, current: os.stat_result) -> dict[str, str]:
-        """The object's metadata, or {} when the sidecar is missing, unreadable or describes another file."""
+    def _read_sidecar(self, key: str, current: os.stat_result) -> dict[str, Any]:
+        """The object's sidecar record, or {} when it is missing, unreadable or describes another file.
+
+        Sidecars written before checksums were recorded have none: the checksum is then unknown.
+        """
         try:
             record = json.loads(self._sidecar_path(key).read_bytes())
         except (FileNotFoundError, ValueError):
@@ -525,7 +683,7 @@ class LocalStore(ObjectStore):
         ):
             logger.debug("Ignoring stale metadata sidecar of %s in %s", key, self)
             return {}
-        return dict(record.get("metadata") or {})
+        return dict(record)
 
     def _info(self, key: str) -> ObjectInfo | None:
         try:
@@ -537,7 +695,8 @@ class LocalStore(ObjectStore):
         return self._object_info(key, current, self._read_sidecar(key, current))
 
     @staticmethod
-    def _object_info(key: str, current: os.stat_result, metadata: dict[str, str]) -> ObjectInfo:
+    def _object_info(key: str, current: os.stat_result, record: Mapping[str, Any]) -> ObjectInfo:
+        metadata = dict(record.get("metadata") or {})
         md5 = metadata.get(MD5_METADATA_KEY)
         return ObjectInfo(
             key=key,
@@ -546,10 +705,27 @@ class LocalStore(ObjectStore):
             etag=md5,
             metadata=metadata,
             last_modified=datetime.fromtimestamp(current.st_mtime_ns / 1e9, tz=timezone.utc),
+            checksum=record.get("checksum"),
         )
 
     def _walk(self, prefix: str) -> Iterator[str]:
         """Keys under ``prefix``: descend only into the directory the prefix names."""
+        for key_dir, entry in self._entries(prefix):
+            if not entry.name.startswith(TEMP_MARKER) and entry.is_file(follow_symlinks=False):
+                yield f"{key_dir}/{entry.name}" if key_dir else entry.name
+
+    def _temp_files(self, prefix: str) -> list[Path]:
+        """Temp files of directories under ``prefix`` (a temp file belongs to its directory's keys)."""
+        return [
+            Path(entry.path)
+            for key_dir, entry in self._entries(prefix, with_temp=True)
+            if entry.name.startswith(TEMP_MARKER)
+            and f"{key_dir}/".startswith(prefix)
+            and entry.is_file(follow_symlinks=False)
+        ]
+
+    def _entries(self, prefix: str, with_temp: bool = False) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """(directory key, entry) of every entry whose key may start with ``prefix``, recursively."""
         directory, _, name_prefix = prefix.rpartition("/")
         pending = [(self._bucket_dir / directory if directory else self._bucket_dir, directory, name_prefix)]
         while pending:
@@ -559,13 +735,16 @@ class LocalStore(ObjectStore):
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
-                if entry.name.startswith(TEMP_MARKER) or not entry.name.startswith(start):
+                if entry.name.startswith(TEMP_MARKER):
+                    if with_temp:
+                        yield key_dir, entry
                     continue
-                key = f"{key_dir}/{entry.name}" if key_dir else entry.name
+                if not entry.name.startswith(start):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append((Path(entry.path), key, ""))
-                elif entry.is_file(follow_symlinks=False):
-                    yield key
+                    pending.append((Path(entry.path), f"{key_dir}/{entry.name}" if key_dir else entry.name, ""))
+                else:
+                    yield key_dir, entry
 
     def _prune_empty_dirs(self, directory: Path) -> None:
         """S3 has no directories: drop the ones a delete emptied, up to the bucket itself."""
@@ -588,6 +767,45 @@ class LocalStore(ObjectStore):
                 key=key,
                 bucket=self.bucket,
             ) from exc
+
+
+# What a managed multipart copy carries over from its source besides user metadata, like
+# CopyObject with MetadataDirective=COPY does.
+_SYSTEM_METADATA = ("ContentType", "ContentEncoding", "ContentDisposition", "ContentLanguage", "CacheControl", "Expires")
+
+
+def _checksum_of(response: Mapping[str, Any]) -> str | None:
+    """The full-object checksum in an S3 answer as "<ALGORITHM>:<base64>"; composite ("...-N") ones are not."""
+    if response.get("ChecksumType") == "COMPOSITE":
+        return None
+    for algorithm in _CHECKSUM_ALGORITHMS:
+        value = response.get(f"Checksum{algorithm}")
+        if value and "-" not in value:
+            return f"{algorithm}:{value}"
+    return None
+
+
+def _encoded(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {name: encode_metadata_value(value) for name, value in metadata.items()}
+
+
+class _KnownSource:
+    """Tells s3transfer the source's size and ETag we already have, sparing its HEAD; the ETag
+    pins every part copy to that version of the source (CopySourceIfMatch)."""
+
+    def __init__(self, size: int, etag: str | None) -> None:
+        self.size, self.etag = size, etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        if self.etag:
+            future.meta.provide_object_etag(self.etag)
+
+    def on_progress(self, **kwargs: Any) -> None:
+        pass
+
+    def on_done(self, **kwargs: Any) -> None:
+        pass
 
 
 def _boto_error_types() -> tuple[type[BaseException], ...]:
@@ -650,6 +868,9 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, a
     import botocore.session
     from botocore.config import Config
 
+    install_log_redaction()
+    if endpoint_url and url_userinfo(endpoint_url):
+        raise _endpoint_with_credentials(endpoint_url)
     config = Config(
         region_name=region,
         retries={"total_max_attempts": 1, "mode": "standard"},
@@ -657,7 +878,30 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, a
     )
     session = botocore.session.get_session()
     session.register_component("data_loader", _botocore_loader())
-    return session.create_client("s3", endpoint_url=endpoint_url, config=config)
+    _register_credentials(session)
+    client = session.create_client("s3", endpoint_url=endpoint_url, config=config)
+    if url_userinfo(client.meta.endpoint_url):  # from AWS_ENDPOINT_URL or a profile
+        raise _endpoint_with_credentials(client.meta.endpoint_url)
+    return client
+
+
+def _register_credentials(session: Any) -> None:
+    """Credentials from a profile file or a role are in no environment variable: tell the redaction their values."""
+    found = session.get_credentials()  # cached on the session: create_client signs with the same object
+    if found is not None:
+        frozen = found.get_frozen_credentials()
+        register_secret(frozen.secret_key, frozen.token)
+
+
+def _endpoint_with_credentials(endpoint_url: str) -> S3ConfigurationError:
+    """Refused rather than stripped: a URL password is a credential in the wrong place, and S3 never uses it."""
+    return S3ConfigurationError(
+        f"The S3 endpoint URL {without_userinfo(endpoint_url)} carries a user name or password: S3 takes "
+        "credentials from boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role), never "
+        "from the URL; remove 'user:password@' from storage.endpoint_url (OSAA_STORAGE__ENDPOINT_URL) or "
+        "AWS_ENDPOINT_URL",
+        operation="create_client",
+    )
 
 
 class S3Store(ObjectStore):
@@ -709,18 +953,27 @@ class S3Store(ObjectStore):
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
     ) -> ObjectInfo:
+        """Sends the MD5 (Content-MD5) and a CRC32 so the server checks the bytes it stores."""
         self._check_key(key, "PutObject")
         md5 = _normalized_md5(md5, "PutObject", key, self.bucket)
         with self._s3_errors("PutObject", key):
             size = os.path.getsize(local_path)
-            md5 = md5 or file_md5(local_path)
-        user_metadata = _user_metadata(metadata, md5)
         if size < self.multipart_threshold:
-            etag = self._put_single(local_path, key, md5, user_metadata)
+            with self._s3_errors("PutObject", key):
+                md5 = md5 or file_md5(local_path)
+            user_metadata = self._metadata(metadata, md5, key)
+            etag, checksum = self._put_single(local_path, key, md5, user_metadata)
         else:
-            etag = self._put_multipart(local_path, key, user_metadata)
+            # The full-object CRC32 is what S3 checks the assembled parts against.
+            with self._s3_errors("PutObject", key):
+                digest = file_digest(local_path)
+            if md5 is not None and md5 != digest.md5:
+                raise self._bad_digest(local_path, key, digest.md5, md5)
+            md5, checksum = digest.md5, digest.checksum
+            user_metadata = self._metadata(metadata, md5, key)
+            etag = self._put_multipart(local_path, key, user_metadata, checksum)
         logger.debug("Uploaded %s (%d bytes) to %s", key, size, self)
-        return ObjectInfo(key=key, size=size, md5=md5, etag=etag, metadata=user_metadata)
+        return ObjectInfo(key=key, size=size, md5=md5, etag=etag, metadata=user_metadata, checksum=checksum)
 
     def get_file(self, key: str, local_path: str | Path) -> None:
         """Streams to a temp file and checks the MD5 on the way, so a corrupt download never lands."""
@@ -748,14 +1001,11 @@ class S3Store(ObjectStore):
 
     def head(self, key: str) -> ObjectInfo | None:
         self._check_key(key, "HeadObject")
-        try:
-            with self._s3_errors("HeadObject", key):
-                response = self._client.head_object(Bucket=self.bucket, Key=key)
-        except S3OperationError as error:
-            if _http_status(error.__cause__) == 404:
-                return None
-            raise
-        metadata = dict(response.get("Metadata") or {})
+        response = self._head_response(key)
+        return None if response is None else self._object_info(key, response)
+
+    def _object_info(self, key: str, response: Mapping[str, Any]) -> ObjectInfo:
+        metadata = {name: decode_metadata_value(value) for name, value in (response.get("Metadata") or {}).items()}
         etag = response.get("ETag", "").strip('"') or None
         return ObjectInfo(
             key=key,
@@ -764,31 +1014,62 @@ class S3Store(ObjectStore):
             etag=etag,
             metadata=metadata,
             last_modified=response.get("LastModified"),
+            checksum=self._full_object_checksum(key, response),
         )
 
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
+        """Server-side copy, verified against a checksum computed from the source's bytes.
+
+        The destination's checksum comes from the server, computed while it copied; it is
+        compared with the source's full-object checksum (recorded when the source was
+        uploaded), else its ETag with the MD5 recorded at upload. Never metadata with itself.
+        """
         self._check_key(src_key, "CopyObject")
         self._check_key(dst_key, "CopyObject")
         trusted = source is not None
-        source = source or self.head(src_key)
-        if source is None:
-            raise self._missing_source(src_key)
+        if source is None or source.size >= self.copy_multipart_threshold:
+            recorded = self._head_response(src_key)
+            if recorded is None:
+                raise self._missing_source(src_key)
+            source, expected = self._object_info(src_key, recorded), source
+        else:
+            recorded, expected = None, source
         if src_key == dst_key:
             return source
         if source.size >= self.copy_multipart_threshold:
-            self._copy_multipart(source, dst_key)
-            return self._verify_copy(source, self.head(dst_key))
+            assert recorded is not None
+            if expected is not None and not _matches(
+                expected, source.size, source.md5, source.checksum, every_digest=True
+            ):
+                found = f"size={source.size}, md5={source.md5}, checksum={source.checksum}"
+                raise self._copy_mismatch(expected, dst_key, f"a source of {found}")
+            copied = self._copy_multipart(source, recorded, dst_key)
+            # Its MD5 is metadata copied from the source: only its size and checksum say anything.
+            self._check_copied(source, replace(copied, md5=None), "the destination's parts")
+            return copied
+        algorithm = checksum_algorithm(source.checksum) or CHECKSUM_ALGORITHM
         with self._s3_errors("CopyObject", dst_key):
             response = self._client.copy_object(
                 Bucket=self.bucket,
                 Key=dst_key,
                 CopySource={"Bucket": self.bucket, "Key": src_key},
                 MetadataDirective="COPY",
+                ChecksumAlgorithm=algorithm,
             )
-        copied_md5 = md5_from_etag(response.get("CopyObjectResult", {}).get("ETag"))
-        if trusted and source.md5 is not None and copied_md5 == source.md5:
-            return ObjectInfo(dst_key, source.size, copied_md5, copied_md5, source.metadata)
-        return self._verify_copy(source, self.head(dst_key))
+        result = response.get("CopyObjectResult", {})
+        computed = ObjectInfo(dst_key, source.size, md5_from_etag(result.get("ETag")), None, checksum=_checksum_of(result))
+        if recorded is None and not _comparable(source, computed):
+            # Nothing the caller knows can be compared (an SSE-KMS ETag is not an MD5): ask the
+            # server for the checksum it recorded when the source was uploaded.
+            recorded = self._head_response(src_key)
+            source = self._object_info(src_key, recorded) if recorded is not None else source
+        self._check_copied(source, computed, "the copy")
+        if trusted and computed.md5 is not None and computed.md5 == source.md5:
+            return replace(source, key=dst_key, etag=computed.md5, checksum=computed.checksum, last_modified=None)
+        copied = self.head(dst_key)
+        if copied is None or copied.size != source.size:
+            raise self._copy_mismatch(source, dst_key, "nothing" if copied is None else f"size={copied.size}")
+        return copied
 
     def delete_many(self, keys: Iterable[str]) -> None:
         unique = list(dict.fromkeys(keys))
@@ -798,6 +1079,9 @@ class S3Store(ObjectStore):
             self._delete_batch(unique[start : start + _S3_DELETE_BATCH])
 
     def list_prefix(self, prefix: str) -> Iterator[ObjectInfo]:
+        """One ListObjectsV2 per page, plus a HEAD for each object whose ETag is not its MD5
+        (multipart uploads and copies): its MD5 is only in its metadata, and an object listed
+        without one would look changed to every idempotency check."""
         self._check_prefix(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         pages = iter(
@@ -805,21 +1089,39 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
             )
         )
+        with ThreadPoolExecutor(max_workers=_COPY_CONCURRENCY, thread_name_prefix="osaa-list-head") as pool:
+            while True:
+                with self._s3_errors("ListObjectsV2", prefix):
+                    page = next(pages, None)
+                if page is None:
+                    return
+                entries = page.get("Contents", [])
+                unknown = [entry["Key"] for entry in entries if md5_from_etag(entry.get("ETag")) is None]
+                found = dict(zip(unknown, pool.map(self.head, unknown)))
+                for entry in entries:
+                    yield self._listed(entry, found.get(entry["Key"]))
+
+    def remove_incomplete(self, prefix: str) -> int:
+        self._check_prefix(prefix)
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        aborted = 0
         while True:
-            with self._s3_errors("ListObjectsV2", prefix):
+            with self._s3_errors("ListMultipartUploads", prefix):
                 page = next(pages, None)
             if page is None:
-                return
-            for entry in page.get("Contents", []):
-                etag = entry.get("ETag", "").strip('"') or None
-                yield ObjectInfo(
-                    key=entry["Key"],
-                    size=int(entry["Size"]),
-                    md5=md5_from_etag(etag),
-                    etag=etag,
-                    metadata={},
-                    last_modified=entry.get("LastModified"),
-                )
+                return aborted
+            for upload in page.get("Uploads", []):
+                key, upload_id = upload["Key"], upload["UploadId"]
+                try:
+                    with self._s3_errors("AbortMultipartUpload", key):
+                        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                except S3OperationError as error:
+                    if _error_code(error.__cause__) != "NoSuchUpload":
+                        raise
+                    continue
+                aborted += 1
+                logger.info("Aborted incomplete multipart upload %s of %s in %s", upload_id, key, self)
 
     def uri(self, key: str) -> str:
         self._check_key(key, "GetObject")
@@ -868,62 +1170,107 @@ class S3Store(ObjectStore):
             raise
         return data, str(response.get("ETag", "")).strip('"')
 
-    def _put_single(self, local_path: str | Path, key: str, md5: str, metadata: dict[str, str]) -> str | None:
+    def _head_response(self, key: str) -> dict[str, Any] | None:
+        try:
+            with self._s3_errors("HeadObject", key):
+                return dict(self._client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"))
+        except S3OperationError as error:
+            if _http_status(error.__cause__) == 404:
+                return None
+            raise
+
+    @staticmethod
+    def _listed(entry: Mapping[str, Any], found: ObjectInfo | None) -> ObjectInfo:
+        """A listing entry, completed by its HEAD when it had one (and it still exists)."""
+        if found is not None:
+            return replace(found, metadata={})
+        etag = entry.get("ETag", "").strip('"') or None
+        return ObjectInfo(
+            key=entry["Key"],
+            size=int(entry["Size"]),
+            md5=md5_from_etag(etag),
+            etag=etag,
+            metadata={},
+            last_modified=entry.get("LastModified"),
+        )
+
+    def _check_copied(self, expected: ObjectInfo, computed: ObjectInfo, what: str) -> None:
+        """A destination that fails the check is deleted: absent is safer than wrong bytes under
+        metadata (copied from the source) that vouches for the right ones."""
+        if not _matches(expected, computed.size, computed.md5, computed.checksum):
+            found = f"size={computed.size}, md5={computed.md5}, checksum={computed.checksum}"
+            try:
+                self.delete_many([computed.key])
+            except S3OperationError as error:
+                logger.warning("Could not delete the mismatching copy %s in %s: %s", computed.key, self, error)
+                found += "; the mismatching copy could not be deleted"
+            else:
+                found += "; the mismatching copy was deleted"
+            raise self._copy_mismatch(expected, computed.key, found)
+        if not _comparable(expected, computed):
+            logger.info(
+                "Copy of %s to %s in %s verified by size only: %s carry no checksum comparable with the source's",
+                expected.key, computed.key, self, what,
+            )
+
+    def _put_single(
+        self, local_path: str | Path, key: str, md5: str, metadata: dict[str, str]
+    ) -> tuple[str | None, str | None]:
         content_md5 = base64.b64encode(binascii.unhexlify(md5)).decode("ascii")
         with self._s3_errors("PutObject", key), open(local_path, "rb") as body:
             response = self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5, Metadata=metadata
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentMD5=content_md5,
+                ChecksumAlgorithm=CHECKSUM_ALGORITHM,
+                Metadata=_encoded(metadata),
             )
-        return response.get("ETag", "").strip('"') or None
+        return response.get("ETag", "").strip('"') or None, _checksum_of(response)
 
-    def _put_multipart(self, local_path: str | Path, key: str, metadata: dict[str, str]) -> None:
+    def _put_multipart(self, local_path: str | Path, key: str, metadata: dict[str, str], checksum: str) -> None:
+        """A managed multipart upload given the full-object CRC32, which makes S3 check the whole object."""
         from s3transfer.manager import TransferConfig, TransferManager
 
         config = TransferConfig(multipart_threshold=self.multipart_threshold)
+        extra_args = {"Metadata": _encoded(metadata), f"Checksum{CHECKSUM_ALGORITHM}": checksum.partition(":")[2]}
         with self._s3_errors("PutObject", key), TransferManager(self._client, config) as manager:
-            manager.upload(str(local_path), self.bucket, key, extra_args={"Metadata": metadata}).result()
+            manager.upload(str(local_path), self.bucket, key, extra_args=extra_args).result()
 
     def _copy_part_size(self, size: int) -> int:
         """Large parts mean few requests; S3 allows at most 10,000 parts of at least 5 MiB."""
         preferred = min(self.copy_multipart_threshold, _COPY_PART_SIZE)
         return max(_S3_MIN_PART_SIZE, preferred, -(-size // _S3_MAX_PARTS))
 
-    def _copy_multipart(self, source: ObjectInfo, dst_key: str) -> None:
-        """UploadPartCopy for objects too large for CopyObject, carrying the source's metadata."""
+    def _copy_multipart(self, source: ObjectInfo, recorded: Mapping[str, Any], dst_key: str) -> ObjectInfo:
+        """s3transfer's managed multipart copy, carrying user and system metadata; returns the
+        destination as the server computed it (size, and the full-object checksum of its parts)."""
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        extra_args: dict[str, Any] = {
+            name: recorded[name] for name in _SYSTEM_METADATA if recorded.get(name) is not None
+        }
         metadata = dict(source.metadata)
         if source.md5:
             metadata.setdefault(MD5_METADATA_KEY, source.md5)
-        with self._s3_errors("CreateMultipartUpload", dst_key):
-            upload_id = self._client.create_multipart_upload(Bucket=self.bucket, Key=dst_key, Metadata=metadata)[
-                "UploadId"
-            ]
-        part_size = self._copy_part_size(source.size)
-        ranges = [(start, min(start + part_size, source.size) - 1) for start in range(0, source.size, part_size)]
-
-        def copy_part(numbered: tuple[int, tuple[int, int]]) -> dict[str, Any]:
-            number, (first, last) = numbered
-            with self._s3_errors("UploadPartCopy", dst_key):
-                result = self._client.upload_part_copy(
-                    Bucket=self.bucket,
-                    Key=dst_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": source.key},
-                    CopySourceRange=f"bytes={first}-{last}",
-                    **({"CopySourceIfMatch": f'"{source.etag}"'} if source.etag else {}),
-                )
-            return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
-
+        extra_args.update(
+            Metadata=_encoded(metadata),
+            MetadataDirective="REPLACE",  # ours, from the HEAD above: s3transfer need not HEAD again
+            ChecksumAlgorithm=checksum_algorithm(source.checksum) or CHECKSUM_ALGORITHM,
+        )
+        config = TransferConfig(
+            multipart_threshold=self.copy_multipart_threshold,
+            multipart_chunksize=self._copy_part_size(source.size),
+            max_request_concurrency=_COPY_CONCURRENCY,
+        )
+        known = _KnownSource(source.size, recorded.get("ETag"))
         try:
-            with ThreadPoolExecutor(max_workers=min(_COPY_CONCURRENCY, len(ranges))) as pool:
-                parts = list(pool.map(copy_part, enumerate(ranges, start=1)))
-            with self._s3_errors("CompleteMultipartUpload", dst_key):
-                self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=dst_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-        except BaseException as error:
-            self._abort_upload(dst_key, upload_id)
-            if isinstance(error, S3OperationError) and _error_code(error.__cause__) == "PreconditionFailed":
+            with self._s3_errors("UploadPartCopy", dst_key), TransferManager(self._client, config) as manager:
+                manager.copy(
+                    {"Bucket": self.bucket, "Key": source.key}, self.bucket, dst_key, extra_args, subscribers=[known]
+                ).result()
+        except S3OperationError as error:
+            if _error_code(error.__cause__) == "PreconditionFailed":
                 raise S3OperationError(
                     f"Source {source.key!r} changed during a multipart copy",
                     category=ErrorCategory.TRANSIENT,
@@ -932,14 +1279,44 @@ class S3Store(ObjectStore):
                     bucket=self.bucket,
                 ) from error
             raise
+        copied = self.head(dst_key)
+        if copied is None:
+            raise self._copy_mismatch(source, dst_key, "nothing")
+        return copied
 
-    def _abort_upload(self, key: str, upload_id: str) -> None:
-        """Best effort: a leftover upload costs storage until a lifecycle rule removes it, nothing else."""
+    def _full_object_checksum(self, key: str, response: Mapping[str, Any]) -> str | None:
+        """The object's full-object checksum, or None.
+
+        A single-part object's checksum is one. A multipart object's is one only when it was
+        uploaded as FULL_OBJECT (ours are); a composite one ("checksum of the part checksums")
+        is turned into the full-object CRC32 by combining its parts' CRC32s. Endpoints that do
+        not say which type they hold are asked with GetObjectAttributes.
+        """
+        etag = response.get("ETag", "")
+        if "-" not in etag or response.get("ChecksumType") == "FULL_OBJECT":
+            return _checksum_of(response)
+        if not any(response.get(f"Checksum{algorithm}") for algorithm in _CHECKSUM_ALGORITHMS):
+            return None
         try:
-            with self._s3_errors("AbortMultipartUpload", key):
-                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            with self._s3_errors("GetObjectAttributes", key):
+                attributes = self._client.get_object_attributes(
+                    Bucket=self.bucket, Key=key, ObjectAttributes=["Checksum", "ObjectParts"], MaxParts=_S3_MAX_PARTS
+                )
         except S3OperationError as error:
-            logger.warning("Could not abort multipart upload %s of %s: %s", upload_id, key, error)
+            logger.debug("No checksum attributes for %s in %s: %s", key, self, error)
+            return None
+        checksum = attributes.get("Checksum") or {}
+        if checksum.get("ChecksumType") == "FULL_OBJECT":
+            return _checksum_of(checksum)
+        parts = (attributes.get("ObjectParts") or {}).get("Parts") or []
+        crc: int | None = None
+        for part in sorted(parts, key=lambda item: item["PartNumber"]):
+            value = part.get(f"Checksum{CHECKSUM_ALGORITHM}")
+            if value is None:
+                return None
+            part_crc = int.from_bytes(base64.b64decode(value), "big")
+            crc = part_crc if crc is None else crc32_combine(crc, part_crc, int(part["Size"]))
+        return crc32_checksum(crc) if crc is not None else None
 
     def _delete_batch(self, keys: list[str]) -> None:
         with self._s3_errors("DeleteObjects", keys[0]):

@@ -1,17 +1,53 @@
-"""Shared fixtures: a real S3 endpoint (moto server over HTTP), a fault proxy in front of it, and stores."""
+"""Shared fixtures: a real S3 endpoint (moto server over HTTP), a fault proxy in front of it, and stores.
+
+The test process is a child subreaper: a process orphaned by a killed parent (a ``sqlmesh
+plan`` whose test timed out) is re-parented to pytest instead of init, so the autouse check
+below sees it and fails the test that left it.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
+from support import processes
 from support.faultproxy import FaultProxy
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MotoServer, s3_client_for
 
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
+
+_PR_SET_CHILD_SUBREAPER = 36
+_LEFTOVER_GRACE_SECONDS = 5
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fail the test that leaves a child process running (after killing it, so the next test starts clean)."""
+    yield
+    leftovers = processes.leftover_descendants()
+    if not leftovers:
+        return
+    _, alive = psutil.wait_procs(leftovers, timeout=_LEFTOVER_GRACE_SECONDS)
+    described = []
+    for process in alive:
+        try:
+            described.append(f"{process.pid}: {' '.join(process.cmdline())}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    if described:
+        pytest.fail("the test left processes running (start them with support.processes):\n" + "\n".join(described))
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support import processes
 
 from sqlmesh_osaa.checkpoint import (
     CheckpointScope,
@@ -237,11 +238,11 @@ def test_an_item_left_in_progress_by_a_dead_process_is_interrupted_and_resumable
         time.sleep(120)
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script, str(db_path), ending], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "started"
-    if ending == "sigkill":
-        child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    with processes.spawn([sys.executable, "-c", script, str(db_path), ending], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout.readline().strip() == "started"
+        if ending == "sigkill":
+            child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
 
     with PipelineCheckpoint("test", db_path, lock_timeout=30) as store:
         row = store.get(FILE, "k")

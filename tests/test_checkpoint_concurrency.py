@@ -8,9 +8,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable, Iterator
 
 import duckdb
+import pytest
+from support import processes
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 
@@ -80,21 +84,28 @@ def test_eight_threads_marking_a_thousand_files_each_lose_nothing(tmp_path: Path
         ]
 
 
-def open_from_another_process(db_path: Path, lock_timeout: float) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-c", OPENER, str(db_path), str(lock_timeout)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout.readline().strip() == "opening"
-    return child
+@pytest.fixture
+def another_process() -> Iterator[Callable[[Path, float], subprocess.Popen]]:
+    """Starts a process that opens the database; it is killed with its group when the test ends."""
+    with ExitStack() as stack:
+
+        def open_from_another_process(db_path: Path, lock_timeout: float) -> subprocess.Popen:
+            command = [sys.executable, "-c", OPENER, str(db_path), str(lock_timeout)]
+            child = stack.enter_context(
+                processes.spawn(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+            assert child.stdout.readline().strip() == "opening"
+            return child
+
+        yield open_from_another_process
 
 
-def test_a_second_process_gets_a_checkpoint_error_naming_the_file_and_the_holder(tmp_path: Path) -> None:
+def test_a_second_process_gets_a_checkpoint_error_naming_the_file_and_the_holder(
+    tmp_path: Path, another_process: Callable[[Path, float], subprocess.Popen]
+) -> None:
     db_path = tmp_path / "checkpoints.duckdb"
     with PipelineCheckpoint("test", db_path):
-        child = open_from_another_process(db_path, lock_timeout=0.5)
+        child = another_process(db_path, 0.5)
         outcome = json.loads(child.stdout.readline())
         stderr = child.communicate(timeout=60)[1]
 
@@ -105,10 +116,12 @@ def test_a_second_process_gets_a_checkpoint_error_naming_the_file_and_the_holder
     assert "waiting" in stderr and "IOException" not in stderr
 
 
-def test_a_second_process_opens_the_database_once_the_holder_lets_go(tmp_path: Path) -> None:
+def test_a_second_process_opens_the_database_once_the_holder_lets_go(
+    tmp_path: Path, another_process: Callable[[Path, float], subprocess.Popen]
+) -> None:
     db_path = tmp_path / "checkpoints.duckdb"
     holder = PipelineCheckpoint("test", db_path)
-    child = open_from_another_process(db_path, lock_timeout=60)
+    child = another_process(db_path, 60)
     assert any("waiting" in line for line in child.stderr)  # stops reading at the first such line
     holder.close()
 

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support import processes
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 
@@ -38,11 +39,12 @@ def test_every_checkpoint_written_before_a_sigkill_is_in_the_reopened_database(
     tmp_path: Path, mode: str, lines_before_kill: int
 ) -> None:
     db_path = tmp_path / "checkpoints.duckdb"
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), mode], stdout=subprocess.PIPE, text=True)
-    printed = [writer.stdout.readline() for _ in range(lines_before_kill)]
-    writer.send_signal(signal.SIGKILL)
-    printed += writer.stdout.readlines()
-    assert writer.wait(timeout=60) == -signal.SIGKILL
+    command = [sys.executable, "-c", WRITER, str(db_path), mode]
+    with processes.spawn(command, stdout=subprocess.PIPE, text=True) as writer:
+        printed = [writer.stdout.readline() for _ in range(lines_before_kill)]
+        writer.send_signal(signal.SIGKILL)
+        printed += writer.stdout.readlines()
+        assert writer.wait(timeout=60) == -signal.SIGKILL
     keys = [key for line in printed for key in line.split()]
 
     with PipelineCheckpoint("crash", db_path, lock_timeout=30) as store:

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import processes
-from support.processes import NOTHING_UNFINISHED, unfinished_work
+from support import jobs
+from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.commit_log import (
@@ -54,7 +54,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_stale_decision_never_lands_over_a_later_commit_of_its_key(store, tmp_path):
-    killed = processes.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v1", "--put", "j=v1", "--id", "t1",
+    killed = jobs.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v1", "--put", "j=v1", "--id", "t1",
                                fault=AFTER_COMMIT_DECISION)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     # The second process commits k=v2 without recovering t1 (as when its recovery gave up on 503s).
@@ -63,7 +63,7 @@ def test_stale_decision_never_lands_over_a_later_commit_of_its_key(store, tmp_pa
     with second:
         second.upload_file(write(tmp_path / "k.txt", "v2"), "k")
 
-    third = processes.run([str(processes.CRASH_DIR / "recover_job.py"), processes.store_spec(store),
+    third = jobs.run([str(jobs.CRASH_DIR / "recover_job.py"), jobs.store_spec(store),
                            str(tmp_path / "3.duckdb")])
 
     report = json.loads(third.stdout)
@@ -75,8 +75,8 @@ def test_stale_decision_never_lands_over_a_later_commit_of_its_key(store, tmp_pa
 
 
 def test_transactions_command_reports_the_stale_decision_superseded(store, tmp_path):
-    processes.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v1", "--id", "t1", fault=AFTER_COMMIT_DECISION)
-    processes.txn_job(store, tmp_path / "2.duckdb", "--put", "k=v2", "--id", "t2")
+    jobs.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v1", "--id", "t1", fault=AFTER_COMMIT_DECISION)
+    jobs.txn_job(store, tmp_path / "2.duckdb", "--put", "k=v2", "--id", "t2")
     recover(store, tmp_path / "3.duckdb")
     from sqlmesh_osaa.commit_protocol import decision_history
 
@@ -94,12 +94,12 @@ def test_two_processes_committing_overlapping_sets_at_once_exactly_one_wins_ever
 
     def racer(tag: str, peer: str):
         own = [arg for key in "abc" for arg in ("--put", f"{key}={tag.upper()}{key}")]
-        return processes.start([str(processes.CRASH_DIR / "txn_job.py"), processes.store_spec(store),
+        return jobs.start([str(jobs.CRASH_DIR / "txn_job.py"), jobs.store_spec(store),
                                 str(tmp_path / f"{tag}.duckdb"), *own, "--rounds", str(rounds), "--tag", tag,
                                 "--peer", peer, "--barrier", str(barrier)])
 
     first, second = racer("x", "y"), racer("y", "x")
-    results = {tag: outcomes(processes.finish(proc, timeout=600)) for tag, proc in (("x", first), ("y", second))}
+    results = {tag: outcomes(jobs.finish(proc, timeout=600)) for tag, proc in (("x", first), ("y", second))}
 
     for round_ in range(rounds):
         x, y = results["x"][round_], results["y"][round_]
@@ -115,12 +115,12 @@ def test_two_processes_committing_disjoint_sets_at_once_both_commit(store, tmp_p
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = [
-        processes.start([str(processes.CRASH_DIR / "txn_job.py"), processes.store_spec(store),
+        jobs.start([str(jobs.CRASH_DIR / "txn_job.py"), jobs.store_spec(store),
                          str(tmp_path / f"{tag}.duckdb"), "--put", f"{tag}={tag}", "--rounds", "10", "--tag", tag,
                          "--peer", peer, "--barrier", str(barrier)])
         for tag, peer in (("x", "y"), ("y", "x"))
     ]
-    results = [outcomes(processes.finish(proc, timeout=300)) for proc in procs]
+    results = [outcomes(jobs.finish(proc, timeout=300)) for proc in procs]
     assert all(outcome["result"] == "committed" for result in results for outcome in result)
     assert all(content(store, f"r{r}/{tag}") == tag for r in range(10) for tag in "xy")
 
@@ -141,7 +141,7 @@ def test_overlapping_transactions_of_one_process_conflict_even_with_forced_file_
 
 
 def test_a_fresh_machine_rolls_a_decided_transaction_forward_from_the_store_alone(store, tmp_path):
-    killed = processes.txn_job(store, tmp_path / "gone.duckdb", "--put", "prod/a=1", "--put", "prod/b=2",
+    killed = jobs.txn_job(store, tmp_path / "gone.duckdb", "--put", "prod/a=1", "--put", "prod/b=2",
                                "--id", "t", fault=AFTER_COMMIT_DECISION)
     assert killed.returncode == -signal.SIGKILL
     (tmp_path / "gone.duckdb").unlink()
@@ -152,7 +152,7 @@ def test_a_fresh_machine_rolls_a_decided_transaction_forward_from_the_store_alon
 
 
 def test_begin_without_recovery_says_interrupted_for_a_dead_owner(store, tmp_path):
-    processes.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v", "--id", "t", fault=AFTER_STAGING)
+    jobs.txn_job(store, tmp_path / "1.duckdb", "--put", "k=v", "--id", "t", fault=AFTER_STAGING)
     with PipelineCheckpoint("transactions", tmp_path / "2.duckdb") as checkpoint:
         again = TransactionManager(store=store, checkpoint=checkpoint, transaction_id="t", recover=False,
                                    error_handler=FAST)
@@ -161,7 +161,7 @@ def test_begin_without_recovery_says_interrupted_for_a_dead_owner(store, tmp_pat
 
 
 def test_a_corrupted_staged_version_is_refused_by_roll_forward(store, tmp_path):
-    processes.txn_job(store, tmp_path / "1.duckdb", "--put", "prod/a=good", "--id", "t", fault=AFTER_COMMIT_DECISION)
+    jobs.txn_job(store, tmp_path / "1.duckdb", "--put", "prod/a=good", "--id", "t", fault=AFTER_COMMIT_DECISION)
     [marker] = CommitLog(store, FAST).markers()
     store.put_file(write(tmp_path / "evil.txt", "evil"), f"{marker.versions}prod/a")
     report = recover(store, tmp_path / "2.duckdb")
@@ -170,7 +170,7 @@ def test_a_corrupted_staged_version_is_refused_by_roll_forward(store, tmp_path):
 
 
 def test_a_late_staged_write_of_a_rolled_back_transaction_is_removed_by_the_next_recovery(store, tmp_path):
-    processes.txn_job(store, tmp_path / "1.duckdb", "--put", "prod/a=1", "--id", "t", fault=AFTER_STAGING)
+    jobs.txn_job(store, tmp_path / "1.duckdb", "--put", "prod/a=1", "--id", "t", fault=AFTER_STAGING)
     [marker] = CommitLog(store, FAST).markers()
     assert recover(store, tmp_path / "2.duckdb").rolled_back == ["t"]
     store.put_file(write(tmp_path / "late.txt", "1"), f"{marker.versions}prod/b")  # the delayed PUT lands
@@ -212,7 +212,7 @@ def test_recovery_retries_its_own_listings_and_deletes(fault_proxy, s3_bucket, t
     from sqlmesh_osaa.storage import S3Store
 
     direct = S3Store(s3_bucket, endpoint_url=s3_server, addressing_style="path")
-    processes.txn_job(direct, tmp_path / "1.duckdb", "--put", "prod/a=1", "--id", "t", fault=AFTER_STAGING)
+    jobs.txn_job(direct, tmp_path / "1.duckdb", "--put", "prod/a=1", "--id", "t", fault=AFTER_STAGING)
     store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
     fault_proxy.fail_next(1, operations={"ListObjectsV2"})
     fault_proxy.fail_next(1, operations={"DeleteObjects"})
@@ -225,8 +225,8 @@ def test_recovery_retries_its_own_listings_and_deletes(fault_proxy, s3_bucket, t
 @pytest.mark.slow
 def test_a_snapshot_reader_polling_during_a_50_object_commit_never_sees_a_mixed_set(store, tmp_path):
     keys = [f"prod/set/{n:02d}" for n in range(50)]
-    processes.txn_job(store, tmp_path / "1.duckdb", *[a for k in keys for a in ("--put", f"{k}=v1")])
-    writer = processes.start([str(processes.CRASH_DIR / "txn_job.py"), processes.store_spec(store),
+    jobs.txn_job(store, tmp_path / "1.duckdb", *[a for k in keys for a in ("--put", f"{k}=v1")])
+    writer = jobs.start([str(jobs.CRASH_DIR / "txn_job.py"), jobs.store_spec(store),
                               str(tmp_path / "2.duckdb"), *[a for k in keys for a in ("--put", f"{k}=v2")]])
     seen: list[str] = []
     log = CommitLog(store, FAST)
@@ -239,7 +239,7 @@ def test_a_snapshot_reader_polling_during_a_50_object_commit_never_sees_a_mixed_
             seen.append(content(store, snapshot.objects[keys[len(seen) % 50]].version))
             assert hashlib.md5(seen[-1].encode()).hexdigest() == next(iter(snapshot.objects.values())).md5
     finally:
-        processes.finish(writer)
+        jobs.finish(writer)
     assert seen[0] == "v1" and seen[-1] == "v2"
     assert seen.index("v2") > 0 and "v1" not in seen[seen.index("v2"):], "the snapshot flips once"
 

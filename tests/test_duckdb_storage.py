@@ -120,18 +120,17 @@ def test_duckdb_writes_a_parquet_to_the_bucket_and_reads_it_back(
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("key", ["prod/landing/sdg/goal.parquet", "prod/landing/wdi/données été 日本.parquet"])
 def test_duckdb_reads_an_object_uploaded_by_boto3(
-    connection: duckdb.DuckDBPyConnection, s3_server: str, s3_bucket: str, s3_client: Any, tmp_path: Path
+    connection: duckdb.DuckDBPyConnection, s3_server: str, s3_bucket: str, s3_client: Any, tmp_path: Path, key: str
 ) -> None:
     local = tmp_path / "local.parquet"
     duckdb.sql(f"COPY (SELECT 'NGA' AS country, 2.5 AS value) TO '{local}' (FORMAT parquet)")
-    s3_client.put_object(Bucket=s3_bucket, Key="prod/landing/sdg/goal.parquet", Body=local.read_bytes())
+    s3_client.put_object(Bucket=s3_bucket, Key=key, Body=local.read_bytes())
 
     configure_object_storage(connection, s3_settings(s3_bucket, s3_server))
 
-    rows = connection.execute(
-        "SELECT * FROM read_parquet($uri)", {"uri": f"s3://{s3_bucket}/prod/landing/sdg/goal.parquet"}
-    ).fetchall()
+    rows = connection.execute("SELECT * FROM read_parquet($uri)", {"uri": f"s3://{s3_bucket}/{key}"}).fetchall()
     assert [(country, float(value)) for country, value in rows] == [("NGA", 2.5)]
 
 
@@ -193,3 +192,4 @@ def test_an_endpoint_with_a_path_is_a_configuration_error(
         configure_object_storage(connection, s3_settings("osaa", "http://127.0.0.1:9000/minio"))
 
     assert "storage.endpoint_url" in str(info.value)
+

@@ -189,8 +189,10 @@ def test_duckdb_httpfs_writes_and_reads_parquet_through_the_proxy(
 ) -> None:
     import duckdb
 
+    from sqlmesh_osaa.duckdb_storage import load_httpfs
+
     connection = duckdb.connect()
-    connection.execute("LOAD httpfs")
+    load_httpfs(connection)  # from the duckdb-extension-httpfs package, as the product does: never ~/.duckdb
     endpoint = fault_proxy.url.removeprefix("http://")
     connection.execute(
         "CREATE SECRET (TYPE s3, KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1', "

@@ -195,3 +195,47 @@ def test_missing_raw_root_is_a_clear_error(tmp_path, checkpoint):
     with pytest.raises(IngestError) as info:
         ingest(tmp_path / "nope", LocalStore(tmp_path / "s", "osaa"), checkpoint)
     assert "nope" in str(info.value)
+
+
+def test_a_raw_file_with_a_non_ascii_name_lands_with_its_name_in_the_metadata(raw, store, checkpoint):
+    (raw / "wdi" / "données été 日本.csv").write_text(csv_rows(4))
+
+    result = ingest(raw, store, checkpoint)
+
+    assert result.ok, result.failures
+    landed_info = store.head("prod/landing/wdi/données été 日本.parquet")
+    assert landed_info is not None
+    assert landed_info.metadata["source-file"] == "wdi/données été 日本.csv"
+
+
+@pytest.mark.s3
+def test_an_unchanged_large_landing_file_is_not_uploaded_again_by_a_runner_without_checkpoints(
+    tmp_path, fault_proxy, s3_bucket
+):
+    """A fresh container (no checkpoint DB) re-ingesting unchanged raw files: the listing of
+    production must carry the MD5 of multipart objects too, so nothing is staged or copied."""
+    root = tmp_path / "raw"
+    (root / "big").mkdir(parents=True)
+    rows = "".join(f"{i},{os.urandom(24).hex()}\n" for i in range(220_000))
+    (root / "big" / "large.csv").write_text("id,payload\n" + rows)
+    threshold = 5 * 1024**2  # parts of 5 MiB: the landing file is a multipart upload and copy
+    store = S3Store(
+        s3_bucket,
+        endpoint_url=fault_proxy.url,
+        addressing_style="path",
+        multipart_threshold=threshold,
+        copy_multipart_threshold=threshold,
+    )
+    with PipelineCheckpoint("ingest", tmp_path / "first.duckdb") as first:
+        assert ingest(root, store, first).ok
+    landed_info = store.head("prod/landing/big/large.parquet")
+    assert landed_info is not None and landed_info.size >= threshold and "-" in (landed_info.etag or "")
+    fault_proxy.reset_counts()
+
+    with PipelineCheckpoint("ingest", tmp_path / "fresh.duckdb") as fresh:
+        result = ingest(root, store, fresh)
+
+    assert result.ok, result.failures
+    uploads = ("PutObject", "CreateMultipartUpload", "UploadPart", "CopyObject", "UploadPartCopy")
+    assert {op: fault_proxy.count(op) for op in uploads} == dict.fromkeys(uploads, 0)
+    assert store.head("prod/landing/big/large.parquet") == landed_info

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support.processes import NOTHING_UNFINISHED, unfinished_work
+from support import processes
+from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -51,10 +52,7 @@ def write_raw(raw: Path, generation: int) -> None:
 
 def run_job(raw: Path, storage: Path, db: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, FAULT_POINT_ENV: fault or ""}
-    return subprocess.run(
-        [sys.executable, str(JOB), str(raw), str(storage), str(db)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    return processes.run([sys.executable, str(JOB), str(raw), str(storage), str(db)], env=env, timeout=120)
 
 
 def production(store: LocalStore) -> dict[str, str]:
@@ -131,12 +129,10 @@ def test_kills_at_random_times_never_leave_a_torn_state(tmp_path, sets):
         write_raw(raw, 1)
         assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
         write_raw(raw, 2)
-        process = subprocess.Popen(
-            [sys.executable, str(JOB), str(raw), str(storage), str(db)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.2, 1.5))
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
+        command = [sys.executable, str(JOB), str(raw), str(storage), str(db)]
+        with processes.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+            time.sleep(rng.uniform(0.2, 1.5))
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
         assert_recovered(raw, storage, db, sets)
         shutil.rmtree(base)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support import processes
-from support.processes import NOTHING_UNFINISHED, unfinished_work
+from support import jobs
+from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.slow]
 KILLS = 50
 FILES = 8
 PATIENT = ErrorHandler(RetryPolicy(max_attempts=10, initial_delay=0, max_delay=0, jitter=False))
-JOB = processes.CRASH_DIR / "ingest_job.py"
+JOB = jobs.CRASH_DIR / "ingest_job.py"
 
 
 def write_raw(raw: Path) -> None:
@@ -53,10 +53,10 @@ def assert_agrees(store, db: Path, clean: dict[str, str]) -> None:
 
 def _timed_run(spec: str, raw: Path, db: Path) -> float:
     """Seconds an uninterrupted ingest job takes from the end of its imports to its exit."""
-    job = processes.start([str(JOB), str(raw), str(db.parent / "unused"), str(db), spec, "8"])
-    processes.wait_for_line(job, "started")
+    job = jobs.start([str(JOB), str(raw), str(db.parent / "unused"), str(db), spec, "8"])
+    jobs.wait_for_line(job, "started")
     started = time.monotonic()
-    finished = processes.finish(job)
+    finished = jobs.finish(job)
     assert finished.stdout.split() == ["done"], finished.stderr
     return time.monotonic() - started
 
@@ -65,7 +65,7 @@ def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_pa
     raw = tmp_path / "raw"
     write_raw(raw)
     reference = tmp_path / "reference"
-    assert processes.run([str(JOB), str(raw), str(reference), str(tmp_path / "ref.duckdb")]).stdout.split() == ["started", "done"]
+    assert jobs.run([str(JOB), str(raw), str(reference), str(tmp_path / "ref.duckdb")]).stdout.split() == ["started", "done"]
     clean = production(LocalStore(reference, "osaa"))
     assert len(clean) == FILES
 
@@ -83,11 +83,11 @@ def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_pa
             if keys:
                 direct.delete_many(keys)
             db.unlink(missing_ok=True)
-        job = processes.start([str(JOB), str(raw), str(tmp_path / "unused"), str(db), spec, "8"])
-        processes.wait_for_line(job, "started")
+        job = jobs.start([str(JOB), str(raw), str(tmp_path / "unused"), str(db), spec, "8"])
+        jobs.wait_for_line(job, "started")
         time.sleep(rng.uniform(0, 1.2 * clean_run))
-        processes.kill_group(job)
-        processes.finish(job)
+        jobs.kill_group(job)
+        jobs.finish(job)
         with PipelineCheckpoint("ingest", db) as checkpoint:
             report = recover_transactions(checkpoint, proxied, error_handler=PATIENT)
         assert report.failed == {}, f"kill {kill}: {report.failed}"

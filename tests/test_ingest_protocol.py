@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import duckdb
-from support import processes
-from support.processes import NOTHING_UNFINISHED, unfinished_work
+from support import jobs
+from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -83,14 +83,14 @@ def test_a_killed_ingest_is_rolled_forward_from_a_new_directory_after_every_loca
 
     first = tmp_path / "container-1"
     first.mkdir()
-    killed = processes.finish(processes.start([str(BIN / "osaa-ingest"), str(raw), "--json"],
+    killed = jobs.finish(jobs.start([str(BIN / "osaa-ingest"), str(raw), "--json"],
                                               fault=AFTER_COMMIT_DECISION, env=_settings_env(store, first), cwd=first))
     assert killed.returncode == -9, killed.stderr
     shutil.rmtree(first)
 
     second = tmp_path / "container-2"
     second.mkdir()
-    recovered = processes.finish(processes.start([str(BIN / "osaa-recover"), "reconcile", "--json"],
+    recovered = jobs.finish(jobs.start([str(BIN / "osaa-recover"), "reconcile", "--json"],
                                                  env=_settings_env(store, second), cwd=second))
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert len(json.loads(recovered.stdout)["transactions"]["rolled_forward"]) == 1

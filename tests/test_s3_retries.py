@@ -75,3 +75,35 @@ def test_200_uploads_all_succeed_with_30_percent_transient_faults(fault_proxy, p
     assert collector.get_success_count() == 200
     assert len(list(proxied_store.list_prefix("prod/many/"))) == 200
     assert fault_proxy.count("PutObject") > 200
+
+
+def test_a_copy_failing_always_makes_exactly_max_attempts_copy_requests(fault_proxy, proxied_store, small_file, no_sleep):
+    proxied_store.put_file(small_file, "staging/indicators.parquet")
+    staged = proxied_store.head("staging/indicators.parquet")
+    handler = ErrorHandler(RetryPolicy(max_attempts=4, initial_delay=0.1))
+    fault_proxy.fail_always(503, "SlowDown", operations={"CopyObject"})
+
+    with pytest.raises(S3OperationError) as info:
+        handler.execute(proxied_store.copy, "staging/indicators.parquet", "prod/indicators.parquet", staged)
+
+    assert fault_proxy.count("CopyObject") == 4
+    assert info.value.category is ErrorCategory.TRANSIENT
+
+
+def test_a_multipart_copy_failing_always_starts_one_upload_per_attempt_and_aborts_each(
+    fault_proxy, s3_bucket, s3_client, tmp_path, no_sleep
+):
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path", copy_multipart_threshold=5 * 1024**2)
+    big = tmp_path / "big.parquet"
+    big.write_bytes(b"P" * (5 * 1024**2 + 1))
+    store.put_file(big, "staging/big.parquet")
+    handler = ErrorHandler(RetryPolicy(max_attempts=3, initial_delay=0.1))
+    fault_proxy.fail_always(503, "SlowDown", operations={"UploadPartCopy"})
+
+    with pytest.raises(S3OperationError) as info:
+        handler.execute(store.copy, "staging/big.parquet", "prod/big.parquet")
+
+    assert fault_proxy.count("CreateMultipartUpload") == 3
+    assert fault_proxy.count("UploadPartCopy") <= 3 * 2
+    assert info.value.category is ErrorCategory.TRANSIENT
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -11,26 +11,36 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import zlib
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
+from support import processes
 from support.faultproxy import FaultProxy
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
-from sqlmesh_osaa.exceptions import ErrorCategory, S3ConfigurationError, S3OperationError
+from sqlmesh_osaa.exceptions import (
+    ErrorCategory,
+    S3ConfigurationError,
+    S3OperationError,
+)
 from sqlmesh_osaa.settings import StorageSettings
 from sqlmesh_osaa.storage import (
     MD5_METADATA_KEY,
     TEMP_MARKER,
     LocalStore,
+    ObjectInfo,
     ObjectStore,
     S3Store,
+    crc32_combine,
+    encode_metadata_value,
     make_store,
 )
 
@@ -269,6 +279,106 @@ def test_invalid_keys_are_rejected_as_permanent_errors_naming_the_key(
     assert listed_keys(store) == []
 
 
+def crc32_of(data: bytes) -> str:
+    return f"CRC32:{base64.b64encode(zlib.crc32(data).to_bytes(4, 'big')).decode()}"
+
+
+def test_put_records_a_checksum_computed_from_the_bytes(store: ObjectStore, tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+
+    put = store.put_file(write(tmp_path, "f", data), "k")
+
+    assert put.checksum == crc32_of(data)
+    assert store.head("k").checksum == crc32_of(data)  # type: ignore[union-attr]
+
+
+def test_a_copy_carries_the_checksum_of_the_bytes_it_copied(store: ObjectStore, tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+    store.put_file(write(tmp_path, "f", data), "staging/k")
+
+    copied = store.copy("staging/k", "prod/k", store.head("staging/k"))
+
+    assert copied.checksum == crc32_of(data)
+    assert store.head("prod/k").checksum == crc32_of(data)  # type: ignore[union-attr]
+
+
+def record_wrong_checksum(store: ObjectStore, key: str, actual: bytes, recorded: bytes, tmp_path: Path) -> None:
+    """Leave ``key`` holding ``actual`` while its store's record says ``recorded`` (same size):
+    what a silent corruption or a write racing the recording looks like to a copy."""
+    assert len(actual) == len(recorded)
+    if isinstance(store, LocalStore):
+        store.put_file(write(tmp_path, "recorded", recorded), key)
+        path = Path(store.uri(key))
+        before = path.stat()
+        with open(path, "r+b") as handle:  # same inode, size and mtime: the sidecar still matches
+            handle.write(actual)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        assert isinstance(store, S3Store)
+        store._client.put_object(  # moto keeps a checksum it is given without checking it
+            Bucket=store.bucket,
+            Key=key,
+            Body=actual,
+            ChecksumAlgorithm="CRC32",
+            ChecksumCRC32=crc32_of(recorded).partition(":")[2],
+            Metadata={MD5_METADATA_KEY: md5_of(recorded)},
+        )
+
+
+def test_a_copy_whose_bytes_differ_from_the_sources_recorded_checksum_is_refused_and_removed(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    record_wrong_checksum(store, "staging/t1/x.parquet", b"B" * 1000, b"A" * 1000, tmp_path)
+
+    with pytest.raises(S3OperationError) as excinfo:
+        store.copy("staging/t1/x.parquet", "prod/x.parquet")
+
+    assert excinfo.value.category is ErrorCategory.TRANSIENT
+    assert "staging/t1/x.parquet" in str(excinfo.value) and "does not match" in str(excinfo.value)
+    assert store.head("prod/x.parquet") is None
+
+
+def test_a_copy_refuses_a_source_that_is_not_what_the_caller_expects(store: ObjectStore, tmp_path: Path) -> None:
+    store.put_file(write(tmp_path, "f", b"B" * 1000), "staging/t1/x.parquet")
+    store.put_file(write(tmp_path, "old", b"old"), "prod/x.parquet")
+    staged = store.head("staging/t1/x.parquet")
+    assert staged is not None
+    manifest_says = replace(staged, md5=md5_of(b"A" * 1000), checksum=crc32_of(b"A" * 1000))
+
+    with pytest.raises(S3OperationError, match="does not match"):
+        store.copy("staging/t1/x.parquet", "prod/x.parquet", manifest_says)
+
+    assert store.head("prod/x.parquet") is None or read_object(store, "prod/x.parquet", tmp_path) == b"old"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["wdi/données été.csv", "日本語/データ #1.csv", "=?UTF-8?B?bm90IGVuY29kZWQ=?=", " padded ", "line\nbreak", ""],
+)
+def test_metadata_values_in_any_utf8_round_trip(store: ObjectStore, tmp_path: Path, value: str) -> None:
+    store.put_file(write(tmp_path, "f", b"x"), "k", metadata={"source-file": value})
+    store.copy("k", "copy/k")
+
+    assert store.head("k").metadata["source-file"] == value  # type: ignore[union-attr]
+    assert store.head("copy/k").metadata["source-file"] == value  # type: ignore[union-attr]
+
+
+def test_a_metadata_name_that_is_not_an_http_token_is_refused_naming_it(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(S3OperationError) as excinfo:
+        store.put_file(write(tmp_path, "f", b"x"), "k", metadata={"quelle-café": "x"})
+
+    assert excinfo.value.category is ErrorCategory.PERMANENT
+    assert "quelle-café" in str(excinfo.value)
+    assert store.head("k") is None
+
+
+def test_remove_incomplete_with_nothing_left_behind_removes_nothing(store: ObjectStore, tmp_path: Path) -> None:
+    store.put_file(write(tmp_path, "f", b"x"), "staging/t1/a")
+
+    assert store.remove_incomplete("staging/") == 0
+    assert listed_keys(store) == ["staging/t1/a"]
+
+
 # --- LocalStore: atomic writes on disk ----------------------------------------------------
 
 
@@ -284,27 +394,43 @@ LocalStore(sys.argv[1], "bkt").put_file(sys.argv[2], "data/file.bin")
 """
 
 
-def test_local_sigkill_during_a_put_leaves_the_previous_object_intact(local: LocalStore, tmp_path: Path) -> None:
-    local.put_file(write(tmp_path, "old", b"old content"), "data/file.bin")
+def kill_during_a_put(local: LocalStore, tmp_path: Path) -> None:
+    """SIGKILL a process while it writes data/file.bin: its partial temp file stays behind."""
     fifo = tmp_path / "source.fifo"
     os.mkfifo(fifo)
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)],
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    try:
+    command = [sys.executable, "-c", KILLED_PUT, str(local.root), str(fifo)]
+    with processes.spawn(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}) as child:
         with open_fifo_for_writing(fifo, child) as feed:
             feed.write(b"n" * (MiB + MiB // 2))  # the child copies 1 MiB, then waits for more
             feed.flush()
             wait_for_partial_temp_file(local.root / "bkt" / "data", MiB)
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=10)
-    finally:
-        child.kill()
+
+
+def test_local_sigkill_during_a_put_leaves_the_previous_object_intact(local: LocalStore, tmp_path: Path) -> None:
+    local.put_file(write(tmp_path, "old", b"old content"), "data/file.bin")
+
+    kill_during_a_put(local, tmp_path)
 
     assert read_object(local, "data/file.bin", tmp_path) == b"old content"
     assert local.head("data/file.bin").md5 == md5_of(b"old content")  # type: ignore[union-attr]
     assert listed_keys(local) == ["data/file.bin"]
+
+
+def test_local_remove_incomplete_removes_the_temp_file_of_a_killed_write(local: LocalStore, tmp_path: Path) -> None:
+    local.put_file(write(tmp_path, "old", b"old content"), "data/file.bin")
+    local.put_file(write(tmp_path, "other", b"other"), "database/keep.bin")
+    kill_during_a_put(local, tmp_path)
+    write(local.root / "bkt" / "database", f"{TEMP_MARKER}of-another-prefix", b"partial")
+
+    removed = local.remove_incomplete("data/")
+
+    assert removed == 1
+    assert not list((local.root / "bkt" / "data").glob(f"{TEMP_MARKER}*"))
+    assert (local.root / "bkt" / "database" / f"{TEMP_MARKER}of-another-prefix").exists()
+    assert read_object(local, "data/file.bin", tmp_path) == b"old content"
+    assert listed_keys(local) == ["data/file.bin", "database/keep.bin"]
 
 
 def open_fifo_for_writing(fifo: Path, reader: subprocess.Popen[bytes]) -> Any:
@@ -415,6 +541,7 @@ def test_s3_put_above_the_threshold_is_a_multipart_upload_keeping_the_md5(
     assert fault_proxy.count("CreateMultipartUpload") == fault_proxy.count("CompleteMultipartUpload") == 1
     assert fault_proxy.count("UploadPart") >= 1
     assert info is not None and info.md5 == md5_of(data) and info.etag and "-" in info.etag
+    assert info.checksum == crc32_of(data)  # full-object, so a copy's checksum can be compared with it
 
 
 @pytest.mark.s3
@@ -448,6 +575,101 @@ def test_s3_copy_above_the_threshold_is_a_multipart_copy_keeping_metadata(
     assert copied.metadata == {"txn": "t9", MD5_METADATA_KEY: md5_of(data)}
     assert copied.md5 == md5_of(data) and copied.size == len(data)
     assert read_object(store, "prod/big.parquet", tmp_path) == data
+
+
+@pytest.mark.s3
+def test_s3_multipart_copy_keeps_user_and_system_metadata_when_the_caller_knows_only_size_and_md5(
+    fault_proxy: FaultProxy, s3_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    store = s3_store(fault_proxy, s3_bucket, copy_multipart_threshold=5 * MiB)
+    data = os.urandom(5 * MiB + 1)
+    s3_client.put_object(
+        Bucket=s3_bucket,
+        Key="staging/t1/big.parquet",
+        Body=data,
+        ContentType="application/vnd.apache.parquet",
+        CacheControl="no-cache",
+        ContentDisposition='attachment; filename="big.parquet"',
+        Metadata={"txn": "t1", MD5_METADATA_KEY: md5_of(data), "source-file": encode_metadata_value("données.csv")},
+    )
+    manifest_entry = ObjectInfo("staging/t1/big.parquet", len(data), md5_of(data), None)
+
+    copied = store.copy("staging/t1/big.parquet", "prod/big.parquet", manifest_entry)
+
+    head = s3_client.head_object(Bucket=s3_bucket, Key="prod/big.parquet")
+    assert fault_proxy.count("UploadPartCopy") == 2 and fault_proxy.count("CopyObject") == 0
+    assert head["ContentType"] == "application/vnd.apache.parquet"
+    assert head["CacheControl"] == "no-cache"
+    assert head["ContentDisposition"] == 'attachment; filename="big.parquet"'
+    assert copied.metadata == {"txn": "t1", MD5_METADATA_KEY: md5_of(data), "source-file": "données.csv"}
+    assert store.head("prod/big.parquet") == copied
+    assert read_object(store, "prod/big.parquet", tmp_path) == data
+
+
+@pytest.mark.s3
+def test_s3_multipart_copy_refuses_a_source_that_is_not_what_the_caller_expects_before_copying(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = s3_store(fault_proxy, s3_bucket, copy_multipart_threshold=5 * MiB)
+    data = os.urandom(5 * MiB + 1)
+    staged = store.put_file(write(tmp_path, "big", data), "staging/t1/big.parquet")
+    fault_proxy.reset_counts()
+
+    with pytest.raises(S3OperationError, match="does not match"):
+        store.copy("staging/t1/big.parquet", "prod/big.parquet", replace(staged, md5=md5_of(b"manifest")))
+
+    assert fault_proxy.count("CreateMultipartUpload") == fault_proxy.count("UploadPartCopy") == 0
+    assert store.head("prod/big.parquet") is None
+
+
+@pytest.mark.s3
+def test_s3_listing_heads_only_the_objects_whose_etag_is_not_their_md5(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = s3_store(fault_proxy, s3_bucket, multipart_threshold=5 * MiB)
+    big = os.urandom(6 * MiB)
+    store.put_file(write(tmp_path, "big", big), "p/big")
+    populate(store, ["p/small-1", "p/small-2"], tmp_path)
+    fault_proxy.reset_counts()
+
+    listed = {info.key: info for info in store.list_prefix("p/")}
+
+    assert listed["p/big"].md5 == md5_of(big) and listed["p/big"].metadata == {}
+    assert listed["p/small-1"].md5 == md5_of(b"x")
+    assert fault_proxy.count("ListObjectsV2") == 1
+    assert fault_proxy.count("HeadObject") == 1
+
+
+KILLED_MULTIPART_PUT = """
+import sys
+from sqlmesh_osaa.storage import S3Store
+store = S3Store(sys.argv[1], endpoint_url=sys.argv[2], addressing_style="path", multipart_threshold=5 * 1024**2)
+store.put_file(sys.argv[3], "staging/t1/big.parquet")
+"""
+
+
+@pytest.mark.s3
+def test_s3_remove_incomplete_aborts_the_multipart_upload_of_a_killed_process(
+    fault_proxy: FaultProxy, s3_bucket: str, s3_client: Any, tmp_path: Path
+) -> None:
+    source = write(tmp_path, "big", os.urandom(11 * MiB))
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key="other/live.parquet")
+    fault_proxy.delay_next(100, 5.0, operations=["UploadPart"])
+    command = [sys.executable, "-c", KILLED_MULTIPART_PUT, s3_bucket, fault_proxy.url, str(source)]
+    with processes.spawn(command, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}) as child:
+        deadline = time.monotonic() + 30
+        while fault_proxy.count("UploadPart") == 0 and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert fault_proxy.count("UploadPart") > 0, "the child never started uploading parts"
+    fault_proxy.clear()
+    store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
+
+    removed = store.remove_incomplete("staging/")
+
+    uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert removed == 1
+    assert [upload["Key"] for upload in uploads] == ["other/live.parquet"]
+    assert store.head("staging/t1/big.parquet") is None
 
 
 @pytest.mark.s3
@@ -552,6 +774,16 @@ def test_s3_copy_in_a_missing_bucket_is_a_configuration_error(s3_server: str, s3
 
     with pytest.raises(S3ConfigurationError, match="no-such-bucket-here"):
         store.copy("a", "b")
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [(0, 0), (1, 0), (0, 1), (5 * MiB, 1), (3, 5 * MiB + 7), (1000, 999)])
+def test_crc32_combine_gives_the_crc32_of_the_concatenation(first: int, second: int) -> None:
+    a, b = os.urandom(first), os.urandom(second)
+
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
 
 
 # --- make_store ------------------------------------------------------------------------------

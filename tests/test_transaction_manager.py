@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from support import processes
+from support import jobs
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -162,7 +162,7 @@ def test_upload_after_commit_is_an_error(store, checkpoint, tmp_path):
 
 def test_recovery_rolls_back_an_open_transaction_of_a_killed_process(store, tmp_path):
     db = tmp_path / "checkpoints.duckdb"
-    killed = processes.txn_job(store, db, "--put", "prod/a.parquet=a", "--id", "killed", fault=AFTER_STAGING)
+    killed = jobs.txn_job(store, db, "--put", "prod/a.parquet=a", "--id", "killed", fault=AFTER_STAGING)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert list(store.list_prefix(MARKER_PREFIX)) != []
     with PipelineCheckpoint("transactions", db) as checkpoint:

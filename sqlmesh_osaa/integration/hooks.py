@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from sqlmesh_osaa.integration import model_checkpoints, pipeline_runs, runtime, state
+from sqlmesh_osaa.integration import duckdb_connections, model_checkpoints, pipeline_runs, runtime, state
 from sqlmesh_osaa.integration.ingest_kind import create_landing_schema
 from sqlmesh_osaa.integration.publication import publish_environment
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
@@ -30,6 +30,7 @@ _log = logging.getLogger(__name__)
 def before_all(evaluator: Any) -> None:
     rt = runtime.activate()
     pipeline_runs.begin(rt, evaluator.this_env)
+    duckdb_connections.configure_adapter(evaluator.engine_adapter, rt.settings.storage)
     if any(state.ingests(snapshot) for snapshot in evaluator.snapshots.values()):
         create_landing_schema(evaluator.engine_adapter)
     if rt.reconciled:

@@ -91,6 +91,12 @@ def require() -> Runtime:
     return current() or activate()
 
 
+def project_settings(variables: Mapping[str, Any] | None, project_dir: str | Path) -> OsaaSettings:
+    """The settings ``activate`` would use for this project, without activating anything."""
+    project = Path(project_dir).resolve()
+    return resolve_paths(_load(variables, project), project)
+
+
 def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSettings:
     """Settings from the project's variables, never reading the project's config.yaml as a settings file.
 

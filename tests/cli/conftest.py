@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import pytest
+from support import processes
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 180
@@ -43,9 +44,7 @@ class Workspace:
     def run(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run an installed console script (``osaa-recover``, ``sqlmesh``, ...) in the workspace."""
         command = [str(BIN / args[0]), *args[1:]]
-        return subprocess.run(
-            command, cwd=self.path, env={**self.env, **(extra_env or {})}, capture_output=True, text=True, timeout=TIMEOUT
-        )
+        return processes.run(command, cwd=self.path, env={**self.env, **(extra_env or {})}, timeout=TIMEOUT)
 
     def json(self, *args: str, expect: int | None = None, **kwargs: Any) -> dict[str, Any]:
         result = self.run(*args, "--json", **kwargs)

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 from conftest import GOOD_CSV, Workspace
+from support import processes
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 
@@ -88,7 +89,7 @@ def test_clear_without_confirm_changes_nothing_and_with_it_exactly_the_listed_ro
 
 
 def test_a_database_locked_by_a_running_pipeline_gives_a_message_and_exit_2(empty_db: Workspace) -> None:
-    holder = subprocess.Popen(
+    with processes.spawn(
         [
             sys.executable,
             "-c",
@@ -105,8 +106,7 @@ def test_a_database_locked_by_a_running_pipeline_gives_a_message_and_exit_2(empt
         stdout=subprocess.PIPE,
         text=True,
         env=empty_db.env,
-    )
-    try:
+    ) as holder:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
         result = empty_db.run("osaa-recover", "list-failed")
         assert result.returncode == 2
@@ -114,9 +114,6 @@ def test_a_database_locked_by_a_running_pipeline_gives_a_message_and_exit_2(empt
         assert "Traceback" not in result.stderr + result.stdout
         document = empty_db.json("osaa-recover", "stats", expect=2)
         assert f"PID {holder.pid}" in document["error"]["message"]
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_missing_database_or_unknown_pipeline_is_a_usage_error(empty_db: Workspace) -> None:

@@ -4,7 +4,6 @@ project settings apply, and the .pth file ships in editable installs and wheels.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import sysconfig
 import zipfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, Workspace
+from support import processes
 
 from sqlmesh_osaa.checkpoint import PipelineCheckpoint
 from sqlmesh_osaa.cli.sqlmesh_plugin import COMMAND_NAMES, DISABLE_VARIABLE, PTH_NAME
@@ -88,18 +88,18 @@ def test_a_wheel_ships_the_pth_file_and_it_extends_sqlmesh(tmp_path: Path) -> No
     shutil.copytree(
         REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".osaa", "example_project", "tests")
     )
-    build = subprocess.run(
+    build = processes.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        timeout=TIMEOUT,
     )
     assert build.returncode == 0, build.stderr
     [wheel] = (tmp_path / "dist").glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         assert "import sqlmesh_osaa.cli.sqlmesh_plugin" in archive.read(PTH_NAME).decode()
     target = tmp_path / "site"
-    install = subprocess.run(
+    install = processes.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        timeout=TIMEOUT,
     )
     assert install.returncode == 0, install.stderr
     # A fresh interpreter without site processing: sqlmesh from this environment, then the wheel's site dir.
@@ -109,9 +109,9 @@ def test_a_wheel_ships_the_pth_file_and_it_extends_sqlmesh(tmp_path: Path) -> No
         "assert sqlmesh_osaa.__file__.startswith(sys.argv[2]), sqlmesh_osaa.__file__;"
         "print(sorted(c for c in cli.commands if c.startswith('osaa')))"
     )
-    result = subprocess.run(
+    result = processes.run(
         [sys.executable, "-S", "-c", script, sysconfig.get_paths()["purelib"], str(target)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT,
+        cwd=tmp_path, timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(sorted(COMMAND_NAMES))

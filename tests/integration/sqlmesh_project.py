@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from support import processes
 from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, s3_client_for
 
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
@@ -112,7 +113,7 @@ Completed = subprocess.CompletedProcess[str]
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> Completed:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    result = processes.run(command, cwd=cwd, env=env, timeout=COMMAND_TIMEOUT)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
@@ -153,6 +154,15 @@ def s3_project(directory: Path, endpoint_url: str) -> Project:
     path = copy_example(directory / "project")
     store = S3Store(bucket, endpoint_url=endpoint_url, region="us-east-1", addressing_style="path")
     return Project(path=path, env=env, store=store)
+
+
+def sentinel_project(directory: Path, endpoint_url: str, *, secret_key: str, session_token: str) -> Project:
+    """:func:`s3_project` in an empty HOME of its own (``env["HOME"]``), signing with these credentials."""
+    project = s3_project(directory, endpoint_url)
+    home = directory / "home"
+    home.mkdir()
+    project.env.update(HOME=str(home), AWS_SECRET_ACCESS_KEY=secret_key, AWS_SESSION_TOKEN=session_token)
+    return project
 
 
 BAD_SDG_ROWS = "INDICATOR_ID,COUNTRY_ID,YEAR,VALUE,MAGNITUDE,QUALIFIER\nCR.1,NGA,2023,74.0,,\nCR.1,KEN,2099,88.0,,\n"

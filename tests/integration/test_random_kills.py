@@ -12,8 +12,14 @@ import random
 import subprocess
 
 import pytest
-
-from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, SQLMESH, local_project, s3_project
+from sqlmesh_project import (
+    BAD_SDG_ROWS,
+    FIXED_SDG_ROWS,
+    SQLMESH,
+    local_project,
+    s3_project,
+)
+from support import processes
 
 pytestmark = pytest.mark.slow
 
@@ -35,19 +41,15 @@ def test_plans_killed_at_random_moments_never_publish_data_that_failed_its_audit
 
     killed = 0
     for _ in range(KILLS):
-        plan = subprocess.Popen(
-            [str(SQLMESH), "plan", "--auto-apply", "--no-prompts", *RESTATE_SDG],
-            cwd=project.path,
-            env=project.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            plan.wait(timeout=rng.uniform(0.5, 3.0))
-        except subprocess.TimeoutExpired:
-            plan.kill()
-            plan.wait(timeout=60)
-            killed += 1
+        command = [str(SQLMESH), "plan", "--auto-apply", "--no-prompts", *RESTATE_SDG]
+        output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        with processes.spawn(command, cwd=project.path, env=project.env, **output) as plan:
+            try:
+                plan.wait(timeout=rng.uniform(0.5, 3.0))
+            except subprocess.TimeoutExpired:
+                processes.kill_group(plan)
+                plan.wait(timeout=60)
+                killed += 1
         assert project.objects("prod/") == before
     assert killed >= 1, "every plan ended before its kill; shorten the delays"
 

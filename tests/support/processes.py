@@ -1,93 +1,88 @@
-"""Child processes for crash and race tests: each in its own process group, always reaped."""
+"""Child processes that never outlive their test.
+
+Every process a test starts goes through :func:`run` or :func:`spawn`: each child leads a
+new process group (session), and that whole group is killed when the call returns, times
+out or fails, so a ``sqlmesh plan`` and anything it started are reaped even when the test
+is interrupted. Servers that live for the whole session register with :func:`long_lived`;
+the autouse check in ``tests/conftest.py`` fails a test that leaves any other descendant
+of the test process running (:func:`leftover_descendants`).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
-from contextlib import suppress
-from pathlib import Path
-from typing import Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, Iterator, Sequence
 
-from sqlmesh_osaa.fault_points import FAULT_POINT_ENV
-from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
+import psutil
 
-CRASH_DIR = Path(__file__).resolve().parent.parent / "crash"
+REAP_TIMEOUT = 30.0
+_long_lived: set[int] = set()
 
 
-def store_spec(store: ObjectStore) -> str:
-    """How tests/crash/txn_job.py names ``store``."""
-    if isinstance(store, LocalStore):
-        return f"local:{store.root}:{store.bucket}"
-    assert isinstance(store, S3Store)
-    return f"s3:{store.endpoint_url}:{store.bucket}"
-
-
-def start(
-    args: Sequence[str],
-    *,
-    fault: str | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.Popen:
-    """Start a Python script (or, with an absolute executable first, a command) in its own process group."""
-    environment = {**os.environ, **(env or {}), FAULT_POINT_ENV: fault or ""}
-    command = list(args) if Path(args[0]).name.startswith("osaa-") else [sys.executable, *args]
-    return subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, cwd=cwd,
-    )
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def finish(process: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Wait for ``process``; on timeout or any error its whole group is killed and reaped."""
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    finally:
-        kill_group(process)
-        process.wait()
+def run(command: Sequence[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` with text output captured, in its own process group, killed with it afterwards."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    with spawn(command, **_popen_options(kwargs)) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+            stdout, stderr = process.communicate()
+            raise subprocess.TimeoutExpired(process.args, timeout, output=stdout, stderr=stderr) from None
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def run(args: Sequence[str], *, fault: str | None = None, timeout: float = 120, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
-    return finish(start(args, fault=fault, env=env), timeout)
-
-
-def txn_job(store: ObjectStore, db: Path, *extra: str, fault: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run([str(CRASH_DIR / "txn_job.py"), store_spec(store), str(db), *extra], fault=fault, timeout=timeout)
-
-
-def unfinished_work(store: ObjectStore) -> dict[str, list[str]]:
-    """What a finished protocol leaves nothing of: markers in flight, staging, versions no snapshot names."""
-    from sqlmesh_osaa.commit_log import MARKER_PREFIX, VERSIONS_PREFIX, CommitLog
-    from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
-
-    retained = CommitLog(store, ErrorHandler(RetryPolicy(max_attempts=1))).retained_versions()
-    return {
-        "markers": [info.key for info in store.list_prefix(MARKER_PREFIX)],
-        "staging": [info.key for info in store.list_prefix("staging/")],
-        "unreferenced_versions": [
-            info.key for info in store.list_prefix(VERSIONS_PREFIX) if info.key not in retained
-        ],
-    }
-
-
-NOTHING_UNFINISHED = {"markers": [], "staging": [], "unreferenced_versions": []}
-
-
-def wait_for_line(process: subprocess.Popen, expected: str, timeout: float = 120) -> None:
-    """Block until ``process`` prints ``expected`` (as a whole line); kill its group if it never does."""
-    import select
-
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    line = process.stdout.readline().strip() if ready else ""
-    if line != expected:
+@contextmanager
+def spawn(command: Sequence[str], **kwargs: Any) -> Iterator[subprocess.Popen[Any]]:
+    """``subprocess.Popen`` as the leader of a new process group, killed and waited for on exit."""
+    process = subprocess.Popen(list(command), start_new_session=True, **kwargs)
+    try:
+        yield process
+    finally:
         kill_group(process)
-        raise AssertionError(f"process printed {line!r} instead of {expected!r} within {timeout}s")
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=REAP_TIMEOUT)
+
+
+def kill_group(process: subprocess.Popen[Any]) -> None:
+    """SIGKILL every process of ``process``'s group (the leader may already be gone)."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def long_lived(process: subprocess.Popen[Any]) -> None:
+    """Exempt a session-wide server (its group and its descendants) from the leftover check."""
+    _long_lived.add(process.pid)
+
+
+def forget(process: subprocess.Popen[Any]) -> None:
+    _long_lived.discard(process.pid)
+
+
+def leftover_descendants() -> list[psutil.Process]:
+    """Live descendants of this process that are not a registered server, in its group or below it."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with suppress(psutil.NoSuchProcess):
+            if child.status() == psutil.STATUS_ZOMBIE or _serves_the_session(child):
+                continue
+            found.append(child)
+    return found
+
+
+def _serves_the_session(process: psutil.Process) -> bool:
+    lineage = {process.pid, *(parent.pid for parent in process.parents())}
+    return os.getpgid(process.pid) in _long_lived or bool(lineage & _long_lived)
+
+
+def _popen_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if kwargs.pop("capture_output"):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+    if kwargs.pop("check", False):
+        raise TypeError("processes.run does not take check=: assert on returncode so the output is shown")
+    return kwargs

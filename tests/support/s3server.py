@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from sqlmesh_osaa.storage import make_s3_client
+from support import processes
 
 # Fake credentials: moto accepts any, and a real endpoint would reject these.
 FAKE_ACCESS_KEY = "testing"
@@ -44,19 +47,23 @@ class MotoServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
             )
+        processes.long_lived(self._process)
         self._wait_until_answering()
         return self
 
     def stop(self) -> None:
         if self._process is None:
             return
-        self._process.terminate()
+        with suppress(ProcessLookupError):
+            os.killpg(self._process.pid, signal.SIGTERM)
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._process.kill()
+            processes.kill_group(self._process)
             self._process.wait()
+        processes.forget(self._process)
         self._process = None
         self._log.unlink(missing_ok=True)
 
