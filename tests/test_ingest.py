@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sqlmesh_osaa.commit_log import VERSIONS_PREFIX
+from sqlmesh_osaa.commit_log import HEAD_KEY, LOG_PREFIX, MARKER_PREFIX, VERSIONS_PREFIX
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -70,6 +70,12 @@ def test_rerun_with_nothing_changed_skips_every_file(raw, store, checkpoint):
     again = ingest(raw, store, checkpoint)
     assert again.landed == []
     assert sorted(again.skipped) == landed(store)
+
+
+def data_requests(proxy, operation: str) -> list:
+    """Requests of ``operation`` that carry data: the commit protocol's own small records aside."""
+    records = (f"/{MARKER_PREFIX}", f"/{LOG_PREFIX}", f"/{HEAD_KEY}")
+    return [r for r in proxy.requests(operation) if not any(record in r.target for record in records)]
 
 
 @pytest.mark.s3
@@ -237,5 +243,5 @@ def test_an_unchanged_large_landing_file_is_not_uploaded_again_by_a_runner_witho
 
     assert result.ok, result.failures
     uploads = ("PutObject", "CreateMultipartUpload", "UploadPart", "CopyObject", "UploadPartCopy")
-    assert {op: fault_proxy.count(op) for op in uploads} == dict.fromkeys(uploads, 0)
+    assert {op: len(data_requests(fault_proxy, op)) for op in uploads} == dict.fromkeys(uploads, 0)
     assert store.head("prod/landing/big/large.parquet") == landed_info
