@@ -93,6 +93,16 @@ class S3ConfigurationError(S3OperationError):
     default_category = ErrorCategory.PERMANENT
 
 
+class PreconditionFailedError(S3OperationError):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match).
+
+    412 answers are final (permanent): the caller reads what won. A 409
+    ConditionalRequestConflict (a concurrent conditional write in flight) is transient.
+    """
+
+    default_category = ErrorCategory.PERMANENT
+
+
 class IngestError(PipelineBaseError):
     """A raw file could not be ingested."""
 
@@ -135,6 +145,16 @@ class TransactionError(PipelineBaseError):
 
 class ValidationError(TransactionError):
     """A validator rejected a staged object; the transaction is rolled back."""
+
+    default_category = ErrorCategory.PERMANENT
+
+
+class TransactionConflictError(TransactionError):
+    """Another transaction committed one of this transaction's keys first; nothing was applied.
+
+    ``key`` is a contested key and ``winner`` the transaction that committed it. Re-run the
+    step on top of the winner's result (a retry as such cannot succeed).
+    """
 
     default_category = ErrorCategory.PERMANENT
 

@@ -2,7 +2,9 @@
 
 One run discovers the raw files, skips those whose FILE checkpoint says they are done and
 unchanged (size and mtime from the discovery walk against the record; no file is read),
-converts the rest to parquet with DuckDB, stages every converted file in one transaction
+fingerprints the rest as they are read (discovery's size and mtime, the MD5 of the bytes
+converted; a file rewritten meanwhile is recorded without it, so the next run lands it
+again), converts them to parquet with DuckDB, stages every converted file in one transaction
 and commits it. A bad file is a recorded failure (FILE checkpoint *failed* with its
 category and message), never an abort: the good files still land. The same engine serves
 ``osaa-ingest`` and the ``osaa_file_ingest`` model kind.
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import duckdb
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.commit_protocol import store_metadata
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
@@ -30,6 +33,8 @@ from sqlmesh_osaa.raw_files import (
     discover_raw_files,
     landing_keys,
     landing_prefix,
+    read_fingerprint,
+    still_as_discovered,
 )
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
@@ -68,21 +73,24 @@ class IngestRequest:
     verify_checksum: bool = False
 
 
-def _discover(request: IngestRequest, checkpoint: PipelineCheckpoint) -> Discovery:
-    """Discover the raw files against what their FILE checkpoints recorded when they landed.
+def _discover(request: IngestRequest, checkpoint: PipelineCheckpoint, store: ObjectStore) -> Discovery:
+    """Discover the raw files against what their FILE checkpoints recorded when they landed in ``store``.
 
     A file whose completed record has its size and mtime is unchanged without further
     question; discovery lists only its landing key. Verifying checksums skips that shortcut.
+    A record made for another store does not count: that store is another key space.
     """
     baseline = None
     if not request.verify_checksum:
-        fingerprints = checkpoint.completed_fingerprints(CheckpointScope.FILE, landing_prefix(request.env_prefix))
+        fingerprints = checkpoint.completed_fingerprints(
+            CheckpointScope.FILE, landing_prefix(request.env_prefix), metadata=store_metadata(store)
+        )
         baseline = Baseline(request.env_prefix, fingerprints)
     return discover_raw_files(request.raw_root, pattern=request.pattern, source=request.source, baseline=baseline)
 
 
 def _split_unchanged(
-    checkpoint: PipelineCheckpoint, discovery: Discovery, env_prefix: str, verify: bool
+    checkpoint: PipelineCheckpoint, store: ObjectStore, discovery: Discovery, env_prefix: str, verify: bool
 ) -> tuple[list[tuple[RawFile, str]], list[str]]:
     """The files to ingest (with their landing keys), and the keys of those unchanged since they landed.
 
@@ -94,7 +102,7 @@ def _split_unchanged(
     if not files:
         return files, skipped
     items = [(key, raw.real_path, raw.size, raw.mtime_ns) for raw, key in files]
-    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, items, verify)
+    unchanged = checkpoint.unchanged_keys(CheckpointScope.FILE, items, verify, metadata=store_metadata(store))
     skipped += [key for _, key in files if key in unchanged]
     return [(raw, key) for raw, key in files if key not in unchanged], skipped
 
@@ -131,8 +139,8 @@ def _ingest(
     progress: Progress | None,
     transaction_id: str | None,
 ) -> IngestResult:
-    discovery = _discover(request, checkpoint)
-    todo, skipped = _split_unchanged(checkpoint, discovery, request.env_prefix, request.verify_checksum)
+    discovery = _discover(request, checkpoint, store)
+    todo, skipped = _split_unchanged(checkpoint, store, discovery, request.env_prefix, request.verify_checksum)
     collector = PartialFailureCollector()
     for refused in discovery.refused:
         collector.add_failure(refused.relative, refused.error)
@@ -170,7 +178,11 @@ def _convert_and_commit(
             settings=settings,
             transaction_id=transaction_id,
         )
-        txn.begin()
+        try:
+            txn.begin()
+        except Exception as exc:
+            _fail_all(todo, checkpoint, collector, exc)
+            return
         result.transaction_id = txn.transaction_id
         txn.prefetch_production(landing_prefix(request.env_prefix))
         for start in range(0, len(todo), CHUNK_SIZE):
@@ -204,6 +216,16 @@ def _convert_and_commit(
             result.landed.append(key)
 
 
+def _fail_all(
+    todo: list[tuple[RawFile, str]], checkpoint: PipelineCheckpoint, collector: PartialFailureCollector, exc: Exception
+) -> None:
+    """The transaction could not begin (the store refused its marker): every file fails with that error."""
+    _log.error("Could not begin the ingest transaction: %s", exc)
+    for raw, key in todo:
+        _record_file_failure(checkpoint, key, raw, exc)
+        collector.add_failure(raw.relative, exc)
+
+
 def _convert_chunk(
     chunk: list[tuple[RawFile, str]],
     offset: int,
@@ -217,13 +239,17 @@ def _convert_chunk(
     for index, (raw, key) in enumerate(chunk, start=offset):
         parquet = workdir / f"{index}.parquet"
         try:
+            fingerprint = read_fingerprint(raw)
             convert_csv_to_parquet(raw.path, parquet, connection=connection)
         except Exception as exc:
             _record_file_failure(checkpoint, key, raw, exc)
             collector.add_failure(raw.relative, exc)
             parquet.unlink(missing_ok=True)
         else:
-            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path))
+            if not still_as_discovered(raw):
+                _log.warning("%s changed while it was converted; the next run lands it again", raw.relative)
+                fingerprint = replace(fingerprint, md5=None)
+            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint))
     return uploads
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
+from sqlmesh_osaa.storage import file_md5
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,36 @@ class RawFile(NamedTuple):
     def path(self) -> Path:
         """The absolute, resolved path (the symlink's target when the file is a symlink)."""
         return Path(self.real_path)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A source file as it was read: what its FILE checkpoint records once its content has landed."""
+
+    size: int
+    mtime_ns: int
+    md5: str | None
+
+
+def read_fingerprint(raw: RawFile) -> Fingerprint:
+    """Discovery's size and mtime with the MD5 of the bytes read now.
+
+    The MD5 is left out (None) when the file no longer has discovery's size and mtime: it was
+    rewritten since, and a record without it makes the next run read and land the file again.
+    Call :func:`still_as_discovered` after converting to find a rewrite during conversion.
+    """
+    if not still_as_discovered(raw):
+        return Fingerprint(raw.size, raw.mtime_ns, None)
+    md5 = file_md5(raw.real_path)
+    return Fingerprint(raw.size, raw.mtime_ns, md5 if still_as_discovered(raw) else None)
+
+
+def still_as_discovered(raw: RawFile) -> bool:
+    try:
+        current = os.stat(raw.real_path)
+    except OSError:
+        return False
+    return (current.st_size, current.st_mtime_ns) == (raw.size, raw.mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)

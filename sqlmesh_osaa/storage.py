@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.header
+import fcntl
 import hashlib
 import json
 import logging
@@ -32,12 +33,14 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from sqlmesh_osaa.exceptions import (
     PERMANENT_ERROR_CODES,
     TRANSIENT_ERROR_CODES,
     ErrorCategory,
     PipelineBaseError,
+    PreconditionFailedError,
     S3ConfigurationError,
     S3OperationError,
     categorize_error,
@@ -389,6 +392,31 @@ class ObjectStore(ABC):
     def uri(self, key: str) -> str:
         """Where DuckDB and other readers find the object."""
 
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """Which key space this store is (backend, endpoint without credentials, bucket): checkpoints record it."""
+
+    @abstractmethod
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        """Write a small object in one request and return its ETag; the commit protocol's primitive.
+
+        ``if_none_match`` writes only when ``key`` does not exist; ``if_match`` only when its
+        current ETag is that value. A lost condition raises :class:`PreconditionFailedError`
+        (permanent; a 409 ConditionalRequestConflict is transient) and writes nothing.
+        """
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        """A small object's content and ETag (for a later ``if_match``), or None when it does not exist."""
+
+    def _precondition_failed(self, key: str, what: str) -> PreconditionFailedError:
+        return PreconditionFailedError(
+            f"Conditional write of {key!r} lost: {what}", operation="PutObject", key=key, bucket=self.bucket
+        )
+
     def _metadata(self, metadata: Mapping[str, str] | None, md5: str, key: str) -> dict[str, str]:
         result = _user_metadata(metadata, md5)
         for name in result:
@@ -456,6 +484,10 @@ class LocalStore(ObjectStore):
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r}, bucket={self.bucket!r})"
+
+    @property
+    def identity(self) -> str:
+        return f"local:{self.root}/{self.bucket}"
 
     def put_file(
         self,
@@ -568,6 +600,50 @@ class LocalStore(ObjectStore):
     def uri(self, key: str) -> str:
         self._check_key(key, "GetObject")
         return str(self._object_path(key))
+
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        """Conditions are checked and the object renamed into place under an exclusive lock on the key."""
+        self._check_key(key, "PutObject")
+        digest = ContentDigest()
+        digest.update(data)
+        etag = digest.md5
+        with self._os_errors("PutObject", key), self._key_lock(key):
+            if if_none_match or if_match is not None:
+                current = self._current_etag(key)
+                if if_none_match and current is not None:
+                    raise self._precondition_failed(key, "the object exists")
+                if if_match is not None and current != if_match.strip('"'):
+                    raise self._precondition_failed(key, f"its ETag is {current}, not {if_match}")
+            written = atomic_write(self._object_path(key), lambda handle: handle.write(data))
+            self._write_sidecar(key, written, {MD5_METADATA_KEY: etag}, digest.checksum)
+        return etag
+
+    def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        self._check_key(key, "GetObject")
+        with self._os_errors("GetObject", key):
+            try:
+                data = self._object_path(key).read_bytes()
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+        return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+    def _current_etag(self, key: str) -> str | None:
+        found = self.get_bytes(key)
+        return None if found is None else found[1]
+
+    @contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        """An flock per key: conditional writes of every process on this host take turns."""
+        path = self._meta_dir / "locks" / self._sidecar_path(key).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _object_path(self, key: str) -> Path:
         return self._bucket_dir / key
@@ -752,6 +828,18 @@ def _http_status(exc: BaseException | None) -> int | None:
     return None
 
 
+def _conditional_loss(exc: BaseException | None, conditional: bool) -> str | None:
+    """Why a conditional PutObject wrote nothing, or None when it failed for another reason."""
+    code = _error_code(exc) if exc is not None else None
+    if code == "PreconditionFailed" or (exc is not None and _http_status(exc) == 412):
+        return "its precondition does not hold"
+    if code == "ConditionalRequestConflict":
+        return "a concurrent conditional write is in flight (409)"
+    if conditional and code == "NoSuchKey":
+        return "the object does not exist"
+    return None
+
+
 def _codes_category(codes: Iterable[str]) -> ErrorCategory:
     """A batch is worth retrying when any of its failures is (deletes are idempotent)."""
     codes = set(codes)
@@ -851,6 +939,12 @@ class S3Store(ObjectStore):
     @property
     def endpoint_url(self) -> str:
         return str(self._client.meta.endpoint_url)
+
+    @property
+    def identity(self) -> str:
+        parts = urlsplit(self.endpoint_url)
+        host = parts.netloc.rpartition("@")[2]
+        return f"s3:{parts.scheme}://{host}{parts.path.rstrip('/')}/{self.bucket}"
 
     def put_file(
         self,
@@ -1032,6 +1126,49 @@ class S3Store(ObjectStore):
     def uri(self, key: str) -> str:
         self._check_key(key, "GetObject")
         return f"s3://{self.bucket}/{key}"
+
+    def put_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        self._check_key(key, "PutObject")
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = f'"{if_match.strip(chr(34))}"'
+        try:
+            with self._s3_errors("PutObject", key):
+                response = self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentMD5=base64.b64encode(md5.digest()).decode("ascii"),
+                    Metadata={MD5_METADATA_KEY: md5.hexdigest()},
+                    **conditions,
+                )
+        except S3OperationError as error:
+            lost = _conditional_loss(error.__cause__, bool(conditions))
+            if lost is None:
+                raise
+            failed = self._precondition_failed(key, lost)
+            if _error_code(error.__cause__) == "ConditionalRequestConflict":
+                failed.category = ErrorCategory.TRANSIENT
+            raise failed from error
+        return str(response.get("ETag", "")).strip('"')
+
+    def get_bytes(self, key: str) -> tuple[bytes, str] | None:
+        self._check_key(key, "GetObject")
+        try:
+            with self._s3_errors("GetObject", key):
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
+                with closing(response["Body"]):
+                    data = response["Body"].read()
+        except S3OperationError as error:
+            if _error_code(error.__cause__) == "NoSuchKey" or _http_status(error.__cause__) == 404:
+                return None
+            raise
+        return data, str(response.get("ETag", "")).strip('"')
 
     def _head_response(self, key: str) -> dict[str, Any] | None:
         try:

@@ -1,63 +1,106 @@
-"""All-or-nothing writes to object storage, durable across crashes.
+"""All-or-nothing writes to object storage, durable across crashes and safe between writers.
 
 Object stores have no multi-object transactions, so a transaction is a protocol whose
-journal lives in the checkpoint store (OPERATION scope, key ``transaction/<id>``):
+journal lives in the object store itself, beside the data (:mod:`sqlmesh_osaa.commit_log`,
+:mod:`sqlmesh_osaa.commit_protocol`; docs/recovery.md):
 
-1. begin — the journal row is *open*; objects are written under
-   ``<staging_prefix>/<id>/<key>``, never under their production key;
-2. validate — validators inspect the staged objects; any False or exception rolls back;
-3. decide — the journal row turns *committing*, with the full manifest (every staged put
-   and delete), durably, **before** the first production write;
-4. apply — server-side copy staged -> production (verified), then the staged deletes;
-5. finish — FILE checkpoints completed, staging deleted, the journal row *committed*.
+1. begin — a marker (owner, lease, the log position it starts from) is written; objects are
+   uploaded as immutable versions under ``_osaa/versions/<id>.<attempt>/<key>``, never to
+   their production key;
+2. validate — validators inspect the staged versions; any False or exception rolls back;
+3. decide — the decision (full manifest, the snapshot it leaves) takes the next position of
+   the commit log with a conditional write **before** the first production write; an
+   overlapping commit since begin raises :class:`TransactionConflictError`, nothing applied;
+4. apply — server-side copy of each version to its stable key, then the staged deletes;
+5. finish — FILE checkpoints completed with the fingerprints taken at discovery, the marker
+   deleted. The checkpoint's OPERATION row (``transaction/<id>``) keeps the history.
 
-Recovery (:func:`recover_transactions`, run at the start of every transaction and by
-``osaa-recover``) rolls an *open* transaction of a dead owner back (staging deleted,
-production untouched) and a *committing* one forward (apply is idempotent: an object whose
-production copy already has the staged MD5 is not copied again). So after any crash plus
-recovery, production holds exactly the old or exactly the new set of objects.
+Recovery (:func:`recover_transactions`, at the start of every transaction and in
+``osaa-recover``) needs only the store: a dead owner's undecided transaction is rolled back,
+a decided one rolled forward except for keys a later commit superseded.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.commit_log import (
+    _ACTIVE,
+    DEFAULT_LEASE_SECONDS,
+    CommitLog,
+    Marker,
+    Owner,
+    Snapshot,
+    new_versions_root,
+    resolve_snapshot,
+)
+from sqlmesh_osaa.commit_protocol import (
+    JOURNAL_PREFIX,
+    Fingerprint,
+    Manifest,
+    RecoveryReport,
+    StagedPut,
+    apply_entry,
+    await_earlier,
+    clean_transaction_area,
+    complete_files,
+    decide,
+    finish,
+    recover_store,
+    settle_checkpoint,
+    sweep_unreferenced,
+    journal_key,
+)
 from sqlmesh_osaa.error_handler import ErrorHandler, record_breaker_transitions
 from sqlmesh_osaa.exceptions import (
     ErrorCategory,
+    PreconditionFailedError,
     RollbackError,
+    TransactionConflictError,
     TransactionError,
     ValidationError,
     categorize_error,
 )
-from sqlmesh_osaa.fault_points import (
-    AFTER_COMMIT_DECISION,
-    AFTER_PRODUCTION_COPY,
-    AFTER_STAGING,
-    BEFORE_STAGING_CLEANUP,
-    fault_point,
-)
+from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, AFTER_STAGING, fault_point
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, S3Store, file_md5, make_store
+from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, make_store
 
 _log = logging.getLogger(__name__)
 
-JOURNAL_PREFIX = "transaction/"
 DEFAULT_PIPELINE = "transactions"
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "JOURNAL_PREFIX",
+    "Fingerprint",
+    "Manifest",
+    "RecoveryReport",
+    "Snapshot",
+    "StagedPut",
+    "TransactionManager",
+    "TransactionPhase",
+    "Upload",
+    "UploadOutcome",
+    "iter_transactions",
+    "journal_key",
+    "recover_transactions",
+    "resolve_snapshot",
+]
 
 Validator = Callable[[str], Any]
 
 
 class TransactionPhase(str, Enum):
-    """Where a transaction stands in the protocol; recorded in its journal row."""
+    """Where a transaction stands in the protocol; recorded in its checkpoint row."""
 
     OPEN = "open"
     COMMITTING = "committing"
@@ -66,29 +109,19 @@ class TransactionPhase(str, Enum):
 
 
 @dataclass(frozen=True)
-class StagedPut:
-    """One object of the manifest: where it is staged, where it goes, what it must hash to."""
-
-    key: str
-    staged_key: str | None
-    md5: str
-    size: int
-    source_path: str | None = None
-
-    @property
-    def unchanged(self) -> bool:
-        """Production already holds this content: nothing was staged, nothing is copied."""
-        return self.staged_key is None
-
-
-@dataclass(frozen=True)
 class Upload:
-    """A local file to stage for ``key``; its FILE checkpoint tracks ``source_path`` or the file."""
+    """A local file to stage for ``key``; its FILE checkpoint tracks ``source_path`` or the file.
+
+    ``fingerprint`` is the source as it was when read (ingest takes it at discovery); the
+    FILE checkpoint records it, so it describes the content production holds even when the
+    source changes later.
+    """
 
     local_path: str | Path
     key: str
     metadata: Mapping[str, str] | None = None
     source_path: str | Path | None = None
+    fingerprint: Fingerprint | None = None
 
     @property
     def tracked_path(self) -> str:
@@ -102,29 +135,6 @@ class UploadOutcome:
     upload: Upload
     put: StagedPut | None = None
     error: BaseException | None = None
-
-
-@dataclass
-class Manifest:
-    """What a transaction will do to production once decided."""
-
-    puts: list[StagedPut] = field(default_factory=list)
-    deletes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"puts": [asdict(put) for put in self.puts], "deletes": list(self.deletes)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
-        return cls([StagedPut(**put) for put in data.get("puts", [])], list(data.get("deletes", [])))
-
-
-def journal_key(transaction_id: str) -> str:
-    return f"{JOURNAL_PREFIX}{transaction_id}"
-
-
-def staging_root(staging_prefix: str, transaction_id: str) -> str:
-    return f"{staging_prefix.strip('/')}/{transaction_id}/"
 
 
 def _store_for(bucket_name: str | None, settings: OsaaSettings) -> ObjectStore:
@@ -141,7 +151,8 @@ class TransactionManager:
 
     Used as a context manager it commits on normal exit and rolls back when the block
     raises. ``transaction_id`` makes re-runs idempotent: a transaction id that already
-    committed is a no-op.
+    committed is a no-op. ``staging_prefix`` is kept for the seed's signature; staged
+    objects live under the protocol's versions root (docs/decisions.md).
     """
 
     def __init__(
@@ -156,6 +167,7 @@ class TransactionManager:
         settings: OsaaSettings | None = None,
         recover: bool = True,
         max_workers: int = 8,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         settings = settings or get_settings()
         self.store = store or _store_for(bucket_name, settings)
@@ -168,12 +180,18 @@ class TransactionManager:
         self.transaction_id = transaction_id or uuid.uuid4().hex
         self.phase: TransactionPhase | None = None
         self.manifest = Manifest()
+        self.log = CommitLog(self.store, self.error_handler)
+        self.lease_seconds = lease_seconds
+        self.max_workers = max_workers
         self._validators: list[Validator] = []
         self._recover = recover
         self._already_committed = False
         self._known_production: dict[str, dict[str, str | None]] = {}
         self._lock = threading.Lock()
-        self.max_workers = max_workers
+        self._marker: Marker | None = None
+        self._base: dict[str, dict[str, Any]] = {}
+        self._heartbeat_stop = threading.Event()
+        self._marker_lock = threading.Lock()
 
     @property
     def bucket_name(self) -> str:
@@ -181,7 +199,10 @@ class TransactionManager:
 
     @property
     def staging_root(self) -> str:
-        return staging_root(self.staging_prefix, self.transaction_id)
+        """Where this attempt uploads its objects (the versions root in its marker)."""
+        if self._marker is None:
+            raise TransactionError("Transaction has not begun", transaction_id=self.transaction_id)
+        return self._marker.versions
 
     def __enter__(self) -> TransactionManager:
         self.begin()
@@ -198,36 +219,91 @@ class TransactionManager:
             if self._owns_checkpoint:
                 self.checkpoint.close()
 
+    # -- begin ----------------------------------------------------------------------------
+
     def begin(self) -> None:
-        """Open the journal row; recover leftovers of dead transactions first."""
+        """Write the marker and the checkpoint row; recover leftovers of dead transactions first."""
         if self.phase is not None:
             return
         if self._recover:
             recover_transactions(self.checkpoint, self.store, error_handler=self.error_handler, sweep_leftovers=False)
-        existing = self.checkpoint.get(CheckpointScope.OPERATION, journal_key(self.transaction_id))
-        if existing and existing["status"] == CheckpointStatus.COMPLETED.value:
+        row = self.checkpoint.get(CheckpointScope.OPERATION, journal_key(self.transaction_id))
+        if row and row["status"] == CheckpointStatus.COMPLETED.value:
             _log.info("Transaction %s already committed; nothing to do", self.transaction_id)
             self._already_committed = True
             self.phase = TransactionPhase.COMMITTED
             return
-        if existing and existing["status"] == CheckpointStatus.IN_PROGRESS.value:
-            raise TransactionError(
-                "Transaction is being run by another live process; wait for it or stop it, "
-                "then run `osaa-recover reconcile`",
-                transaction_id=self.transaction_id,
-                owner_pid=existing.get("owner_pid"),
-                owner_host=existing.get("owner_host"),
-            )
+        if row and row["status"] == CheckpointStatus.IN_PROGRESS.value and not row["interrupted"]:
+            raise self._taken(row.get("owner_pid"), row.get("owner_host"), alive=True)
+        position = self.log.head()
+        self._base = self.log.snapshot(position)
+        marker = Marker(
+            self.transaction_id, Owner.this_process(), time.time(), self.lease_seconds, position,
+            new_versions_root(self.transaction_id), pipeline=self.checkpoint.pipeline_name,
+        )
+        _ACTIVE.add(self.transaction_id)
+        try:
+            self._marker = self.log.create_marker(marker)
+        except PreconditionFailedError:
+            _ACTIVE.discard(self.transaction_id)
+            self._check_marker_free()
+            raise
+        except BaseException:
+            _ACTIVE.discard(self.transaction_id)
+            raise
         self.checkpoint.mark_started(
             CheckpointScope.OPERATION,
             journal_key(self.transaction_id),
             metadata={
                 "phase": TransactionPhase.OPEN.value,
                 "bucket": self.bucket_name,
-                "staging": self.staging_root,
+                "staging": marker.versions,
+                "begin": position,
             },
+            force=row is not None and row["status"] == CheckpointStatus.IN_PROGRESS.value,
         )
         self.phase = TransactionPhase.OPEN
+        threading.Thread(target=self._heartbeat, name=f"osaa-lease-{self.transaction_id[:8]}", daemon=True).start()
+
+    def _check_marker_free(self) -> None:
+        existing = self.log.marker(self.transaction_id)
+        if existing is not None:
+            owner = existing.owner
+            raise self._taken(owner.pid, owner.host, alive=existing.owner_alive())
+
+    def _taken(self, pid: Any, host: Any, *, alive: bool) -> TransactionError:
+        if alive:
+            message = (
+                "Transaction is being run by another live process; wait for it or stop it, "
+                "then run `osaa-recover reconcile`"
+            )
+        else:
+            message = (
+                "Transaction was interrupted: its owner is gone and it awaits recovery. Run "
+                "`osaa-recover reconcile` (or begin with recover=True) before running it again"
+            )
+        return TransactionError(message, transaction_id=self.transaction_id, owner_pid=pid, owner_host=host)
+
+    def _heartbeat(self) -> None:
+        """Renew the lease while the transaction runs, so other hosts do not take it for dead."""
+        while not self._heartbeat_stop.wait(self.lease_seconds / 3):
+            with self._marker_lock:
+                if self._marker is None or self._heartbeat_stop.is_set():
+                    return
+                try:
+                    self._marker = self.log.update_marker(self._marker, heartbeat_at=time.time())
+                except PreconditionFailedError:
+                    _log.error("Transaction %s was taken over by recovery; it can no longer commit", self.transaction_id)
+                    return
+                except Exception as exc:
+                    _log.warning("Could not renew the lease of transaction %s: %s", self.transaction_id, exc)
+
+    def _release(self) -> None:
+        """This process stops working on the transaction (finished, or left to recovery)."""
+        self._heartbeat_stop.set()
+        _ACTIVE.discard(self.transaction_id)
+
+    # -- staging --------------------------------------------------------------------------
 
     def add_validator(self, validator: Validator) -> None:
         """``validator(staged_key)`` runs on every staged object at commit; False rejects it."""
@@ -289,28 +365,38 @@ class TransactionManager:
         current = self._retry(self.store.head, key, operation="HeadObject")
         return current.md5 if current is not None else None
 
+    def _unchanged(self, key: str, md5: str | None, production_md5: str | None) -> str | None:
+        """The version the current snapshot holds ``key`` in, when it and production both hold ``md5``."""
+        ref = self._base.get(key)
+        if md5 is None or ref is None or ref["md5"] != md5 or production_md5 != md5:
+            return None
+        return str(ref["version"])
+
     def _stage(self, upload: Upload, accepting: bool) -> UploadOutcome:
         try:
             md5 = file_md5(upload.local_path)
             size = Path(upload.local_path).stat().st_size
+            common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
             if not accepting:
-                return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, upload.tracked_path))
-            if self._production_md5(upload.key) == md5:
-                put = StagedPut(upload.key, None, md5, size, upload.tracked_path)
-                with self._lock:
-                    self.manifest.puts.append(put)
-                return UploadOutcome(upload, put)
+                return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
+            version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
+            if version is not None:
+                return UploadOutcome(upload, self._add(StagedPut(upload.key, None, md5, size, version=version, **common)))
             staged_key = self.staging_root + upload.key
             info = self._retry(
                 self.store.put_file, upload.local_path, staged_key, upload.metadata, md5, operation="PutObject"
             )
-            put = StagedPut(upload.key, staged_key, md5, info.size, upload.tracked_path)
+            put = StagedPut(upload.key, staged_key, md5, info.size, version=staged_key, **common)
         except Exception as exc:
             return UploadOutcome(upload, error=exc)
-        with self._lock:
-            self.manifest.puts.append(put)
+        self._add(put)
         fault_point(AFTER_STAGING)
         return UploadOutcome(upload, put)
+
+    def _add(self, put: StagedPut) -> StagedPut:
+        with self._lock:
+            self.manifest.puts.append(put)
+        return put
 
     def stage_copy(self, source_key: str, s3_key: str) -> StagedPut:
         """Stage a server-side copy of an existing object (promotion): no bytes pass through here."""
@@ -321,50 +407,92 @@ class TransactionManager:
                 "Source object does not exist", transaction_id=self.transaction_id, key=source_key
             )
         current = self._retry(self.store.head, s3_key, operation="HeadObject")
-        if not accepting or (current is not None and source.md5 is not None and current.md5 == source.md5):
-            put = StagedPut(s3_key, None, source.md5 or "", source.size)
+        version = self._unchanged(s3_key, source.md5, current.md5 if current is not None else None)
+        if not accepting or version is not None:
+            put = StagedPut(s3_key, None, source.md5 or "", source.size, version=version)
         else:
             staged_key = self.staging_root + s3_key
             info = self._retry(self.store.copy, source_key, staged_key, operation="CopyObject")
-            put = StagedPut(s3_key, staged_key, info.md5 or "", info.size)
-        self.manifest.puts.append(put)
-        return put
+            put = StagedPut(s3_key, staged_key, info.md5 or "", info.size, version=staged_key)
+        return self._add(put) if accepting else put
 
     def delete(self, s3_key: str) -> None:
         """Delete ``s3_key`` from production when (and only when) the transaction commits."""
         if self._accepting_work():
             self.manifest.deletes.append(s3_key)
 
+    # -- commit and rollback --------------------------------------------------------------
+
     def commit(self) -> None:
-        """Validate, durably decide, apply, finish. Raises ValidationError after rolling back."""
+        """Validate, decide in the commit log, apply, finish.
+
+        Raises ValidationError or TransactionConflictError after rolling back, and
+        TransactionError when a decided commit could not be finished (recovery finishes it).
+        """
         if self.phase is TransactionPhase.COMMITTED or not self._accepting_work():
             return
         self._validate()
-        self.checkpoint.update_metadata(
-            CheckpointScope.OPERATION,
-            journal_key(self.transaction_id),
-            {"phase": TransactionPhase.COMMITTING.value, "manifest": self.manifest.to_json()},
-        )
-        self.phase = TransactionPhase.COMMITTING
-        fault_point(AFTER_COMMIT_DECISION)
+        assert self._marker is not None
+        if all(put.unchanged for put in self.manifest.puts) and not self.manifest.deletes:
+            self._end_unchanged()
+            return
         try:
-            apply_manifest(self.store, self.manifest, self.error_handler, max_workers=self.max_workers)
-            finish_transaction(self.checkpoint, self.store, self.transaction_id, self.staging_prefix, self.manifest)
+            entry = decide(self.log, self.transaction_id, self._marker.begin, self.manifest)
+        except TransactionConflictError as conflict:
+            self.rollback(reason=str(conflict))
+            raise
         except Exception as exc:
-            raise TransactionError(
+            self._release()
+            raise self._unfinished(exc, "Commit decision could not be written; its outcome is settled by recovery")
+        fault_point(AFTER_COMMIT_DECISION)
+        self.phase = TransactionPhase.COMMITTING
+        try:
+            with self._marker_lock:
+                self._marker = self.log.update_marker(self._marker, position=entry.position)
+            self.checkpoint.update_metadata(
+                CheckpointScope.OPERATION,
+                journal_key(self.transaction_id),
+                {"phase": TransactionPhase.COMMITTING.value, "position": entry.position,
+                 "manifest": self.manifest.to_json()},
+            )
+            await_earlier(self.log, entry)
+            apply_entry(self.store, entry, self.error_handler, max_workers=self.max_workers)
+            self._release()
+            finish(self.log, entry, self.checkpoint)
+        except Exception as exc:
+            self._release()
+            raise self._unfinished(
+                exc,
                 "Commit was decided but could not be finished; production is not yet complete. "
                 "The next run (or `osaa-recover reconcile`) rolls it forward",
-                category=categorize_error(exc),
-                transaction_id=self.transaction_id,
-            ) from exc
+            )
         self.phase = TransactionPhase.COMMITTED
         _log.info(
-            "Transaction %s committed: %d object(s) written, %d unchanged, %d deleted",
+            "Transaction %s committed at log position %d: %d object(s) written, %d unchanged, %d deleted",
             self.transaction_id,
+            entry.position,
             sum(1 for put in self.manifest.puts if not put.unchanged),
             sum(1 for put in self.manifest.puts if put.unchanged),
             len(self.manifest.deletes),
         )
+
+    def _end_unchanged(self) -> None:
+        """Nothing to write: no log entry; the FILE checkpoints complete, the marker goes."""
+        self._release()
+        complete_files(self.checkpoint, self.store, self.manifest.puts)
+        self.log.delete_marker(self.transaction_id)
+        self.checkpoint.mark_completed(
+            CheckpointScope.OPERATION, journal_key(self.transaction_id),
+            metadata={"phase": TransactionPhase.COMMITTED.value, "manifest": self.manifest.to_json()},
+        )
+        self.phase = TransactionPhase.COMMITTED
+        _log.info("Transaction %s changed nothing: %d object(s) already in production", self.transaction_id,
+                  len(self.manifest.puts))
+
+    def _unfinished(self, exc: Exception, message: str) -> TransactionError:
+        error = TransactionError(message, category=categorize_error(exc), transaction_id=self.transaction_id)
+        error.__cause__ = exc
+        return error
 
     def rollback(self, reason: str = "rolled back by caller") -> None:
         """Delete everything staged and record the transaction as rolled back; production is untouched."""
@@ -375,10 +503,44 @@ class TransactionManager:
                     transaction_id=self.transaction_id,
                 )
             return
+        self.phase = TransactionPhase.ROLLED_BACK
+        self._heartbeat_stop.set()
+        leftovers: list[str] = []
         try:
-            roll_back(self.checkpoint, self.store, self.transaction_id, self.staging_prefix, reason, self.manifest)
+            assert self._marker is not None
+            clean_transaction_area(self.log, self._marker.versions)
+            self.log.delete_marker(self.transaction_id)
+        except Exception as exc:
+            _log.warning("Rollback of %s could not clean the store: %s", self.transaction_id, exc)
+            leftovers = [self.staging_root]
         finally:
-            self.phase = TransactionPhase.ROLLED_BACK
+            _ACTIVE.discard(self.transaction_id)
+        self._fail_rows(reason)
+        _log.info("Transaction %s rolled back: %s", self.transaction_id, reason)
+        if leftovers:
+            raise RollbackError(
+                "Rollback could not delete every staged object; `osaa-recover reconcile` finishes it",
+                leftovers=leftovers,
+                transaction_id=self.transaction_id,
+            )
+
+    def _fail_rows(self, reason: str) -> None:
+        for put in self.manifest.puts:
+            row = self.checkpoint.get(CheckpointScope.FILE, put.key)
+            if row is not None and row["status"] == CheckpointStatus.IN_PROGRESS.value:
+                self.checkpoint.mark_failed(
+                    CheckpointScope.FILE,
+                    put.key,
+                    f"transaction {self.transaction_id} rolled back: {reason}",
+                    put.source_path,
+                    category=ErrorCategory.TRANSIENT,
+                )
+        self.checkpoint.mark_failed(
+            CheckpointScope.OPERATION,
+            journal_key(self.transaction_id),
+            reason,
+            metadata={"phase": TransactionPhase.ROLLED_BACK.value},
+        )
 
     def _validate(self) -> None:
         for put in self.manifest.puts:
@@ -420,142 +582,6 @@ class TransactionManager:
         return self.error_handler.execute(func, *args, operation=operation)
 
 
-def apply_manifest(
-    store: ObjectStore,
-    manifest: Manifest,
-    error_handler: ErrorHandler,
-    *,
-    resuming: bool = False,
-    max_workers: int = 8,
-) -> None:
-    """Copy staged objects to production and apply deletes; safe to repeat after a crash.
-
-    A live commit knows what it staged. ``resuming`` (roll-forward after a crash) first
-    checks each object, since production may already hold it and staging may be gone.
-    """
-
-    def apply(put: StagedPut) -> None:
-        assert put.staged_key is not None
-        staged = ObjectInfo(put.staged_key, put.size, put.md5, None)
-        if resuming:
-            current = error_handler.execute(store.head, put.key, operation="HeadObject")
-            if current is not None and current.md5 == put.md5:
-                return
-            staged = error_handler.execute(store.head, put.staged_key, operation="HeadObject")
-            if staged is None:
-                raise TransactionError(
-                    "Staged object is missing and production does not hold its content; "
-                    "the transaction cannot be rolled forward. Re-run the step that produced it",
-                    category=ErrorCategory.PERMANENT,
-                    key=put.key,
-                    staged_key=put.staged_key,
-                )
-        error_handler.execute(store.copy, put.staged_key, put.key, staged, operation="CopyObject")
-        fault_point(AFTER_PRODUCTION_COPY)
-
-    pending = [put for put in manifest.puts if not put.unchanged]
-    with ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
-        for future in [pool.submit(apply, put) for put in pending]:
-            future.result()
-    if manifest.deletes:
-        error_handler.execute(store.delete_many, manifest.deletes, operation="DeleteObjects")
-
-
-def _staged_keys(store: ObjectStore, staging: str, manifest: Manifest | None) -> list[str]:
-    """What a transaction staged: its manifest when known, else (after a crash) a listing."""
-    if manifest is not None:
-        return [put.staged_key for put in manifest.puts if put.staged_key is not None]
-    return [info.key for info in store.list_prefix(staging)]
-
-
-def _delete_staging(store: ObjectStore, keys: list[str]) -> list[str]:
-    """Delete staged objects; returns the keys that could not be deleted."""
-    if not keys:
-        return []
-    try:
-        store.delete_many(keys)
-    except Exception:
-        _log.warning("Could not delete %d staged object(s)", len(keys), exc_info=True)
-        return keys
-    return []
-
-
-def finish_transaction(
-    checkpoint: PipelineCheckpoint,
-    store: ObjectStore,
-    transaction_id: str,
-    staging_prefix: str,
-    manifest: Manifest,
-) -> None:
-    """FILE checkpoints completed, staging deleted, journal row committed."""
-    tracked = {put.key: put.source_path for put in manifest.puts if put.source_path is not None}
-    if tracked:
-        done = checkpoint.completed_keys(CheckpointScope.FILE, tracked)
-        running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
-        restart = [(key, path) for key, path in tracked.items() if key not in done and key not in running]
-        if restart:
-            checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
-        checkpoint.mark_completed_many(
-            CheckpointScope.FILE, [(key, path) for key, path in tracked.items() if key not in done]
-        )
-    fault_point(BEFORE_STAGING_CLEANUP)
-    leftovers = _delete_staging(store, _staged_keys(store, staging_root(staging_prefix, transaction_id), manifest))
-    checkpoint.mark_completed(
-        CheckpointScope.OPERATION,
-        journal_key(transaction_id),
-        metadata={"phase": TransactionPhase.COMMITTED.value, "staging_leftovers": leftovers},
-    )
-
-
-def roll_back(
-    checkpoint: PipelineCheckpoint,
-    store: ObjectStore,
-    transaction_id: str,
-    staging_prefix: str,
-    reason: str,
-    manifest: Manifest | None = None,
-) -> None:
-    """Delete staging and record the rollback; FILE checkpoints of the transaction fail with it."""
-    leftovers = _delete_staging(store, _staged_keys(store, staging_root(staging_prefix, transaction_id), manifest))
-    for put in (manifest.puts if manifest else []):
-        row = checkpoint.get(CheckpointScope.FILE, put.key)
-        if row is not None and row["status"] == CheckpointStatus.IN_PROGRESS.value:
-            checkpoint.mark_failed(
-                CheckpointScope.FILE,
-                put.key,
-                f"transaction {transaction_id} rolled back: {reason}",
-                put.source_path,
-                category=ErrorCategory.TRANSIENT,
-            )
-    checkpoint.mark_failed(
-        CheckpointScope.OPERATION,
-        journal_key(transaction_id),
-        reason,
-        metadata={"phase": TransactionPhase.ROLLED_BACK.value, "staging_leftovers": leftovers},
-    )
-    _log.info("Transaction %s rolled back: %s", transaction_id, reason)
-    if leftovers:
-        raise RollbackError(
-            "Rollback could not delete every staged object; `osaa-recover reconcile` finishes it",
-            leftovers=leftovers,
-            transaction_id=transaction_id,
-        )
-
-
-@dataclass
-class RecoveryReport:
-    """What recovery did, per transaction id."""
-
-    rolled_back: list[str] = field(default_factory=list)
-    rolled_forward: list[str] = field(default_factory=list)
-    cleaned_staging: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def anything_done(self) -> bool:
-        return bool(self.rolled_back or self.rolled_forward or self.cleaned_staging or self.failed)
-
-
 def recover_transactions(
     checkpoint: PipelineCheckpoint,
     store: ObjectStore,
@@ -564,82 +590,28 @@ def recover_transactions(
     staging_prefix: str | None = None,
     sweep_leftovers: bool = True,
 ) -> RecoveryReport:
-    """Finish what dead processes left: roll open transactions back, committing ones forward.
+    """Finish what dead processes left in ``store``, then make ``checkpoint`` agree with it.
 
-    Transactions of live owners are left alone. With ``sweep_leftovers``, staged objects that
-    an ended transaction could not delete (recorded in its journal row) are deleted too;
-    that reads every ended transaction's row, so the automatic recovery at the start of a
-    transaction skips it and ``osaa-recover reconcile`` does it.
+    Reads only the store (a fresh machine recovers as well as the one that crashed); owners
+    that are alive are left alone. With ``sweep_leftovers`` (``osaa-recover reconcile``),
+    versions no retained snapshot names and no transaction in flight owns are deleted too;
+    that lists every version, so the recovery at the start of a transaction skips it.
+    ``staging_prefix`` is accepted for compatibility and unused.
     """
-    error_handler = error_handler or ErrorHandler.from_settings(name="object-storage")
+    log = CommitLog(store, error_handler or ErrorHandler.from_settings(name="object-storage"))
     report = RecoveryReport()
-    for row in checkpoint.list(scope=CheckpointScope.OPERATION, status=CheckpointStatus.IN_PROGRESS):
-        if not row["key"].startswith(JOURNAL_PREFIX) or not row["interrupted"]:
-            continue
-        metadata = row.get("metadata") or {}
-        if metadata.get("bucket") not in (None, store.bucket):
-            continue
-        transaction_id = row["key"][len(JOURNAL_PREFIX) :]
-        prefix = _staging_prefix_of(metadata, transaction_id, staging_prefix)
+    outcomes: dict[str, Any] = {}
+    for step, run in (
+        ("store", lambda: outcomes.update(recover_store(log, checkpoint, report))),
+        ("checkpoint", lambda: settle_checkpoint(checkpoint, log, outcomes)),
+        ("versions", lambda: sweep_unreferenced(log, report) if sweep_leftovers else None),
+    ):
         try:
-            _recover_one(checkpoint, store, error_handler, transaction_id, prefix, metadata, report)
+            run()
         except Exception as exc:
-            _log.error("Could not recover transaction %s: %s", transaction_id, exc)
-            report.failed[transaction_id] = str(exc)
-    if not sweep_leftovers:
-        return report
-    try:
-        _sweep_ended_staging(checkpoint, store, report)
-    except Exception as exc:
-        _log.error("Could not sweep leftover staging areas: %s", exc)
-        report.failed["staging"] = str(exc)
+            _log.error("Recovery could not finish its %s step: %s", step, exc)
+            report.failed[step] = str(exc)
     return report
-
-
-def _staging_prefix_of(metadata: Mapping[str, Any], transaction_id: str, default: str | None) -> str:
-    staging = metadata.get("staging")
-    if staging and staging.endswith(f"/{transaction_id}/"):
-        return staging[: -len(f"/{transaction_id}/")]
-    return default or get_settings().storage.staging_prefix
-
-
-def _recover_one(
-    checkpoint: PipelineCheckpoint,
-    store: ObjectStore,
-    error_handler: ErrorHandler,
-    transaction_id: str,
-    staging_prefix: str,
-    metadata: Mapping[str, Any],
-    report: RecoveryReport,
-) -> None:
-    key = journal_key(transaction_id)
-    checkpoint.mark_started(CheckpointScope.OPERATION, key)
-    if metadata.get("phase") == TransactionPhase.COMMITTING.value:
-        manifest = Manifest.from_json(metadata.get("manifest") or {})
-        checkpoint.update_metadata(CheckpointScope.OPERATION, key, dict(metadata))
-        apply_manifest(store, manifest, error_handler, resuming=True)
-        finish_transaction(checkpoint, store, transaction_id, staging_prefix, manifest)
-        report.rolled_forward.append(transaction_id)
-        _log.warning("Recovered transaction %s by rolling it forward", transaction_id)
-    else:
-        checkpoint.update_metadata(CheckpointScope.OPERATION, key, dict(metadata))
-        roll_back(checkpoint, store, transaction_id, staging_prefix, "owner died before the commit decision")
-        report.rolled_back.append(transaction_id)
-        _log.warning("Recovered transaction %s by rolling it back", transaction_id)
-
-
-def _sweep_ended_staging(checkpoint: PipelineCheckpoint, store: ObjectStore, report: RecoveryReport) -> None:
-    """Delete what an ended transaction's cleanup could not, as its journal row recorded.
-
-    Driven by the journal, not by listing the staging prefix: other parts of the package
-    keep outputs under it too, and a listing would grow with them.
-    """
-    for status in (CheckpointStatus.COMPLETED, CheckpointStatus.FAILED):
-        for row in iter_transactions(checkpoint, status):
-            leftovers = (row.get("metadata") or {}).get("staging_leftovers") or []
-            if leftovers and not _delete_staging(store, list(leftovers)):
-                checkpoint.update_metadata(CheckpointScope.OPERATION, row["key"], {"staging_leftovers": []})
-                report.cleaned_staging.append(row["key"][len(JOURNAL_PREFIX) :])
 
 
 def iter_transactions(checkpoint: PipelineCheckpoint, status: CheckpointStatus | None = None) -> Iterable[dict[str, Any]]:

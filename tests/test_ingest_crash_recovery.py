@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from support import processes
+from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -64,10 +65,10 @@ def sets(tmp_path_factory) -> tuple[dict[str, str], dict[str, str]]:
     base = tmp_path_factory.mktemp("reference")
     raw, storage, db = base / "raw", base / "storage", base / "c.duckdb"
     write_raw(raw, 1)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     old = production(LocalStore(storage, "osaa"))
     write_raw(raw, 2)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     new = production(LocalStore(storage, "osaa"))
     assert len(old) == 4 and len(new) == FILES and old != new
     return old, new
@@ -78,7 +79,7 @@ def world(tmp_path, sets):
     """A raw directory at generation 2 whose store and checkpoints hold generation 1."""
     raw, storage, db = tmp_path / "raw", tmp_path / "storage", tmp_path / "c.duckdb"
     write_raw(raw, 1)
-    assert run_job(raw, storage, db).stdout.strip() == "done"
+    assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
     time.sleep(0.01)
     write_raw(raw, 2)
     return raw, storage, db
@@ -91,15 +92,15 @@ def assert_recovered(raw: Path, storage: Path, db: Path, sets) -> None:
         recover_transactions(checkpoint, store, error_handler=FAST)
         now = production(store)
         assert now in (old, new)
-        assert list(store.list_prefix("staging/")) == []
+        assert unfinished_work(store) == NOTHING_UNFINISHED
         for key, md5 in new.items():
             source = raw / "wdi" / (Path(key).stem + ".csv")
             if checkpoint.is_completed(CheckpointScope.FILE, key, str(source)):
                 assert now.get(key) == md5, f"{key} checkpointed as done but production differs"
     finished = run_job(raw, storage, db)
-    assert finished.stdout.strip() == "done", finished.stderr
+    assert finished.stdout.split() == ["started", "done"], finished.stderr
     assert production(store) == new
-    assert list(store.list_prefix("staging/")) == []
+    assert unfinished_work(store) == NOTHING_UNFINISHED
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def test_kills_at_random_times_never_leave_a_torn_state(tmp_path, sets):
         base = tmp_path / str(attempt)
         raw, storage, db = base / "raw", base / "storage", base / "c.duckdb"
         write_raw(raw, 1)
-        assert run_job(raw, storage, db).stdout.strip() == "done"
+        assert run_job(raw, storage, db).stdout.split() == ["started", "done"]
         write_raw(raw, 2)
         command = [sys.executable, str(JOB), str(raw), str(storage), str(db)]
         with processes.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:

@@ -25,12 +25,14 @@ LAYERS = {
     "metrics": 6,
     "raw_files": 5,
     "conversion": 5,
-    "transaction_manager": 5,
-    "ingest": 6,
-    "promotion": 6,
-    "integration": 7,
-    "macros": 8,
-    "cli": 9,
+    "commit_log": 5,
+    "commit_protocol": 6,
+    "transaction_manager": 7,
+    "ingest": 8,
+    "promotion": 8,
+    "integration": 9,
+    "macros": 10,
+    "cli": 11,
 }
 CORE = [name for name, layer in LAYERS.items() if layer <= LAYERS["ingest"]]
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+from support import jobs
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
 from sqlmesh_osaa.exceptions import TransactionError, ValidationError
+from sqlmesh_osaa.commit_log import MARKER_PREFIX, PROTOCOL_ROOT, VERSIONS_PREFIX
+from sqlmesh_osaa.fault_points import AFTER_STAGING
 from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import (
     TransactionManager,
@@ -31,7 +35,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def keys(store: ObjectStore, prefix: str = "") -> list[str]:
-    return [info.key for info in store.list_prefix(prefix)]
+    """Objects outside the protocol's own area (_osaa/: log, markers, versions)."""
+    return [info.key for info in store.list_prefix(prefix) if not info.key.startswith(PROTOCOL_ROOT)]
 
 
 def txn(store: ObjectStore, checkpoint: PipelineCheckpoint, **kwargs) -> TransactionManager:
@@ -53,7 +58,7 @@ def test_nothing_reaches_production_before_commit(store, checkpoint, tmp_path):
     t = txn(store, checkpoint)
     t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
     assert keys(store, "prod/") == []
-    assert keys(store, "staging/") == [f"staging/{t.transaction_id}/prod/a.parquet"]
+    assert [info.key for info in store.list_prefix(t.staging_root)] == [f"{t.staging_root}prod/a.parquet"]
     t.commit()
     assert keys(store, "prod/") == ["prod/a.parquet"]
 
@@ -109,7 +114,7 @@ def test_identical_object_is_neither_uploaded_nor_copied_again(store, checkpoint
     with txn(store, checkpoint) as second:
         put = second.upload_file(source, "prod/a.parquet")
         assert put.unchanged
-        assert keys(store, "staging/") == []
+        assert list(store.list_prefix(second.staging_root)) == []
     assert keys(store) == ["prod/a.parquet"]
 
 
@@ -155,37 +160,37 @@ def test_upload_after_commit_is_an_error(store, checkpoint, tmp_path):
         t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
 
 
-def test_recovery_rolls_back_an_open_transaction_of_a_dead_run(store, tmp_path):
+def test_recovery_rolls_back_an_open_transaction_of_a_killed_process(store, tmp_path):
     db = tmp_path / "checkpoints.duckdb"
-    dead = PipelineCheckpoint("transactions", db)
-    t = txn(store, dead)
-    t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
-    transaction_id = t.transaction_id
-    dead.close()  # the run ends without committing: its rows become interrupted
+    killed = jobs.txn_job(store, db, "--put", "prod/a.parquet=a", "--id", "killed", fault=AFTER_STAGING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(store.list_prefix(MARKER_PREFIX)) != []
     with PipelineCheckpoint("transactions", db) as checkpoint:
         report = recover_transactions(checkpoint, store, error_handler=FAST)
-        row = checkpoint.get(CheckpointScope.OPERATION, journal_key(transaction_id))
-    assert report.rolled_back == [transaction_id]
+        row = checkpoint.get(CheckpointScope.OPERATION, journal_key("killed"))
+    assert report.rolled_back == ["killed"]
     assert row["status"] == CheckpointStatus.FAILED.value
     assert keys(store) == []
+    assert list(store.list_prefix(VERSIONS_PREFIX)) == []
+    assert list(store.list_prefix(MARKER_PREFIX)) == []
 
 
 @pytest.mark.s3
-def test_staging_a_commit_could_not_delete_is_swept_by_recovery(fault_proxy, s3_bucket, checkpoint, tmp_path):
+def test_staging_a_rollback_could_not_delete_is_removed_by_recovery(fault_proxy, s3_bucket, checkpoint, tmp_path):
+    from sqlmesh_osaa.exceptions import RollbackError
     from sqlmesh_osaa.storage import S3Store
 
     store = S3Store(s3_bucket, endpoint_url=fault_proxy.url, addressing_style="path")
     t = txn(store, checkpoint)
     t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
     fault_proxy.fail_always(403, "AccessDenied", operations={"DeleteObjects"})
-    t.commit()
+    with pytest.raises(RollbackError):
+        t.rollback()
     fault_proxy.clear()
-    row = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))
-    assert row["metadata"]["staging_leftovers"] == [f"staging/{t.transaction_id}/prod/a.parquet"]
-    assert keys(store) == ["prod/a.parquet", f"staging/{t.transaction_id}/prod/a.parquet"]
+    assert [info.key for info in store.list_prefix(t.staging_root)] == [f"{t.staging_root}prod/a.parquet"]
 
     report = recover_transactions(checkpoint, store, error_handler=FAST)
 
-    assert report.cleaned_staging == [t.transaction_id]
-    assert keys(store) == ["prod/a.parquet"]
-    assert checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]["staging_leftovers"] == []
+    assert report.rolled_back == [t.transaction_id]
+    assert list(store.list_prefix(t.staging_root)) == []
+    assert list(store.list_prefix(MARKER_PREFIX)) == []

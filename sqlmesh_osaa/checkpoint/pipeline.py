@@ -77,6 +77,14 @@ def _category_value(category: ErrorCategory | str | None) -> str | None:
     return None if category is None else ErrorCategory(category).value
 
 
+def _records(row: Row, metadata: Mapping[str, str] | None) -> bool:
+    """Whether ``row``'s metadata holds each of ``metadata``'s values (always, without a filter)."""
+    if not metadata:
+        return True
+    recorded = json.loads(row["metadata"]) if isinstance(row["metadata"], str) else (row["metadata"] or {})
+    return all(str(recorded.get(name)) == str(value) for name, value in metadata.items())
+
+
 def _aware(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=timezone.utc)
 
@@ -350,40 +358,46 @@ class PipelineCheckpoint:
 
     # -- batches ------------------------------------------------------------------------
 
-    def completed_keys(self, scope: CheckpointScope | str, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` whose items are completed, in one query."""
+    def completed_keys(
+        self, scope: CheckpointScope | str, keys: Iterable[str], *, metadata: Mapping[str, str] | None = None
+    ) -> set[str]:
+        """The subset of ``keys`` whose items are completed (recording ``metadata``'s values), in one query."""
         rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
-        return {key for key, row in rows.items() if row["status"] == COMPLETED}
+        return {key for key, row in rows.items() if row["status"] == COMPLETED and _records(row, metadata)}
 
     def completed_fingerprints(
-        self, scope: CheckpointScope | str, key_prefix: str = ""
+        self, scope: CheckpointScope | str, key_prefix: str = "", *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, tuple[int | None, int | None]]:
         """``(file_size, file_mtime_ns)`` recorded for each completed item whose key starts with ``key_prefix``.
 
         One scan serves a whole run's fast unchanged test: a caller that has stat'ed its
         files compares these and asks :meth:`unchanged_keys` only about the files that differ.
+        With ``metadata``, only completions that recorded those values count.
         """
         where = RowFilter(scope=CheckpointScope(scope).value, status=COMPLETED, key_prefix=key_prefix)
         rows = self._require_open().select_rows(self.pipeline_name, where)
-        return {row["key"]: (row["file_size"], row["file_mtime_ns"]) for row in rows}
+        return {row["key"]: (row["file_size"], row["file_mtime_ns"]) for row in rows if _records(row, metadata)}
 
     def unchanged_keys(
         self,
         scope: CheckpointScope | str,
         items: Iterable[tuple[str, str | Path] | tuple[str, str | Path, int, int]],
         verify_checksum: bool = False,
+        *,
+        metadata: Mapping[str, str] | None = None,
     ) -> set[str]:
         """Batch :meth:`is_completed` with files: keys of items completed and unchanged.
 
         Items are ``(key, file_path)``, or ``(key, file_path, size, mtime_ns)`` when the
         caller has already stat'ed the file (a directory walk has): then no file is touched
-        unless its size or mtime changed or ``verify_checksum`` asks for the MD5.
+        unless its size or mtime changed or ``verify_checksum`` asks for the MD5. With
+        ``metadata``, only completions that recorded those values count.
         """
         files = {item[0]: item for item in items}
         rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(files))
         unchanged = set()
         for key, row in rows.items():
-            if row["status"] != COMPLETED:
+            if row["status"] != COMPLETED or not _records(row, metadata):
                 continue
             item = files[key]
             known = item[2:] or None
@@ -416,6 +430,8 @@ class PipelineCheckpoint:
         self,
         scope: CheckpointScope | str,
         items: Iterable[CompletionItem],
+        *,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """:meth:`mark_completed` for many in_progress items in one transaction: all, or none.
 
@@ -423,11 +439,12 @@ class PipelineCheckpoint:
         third element may instead be a :class:`Fingerprint` taken when the file was read (then
         the file is neither stat'ed nor read now). Otherwise the file (``file_path``, else the
         one recorded at start) is fingerprinted: size and mtime_ns from ``stat``, MD5 from
-        ``checksum`` when given, else computed by reading it. Metadata is kept as it was.
+        ``checksum`` when given, else computed by reading it. ``metadata`` is merged into
+        every row's (e.g. the store the key lives in).
         """
         triples = [_completion_item(item) for item in items]
         keys, paths = [key for key, _, _ in triples], [path for _, path, _ in triples]
-        self._transition(scope, keys, COMPLETED, paths, [known for _, _, known in triples])
+        self._transition(scope, keys, COMPLETED, paths, [known for _, _, known in triples], metadata=metadata)
 
     # -- internals ----------------------------------------------------------------------
 

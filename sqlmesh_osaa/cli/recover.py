@@ -142,7 +142,10 @@ def verify(ctx: click.Context, **params: Any) -> None:
 @options.json_output
 @click.pass_context
 def transactions(ctx: click.Context, **params: Any) -> None:
-    """List open and committing transactions and what waits in the staging area."""
+    """List transactions in flight (checkpoint rows and the store's markers), the latest commit decisions and staged exports.
+
+    A decision whose keys later commits took is shown as superseded, with those keys.
+    """
     _recover_run().transactions(ctx, **params)
 
 
@@ -154,9 +157,10 @@ def transactions(ctx: click.Context, **params: Any) -> None:
 @options.json_output
 @click.pass_context
 def reconcile(ctx: click.Context, **params: Any) -> None:
-    """Roll open transactions back and committing ones forward; in a SQLMesh project, publish per state.
+    """Roll dead undecided transactions back and decided ones forward; in a SQLMesh project, publish per state.
 
-    Inside a SQLMesh project the integration also closes interrupted MODEL/PIPELINE items,
+    Recovery reads the bucket, so it works on a machine without the checkpoint database of the
+    run that died. Keys a later commit superseded are skipped and reported. Inside a SQLMesh project the integration also closes interrupted MODEL/PIPELINE items,
     discards staged exports that SQLMesh state does not record, and publishes every
     environment's audited outputs again (DESIGN sections 7 and 9).
     """

@@ -244,6 +244,12 @@ def _render_transactions(report: Mapping[str, Any]) -> None:
     areas = [(a["prefix"], a["kind"], a["state"], a["objects"], a["bytes"]) for a in report["staging"]]
     if areas:
         output.show(output.table(f"Staging area of bucket {report['bucket']}", ["Prefix", "Kind", "State", "Objects", "Bytes"], areas))
+    decisions = [
+        (d["position"], d["kind"], d["transaction_id"], d["state"], d["puts"], d["deletes"], ", ".join(d["superseded"]) or "-")
+        for d in report["decisions"]
+    ]
+    if decisions:
+        output.show(output.table("Latest commit decisions", ["Position", "Kind", "Id", "State", "Puts", "Deletes", "Superseded keys"], decisions))
     output.note("Run `osaa-recover reconcile` to finish them." if report["needs_reconcile"] else "Nothing awaits recovery.")
 
 
@@ -251,7 +257,8 @@ def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, 
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         settings = run.target.settings
         report = transactions_module.transactions(
-            run.session, run.session.pipelines(pipeline), make_store(settings.storage), settings.storage.staging_prefix, include_ended
+            run.session, run.session.pipelines(pipeline), make_store(settings.storage), settings.storage.staging_prefix, include_ended,
+            ErrorHandler.from_settings(settings, name="object-storage"),
         )
         run.finish(report, _render_transactions, EXIT_PROBLEMS if report["needs_reconcile"] else EXIT_OK)
 
@@ -259,6 +266,7 @@ def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, 
 def _render_reconcile(report: Mapping[str, Any]) -> None:
     done = report["transactions"]
     rows = [(what, ", ".join(ids) or "-") for what, ids in (("rolled back", done["rolled_back"]), ("rolled forward", done["rolled_forward"]), ("staging cleaned", done["cleaned_staging"]))]
+    rows += [(f"superseded: {tid}", ", ".join(keys)) for tid, keys in done["superseded"].items()]
     rows += [(f"failed: {tid}", message) for tid, message in done["failed"].items()]
     output.show(output.table("Transactions", ["Action", "Transactions"], rows))
     sqlmesh = report["sqlmesh"]
@@ -278,7 +286,8 @@ def reconcile(
     project: Path | None,
     as_json: bool,
 ) -> None:
-    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+    # The store holds what recovery needs: a machine with no checkpoint database reconciles too.
+    with command_run(ctx, as_json=as_json, db=db, project=project, create_db=pipeline is None) as run:
         settings = run.target.settings
         report = transactions_module.reconcile(
             run.session, run.target, run.session.pipelines(pipeline), make_store(settings.storage), list(environments), not no_publish

@@ -189,6 +189,18 @@ SHAPES: dict[str, dict[str, Any]] = {
                 "state": "string",
             }
         ],
+        "decisions": [
+            {
+                "position": "integer",
+                "kind": "string",
+                "transaction_id": "string",
+                "at": "string",
+                "puts": "integer",
+                "deletes": "integer",
+                "superseded": ["string"],
+                "state": "string",
+            }
+        ],
     },
     "osaa-recover reconcile": {
         "db_path": "string",
@@ -197,6 +209,7 @@ SHAPES: dict[str, dict[str, Any]] = {
             "rolled_back": ["string"],
             "rolled_forward": ["string"],
             "cleaned_staging": ["string"],
+            "superseded": {"<transaction id>": ["string"]},
             "failed": {"<transaction id>": "string"},
         },
         "sqlmesh": {

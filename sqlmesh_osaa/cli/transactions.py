@@ -1,8 +1,9 @@
 """``transactions`` and ``reconcile``: what is in flight on object storage, and finishing it.
 
-``transactions`` lists journal rows (open and committing by default) and the staging area:
-each transaction's ``<staging>/<id>/`` directory and each staged model export under
-``<staging>/exports/``. ``reconcile`` finishes what dead processes left, per DESIGN sections 7
+``transactions`` lists journal rows (open and committing by default), the store's
+transactions in flight (their markers and uploaded versions), the latest decisions of the
+commit log (with the keys later commits superseded) and the staging area's model exports
+under ``<staging>/exports/``. ``reconcile`` finishes what dead processes left, per DESIGN sections 7
 and 9: open transactions are rolled back, committing ones rolled forward, staging of ended
 transactions deleted; inside a SQLMesh project the integration then discards staged exports
 SQLMesh state does not vouch for and publishes every environment again.
@@ -16,9 +17,11 @@ from typing import Any, Iterable, Mapping
 from sqlmesh_osaa.checkpoint import CheckpointStatus
 from sqlmesh_osaa.cli.context import CliError, Target
 from sqlmesh_osaa.cli.database import CheckpointSession
+from sqlmesh_osaa.commit_log import CommitLog
+from sqlmesh_osaa.commit_protocol import decision_history
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.storage import ObjectStore
-from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX, RecoveryReport, iter_transactions, journal_key, recover_transactions
+from sqlmesh_osaa.transaction_manager import DEFAULT_PIPELINE, JOURNAL_PREFIX, RecoveryReport, iter_transactions, journal_key, recover_transactions
 
 # The SQLMesh integration's layout of staged exports (sqlmesh_osaa.integration.staged_outputs),
 # repeated here so listing them does not import SQLMesh.
@@ -84,24 +87,60 @@ def staging_areas(session: CheckpointSession, pipelines: list[str], store: Objec
     return sorted(areas.values(), key=lambda area: area["prefix"])
 
 
+def in_flight_areas(log: CommitLog) -> list[dict[str, Any]]:
+    """Each store transaction in flight (its marker) with the versions it uploaded so far."""
+    areas = []
+    for marker in log.markers():
+        listed = log.list(marker.versions)
+        areas.append(
+            {
+                "prefix": marker.versions,
+                "kind": "transaction",
+                "transaction_id": marker.transaction_id,
+                "objects": len(listed),
+                "bytes": sum(info.size for info in listed),
+                "state": "running" if marker.owner_alive() else "awaiting_recovery",
+            }
+        )
+    for root, _ in log.tombstones():
+        listed = log.list(root)
+        if listed:
+            areas.append({"prefix": root, "kind": "transaction", "transaction_id": None, "objects": len(listed),
+                          "bytes": sum(info.size for info in listed), "state": "ended"})
+    return areas
+
+
 def transactions(
-    session: CheckpointSession, pipelines: Iterable[str], store: ObjectStore, staging_prefix: str, include_ended: bool
+    session: CheckpointSession,
+    pipelines: Iterable[str],
+    store: ObjectStore,
+    staging_prefix: str,
+    include_ended: bool,
+    handler: ErrorHandler | None = None,
 ) -> dict[str, Any]:
     pipelines = list(pipelines)
     status = None if include_ended else CheckpointStatus.IN_PROGRESS
     rows = [_transaction(row) for name in pipelines for row in iter_transactions(session.checkpoint(name), status)]
     rows.sort(key=lambda row: row["updated_at"], reverse=True)
-    staging = staging_areas(session, pipelines, store, staging_prefix)
+    log = CommitLog(store, handler or ErrorHandler.from_settings(name="object-storage"))
+    staging = in_flight_areas(log) + staging_areas(session, pipelines, store, staging_prefix)
     needs_reconcile = any(row["status"] == CheckpointStatus.IN_PROGRESS.value for row in rows) or any(
         area["state"] in ("awaiting_recovery", "ended", "unsealed") for area in staging
     )
-    return {"bucket": store.bucket, "transactions": rows, "staging": staging, "needs_reconcile": needs_reconcile}
+    return {
+        "bucket": store.bucket,
+        "transactions": rows,
+        "staging": staging,
+        "decisions": decision_history(log),
+        "needs_reconcile": needs_reconcile,
+    }
 
 
 def _merge(into: RecoveryReport, report: RecoveryReport) -> None:
     into.rolled_back += report.rolled_back
     into.rolled_forward += report.rolled_forward
     into.cleaned_staging += [t for t in report.cleaned_staging if t not in into.cleaned_staging]
+    into.superseded.update(report.superseded)
     into.failed.update(report.failed)
 
 
@@ -144,6 +183,12 @@ def _sqlmesh_part(target: Target, environments: list[str] | None, publish: bool,
     }
 
 
+def _pipelines_in_flight(store: ObjectStore, handler: ErrorHandler) -> list[str]:
+    """Pipelines whose transactions are in flight in the store: their rows are settled too (a fresh database knows none)."""
+    names = {marker.pipeline or DEFAULT_PIPELINE for marker in CommitLog(store, handler).markers()}
+    return sorted(names) or [DEFAULT_PIPELINE]
+
+
 def reconcile(
     session: CheckpointSession,
     target: Target,
@@ -155,6 +200,7 @@ def reconcile(
     """Recover every pipeline's transactions, then (in a project) let the integration reconcile with SQLMesh state."""
     recovered = RecoveryReport()
     handler = ErrorHandler.from_settings(target.settings, name="object-storage")
+    pipelines = list(dict.fromkeys([*pipelines, *_pipelines_in_flight(store, handler)]))
     for name in pipelines:
         report = recover_transactions(
             session.checkpoint(name), store, error_handler=handler, staging_prefix=target.settings.storage.staging_prefix
@@ -166,6 +212,7 @@ def reconcile(
             "rolled_back": recovered.rolled_back,
             "rolled_forward": recovered.rolled_forward,
             "cleaned_staging": recovered.cleaned_staging,
+            "superseded": recovered.superseded,
             "failed": recovered.failed,
         },
         "sqlmesh": sqlmesh,

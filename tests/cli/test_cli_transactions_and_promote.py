@@ -18,7 +18,9 @@ def _crash_ingest(workspace: Workspace, fault_point: str) -> None:
 
 @pytest.mark.parametrize(
     ("fault_point", "phase", "recovered_by", "lands"),
-    [("after_staging", "open", "rolled_back", False), ("after_commit_decision", "committing", "rolled_forward", True)],
+    # Killed right after its decision reached the commit log: the local row still says open,
+    # the store says decided, and the store wins.
+    [("after_staging", "open", "rolled_back", False), ("after_commit_decision", "open", "rolled_forward", True)],
 )
 def test_reconcile_finishes_a_transaction_of_a_killed_ingest(
     workspace: Workspace, fault_point: str, phase: str, recovered_by: str, lands: bool
@@ -28,6 +30,8 @@ def test_reconcile_finishes_a_transaction_of_a_killed_ingest(
     [transaction] = listed["transactions"]
     assert (transaction["phase"], transaction["interrupted"]) == (phase, True)
     assert [area["state"] for area in listed["staging"]] == ["awaiting_recovery"]
+    decided = [(d["transaction_id"], d["state"]) for d in listed["decisions"]]
+    assert decided == ([(transaction["transaction_id"], "applying")] if lands else [])
 
     reconciled = workspace.json("osaa-recover", "reconcile", expect=0)
     assert reconciled["transactions"][recovered_by] == [transaction["transaction_id"]]

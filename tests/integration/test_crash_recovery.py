@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 from sqlmesh_project import Project, local_project
 
+from sqlmesh_osaa.commit_log import CommitLog
+from sqlmesh_osaa.commit_protocol import decision_history
+from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
 from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, FAULT_POINT_ENV
 from sqlmesh_osaa.integration.export_kind import EXPORT_STAGED
 from sqlmesh_osaa.integration.reconciliation import NOT_RECORDED
@@ -116,6 +119,7 @@ class PublicationStory:
     killed_exit_code: int
     prod_after_kill: dict[str, str]
     journal_after_kill: list[dict[str, Any]]
+    decisions_after_kill: list[str]
     next_plan_output: str
     prod_after_next_plan: dict[str, str]
 
@@ -131,12 +135,17 @@ def publication_story(tmp_path_factory: pytest.TempPathFactory) -> PublicationSt
     killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: f"{AFTER_COMMIT_DECISION}:4"})
     prod_after_kill = project.objects("prod/")
     journal_after_kill = _publication_journal(project)
+    decisions_after_kill = [
+        row["transaction_id"] for row in decision_history(CommitLog(project.store, ErrorHandler(RetryPolicy(1))))
+        if row["state"] == "applying"
+    ]
     next_plan = project.plan()
     return PublicationStory(
         project=project,
         killed_exit_code=killed.returncode,
         prod_after_kill=prod_after_kill,
         journal_after_kill=journal_after_kill,
+        decisions_after_kill=decisions_after_kill,
         next_plan_output=next_plan.stdout,
         prod_after_next_plan=project.objects("prod/"),
     )
@@ -145,7 +154,10 @@ def publication_story(tmp_path_factory: pytest.TempPathFactory) -> PublicationSt
 def test_publication_was_killed_after_deciding_its_commit(publication_story: PublicationStory) -> None:
     assert publication_story.killed_exit_code == -signal.SIGKILL
     assert publication_story.prod_after_kill == {}
-    assert [row["metadata"]["phase"] for row in publication_story.journal_after_kill] == ["committing"]
+    # The decision is in the store's commit log; the local row still says open.
+    [row] = publication_story.journal_after_kill
+    assert row["metadata"]["phase"] == "open"
+    assert publication_story.decisions_after_kill == [row["key"][len("transaction/") :]]
 
 
 def test_next_plan_with_nothing_to_change_completes_the_killed_publication(publication_story: PublicationStory) -> None:

@@ -1,0 +1,449 @@
+"""The commit protocol: decide in the commit log, apply to stable keys, finish, recover.
+
+A transaction has uploaded its objects as immutable versions (``_osaa/versions/<id>/``)
+and holds a marker; then (docs/recovery.md tells the whole story):
+
+1. **decide** — its entry (full manifest, the snapshot it leaves) is written at the next
+   free log position with If-None-Match. A position taken by a commit of an overlapping key
+   since the transaction began means :class:`TransactionConflictError`, nothing applied; a
+   disjoint winner means trying the next position. Written = committed: snapshot readers see
+   the new set from here on;
+2. **apply** — server-side copy of each version to its stable key, then the deletes, after
+   any live earlier decision of the same keys has finished applying;
+3. **finish** — FILE checkpoints completed with the fingerprints the manifest carries, the
+   pointer moved, versions no retained snapshot names deleted, the marker deleted.
+
+Recovery reads only the store: a dead owner's decided transaction is rolled forward (each
+version verified against the manifest's checksum; keys a later commit took are skipped, so
+a stale decision never lands over a newer one); an undecided one is fenced out of the log
+by an abort entry and its versions deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint as FileRecord, PipelineCheckpoint
+from sqlmesh_osaa.commit_log import (
+    _ACTIVE,
+    VERSIONS_PREFIX,
+    CommitLog,
+    Entry,
+    Marker,
+    Owner,
+    new_entry,
+)
+from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.exceptions import (
+    ErrorCategory,
+    PreconditionFailedError,
+    TransactionConflictError,
+    TransactionError,
+)
+from sqlmesh_osaa.raw_files import Fingerprint
+from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
+from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
+
+_log = logging.getLogger(__name__)
+
+JOURNAL_PREFIX = "transaction/"
+# How long a commit waits for a live earlier decision of the same keys to finish applying.
+APPLY_WAIT_SECONDS = 600.0
+_POLL_SECONDS = 0.2
+# A dead attempt's tombstone outlives any request it could still have in flight.
+TOMBSTONE_SECONDS = 3600.0
+
+
+def journal_key(transaction_id: str) -> str:
+    """The OPERATION checkpoint key of a transaction (history and statistics)."""
+    return f"{JOURNAL_PREFIX}{transaction_id}"
+
+
+@dataclass(frozen=True)
+class StagedPut:
+    """One object of the manifest: its stable key, the version that holds it, what it must hash to."""
+
+    key: str
+    staged_key: str | None
+    md5: str
+    size: int
+    source_path: str | None = None
+    version: str | None = None
+    fingerprint: Fingerprint | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        """Production already holds this content: nothing was staged, nothing is copied."""
+        return self.staged_key is None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StagedPut:
+        fingerprint = data.get("fingerprint")
+        return cls(**{**data, "fingerprint": Fingerprint(**fingerprint) if fingerprint else None})
+
+
+@dataclass
+class Manifest:
+    """What a transaction will do to production once decided."""
+
+    puts: list[StagedPut] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+    @property
+    def touched(self) -> set[str]:
+        return {put.key for put in self.puts} | set(self.deletes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"puts": [put.to_json() for put in self.puts], "deletes": list(self.deletes)}
+
+    @classmethod
+    def of(cls, entry: Entry) -> Manifest:
+        return cls([StagedPut.from_json(put) for put in entry.puts], list(entry.deletes))
+
+
+def decide(log: CommitLog, transaction_id: str, begin: int, manifest: Manifest) -> Entry:
+    """Take the next free log position after ``begin``, or raise when an overlapping commit won one."""
+    position, base = begin + 1, log.snapshot(begin)
+    puts = [put.to_json() for put in manifest.puts]
+    while True:
+        entry = new_entry(position, transaction_id, base, puts, list(manifest.deletes))
+        holder = log.try_append(entry)
+        if holder is None:
+            return entry
+        contested = sorted(holder.touched & manifest.touched)
+        if contested:
+            raise TransactionConflictError(
+                f"Transaction {holder.transaction_id} committed {contested[0]!r} first (log position "
+                f"{holder.position}); nothing of this transaction was applied. Run the step again on top of it",
+                key=contested[0],
+                winner=holder.transaction_id,
+                transaction_id=transaction_id,
+                contested=len(contested),
+            )
+        _log.info("Log position %d went to disjoint transaction %s; trying %d", position, holder.transaction_id,
+                  position + 1)
+        base, position = dict(holder.snapshot), position + 1
+
+
+def await_earlier(log: CommitLog, entry: Entry, *, timeout: float = APPLY_WAIT_SECONDS) -> None:
+    """Wait until no live transaction decided before ``entry`` is still applying one of its keys.
+
+    A dead one is left to recovery: its roll-forward skips the keys ``entry`` supersedes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        blocking = [m for m in log.markers(besides=entry.transaction_id) if _applies_before(log, m, entry)]
+        if not blocking:
+            return
+        if time.monotonic() > deadline:
+            other = blocking[0]
+            raise TransactionConflictError(
+                f"Transaction {other.transaction_id} (PID {other.owner.pid} on {other.owner.host}) is still applying "
+                f"keys of this commit after {timeout:g}s; this commit is decided and is finished by recovery",
+                winner=other.transaction_id,
+                transaction_id=entry.transaction_id,
+            )
+        time.sleep(_POLL_SECONDS)
+
+
+def _applies_before(log: CommitLog, marker: Marker, entry: Entry) -> bool:
+    if marker.transaction_id == entry.transaction_id or marker.begin >= entry.position:
+        return False
+    if not marker.owner_alive():
+        return False
+    decision = log.entry(marker.position) if marker.position else log.find_decision(marker.transaction_id, marker.begin)
+    return (
+        decision is not None
+        and decision.kind == "commit"
+        and decision.position < entry.position
+        and bool(decision.touched & entry.touched)
+    )
+
+
+def apply_entry(
+    store: ObjectStore,
+    entry: Entry,
+    handler: ErrorHandler,
+    *,
+    skip: Iterable[str] = (),
+    resuming: bool = False,
+    max_workers: int = 8,
+) -> None:
+    """Copy a decision's versions to their stable keys and apply its deletes; safe to repeat.
+
+    ``resuming`` (roll-forward) first checks production, which may already hold an object,
+    and refuses a version whose checksum is not the manifest's.
+    """
+    skipped = set(skip)
+    manifest = Manifest.of(entry)
+
+    def apply(put: StagedPut) -> None:
+        assert put.staged_key is not None
+        source = ObjectInfo(put.staged_key, put.size, put.md5, None)
+        if resuming:
+            current = handler.execute(store.head, put.key, operation="HeadObject")
+            if current is not None and current.md5 == put.md5:
+                return
+            source = _verified_version(store, handler, put, entry.transaction_id)
+        handler.execute(store.copy, put.staged_key, put.key, source, operation="CopyObject")
+        fault_point(AFTER_PRODUCTION_COPY)
+
+    pending = [put for put in manifest.puts if not put.unchanged and put.key not in skipped]
+    with ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
+        for future in [pool.submit(apply, put) for put in pending]:
+            future.result()
+    deletes = [key for key in manifest.deletes if key not in skipped]
+    if deletes:
+        handler.execute(store.delete_many, deletes, operation="DeleteObjects")
+
+
+def _verified_version(store: ObjectStore, handler: ErrorHandler, put: StagedPut, transaction_id: str) -> ObjectInfo:
+    assert put.staged_key is not None
+    staged = handler.execute(store.head, put.staged_key, operation="HeadObject")
+    if staged is None:
+        raise TransactionError(
+            "Staged version is missing and production does not hold its content; the transaction cannot be "
+            "rolled forward. Re-run the step that produced it",
+            category=ErrorCategory.PERMANENT, key=put.key, staged_key=put.staged_key, transaction_id=transaction_id,
+        )
+    if staged.size != put.size or staged.md5 != put.md5:
+        raise TransactionError(
+            f"Staged version does not match the decision's manifest (size {staged.size}, md5 {staged.md5}; "
+            f"manifest: size {put.size}, md5 {put.md5}); refusing to copy it to production. Re-run the step "
+            "that produced it",
+            category=ErrorCategory.PERMANENT, key=put.key, staged_key=put.staged_key, transaction_id=transaction_id,
+        )
+    return staged
+
+
+def store_metadata(store: ObjectStore) -> dict[str, str]:
+    """What a FILE checkpoint records of the store its key lives in: another store is another key space."""
+    return {"store": store.identity}
+
+
+def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Sequence[StagedPut]) -> None:
+    """FILE checkpoints completed with the fingerprint of the content production now holds, and its store."""
+    tracked = {put.key: put for put in puts if put.source_path is not None}
+    if not tracked:
+        return
+    where = store_metadata(store)
+    done = checkpoint.completed_keys(CheckpointScope.FILE, tracked, metadata=where)
+    running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
+    todo = [put for key, put in tracked.items() if key not in done]
+    restart = [(put.key, put.source_path) for put in todo if put.key not in running]
+    if restart:
+        checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
+    checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)
+
+
+def _completion(put: StagedPut) -> tuple[Any, ...]:
+    fingerprint = put.fingerprint
+    if fingerprint is None:
+        return (put.key, put.source_path)
+    return (put.key, put.source_path, FileRecord(fingerprint.md5, fingerprint.size, fingerprint.mtime_ns))
+
+
+def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) -> None:
+    """After apply: checkpoints, pointer, garbage, marker — each failure here only costs a later retry."""
+    if checkpoint is not None:
+        complete_files(checkpoint, log.store, Manifest.of(entry).puts)
+    fault_point(BEFORE_STAGING_CLEANUP)
+    log.move_head(entry.position)
+    log.collect_replaced(entry.position)
+    log.delete_marker(entry.transaction_id)
+    if checkpoint is not None and checkpoint.get(CheckpointScope.OPERATION, journal_key(entry.transaction_id)):
+        _end_row(checkpoint, entry.transaction_id, entry)
+
+
+def clean_transaction_area(log: CommitLog, root: str) -> int:
+    """Remove what an uncommitted attempt left under its versions root; returns how many leftovers went.
+
+    The one place that empties a dead or rolled-back transaction's staging: its versions, then
+    the store's incomplete writes there (temp files of killed local writes, incomplete S3
+    multipart uploads). Called only once no writer of the attempt is alive.
+    """
+    removed = log.delete_versions(root)
+    return removed + log.handler.execute(log.store.remove_incomplete, root, operation="RemoveIncomplete")
+
+
+def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry | None, reason: str = "") -> None:
+    key = journal_key(transaction_id)
+    row = checkpoint.get(CheckpointScope.OPERATION, key)
+    if row is not None and row["status"] != CheckpointStatus.IN_PROGRESS.value:
+        return
+    if row is None or row["interrupted"]:
+        checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
+    if entry is not None:
+        metadata = {"phase": "committed", "position": entry.position, "manifest": Manifest.of(entry).to_json()}
+        checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=metadata)
+    else:
+        checkpoint.mark_failed(CheckpointScope.OPERATION, key, reason, metadata={"phase": "rolled_back"})
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery did, per transaction id."""
+
+    rolled_back: list[str] = field(default_factory=list)
+    rolled_forward: list[str] = field(default_factory=list)
+    cleaned_staging: list[str] = field(default_factory=list)
+    superseded: dict[str, list[str]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def anything_done(self) -> bool:
+        return bool(self.rolled_back or self.rolled_forward or self.cleaned_staging or self.failed)
+
+
+def recover_store(
+    log: CommitLog, checkpoint: PipelineCheckpoint | None, report: RecoveryReport, *, max_workers: int = 8
+) -> dict[str, Entry | None]:
+    """Finish every dead owner's transaction found in the store; returns each one's decision (or None)."""
+    outcomes: dict[str, Entry | None] = {}
+    for root, age in log.tombstones():
+        _sweep_tombstone(log, root, age, report)
+    for marker in log.markers():
+        if marker.owner_alive():
+            continue
+        try:
+            claimed = log.update_marker(marker, owner=Owner.this_process(), heartbeat_at=time.time())
+        except PreconditionFailedError:
+            continue
+        _ACTIVE.add(marker.transaction_id)
+        try:
+            outcomes[marker.transaction_id] = _recover_one(log, claimed, checkpoint, report, max_workers)
+        except Exception as exc:
+            _log.error("Could not recover transaction %s: %s", marker.transaction_id, exc)
+            report.failed[marker.transaction_id] = str(exc)
+        finally:
+            _ACTIVE.discard(marker.transaction_id)
+    return outcomes
+
+
+def _recover_one(
+    log: CommitLog, marker: Marker, checkpoint: PipelineCheckpoint | None, report: RecoveryReport, max_workers: int
+) -> Entry | None:
+    decision = log.entry(marker.position) if marker.position else _fence(log, marker)
+    if decision is None:
+        log.bury(marker.versions)
+        clean_transaction_area(log, marker.versions)
+        log.delete_marker(marker.transaction_id)
+        if checkpoint is not None and checkpoint.pipeline_name == marker.pipeline:
+            _end_row(checkpoint, marker.transaction_id, None, "owner died before the commit decision")
+        report.rolled_back.append(marker.transaction_id)
+        _log.warning("Recovered transaction %s by rolling it back", marker.transaction_id)
+        return None
+    superseded = sorted(log.later_keys(decision.position) & decision.touched)
+    apply_entry(log.store, decision, log.handler, skip=superseded, resuming=True, max_workers=max_workers)
+    finish(log, decision, checkpoint if checkpoint is not None and checkpoint.pipeline_name == marker.pipeline else None)
+    report.rolled_forward.append(marker.transaction_id)
+    if superseded:
+        report.superseded[marker.transaction_id] = superseded
+    _log.warning(
+        "Recovered transaction %s by rolling it forward%s", marker.transaction_id,
+        f"; {len(superseded)} key(s) superseded by later commits were left as they are" if superseded else "",
+    )
+    return decision
+
+
+def _fence(log: CommitLog, marker: Marker) -> Entry | None:
+    """The dead transaction's decision, or None after an abort entry made sure it can never land.
+
+    Its owner tried positions one after another, each only once the previous was taken, so
+    its decision (if any) is at or before the first free position after it began; taking that
+    position with an abort settles it.
+    """
+    position = marker.begin
+    while True:
+        entry = log.entry(position + 1)
+        if entry is None:
+            abort = new_entry(position + 1, marker.transaction_id, log.snapshot(position), [], [], kind="abort")
+            entry = log.try_append(abort) or abort
+        if entry.transaction_id == marker.transaction_id:
+            return entry if entry.kind == "commit" else None
+        position += 1
+
+
+def _sweep_tombstone(log: CommitLog, root: str, age: float, report: RecoveryReport) -> None:
+    """A late write of a rolled-back attempt lands in its versions root: delete it; forget old tombstones."""
+    try:
+        if clean_transaction_area(log, root):
+            report.cleaned_staging.append(root)
+        if age > TOMBSTONE_SECONDS:
+            log.forget_tombstone(root)
+    except Exception as exc:
+        report.failed[root] = str(exc)
+
+
+def sweep_unreferenced(log: CommitLog, report: RecoveryReport) -> None:
+    """Delete versions no retained snapshot names and no transaction in flight owns.
+
+    Listed before the markers are read: a live attempt writes its marker before its first
+    version, so every version listed belongs to a marker read afterwards, or to nobody.
+    """
+    listed = log.list_versions()
+    roots = {marker.versions for marker in log.markers()}
+    retained = log.retained_versions()
+    orphans = [key for key in listed if key not in retained and not any(key.startswith(root) for root in roots)]
+    if orphans:
+        log.store_delete(orphans)
+        report.cleaned_staging.extend(sorted({key[: key.index("/", len(VERSIONS_PREFIX)) + 1] for key in orphans}))
+
+
+def settle_checkpoint(
+    checkpoint: PipelineCheckpoint, log: CommitLog, outcomes: Mapping[str, Entry | None]
+) -> None:
+    """Make the checkpoint's interrupted transaction rows agree with what the store holds."""
+    for row in checkpoint.list(scope=CheckpointScope.OPERATION, status=CheckpointStatus.IN_PROGRESS):
+        if not row["key"].startswith(JOURNAL_PREFIX) or not row["interrupted"]:
+            continue
+        metadata = row.get("metadata") or {}
+        if metadata.get("bucket") not in (None, log.store.bucket):
+            continue
+        transaction_id = row["key"][len(JOURNAL_PREFIX) :]
+        if transaction_id in outcomes:
+            decision = outcomes[transaction_id]
+        elif log.marker(transaction_id) is not None:
+            continue
+        else:
+            found = log.find_decision(transaction_id, int(metadata.get("begin") or 0))
+            decision = found if found is not None and found.kind == "commit" else None
+        if decision is not None:
+            complete_files(checkpoint, log.store, Manifest.of(decision).puts)
+        _end_row(checkpoint, transaction_id, decision, "owner died before the commit decision")
+
+
+def decision_history(log: CommitLog, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest log entries, newest first, each with the keys later commits superseded."""
+    head = log.head()
+    later: set[str] = set()
+    rows = []
+    in_flight = {m.transaction_id for m in log.markers()}
+    for position in range(head, max(0, head - limit), -1):
+        entry = log.entry(position)
+        if entry is None:
+            continue
+        superseded = sorted(entry.touched & later)
+        rows.append(
+            {
+                "position": position,
+                "kind": entry.kind,
+                "transaction_id": entry.transaction_id,
+                "at": entry.at,
+                "puts": len(entry.puts),
+                "deletes": len(entry.deletes),
+                "superseded": superseded,
+                "state": "superseded" if superseded and superseded == sorted(entry.touched) else
+                ("applying" if entry.transaction_id in in_flight else
+                 ("aborted" if entry.kind == "abort" else "applied")),
+            }
+        )
+        later |= entry.touched
+    return rows
