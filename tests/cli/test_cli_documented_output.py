@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import BAD_CSV, GOOD_CSV, Workspace, clean_environment
+from cli_workspace import BAD_CSV, GOOD_CSV, Workspace, clean_environment
 from shape_check import assert_documented, mismatches
 
 from sqlmesh_osaa.cli import reference

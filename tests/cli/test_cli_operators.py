@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import GOOD_CSV, Workspace
+from cli_workspace import GOOD_CSV, Workspace
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 from support.populated import populate

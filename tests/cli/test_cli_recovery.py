@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import GOOD_CSV, Workspace
+from cli_workspace import GOOD_CSV, Workspace
 from support import processes
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, Workspace
+from cli_workspace import TIMEOUT, Workspace
 from support import processes
 
 from sqlmesh_osaa.checkpoint import PipelineCheckpoint

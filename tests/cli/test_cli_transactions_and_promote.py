@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import GOOD_CSV, Workspace
+from cli_workspace import GOOD_CSV, Workspace
 
 KEY = "prod/landing/wdi/good.parquet"
 
