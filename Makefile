@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml setup.py
 	touch $(STAMP)
 
 install: $(STAMP)
+	scripts/system-packages.sh
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
