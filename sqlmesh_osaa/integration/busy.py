@@ -22,7 +22,7 @@ def busy_error(error: BaseException) -> SQLMeshError | None:
     """The clear error for a database locked by another process, or None for any other failure."""
     if isinstance(error, CheckpointError) and "locked by another process" in str(error):
         return SQLMeshError(f"sqlmesh-osaa: {error}")
-    match = _DUCKDB_LOCK.search(str(error))
+    match = next(filter(None, (_DUCKDB_LOCK.search(str(cause)) for cause in _causes(error))), None)
     if match is None:
         return None
     return SQLMeshError(
@@ -30,3 +30,13 @@ def busy_error(error: BaseException) -> SQLMeshError | None:
         "DuckDB lets one process at a time use it, so another sqlmesh plan/run (or a tool) holds it. "
         "Wait for that process to finish, then run this command again"
     )
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """``error`` and what it was raised from (SQLMesh wraps a failed state migration)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

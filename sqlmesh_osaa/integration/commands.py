@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from sqlmesh.utils.errors import ConfigError
 
-from sqlmesh_osaa.integration import pipeline_runs, runtime, state
+from sqlmesh_osaa.integration import notifications, pipeline_runs, runtime, state
 from sqlmesh_osaa.integration.busy import busy_error
 from sqlmesh_osaa.integration.publication import Publication, catch_up, summary
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
@@ -36,7 +36,13 @@ SUMMARY_TITLE = "sqlmesh-osaa publication:"
 def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
     if command == "plan":
         check_unique_claims(context)
-    rt = _begin(context)
+    try:
+        rt = _begin(context, _environment(context, args, kwargs))
+    except Exception as error:
+        # The first use of SQLMesh's state opens the warehouse: a lock held by another process.
+        if (busy := busy_error(error)) is not None:
+            raise busy from error
+        raise
     try:
         result = call(*args, **kwargs)
     except Exception as error:
@@ -49,10 +55,17 @@ def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwar
     return result
 
 
-def _begin(context: Any) -> runtime.Runtime:
+def _environment(context: Any, args: Any, kwargs: dict[str, Any]) -> str:
+    """The environment the command works on, as SQLMesh resolves it (``plan``/``run`` take it first)."""
+    return kwargs.get("environment") or (args[0] if args else None) or context.config.default_target_environment
+
+
+def _begin(context: Any, environment: str) -> runtime.Runtime:
     rt = runtime.activate(
         variables=context.config.variables, project_dir=context.path, pipeline_name=context.config.project or None
     )
+    # Before the first object-store call of the command: reconciliation may open the breaker.
+    notifications.watch_breaker(rt, environment)
     rt.begin_command(context.state_sync)
     try:
         reconcile_leftovers(rt, context.state_sync, context.engine_adapter)
