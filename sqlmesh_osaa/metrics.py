@@ -87,7 +87,7 @@ def _families(report: Mapping[str, Any]) -> list[Family]:
             ("osaa_circuit_breaker_open", "gauge", "1 while the circuit breaker is open.", ""),
             ("osaa_circuit_breaker_rejections", "counter", "Calls refused by an open circuit.", ""),
             ("osaa_last_success_timestamp_seconds", "gauge", "When the pipeline last completed a plan/run (or item).", "seconds"),
-            ("osaa_export_last_success_timestamp_seconds", "gauge", "When a plan/run last published or confirmed the export.", "seconds"),
+            ("osaa_export_last_success_timestamp_seconds", "gauge", "When a plan/run last published the export.", "seconds"),
             ("osaa_export_size_bytes", "gauge", "Size of the export as last published.", "bytes"),
             ("osaa_published_objects", "counter", "Objects written to an environment's prefix.", ""),
             ("osaa_published_bytes", "counter", "Bytes written to an environment's prefix.", "bytes"),

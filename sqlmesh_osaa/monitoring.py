@@ -59,7 +59,7 @@ def _last_success(checkpoint: PipelineCheckpoint, runs: list[dict[str, Any]]) ->
 
 
 def _exports(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
-    """Per published key, its newest confirmation; per environment, objects and bytes written."""
+    """Per published key, its newest publication; per environment, objects and bytes written."""
     exports: dict[str, dict[str, Any]] = {}
     published: dict[str, dict[str, int]] = {}
     for run in sorted(runs, key=lambda row: row["updated_at"]):

@@ -167,7 +167,7 @@ def _render_stats(report: Mapping[str, Any]) -> None:
         for key, e in s["exports"].items()
     ]
     if exports:
-        output.show(output.table("Exports", ["Pipeline", "Environment", "Key", "Bytes", "From evaluation", "Last published or confirmed"], exports))
+        output.show(output.table("Exports", ["Pipeline", "Environment", "Key", "Bytes", "From evaluation", "Last published"], exports))
     totals = report["totals"]
     output.note(f"{totals['items']} item(s), {totals['failed']} failed, {totals['interrupted']} interrupted.")
 
