@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint as FileRecord, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
 from sqlmesh_osaa.commit_log import (
     _ACTIVE,
     VERSIONS_PREFIX,
@@ -44,7 +44,6 @@ from sqlmesh_osaa.exceptions import (
     TransactionConflictError,
     TransactionError,
 )
-from sqlmesh_osaa.raw_files import Fingerprint
 from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
 from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
 
@@ -81,7 +80,7 @@ class StagedPut:
         return self.staged_key is None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "fingerprint": self.fingerprint._asdict() if self.fingerprint else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StagedPut:
@@ -247,7 +246,7 @@ def _completion(put: StagedPut) -> tuple[Any, ...]:
     fingerprint = put.fingerprint
     if fingerprint is None:
         return (put.key, put.source_path)
-    return (put.key, put.source_path, FileRecord(fingerprint.md5, fingerprint.size, fingerprint.mtime_ns))
+    return (put.key, put.source_path, fingerprint)
 
 
 def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -248,7 +248,7 @@ def _convert_chunk(
         else:
             if not still_as_discovered(raw):
                 _log.warning("%s changed while it was converted; the next run lands it again", raw.relative)
-                fingerprint = replace(fingerprint, md5=None)
+                fingerprint = fingerprint._replace(checksum=None)
             uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint))
     return uploads
 

@@ -25,6 +25,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple
 
+from sqlmesh_osaa.checkpoint import Fingerprint
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
 from sqlmesh_osaa.storage import file_md5
 
@@ -65,15 +66,6 @@ class RawFile(NamedTuple):
         return Path(self.real_path)
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """A source file as it was read: what its FILE checkpoint records once its content has landed."""
-
-    size: int
-    mtime_ns: int
-    md5: str | None
-
-
 def read_fingerprint(raw: RawFile) -> Fingerprint:
     """Discovery's size and mtime with the MD5 of the bytes read now.
 
@@ -82,9 +74,9 @@ def read_fingerprint(raw: RawFile) -> Fingerprint:
     Call :func:`still_as_discovered` after converting to find a rewrite during conversion.
     """
     if not still_as_discovered(raw):
-        return Fingerprint(raw.size, raw.mtime_ns, None)
+        return Fingerprint(None, raw.size, raw.mtime_ns)
     md5 = file_md5(raw.real_path)
-    return Fingerprint(raw.size, raw.mtime_ns, md5 if still_as_discovered(raw) else None)
+    return Fingerprint(md5 if still_as_discovered(raw) else None, raw.size, raw.mtime_ns)
 
 
 def still_as_discovered(raw: RawFile) -> bool:
