@@ -70,7 +70,7 @@ def leftover_descendants() -> list[psutil.Process]:
     """Live descendants of this process that are not a registered server, in its group or below it."""
     found = []
     for child in psutil.Process().children(recursive=True):
-        with suppress(psutil.NoSuchProcess):
+        with suppress(psutil.NoSuchProcess, ProcessLookupError):
             if child.status() == psutil.STATUS_ZOMBIE or _serves_the_session(child):
                 continue
             found.append(child)
