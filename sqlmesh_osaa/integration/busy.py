@@ -13,14 +13,14 @@ import re
 
 from sqlmesh.utils.errors import SQLMeshError
 
-from sqlmesh_osaa.exceptions import CheckpointError
+from sqlmesh_osaa.exceptions import CheckpointError, RunnerLeaseError
 
 _DUCKDB_LOCK = re.compile(r'Could not set lock on file "(?P<path>[^"]+)": Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)')
 
 
 def busy_error(error: BaseException) -> SQLMeshError | None:
     """The clear error for a database locked by another process, or None for any other failure."""
-    if isinstance(error, CheckpointError) and "locked by another process" in str(error):
+    if isinstance(error, RunnerLeaseError) or (isinstance(error, CheckpointError) and "locked by another process" in str(error)):
         return SQLMeshError(f"sqlmesh-osaa: {error}")
     match = next(filter(None, (_DUCKDB_LOCK.search(str(cause)) for cause in _causes(error))), None)
     if match is None:
