@@ -63,7 +63,7 @@ def _finish(ctx: click.Context, report: Mapping[str, Any], as_json: bool, render
 
 def _fail(ctx: click.Context, message: str, as_json: bool) -> None:
     if as_json:
-        output.emit_json({"error": {"message": message, "exit_code": EXIT_USAGE}})
+        output.emit_json({"error": {"message": message, "exit_code": EXIT_USAGE, "db_path": None}})
     output.error(message)
     ctx.exit(EXIT_USAGE)
 
