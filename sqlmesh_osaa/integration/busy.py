@@ -4,7 +4,8 @@ A second ``sqlmesh plan``/``run`` while one is running finds the warehouse (or t
 database) locked: DuckDB allows one writer process per file. SQLMesh's CLI prints its own
 errors as one ``Error:`` line but lets a DuckDB ``IOException`` escape as a traceback, so the
 plan wrapper turns a lock found before the plan into a ``SQLMeshError`` naming the file, the
-process holding it and what to do.
+process holding it and what to do. The runner lease of ephemeral runners (another runner
+holds it, or this one lost it) is said the same way.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import json
 import pytest
 from sqlmesh_project import Project, copy_example, s3_project
 
+from sqlmesh_osaa.checkpoint.lease import Holder, RunnerLease
+
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 
 
@@ -35,3 +37,19 @@ def test_a_plan_in_a_fresh_directory_continues_from_the_state_and_checkpoints_th
     state = json.loads(first.store.get_bytes("runners/indicators/state.json")[0])
     assert state["pushed_by"]["runner"] == "day-2"
     assert set(state["files"]) == {"checkpoints", "sqlmesh-state"}
+
+
+def test_a_plan_while_another_runner_holds_the_lease_stops_with_one_error_naming_it(
+    tmp_path, s3_server, s3_credentials_for_tests
+):
+    project = s3_project(tmp_path, s3_server)
+    project.env["OSAA_CHECKPOINT__SYNC__URL"] = f"s3://{project.store.bucket}/runners/indicators"
+    holder = RunnerLease(project.store, "runners/indicators/lease.json", 600, Holder("nightly-ci", "ci-host", 4242), "s3")
+    holder.acquire()
+
+    refused = project.plan("prod", check=False)
+
+    assert refused.returncode != 0
+    assert "runner 'nightly-ci' (host ci-host, pid 4242)" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    assert not (project.path / ".osaa" / "checkpoints.duckdb").exists()
