@@ -11,7 +11,7 @@ from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.checkpoint.duckdb_store import copy_consistent
 from sqlmesh_osaa.checkpoint.lease import Holder, break_lease, read_lease
 from sqlmesh_osaa.checkpoint.sync import CHECKPOINTS, RunnerSync, SyncLocation
-from sqlmesh_osaa.exceptions import LeaseHeldError, LeaseLostError
+from sqlmesh_osaa.exceptions import ConfigurationError, LeaseHeldError, LeaseLostError
 from sqlmesh_osaa.settings import load_settings
 
 
@@ -117,3 +117,18 @@ def test_sync_settings_come_from_nested_environment_variables():
     )
     assert settings.checkpoint.sync.url == "s3://osaa-state/runners"
     assert settings.checkpoint.sync.lease_timeout_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"OSAA_CHECKPOINT__SYNC__URL": "s3://user:secret@osaa-state/x"}, "user name or password"),
+        ({"OSAA_CHECKPOINT__SYNC__URL": "gs://osaa-state/x"}, "s3://bucket/prefix or a directory"),
+        ({"OSAA_CHECKPOINT__BACKEND": "postgres", "OSAA_CHECKPOINT__DSN": "host=db", "OSAA_CHECKPOINT__SYNC__URL": "/mnt/state"},
+         "already outlives the runner"),
+    ],
+)
+def test_bad_sync_settings_are_refused_naming_the_setting(environ, named):
+    with pytest.raises(ConfigurationError, match=named) as refused:
+        load_settings(environ=environ)
+    assert "checkpoint" in str(refused.value) and "secret" not in str(refused.value)
