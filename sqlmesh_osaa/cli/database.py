@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.settings import get_settings
 
@@ -60,6 +60,10 @@ class CheckpointSession:
         if requested not in known:
             raise UnknownPipelineError(requested, known)
         return [requested]
+
+    def store(self) -> CheckpointStore:
+        """The store every pipeline's checkpoint of this session reads, for queries across pipelines."""
+        return self._anchor().store
 
     def breaker_rejections(self) -> dict[str, int]:
         return self._anchor().store.failures_by_pipeline(error_prefix=_BREAKER_MESSAGE_PREFIX)
