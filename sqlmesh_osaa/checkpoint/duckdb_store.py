@@ -224,9 +224,9 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _not_compacted(size: int, reason: str, **figures: int) -> dict[str, Any]:
+def _not_compacted(size: int, reason: str) -> dict[str, Any]:
     logger.info("Checkpoint database not compacted: %s", reason)
-    return {"action": "none", "reason": reason, "bytes_before": size, "bytes_after": size, **figures}
+    return {"action": "none", "reason": reason, "bytes_before": size, "bytes_after": size}
 
 
 def _remove(path: Path) -> None:
@@ -484,14 +484,14 @@ class DuckDBStore(CheckpointStore):
                 fresh = self._copy_database(copy)
                 if fresh > before * COMPACT_WHEN_AT_MOST:
                     _remove(copy)
-                    return _not_compacted(before, f"a fresh copy would take {fresh} bytes", fresh=fresh)
+                    return _not_compacted(before, f"a fresh copy would take {fresh} bytes, more than {COMPACT_WHEN_AT_MOST:.0%}")
                 self._swap_in(copy)
             except duckdb.Error as exc:
                 _remove(copy)
                 raise self._error(exc) from exc
             after = self.db_path.stat().st_size
         logger.info("Compacted checkpoint database %s from %d to %d bytes", self.db_path, before, after)
-        return {"action": "compacted", "bytes_before": before, "bytes_after": after}
+        return {"action": "compacted", "reason": None, "bytes_before": before, "bytes_after": after}
 
     def _copy_database(self, copy: Path) -> int:
         """Write the whole database to ``copy`` (no WAL left beside it) and fsync it; its size."""

@@ -228,7 +228,7 @@ class PostgresStore(CheckpointStore):
         for table in ("checkpoints", "checkpoint_events"):
             self._execute_command(f"VACUUM (ANALYZE) {table}")
         (after,) = self._execute(sizes, [])[0]
-        return {"action": "vacuumed", "bytes_before": before, "bytes_after": after}
+        return {"action": "vacuumed", "reason": None, "bytes_before": before, "bytes_after": after}
 
     def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
         with self._transaction() as connection:

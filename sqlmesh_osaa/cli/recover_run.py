@@ -322,6 +322,11 @@ def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | Non
 def _render_prune(report: Mapping[str, Any]) -> None:
     rows = list(report["pruned"].items())
     output.show(output.table(f"Pruned completed checkpoints older than {report['cutoff']:%Y-%m-%d %H:%M:%S} UTC", ["Pipeline", "Rows"], rows))
+    space = report["space"]
+    if space["action"] == "none":
+        output.note(f"Space: not reclaimed ({space['reason']}).")
+    else:
+        output.note(f"Space: {space['action']}, {space['bytes_before']} -> {space['bytes_after']} bytes (both tables and indexes).")
 
 
 def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
@@ -333,5 +338,6 @@ def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None
             "cutoff": datetime.now(timezone.utc) - age,
             "pruned": pruned,
             "total": sum(pruned.values()),
+            "space": run.session.reclaim_space() if sum(pruned.values()) else {"action": "none", "reason": "nothing was pruned", "bytes_before": None, "bytes_after": None},
         }
         run.finish(report, _render_prune, EXIT_OK)

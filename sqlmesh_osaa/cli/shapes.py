@@ -229,6 +229,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "cutoff": "datetime",
         "pruned": {"<pipeline>": "integer"},
         "total": "integer",
+        "space": {"action": "string", "reason": "string|null", "bytes_before": "integer|null", "bytes_after": "integer|null"},
     },
     "osaa-ingest": {
         "db_path": "string",
