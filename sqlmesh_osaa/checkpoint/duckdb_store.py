@@ -153,11 +153,12 @@ _MIGRATE_V1 = (
 
 _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
-# Keys joined to the rows: a hash join, one pass over the key column (measured flat in store size).
+# Keys joined to the rows by a hash join over the id column alone, then the wanted rows
+# fetched by rowid: joining the whole rows scanned every column of every row (docs/performance.md).
 _ROWS_OF_KEYS_SQL = f"""
-    SELECT {", ".join(f"c.{column}" for column in ROW_COLUMNS)}
-    FROM (SELECT {{prefix}} || unnest(from_json({{keys}}, '["VARCHAR"]')) AS item_id) k
-    JOIN checkpoints c ON c.item_id = k.item_id
+    SELECT {_ROW_SELECT} FROM checkpoints WHERE rowid IN (
+        SELECT c.rowid FROM (SELECT {{prefix}} || unnest(from_json({{keys}}, '["VARCHAR"]')) AS item_id) k
+        JOIN checkpoints c ON c.item_id = k.item_id)
 """
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
