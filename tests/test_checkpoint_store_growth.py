@@ -8,6 +8,7 @@ it must leave a store that opens with every row.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -142,13 +143,29 @@ def _contents(db_path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...
 
 
 @pytest.fixture(scope="module")
-def pruned_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DuckDB file after pruning 80% of its rows, not yet compacted (copied by each test)."""
-    db_path = tmp_path_factory.mktemp("pruned") / "checkpoints.duckdb"
+def history_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DuckDB file of ``ITEMS`` items, 80% completed (copied by each test)."""
+    db_path = tmp_path_factory.mktemp("history") / "checkpoints.duckdb"
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
         _store_with_history(checkpoint)
+    return db_path
+
+
+@pytest.fixture(scope="module")
+def pruned_store(history_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same file after pruning its completed 80%, not compacted."""
+    db_path = _copy_of(history_store, tmp_path_factory.mktemp("pruned"))
+    with PipelineCheckpoint("ingest", db_path) as checkpoint:
         assert checkpoint.prune(timedelta(0)) == ITEMS * 8 // 10
     return db_path
+
+
+def _reclaim(db_path: Path) -> dict[str, Any]:
+    store = DuckDBStore(db_path, lock_timeout=10)
+    try:
+        return store.reclaim_space()
+    finally:
+        store.close()
 
 
 def _copy_of(pruned_store: Path, tmp_path: Path) -> Path:
@@ -162,11 +179,7 @@ def test_compaction_keeps_every_row_and_event_and_shrinks_the_file(pruned_store:
     before = _contents(db_path)
     size = db_path.stat().st_size
 
-    store = DuckDBStore(db_path, lock_timeout=10)
-    try:
-        report = store.reclaim_space()
-    finally:
-        store.close()
+    report = _reclaim(db_path)
 
     assert report["action"] == "compacted"
     assert report["bytes_after"] == db_path.stat().st_size < size * 0.75
@@ -177,11 +190,7 @@ def test_compaction_keeps_every_row_and_event_and_shrinks_the_file(pruned_store:
 def test_a_compacted_store_goes_on_recording(pruned_store: Path, tmp_path: Path) -> None:
     db_path = _copy_of(pruned_store, tmp_path)
     _, events = _contents(db_path)
-    store = DuckDBStore(db_path, lock_timeout=10)
-    try:
-        store.reclaim_space()
-    finally:
-        store.close()
+    _reclaim(db_path)
 
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
         _complete(checkpoint, "after-compaction")
@@ -192,13 +201,25 @@ def test_a_compacted_store_goes_on_recording(pruned_store: Path, tmp_path: Path)
 def test_compaction_is_skipped_while_another_store_of_the_process_has_the_file(pruned_store: Path, tmp_path: Path) -> None:
     db_path = _copy_of(pruned_store, tmp_path)
     with PipelineCheckpoint("ingest", db_path):
-        store = DuckDBStore(db_path, lock_timeout=10)
-        try:
-            report = store.reclaim_space()
-        finally:
-            store.close()
+        report = _reclaim(db_path)
     assert report["action"] == "none"
     assert "another checkpoint store" in report["reason"]
+
+
+def test_the_prune_command_compacts_the_file_and_keeps_what_is_left(
+    history_store: Path, pruned_store: Path, tmp_path: Path
+) -> None:
+    db_path = _copy_of(history_store, tmp_path)
+    osaa_recover = str(Path(sys.executable).with_name("osaa-recover"))
+
+    done = run([osaa_recover, "prune", "--older-than", "0s", "--json", "--db", str(db_path)], timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["pruned"] == {"ingest": ITEMS * 8 // 10}
+    assert report["space"]["action"] == "compacted"
+    assert report["space"]["bytes_after"] == db_path.stat().st_size < report["space"]["bytes_before"]
+    assert _contents(db_path) == _contents(pruned_store)
 
 
 COMPACT_JOB = textwrap.dedent(
@@ -219,11 +240,7 @@ def test_a_kill_during_compaction_leaves_a_store_with_every_row(pruned_store: Pa
 
     assert killed.returncode == -9, killed.stderr
     assert _contents(db_path) == before
-    store = DuckDBStore(db_path, lock_timeout=10)
-    try:
-        assert store.reclaim_space()["action"] == ("compacted" if point == COMPACTION_COPIED else "none")
-    finally:
-        store.close()
+    assert _reclaim(db_path)["action"] == ("compacted" if point == COMPACTION_COPIED else "none")
     assert _contents(db_path) == before
     assert not db_path.with_name(db_path.name + ".compacting").exists()
 
