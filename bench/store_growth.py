@@ -128,6 +128,29 @@ def bench_commands(stores: dict[str, Path], repeats: int) -> None:
         print(f"{verb:24} " + " ".join(cells) + f"   {median(figures[(verb, 'full')], 0) / tenth:9.2f}x {median(figures[(verb, 'deep')], 0) / tenth:9.2f}x")
 
 
+HEAVY = ("pandas", "numpy", "boto3", "botocore", "sqlmesh", "sqlmesh_osaa.ingest", "tenacity")
+IMPORTS = """
+import sys
+from sqlmesh_osaa.cli import recover_main
+sys.argv = ["osaa-recover", *sys.argv[1:]]
+try:
+    recover_main()
+finally:
+    sys.stderr.write("MODULES " + " ".join(sorted(sys.modules)) + "\\n")
+"""
+
+
+def bench_imports(db: Path) -> None:
+    """What each command imports (python -X importtime): the heavy packages it must not need."""
+    print("\nImports (python -X importtime; heavy = " + ", ".join(HEAVY) + ")")
+    for verb, command in commands(db).items():
+        done = subprocess.run([sys.executable, "-X", "importtime", "-c", IMPORTS, *command[1:]], capture_output=True, text=True, env=ENV)
+        modules = done.stderr.rsplit("MODULES ", 1)[-1].split()
+        cumulative = sum(int(line.split("|")[0].split(":")[1]) for line in done.stderr.splitlines() if line.startswith("import time:") and line.split("|")[0].split(":")[1].strip().isdigit())
+        heavy = [name for name in HEAVY if name in modules]
+        print(f"{verb:24} {len(modules):4d} modules, {cumulative / 1e6:.3f} s self time of imports, heavy: {', '.join(heavy) or 'none'}")
+
+
 def bench_completed_keys(root: Path, repeats: int) -> None:
     small, large = root / "keys-100k.duckdb", root / "keys-1m.duckdb"
     build_store(small, 100_000, 2)
@@ -178,6 +201,7 @@ def main() -> None:
             "deep": build_store(root / "deep.duckdb", args.items // 10, 20),
         }
         bench_commands(stores, args.repeats)
+        bench_imports(stores["full"])
         bench_completed_keys(root, args.repeats)
         bench_prune(root, args.items)
     print(f"load average after: {os.getloadavg()}")
