@@ -259,3 +259,18 @@ def test_reclaiming_space_on_postgres_vacuums_and_keeps_every_row(pg_dsn: str) -
         assert report["action"] == "vacuumed"
         assert report["bytes_after"] > 0
         assert checkpoint.list() == kept
+
+
+def test_keys_with_quotes_and_question_marks_are_read_back_exactly(checkpoint_target: dict[str, Any]) -> None:
+    awkward = ["it's", "what?", "a ' OR 1=1 --", "données/ü?'", 'say "hi"']
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        for key in awkward:
+            _fail(checkpoint, key)
+        checkpoint.mark_started_many(FILE, ["plain-1", "plain-2"])
+        checkpoint.mark_completed_many(FILE, ["plain-1", "plain-2"])
+
+        since = item_history.failing_since(checkpoint.store, ["ingest"])
+        assert sorted(key for _, _, key in since) == sorted(awkward)
+        assert item_history.matching_items(checkpoint.store, ["ingest"], FILE, "what?", ["what?"]) == [("ingest", FILE, "what?")]
+        assert checkpoint.completed_keys(FILE, [*awkward, "plain-1", "plain-2"]) == {"plain-1", "plain-2"}
+        assert checkpoint.get(FILE, "it's")["status"] == "failed"
