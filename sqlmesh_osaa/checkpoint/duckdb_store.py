@@ -35,12 +35,13 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     PRUNE_EVENTS_SQL,
@@ -301,45 +302,6 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             raise CheckpointError(
                 f"Cannot open checkpoint database {path}: {exc}", category=categorize_error(exc), db_path=str(path)
             ) from exc
-
-
-def sql_literal(value: Any) -> str:
-    """``value`` as a DuckDB SQL literal.
-
-    Reads inline their parameters: DuckDB imports pandas and numpy (0.4 s) at the first
-    bound parameter, which a read-only CLI command would otherwise pay at every start.
-    """
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"CAST('{value!r}' AS DOUBLE)"
-    if isinstance(value, datetime):
-        return f"TIMESTAMP '{value.replace(tzinfo=None).isoformat(sep=' ')}'"
-    if isinstance(value, date):
-        return f"DATE '{value.isoformat()}'"
-    if isinstance(value, str):
-        if "\0" in value:
-            raise ValueError("a checkpoint query parameter holds a NUL character")
-        return "'" + value.replace("'", "''") + "'"
-    raise TypeError(f"no SQL literal for a {type(value).__name__} checkpoint query parameter")
-
-
-def inline_parameters(sql: str, params: Sequence[Any]) -> str:
-    """``sql`` with each ``?`` placeholder outside quotes replaced by its parameter's literal."""
-    values = iter(params)
-    parts = re.split(r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")", sql)
-    for index in range(0, len(parts), 2):
-        parts[index] = re.sub(r"\?", lambda _: sql_literal(next(values)), parts[index])
-    if next(values, _UNUSED) is not _UNUSED:
-        raise ValueError("more parameters than placeholders in a checkpoint query")
-    return "".join(parts)
-
-
-_UNUSED = object()
 
 
 def _frame(records: Sequence[dict[str, Any]], columns: Sequence[str], types: dict[str, str]) -> Any:
