@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/store_growth.py
 
 clean:
 	rm -rf $(VENV) .osaa .pytest_cache .demo

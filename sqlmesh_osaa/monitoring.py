@@ -2,7 +2,7 @@
 
 One function computes them so that ``osaa-recover stats --json``, the OpenMetrics output and
 the node-exporter textfile cannot disagree. Everything comes from the checkpoint's public
-reads (statistics, rows, item histories); nothing here knows SQLMesh, only the metadata the
+reads (statistics, rows, item histories in one query); nothing here knows SQLMesh, only the metadata the
 SQLMesh integration records on its PIPELINE items (``environment``, ``exports``).
 
 - Circuit-breaker openings are the failures of the breaker's OPERATION item
@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint, item_history
 from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
 
 FAILED = CheckpointStatus.FAILED.value
@@ -32,13 +32,13 @@ REJECTION_PREFIX = "Circuit breaker is"
 
 
 def _breakers(checkpoint: PipelineCheckpoint) -> dict[str, dict[str, Any]]:
-    """Per breaker: openings, seconds spent open (closed spells), and whether it is open now."""
+    """Per breaker: openings, seconds spent open (closed spells), and whether it is open now (one query for all)."""
+    rows = checkpoint.list(scope=CheckpointScope.OPERATION, key_prefix=BREAKER_KEY_PREFIX)
+    histories = item_history.events_of(checkpoint.store, [(row["pipeline"], row["scope"], row["key"]) for row in rows])
     breakers = {}
-    for row in checkpoint.list(scope=CheckpointScope.OPERATION):
-        if not row["key"].startswith(BREAKER_KEY_PREFIX):
-            continue
+    for row in rows:
         openings, open_seconds, opened_at = 0, 0.0, None
-        for event in checkpoint.history(CheckpointScope.OPERATION, row["key"]):
+        for event in histories[(row["pipeline"], row["scope"], row["key"])]:
             if event["to_status"] == FAILED:
                 openings += 1
                 opened_at = event["at"]

@@ -616,6 +616,4 @@ def recover_transactions(
 
 def iter_transactions(checkpoint: PipelineCheckpoint, status: CheckpointStatus | None = None) -> Iterable[dict[str, Any]]:
     """Journal rows of this checkpoint's pipeline (for `osaa-recover transactions`)."""
-    for row in checkpoint.list(scope=CheckpointScope.OPERATION, status=status):
-        if row["key"].startswith(JOURNAL_PREFIX):
-            yield row
+    yield from checkpoint.list(scope=CheckpointScope.OPERATION, status=status, key_prefix=JOURNAL_PREFIX)

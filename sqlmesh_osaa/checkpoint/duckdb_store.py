@@ -22,11 +22,13 @@ docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when ope
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import struct
 import textwrap
 import threading
 import time
@@ -40,6 +42,7 @@ from typing import Any
 
 import duckdb
 
+from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     PRUNE_EVENTS_SQL,
@@ -53,6 +56,7 @@ from sqlmesh_osaa.checkpoint.store import (
 )
 from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
+from sqlmesh_osaa.fault_points import fault_point
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +64,15 @@ SCHEMA_VERSION = 2
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 ID_SEPARATOR = "\x1f"
-# From this many keys a lookup scans the scope instead of joining the key list.
-_SCAN_FROM_KEYS = 1000
 # Up to this many rows or events a write binds parameters; more travel as one JSON document.
 _BULK_FROM = 16
+# Compaction (DuckDBStore.reclaim_space): files from this size, when a fresh copy takes at
+# most this share of it (so a file is never more than 1/0.75 = 1.33x what a copy would take).
+COMPACT_FROM_BYTES = 1 << 20
+COMPACT_WHEN_AT_MOST = 0.75
+# Fault points of a compaction (crash tests): the copy is written; the copy is renamed over the file.
+COMPACTION_COPIED = "compaction_copied"
+COMPACTION_SWAPPED = "compaction_swapped"
 # Rows a store keeps in memory per database file (module docstring).
 _MAX_CACHED_ROWS = 4096
 
@@ -145,7 +154,14 @@ _MIGRATE_V1 = (
 )
 
 _ROW_SELECT = ", ".join(ROW_COLUMNS)
-_ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = ?"
+_ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
+# Keys joined to the rows by a hash join over the id column alone, then the wanted rows
+# fetched by rowid: joining the whole rows scanned every column of every row (docs/performance.md).
+_ROWS_OF_KEYS_SQL = f"""
+    SELECT {_ROW_SELECT} FROM checkpoints WHERE rowid IN (
+        SELECT c.rowid FROM (SELECT {{prefix}} || unnest(from_json({{keys}}, '["VARCHAR"]')) AS item_id) k
+        JOIN checkpoints c ON c.item_id = k.item_id)
+"""
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
@@ -161,7 +177,8 @@ _ROW_BULK_UPDATE_SQL = (
 _EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
 _DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
 
-_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+# A process holding the file, or (PID -1) a compaction swapping a fresh copy in (DuckDBStore.reclaim_space).
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?:(?P<program>.*?) \(PID (?P<pid>\d+)\)|PID (?P<swap>-1))")
 _MAX_COMMAND_LINE = 200
 _FIRST_RETRY_DELAY = 0.02
 _MAX_RETRY_DELAY = 0.5
@@ -208,6 +225,24 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _not_compacted(size: int, reason: str) -> dict[str, Any]:
+    logger.info("Checkpoint database not compacted: %s", reason)
+    return {"action": "none", "reason": reason, "bytes_before": size, "bytes_after": size}
+
+
+def _remove(path: Path) -> None:
+    for stale in (path, path.with_name(path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def item_id(pipeline: str, scope: str, key: str) -> str:
@@ -257,12 +292,11 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
                     f"Cannot open checkpoint database {path}: {exc}", category=categorize_error(exc), db_path=str(path)
                 ) from exc
             remaining = deadline - time.monotonic()
+            pid = int(holder["pid"] or holder["swap"])
             if remaining <= 0:
-                raise _locked_error(path, lock_timeout, int(holder["pid"]), holder["program"]) from exc
+                raise _locked_error(path, lock_timeout, pid, holder["program"] or "a compaction") from exc
             if delay == _FIRST_RETRY_DELAY:
-                logger.info(
-                    "Checkpoint database %s is locked by PID %s; waiting up to %gs", path, holder["pid"], lock_timeout
-                )
+                logger.info("Checkpoint database %s is locked by PID %s; waiting up to %gs", path, pid, lock_timeout)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _MAX_RETRY_DELAY)
         except duckdb.Error as exc:
@@ -356,9 +390,13 @@ class DuckDBStore(CheckpointStore):
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._shared.lock:
             try:
-                return self._live_connection().execute(sql, list(params)).fetchall()
+                return self._live_connection().execute(inline_parameters(sql, params)).fetchall()
             except duckdb.Error as exc:
                 raise self._error(exc) from exc
+
+    def metadata_field(self, column: str, name: str) -> str:
+        path = sql_literal(f'$."{name}"')
+        return f"json_extract_string(NULLIF({column}, ''), {path})"
 
     def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
         with self._shared.lock:
@@ -385,6 +423,74 @@ class DuckDBStore(CheckpointStore):
             (rows,) = connection.execute(PRUNE_ROWS_SQL, [pipeline, cutoff]).fetchone()
             (events,) = connection.execute(PRUNE_EVENTS_SQL, [pipeline, cutoff]).fetchone()
         return rows, events
+
+    def reclaim_space(self) -> dict[str, Any]:
+        """Compact the file: copy what is left to a fresh file and swap it in, when that saves enough.
+
+        DuckDB keeps the pages of deleted rows (``CHECKPOINT`` does not shrink the file), so
+        the only way to give the space back is a rewrite. Under the file's lock the database
+        is copied (``COPY FROM DATABASE``: every table, index and sequence) to
+        ``<file>.compacting``, made durable, and renamed over the file only when it is at most
+        ``COMPACT_WHEN_AT_MOST`` of its size. A SIGKILL at any moment leaves the old file (the
+        copy is a side file until the rename) or the new one (the rename is atomic); a
+        leftover side file is removed by the next compaction. The fresh file is locked
+        (an open-file-description lock, which DuckDB's lock respects) from before the rename
+        until this store reopens it, so no process opens it while the old one is let go.
+        """
+        with self._shared.lock:
+            before = self.db_path.stat().st_size
+            if self._shared.stores != 1:
+                return _not_compacted(before, "another checkpoint store of this process has the file open")
+            if before < COMPACT_FROM_BYTES:
+                return _not_compacted(before, f"the file is smaller than {COMPACT_FROM_BYTES} bytes")
+            copy = self.db_path.with_name(self.db_path.name + ".compacting")
+            try:
+                fresh = self._copy_database(copy)
+                if fresh > before * COMPACT_WHEN_AT_MOST:
+                    _remove(copy)
+                    return _not_compacted(before, f"a fresh copy would take {fresh} bytes, more than {COMPACT_WHEN_AT_MOST:.0%}")
+                self._swap_in(copy)
+            except duckdb.Error as exc:
+                _remove(copy)
+                raise self._error(exc) from exc
+            after = self.db_path.stat().st_size
+        logger.info("Compacted checkpoint database %s from %d to %d bytes", self.db_path, before, after)
+        return {"action": "compacted", "reason": None, "bytes_before": before, "bytes_after": after}
+
+    def _copy_database(self, copy: Path) -> int:
+        """Write the whole database to ``copy`` (no WAL left beside it) and fsync it; its size."""
+        _remove(copy)
+        connection = self._live_connection()
+        # Everything committed is in the file: the old WAL is gone before the swap.
+        connection.execute("CHECKPOINT")
+        (name,) = connection.execute("SELECT current_database()").fetchone()
+        connection.execute(f"ATTACH {sql_literal(str(copy))} AS osaa_compacting")
+        try:
+            connection.execute(f'COPY FROM DATABASE "{name}" TO osaa_compacting')
+            fault_point(COMPACTION_COPIED)
+        finally:
+            connection.execute("DETACH osaa_compacting")
+        for leftover in (copy.with_name(copy.name + ".wal"), self.db_path.with_name(self.db_path.name + ".wal")):
+            if leftover.exists() and leftover.stat().st_size:
+                raise CheckpointError(f"Compaction of {self.db_path} stopped: {leftover} was not checkpointed")
+        _fsync(copy)
+        return copy.stat().st_size
+
+    def _swap_in(self, copy: Path) -> None:
+        """Rename ``copy`` over the file and reopen it, the fresh file locked until this store holds it."""
+        descriptor = os.open(copy, os.O_RDWR)
+        try:
+            fcntl.fcntl(descriptor, fcntl.F_OFD_SETLK, struct.pack("hhqqixxxx", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+            os.replace(copy, self.db_path)
+            _fsync(self.db_path.parent)
+            fault_point(COMPACTION_SWAPPED)
+            self._live_connection().close()
+            self._connection = None
+        finally:
+            os.close(descriptor)
+        self._shared.rows.clear()
+        self._connection = _connect(self.db_path, self.lock_timeout)
+        self._prepare()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -472,9 +578,8 @@ class DuckDBStore(CheckpointStore):
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
-        Many keys are answered by scanning the scope's rows under their common prefix and
-        keeping the wanted ones in Python: for 20k keys that takes a third of the time of
-        joining the key list inside DuckDB.
+        The keys travel as one JSON literal joined to the rows (docs/performance.md, "Store
+        growth"): the cost follows the number of keys, not the number of rows stored.
         """
         if not keys:
             return {}
@@ -483,22 +588,11 @@ class DuckDBStore(CheckpointStore):
             identity = item_id(pipeline, scope, key)
             row = self._shared.rows.get(identity) if cached else None
             if row is None:
-                found = connection.execute(_ROW_BY_ID_SQL, [identity]).fetchall()
+                found = connection.execute(_ROW_BY_ID_SQL.format(id=sql_literal(identity))).fetchall()
                 row = dict(zip(ROW_COLUMNS, found[0])) if found else None
             return {} if row is None else {key: dict(row)}
-        if len(keys) >= _SCAN_FROM_KEYS:
-            wanted = set(keys)
-            where = RowFilter(scope=scope, key_prefix=os.path.commonprefix(list(keys)))
-            condition, params = where.sql(pipeline)
-            found = connection.execute(f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition}", params).fetchall()
-            rows = (dict(zip(ROW_COLUMNS, values)) for values in found)
-            return {row["key"]: row for row in rows if row["key"] in wanted}
-        found = connection.execute(
-            f"""SELECT {_ROW_SELECT} FROM checkpoints
-                WHERE item_id IN (SELECT $prefix || unnest(from_json($keys, '["VARCHAR"]')))""",
-            {"prefix": item_id(pipeline, scope, ""), "keys": json.dumps(list(keys))},
-        ).fetchall()
-        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+        sql = _ROWS_OF_KEYS_SQL.format(prefix=sql_literal(item_id(pipeline, scope, "")), keys=sql_literal(json.dumps(list(keys))))
+        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in connection.execute(sql).fetchall()}
 
     def _rows_of_filter(self, connection: duckdb.DuckDBPyConnection, pipeline: str, where: RowFilter) -> dict[str, Row]:
         if where.scope is None:

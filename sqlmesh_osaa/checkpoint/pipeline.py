@@ -338,11 +338,14 @@ class PipelineCheckpoint:
         scope: CheckpointScope | str | None = None,
         status: CheckpointStatus | str | None = None,
         limit: int | None = None,
+        *,
+        key_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows of this pipeline, most recently updated first."""
+        """Rows of this pipeline (whose key starts with ``key_prefix``, when given), most recently updated first."""
         where = RowFilter(
             scope=None if scope is None else CheckpointScope(scope).value,
             status=None if status is None else CheckpointStatus(status).value,
+            key_prefix=key_prefix,
         )
         return self._public_rows(self._require_open().select_rows(self.pipeline_name, where, "newest", limit))
 

@@ -108,8 +108,6 @@ _ROW_UPDATE_SQL = (
     "WHERE c.pipeline = u.pipeline AND c.scope = u.scope AND c.key = u.key"
 )
 _EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
-# From this many keys a read scans their common prefix.
-_SCAN_FROM_KEYS = 1000
 # From this many events a write goes through COPY (PostgresStore._write).
 _COPY_FROM = 16
 _BATCH_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS osaa_batch (LIKE checkpoints) ON COMMIT DELETE ROWS"
@@ -204,18 +202,33 @@ class PostgresStore(CheckpointStore):
         return self._execute(sql.replace("?", "%s"), list(params))
 
     def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
-        """Rows of ``keys``; many keys are read by scanning their common prefix (measured faster than ``ANY``)."""
+        """Rows of ``keys``: index lookups on the primary key, as many as keys whatever the table's size."""
         if not keys:
             return {}
-        if len(keys) >= _SCAN_FROM_KEYS:
-            wanted = set(keys)
-            where = RowFilter(scope=scope, key_prefix=os.path.commonprefix(list(keys)))
-            return {row["key"]: row for row in self.select_rows(pipeline, where) if row["key"] in wanted}
         found = self._execute(
             f"SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
             [pipeline, scope, list(keys)],
         )
         return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+
+    def metadata_field(self, column: str, name: str) -> str:
+        quoted = "'" + name.replace("'", "''") + "'"
+        return f"(NULLIF({column}, '')::jsonb ->> {quoted})"
+
+    def reclaim_space(self) -> dict[str, Any]:
+        """``VACUUM (ANALYZE)`` both tables: pruned rows' space is reused, the files do not shrink.
+
+        Plain VACUUM marks dead rows' space free for new rows of the same table and truncates
+        empty pages at a table's end, without blocking runners; ``VACUUM FULL`` would return
+        it all to the operating system but locks the tables exclusively while it rewrites
+        them, so it is left to a maintenance window (docs/checkpoints.md).
+        """
+        sizes = "SELECT pg_total_relation_size('checkpoints') + pg_total_relation_size('checkpoint_events')"
+        (before,) = self._execute(sizes, [])[0]
+        for table in ("checkpoints", "checkpoint_events"):
+            self._execute_command(f"VACUUM (ANALYZE) {table}")
+        (after,) = self._execute(sizes, [])[0]
+        return {"action": "vacuumed", "reason": None, "bytes_before": before, "bytes_after": after}
 
     def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
         with self._transaction() as connection:
@@ -304,6 +317,14 @@ class PostgresStore(CheckpointStore):
         with self._lock:
             try:
                 return self._live_connection().execute(sql, params).fetchall()
+            except self._psycopg.Error as exc:
+                raise self._error(exc) from exc
+
+    def _execute_command(self, sql: str) -> None:
+        """A statement outside any transaction block (the connection autocommits), e.g. VACUUM."""
+        with self._lock:
+            try:
+                self._live_connection().execute(sql)
             except self._psycopg.Error as exc:
                 raise self._error(exc) from exc
 

@@ -124,6 +124,14 @@ class CheckpointStore(ABC):
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of a portable read-only query (``?`` placeholders)."""
 
+    @abstractmethod
+    def metadata_field(self, column: str, name: str) -> str:
+        """SQL for the text of top-level field ``name`` of the JSON metadata in ``column`` (NULL when absent)."""
+
+    @abstractmethod
+    def reclaim_space(self) -> dict[str, Any]:
+        """Give back the space deleted rows take (after :meth:`prune`); says what was done."""
+
     def apply(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
         """Lock and read ``target``'s rows, append ``plan``'s events and write their rows, atomically."""
         for _ in range(MAX_APPLY_ATTEMPTS):

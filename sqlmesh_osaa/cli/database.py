@@ -14,8 +14,9 @@ is gone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint, open_store
 from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.settings import get_settings
 
@@ -61,12 +62,29 @@ class CheckpointSession:
             raise UnknownPipelineError(requested, known)
         return [requested]
 
+    def store(self) -> CheckpointStore:
+        """The store every pipeline's checkpoint of this session reads, for queries across pipelines."""
+        return self._anchor().store
+
     def breaker_rejections(self) -> dict[str, int]:
         return self._anchor().store.failures_by_pipeline(error_prefix=_BREAKER_MESSAGE_PREFIX)
 
     def breaker_openings(self) -> dict[str, int]:
         """Openings as error_handler.record_breaker_transitions keeps them: each one fails its item."""
         return self._anchor().store.failures_by_pipeline(scope="operation", key_prefix=BREAKER_KEY_PREFIX)
+
+    def reclaim_space(self) -> dict[str, Any]:
+        """Close this session's checkpoints and let the store give back deleted rows' space.
+
+        A DuckDB file is compacted only by a store alone on it in this process, so the
+        session's own checkpoints are closed first and one store is opened for it.
+        """
+        self.close()
+        store = open_store(self.db_path, lock_timeout=self.lock_timeout)
+        try:
+            return store.reclaim_space()
+        finally:
+            store.close()
 
     def close(self) -> None:
         """Release the store so another process (a pipeline, ``sqlmesh run``) can open it."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from sqlmesh_osaa.checkpoint import EVENT_COLUMNS, CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import EVENT_COLUMNS, CheckpointScope, CheckpointStatus, PipelineCheckpoint, item_history
 from sqlmesh_osaa.cli.database import CheckpointSession
 
 FAILED = CheckpointStatus.FAILED.value
@@ -58,66 +57,25 @@ def failing_rows(checkpoint: PipelineCheckpoint, scope: str | None) -> list[dict
     return failed + interrupted
 
 
-def failing_since(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> datetime | None:
-    """When the current bad spell began: the first failure after the last completion (or the interrupted start)."""
-    if row["status"] != FAILED:
-        return row["started_at"]
-    since = None
-    for event in checkpoint.history(row["scope"], row["key"]):
-        if event["to_status"] == COMPLETED:
-            since = None
-        elif event["to_status"] == FAILED and since is None:
-            since = event["at"]
-    return since
-
-
 RECOVERED_SHOWN = 20
 
 
-def _time_to_recovery(checkpoint: PipelineCheckpoint, row: Mapping[str, Any]) -> tuple[datetime | None, float | None]:
-    """When the item's last failure spell began, and the seconds until it completed."""
-    spell, last = None, (None, None)
-    for event in checkpoint.history(row["scope"], row["key"]):
-        if event["to_status"] == FAILED and spell is None:
-            spell = event["at"]
-        elif event["to_status"] == COMPLETED and spell is not None:
-            last, spell = (spell, (event["at"] - spell).total_seconds()), None
-    return last
-
-
 def recovered(session: CheckpointSession, pipelines: Iterable[str], scope: str | None) -> list[dict[str, Any]]:
-    """Failures a later success superseded (``resolved_by``), most recent first, with their time to recovery."""
-    rows = [
-        row
-        for name in pipelines
-        for row in session.checkpoint(name).list(scope=scope, status=COMPLETED)
-        if (row.get("metadata") or {}).get("resolved_by")
-    ]
-    shown = []
-    for row in _recent_first(rows)[:RECOVERED_SHOWN]:
-        failed_at, seconds = _time_to_recovery(session.checkpoint(row["pipeline"]), row)
-        shown.append(
-            {
-                "pipeline": row["pipeline"],
-                "scope": row["scope"],
-                "key": row["key"],
-                "resolved_by": row["metadata"]["resolved_by"],
-                "failed_at": failed_at,
-                "recovered_at": row["completed_at"],
-                "time_to_recovery_seconds": seconds,
-            }
-        )
-    return shown
+    """Failures a later success superseded (``resolved_by``), most recent first, with their time to recovery (one query)."""
+    return item_history.superseded_failures(session.store(), list(pipelines), scope, RECOVERED_SHOWN)
 
 
 def list_failed(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, limit: int | None) -> dict[str, Any]:
+    """Failing items, when each began failing, and recent recoveries: a fixed number of queries whatever the count."""
     pipelines = list(pipelines)
     rows = _recent_first([row for name in pipelines for row in failing_rows(session.checkpoint(name), scope)])
     rows = rows[:limit] if limit else rows
+    since = item_history.failing_since(session.store(), pipelines, scope)
     items = []
     for row in rows:
         entry = item(row)
-        entry["failing_since"] = failing_since(session.checkpoint(row["pipeline"]), row)
+        failed = row["status"] == FAILED
+        entry["failing_since"] = since.get((row["pipeline"], row["scope"], row["key"])) if failed else row["started_at"]
         items.append(entry)
     return {"pipelines": pipelines, "count": len(items), "items": items, "recovered": recovered(session, pipelines, scope)}
 
@@ -163,42 +121,17 @@ def clear(
     return {"confirmed": confirm, "count": len(rows), "cleared": cleared, "items": [item(row) for row in rows]}
 
 
-def _model_of(row: Mapping[str, Any]) -> str | None:
-    return (row.get("metadata") or {}).get("model")
-
-
-def _is_file(row: Mapping[str, Any], wanted: str) -> bool:
-    recorded = row.get("file_path")
-    if not recorded:
-        return False
-    return recorded == wanted or Path(recorded) == Path(wanted).expanduser().resolve()
-
-
-def matching_keys(checkpoint: PipelineCheckpoint, scope: str | None, wanted: str) -> list[tuple[str, str]]:
-    """(scope, key) of the items ``wanted`` names: a whole key, else a model name, a raw file path or a key prefix."""
-    rows = checkpoint.list(scope=scope)
-    for rule in (
-        lambda row: row["key"] == wanted,
-        lambda row: _model_of(row) == wanted,
-        lambda row: _is_file(row, wanted),
-        lambda row: row["key"].startswith(wanted),
-    ):
-        found = sorted({(row["scope"], row["key"]) for row in rows if rule(row)})
-        if found:
-            return found
-    return [(s.value, wanted) for s in _scopes(scope)]
+def _file_spellings(wanted: str) -> list[str]:
+    """``wanted`` as a recorded file path may be spelled: as given, and resolved."""
+    return list(dict.fromkeys([wanted, str(Path(wanted).expanduser().resolve())]))
 
 
 def history(session: CheckpointSession, pipelines: Iterable[str], scope: str | None, key: str) -> dict[str, Any]:
-    """Every event of the items ``key`` names (see :func:`matching_keys`), oldest first."""
-    events = []
-    keys: set[str] = set()
-    for name in pipelines:
-        checkpoint = session.checkpoint(name)
-        for item_scope, item_key in matching_keys(checkpoint, scope, key):
-            found = checkpoint.history(item_scope, item_key)
-            if found:
-                keys.add(item_key)
-            events.extend({field: event.get(field) for field in EVENT_COLUMNS} for event in found)
+    """Every event of the items ``key`` names (see :func:`item_history.matching_items`), oldest first: two queries."""
+    store = session.store()
+    matched = item_history.matching_items(store, list(pipelines), scope, key, _file_spellings(key))
+    found = item_history.events_of(store, matched)
+    keys = {item_key for (_, _, item_key), events in found.items() if events}
+    events = [{field: event.get(field) for field in EVENT_COLUMNS} for item_events in found.values() for event in item_events]
     events.sort(key=lambda event: (event["at"], event["seq"]))
     return {"key": key, "keys": sorted(keys), "count": len(events), "events": events}

@@ -4,7 +4,9 @@ Each verb resolves its target (settings, project, database), calls the module th
 the work, and prints a table or, with ``--json``, one JSON document whose shape
 ``docs/cli.md`` documents. Kept apart from the click definitions because these imports
 (DuckDB, the core) are what a command costs; defining the commands at ``sqlmesh`` start
-must not pay for them.
+must not pay for them. Each verb imports what only it uses (object storage, the error
+handler, metrics) when it runs: a read of the checkpoint store loads neither boto3 nor the
+ingest engine (docs/performance.md, "Store growth").
 """
 
 from __future__ import annotations
@@ -16,15 +18,7 @@ from typing import Any, Mapping
 import click
 
 from sqlmesh_osaa.cli import failures, output
-from sqlmesh_osaa.cli import report as html_report
-from sqlmesh_osaa.cli import retry as retrying
-from sqlmesh_osaa.cli import transactions as transactions_module
-from sqlmesh_osaa.cli import verify as verification
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
-from sqlmesh_osaa.error_handler import ErrorHandler
-from sqlmesh_osaa.metrics import OPENMETRICS, render, write_atomically
-from sqlmesh_osaa.monitoring import database_stats
-from sqlmesh_osaa.storage import make_store
 
 
 # -- list-failed -----------------------------------------------------------------------
@@ -84,6 +78,9 @@ def retry(
     project: Path | None,
     as_json: bool,
 ) -> None:
+    from sqlmesh_osaa.cli import retry as retrying
+    from sqlmesh_osaa.storage import make_store
+
     with command_run(ctx, as_json=as_json, db=db, project=project, writes=True) as run:
         pipelines = run.session.pipelines(pipeline)
         store = make_store(run.target.settings.storage)
@@ -132,6 +129,8 @@ def clear(
 
 
 def _render_stats(report: Mapping[str, Any]) -> None:
+    from sqlmesh_osaa.cli import report as html_report
+
     rows = []
     for name, entry in report["pipelines"].items():
         ttr = entry["time_to_recovery"]
@@ -175,6 +174,9 @@ def _render_stats(report: Mapping[str, Any]) -> None:
 def stats(
     ctx: click.Context, pipeline: str | None, output_format: str, db: Path | None, project: Path | None, as_json: bool
 ) -> None:
+    from sqlmesh_osaa.metrics import OPENMETRICS, render
+    from sqlmesh_osaa.monitoring import database_stats
+
     as_json = as_json or output_format == "json"
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         names = run.session.pipelines(pipeline)
@@ -198,6 +200,10 @@ def _render_report(report: Mapping[str, Any]) -> None:
 def report(
     ctx: click.Context, html_path: Path, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool
 ) -> None:
+    from sqlmesh_osaa.cli import report as html_report
+    from sqlmesh_osaa.metrics import write_atomically
+    from sqlmesh_osaa.monitoring import database_stats
+
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         names = run.session.pipelines(pipeline)
         checkpoints = [run.session.checkpoint(name) for name in names]
@@ -224,6 +230,10 @@ def _render_verify(report: Mapping[str, Any]) -> None:
 
 
 def verify(ctx: click.Context, pipeline: str | None, limit: int | None, db: Path | None, project: Path | None, as_json: bool) -> None:
+    from sqlmesh_osaa.cli import verify as verification
+    from sqlmesh_osaa.error_handler import ErrorHandler
+    from sqlmesh_osaa.storage import make_store
+
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         settings = run.target.settings
         handler = ErrorHandler.from_settings(settings, name="object-storage")
@@ -254,6 +264,10 @@ def _render_transactions(report: Mapping[str, Any]) -> None:
 
 
 def transactions(ctx: click.Context, pipeline: str | None, include_ended: bool, db: Path | None, project: Path | None, as_json: bool) -> None:
+    from sqlmesh_osaa.cli import transactions as transactions_module
+    from sqlmesh_osaa.error_handler import ErrorHandler
+    from sqlmesh_osaa.storage import make_store
+
     with command_run(ctx, as_json=as_json, db=db, project=project) as run:
         settings = run.target.settings
         report = transactions_module.transactions(
@@ -286,6 +300,9 @@ def reconcile(
     project: Path | None,
     as_json: bool,
 ) -> None:
+    from sqlmesh_osaa.cli import transactions as transactions_module
+    from sqlmesh_osaa.storage import make_store
+
     # The store holds what recovery needs: a machine with no checkpoint database reconciles too.
     with command_run(ctx, as_json=as_json, db=db, project=project, create_db=pipeline is None, writes=True) as run:
         settings = run.target.settings
@@ -322,6 +339,11 @@ def history(ctx: click.Context, key: str, pipeline: str | None, scope: str | Non
 def _render_prune(report: Mapping[str, Any]) -> None:
     rows = list(report["pruned"].items())
     output.show(output.table(f"Pruned completed checkpoints older than {report['cutoff']:%Y-%m-%d %H:%M:%S} UTC", ["Pipeline", "Rows"], rows))
+    space = report["space"]
+    if space["action"] == "none":
+        output.note(f"Space: not reclaimed ({space['reason']}).")
+    else:
+        output.note(f"Space: {space['action']}, {space['bytes_before']} -> {space['bytes_after']} bytes (both tables and indexes).")
 
 
 def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
@@ -333,5 +355,6 @@ def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None
             "cutoff": datetime.now(timezone.utc) - age,
             "pruned": pruned,
             "total": sum(pruned.values()),
+            "space": run.session.reclaim_space() if sum(pruned.values()) else {"action": "none", "reason": "nothing was pruned", "bytes_before": None, "bytes_after": None},
         }
         run.finish(report, _render_prune, EXIT_OK)

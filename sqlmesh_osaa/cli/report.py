@@ -13,13 +13,14 @@ shows, from the checkpoint database alone:
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from html import escape
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint, item_history
 
-COMPLETED, FAILED = "completed", "failed"
+FAILED = "failed"
 SLOWEST = 12
 RECOVERIES = 20
 _WIDTH, _ROW = 760, 22
@@ -173,49 +174,48 @@ def _runs(checkpoint: PipelineCheckpoint) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda run: run["started_at"])
 
 
-def _recoveries(checkpoint: PipelineCheckpoint) -> list[tuple[str, float]]:
-    """(item, seconds) of every failure later completed, among PIPELINE and MODEL items and retried files."""
-    found = []
-    for scope in (CheckpointScope.PIPELINE, CheckpointScope.MODEL, CheckpointScope.FILE, CheckpointScope.OPERATION):
-        for row in checkpoint.list(scope=scope, status=COMPLETED):
-            if row["attempt"] < 2 and not (row["metadata"] or {}).get("resolved_by"):
-                continue
-            failed_at = None
-            for event in checkpoint.history(scope, row["key"]):
-                if event["to_status"] == FAILED and failed_at is None:
-                    failed_at = event["at"]
-                elif event["to_status"] == COMPLETED and failed_at is not None:
-                    found.append((f"{scope.value} {row['key']}", (event["at"] - failed_at).total_seconds()))
-                    failed_at = None
-    return sorted(found, key=lambda item: -item[1])[:RECOVERIES]
+def _recoveries(checkpoints: Sequence[PipelineCheckpoint]) -> list[tuple[str, float]]:
+    """(item, seconds) of the longest failures later completed, of items retried or superseded: one query."""
+    if not checkpoints:
+        return []
+    pipelines = [checkpoint.pipeline_name for checkpoint in checkpoints]
+    spells = item_history.recovery_spells(checkpoints[0].store, pipelines, retried_or_resolved=True, limit=RECOVERIES)
+    return [(f"{spell['scope']} {spell['key']}", spell["seconds"]) for spell in spells]
 
 
-def _slowest(checkpoint: PipelineCheckpoint) -> list[dict[str, Any]]:
+def _slowest(checkpoints: Sequence[PipelineCheckpoint]) -> list[dict[str, Any]]:
+    """The slowest MODEL evaluations, ordered and cut in the store (a year of daily runs is many rows)."""
+    if not checkpoints:
+        return []
+    store = checkpoints[0].store
+    duration = f"CAST({store.metadata_field('metadata', 'duration_seconds')} AS DOUBLE PRECISION)"
+    pipelines = [checkpoint.pipeline_name for checkpoint in checkpoints]
+    sql = f"""SELECT status, metadata, key FROM checkpoints
+              WHERE pipeline IN ({", ".join("?" * len(pipelines))}) AND scope = ? AND {duration} IS NOT NULL
+              ORDER BY {duration} DESC, pipeline, key LIMIT ?"""
     models = []
-    for row in checkpoint.list(scope=CheckpointScope.MODEL):
-        metadata = row["metadata"] or {}
-        if metadata.get("duration_seconds") is None:
-            continue
+    for status, metadata_text, key in store.read(sql, [*pipelines, CheckpointScope.MODEL.value, SLOWEST]):
+        metadata = json.loads(metadata_text)
         models.append(
             {
-                "model": metadata.get("model") or row["key"].split("|", 1)[0],
+                "model": metadata.get("model") or key.split("|", 1)[0],
                 "environment": metadata.get("environment"),
                 "interval": f"{metadata.get('interval_start', '')} - {metadata.get('interval_end', '')}",
                 "duration": float(metadata["duration_seconds"]),
                 "evaluation": metadata.get("evaluation_seconds"),
                 "audit": metadata.get("audit_seconds"),
-                "status": row["status"],
+                "status": status,
             }
         )
-    return sorted(models, key=lambda model: -model["duration"])[:SLOWEST]
+    return models
 
 
 def render(stats: Mapping[str, Any], checkpoints: Sequence[PipelineCheckpoint], open_failures: Sequence[Mapping[str, Any]], db_path: str) -> str:
     """The page, from ``monitoring.database_stats`` output, the checkpoints and ``list-failed``'s items."""
     runs = [run for checkpoint in checkpoints for run in _runs(checkpoint)]
     runs.sort(key=lambda run: run["started_at"])
-    recoveries = [item for checkpoint in checkpoints for item in _recoveries(checkpoint)]
-    slowest = sorted((m for c in checkpoints for m in _slowest(c)), key=lambda m: -m["duration"])[:SLOWEST]
+    recoveries = _recoveries(checkpoints)
+    slowest = _slowest(checkpoints)
     broken = len(open_failures)
     status = (
         f'<span class="status bad">{broken} open failure(s)</span>' if broken else '<span class="status ok">Nothing is broken</span>'

@@ -242,6 +242,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "cutoff": "datetime",
         "pruned": {"<pipeline>": "integer"},
         "total": "integer",
+        "space": {"action": "string", "reason": "string|null", "bytes_before": "integer|null", "bytes_after": "integer|null"},
     },
     "osaa-recover lease show": {"url": "string", "lease": LEASE},
     "osaa-recover lease break": {"url": "string", "lease": LEASE, "broken": "boolean"},

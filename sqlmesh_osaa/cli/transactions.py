@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Iterable, Mapping
 
-from sqlmesh_osaa.checkpoint import CheckpointStatus
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus
 from sqlmesh_osaa.cli.context import CliError, Target
 from sqlmesh_osaa.cli.database import CheckpointSession
 from sqlmesh_osaa.commit_log import CommitLog
@@ -53,12 +53,16 @@ def _transaction(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _journal_status(session: CheckpointSession, pipelines: list[str], transaction_id: str) -> str | None:
+def _journal_status(session: CheckpointSession, pipelines: list[str], transaction_ids: list[str]) -> dict[str, str]:
+    """Per transaction id with a journal row: awaiting_recovery (in progress) or ended; one query per pipeline."""
+    found: dict[str, str] = {}
+    keys = [journal_key(transaction_id) for transaction_id in transaction_ids]
     for name in pipelines:
-        row = session.checkpoint(name).get("operation", journal_key(transaction_id))
-        if row is not None:
-            return "awaiting_recovery" if row["status"] == CheckpointStatus.IN_PROGRESS.value else "ended"
-    return None
+        rows = session.checkpoint(name).store.read_rows(name, CheckpointScope.OPERATION.value, keys)
+        for key, row in rows.items():
+            state = "awaiting_recovery" if row["status"] == CheckpointStatus.IN_PROGRESS.value else "ended"
+            found.setdefault(key[len(JOURNAL_PREFIX) :], state)
+    return found
 
 
 def staging_areas(session: CheckpointSession, pipelines: list[str], store: ObjectStore, staging_prefix: str) -> list[dict[str, Any]]:
@@ -81,9 +85,10 @@ def staging_areas(session: CheckpointSession, pipelines: list[str], store: Objec
             area = areas.setdefault(prefix, {"prefix": prefix, "kind": "transaction", "transaction_id": parts[0], "objects": 0, "bytes": 0, "state": None})
         area["objects"] += 1
         area["bytes"] += info.size
+    journal = _journal_status(session, pipelines, [a["transaction_id"] for a in areas.values() if a["kind"] == "transaction"])
     for area in areas.values():
         if area["kind"] == "transaction":
-            area["state"] = _journal_status(session, pipelines, area["transaction_id"]) or "unknown"
+            area["state"] = journal.get(area["transaction_id"], "unknown")
     return sorted(areas.values(), key=lambda area: area["prefix"])
 
 
