@@ -36,6 +36,7 @@ SUMMARY_TITLE = "sqlmesh-osaa publication:"
 def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
     if command == "plan":
         check_unique_claims(context)
+    _refuse_if_busy(context)
     try:
         rt = _begin(context, _environment(context, args, kwargs))
     except Exception as error:
@@ -53,6 +54,21 @@ def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwar
     if command != "plan" or _applied_or_nothing_to_apply(context, result, kwargs):
         _end(context, rt)
     return result
+
+
+def _refuse_if_busy(context: Any) -> None:
+    """Open the command's warehouse connection first, so a lock another process holds is said as such.
+
+    Otherwise SQLMesh's first state read takes the refused connection for a missing state
+    ("Initializing new project state...") before the lock surfaces. Any other connection
+    problem is left to SQLMesh, which reports it its own way.
+    """
+    try:
+        context.engine_adapter.cursor
+    except Exception as error:
+        if (busy := busy_error(error)) is not None:
+            raise busy from error
+        _log.debug("sqlmesh-osaa: the warehouse connection could not be opened early: %s", error)
 
 
 def _environment(context: Any, args: Any, kwargs: dict[str, Any]) -> str:

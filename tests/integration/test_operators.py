@@ -232,13 +232,16 @@ def test_object_storage_down_announces_the_breaker_opening_once(
     assert "Environment: prod" in opened[0] and "object-storage" in opened[0]
 
 
-def test_a_second_plan_while_the_warehouse_is_held_says_so_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_plan_or_run_while_the_warehouse_is_held_says_so_without_a_traceback(command: str, tmp_path: Path) -> None:
     project = local_project(tmp_path)
     hold = [sys.executable, "-c", "import duckdb, sys, time\nc = duckdb.connect('warehouse.duckdb')\nprint('held', flush=True)\ntime.sleep(120)"]
+    arguments = ["plan", "--auto-apply", "--no-prompts"] if command == "plan" else ["run"]
     with processes.spawn(hold, cwd=project.path, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = project.plan(check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
+        result = project.sqlmesh(*arguments, check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
+    assert "Initializing new project state" not in output, output
     assert f"{project.path / 'warehouse.duckdb'} is locked by another process, PID {holder.pid}" in output
     assert "run this command again" in output
