@@ -139,6 +139,22 @@ class CheckpointError(PipelineBaseError):
     """The checkpoint store refused an operation (illegal transition, locked database)."""
 
 
+class RunnerLeaseError(CheckpointError):
+    """The runner lease of an ephemeral runner's checkpoint file stopped this runner."""
+
+
+class LeaseHeldError(RunnerLeaseError):
+    """Another runner holds a live lease: this one must not pull, write or push the files."""
+
+    default_category = ErrorCategory.TRANSIENT
+
+
+class LeaseLostError(RunnerLeaseError):
+    """This runner's lease was broken or taken over, or a newer state was pushed: it must not push."""
+
+    default_category = ErrorCategory.PERMANENT
+
+
 class TransactionError(PipelineBaseError):
     """An object-storage transaction could not be committed."""
 

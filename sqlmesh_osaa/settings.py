@@ -95,6 +95,39 @@ _DSN_PASSWORD = re.compile(r"(^|\s)password\s*=", re.IGNORECASE)
 _DSN_FIELD = re.compile(r"(host|port|dbname|user)\s*=\s*('[^']*'|\S+)")
 
 
+class SyncSettings(_Section):
+    """Ephemeral runners: the checkpoint file (and optionally SQLMesh's) kept in object storage under a lease.
+
+    ``url`` is ``s3://bucket/prefix`` (endpoint, region and addressing of ``storage:``) or a
+    directory (a local or mounted filesystem). Unset, nothing is synced. docs/checkpoints.md.
+    """
+
+    url: str | None = None
+    lease_timeout_seconds: float = Field(300.0, gt=0)
+    # Shown to other runners and operators as the lease's holder; default user@host.
+    runner_name: str | None = Field(None, min_length=1, max_length=200)
+    # The SQLMesh project's DuckDB file (state and warehouse), synced beside the checkpoints.
+    sqlmesh_state_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _bucket_url_or_directory(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if url_userinfo(value):
+            raise ValueError("must not carry a user name or password: credentials come from boto3's chain")
+        if "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError("must be s3://bucket/prefix or a directory (a path or file:///path)")
+        if value.startswith("s3://"):
+            bucket, _, prefix = value[len("s3://") :].partition("/")
+            if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", bucket):
+                raise ValueError(f"names no valid bucket: {bucket!r} (write s3://bucket/prefix)")
+            if ".." in prefix.split("/"):
+                raise ValueError("its prefix must not contain '..'")
+        return value
+
+
 class CheckpointSettings(_Section):
     """Where checkpoints live: a DuckDB file (the default) or a PostgreSQL database shared by a team."""
 
@@ -104,6 +137,7 @@ class CheckpointSettings(_Section):
     synchronous_commit: bool = True
     lock_timeout_seconds: float = Field(10.0, ge=0)
     retention_days: int = Field(30, ge=1)
+    sync: SyncSettings = SyncSettings()
 
     @field_validator("dsn")
     @classmethod
@@ -118,6 +152,11 @@ class CheckpointSettings(_Section):
     def _postgres_needs_a_dsn(self) -> CheckpointSettings:
         if self.backend == "postgres" and not self.dsn:
             raise ValueError("backend 'postgres' needs checkpoint.dsn, e.g. 'host=db.internal dbname=osaa user=osaa'")
+        if self.backend == "postgres" and self.sync.url:
+            raise ValueError(
+                "checkpoint.sync keeps a DuckDB checkpoint file in object storage; a PostgreSQL store "
+                "already outlives the runner: remove checkpoint.sync.url or use backend 'duckdb'"
+            )
         return self
 
 
@@ -265,17 +304,28 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
         if len(path) == 1:
             logger.debug("Ignoring %s: settings variables look like %s<SECTION>__<KEY>", name, ENV_PREFIX)
             continue
-        if len(path) != 2 or not all(path):
+        if len(path) > 3 or not all(path):
             raise ConfigurationError(
-                f"Environment variable must look like {ENV_PREFIX}<SECTION>{ENV_SECTION_SEPARATOR}<KEY>",
+                f"Environment variable must look like {ENV_PREFIX}<SECTION>{ENV_SECTION_SEPARATOR}<KEY> "
+                f"(or {ENV_PREFIX}<SECTION>{ENV_SECTION_SEPARATOR}<SUBSECTION>{ENV_SECTION_SEPARATOR}<KEY>)",
                 setting=name,
                 value=value,
                 source="environment",
             )
-        section, key = path
-        overrides.setdefault(section, {})[key] = value
-        sources[(section, key)] = f"environment variable {name}"
-        sources.setdefault((section,), f"environment variable {name}")
+        target = overrides
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigurationError(
+                    "Environment variables set both a setting and keys inside it",
+                    setting=name,
+                    value=value,
+                    source="environment",
+                )
+        target[path[-1]] = value
+        for length in range(1, len(path) + 1):
+            sources.setdefault(tuple(path[:length]), f"environment variable {name}")
+        sources[tuple(path)] = f"environment variable {name}"
     return overrides, sources
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import textwrap
 import threading
 import time
@@ -553,4 +554,29 @@ class DuckDBStore(CheckpointStore):
             self._shared.remember(item_id(pipeline, row["scope"], row["key"]), row)
         for key in deleted:
             self._shared.rows.pop(item_id(pipeline, events[0]["scope"], key), None)
+
+
+
+def copy_consistent(db_path: str | Path, target: str | Path, lock_timeout: float) -> None:
+    """Write a consistent copy of the checkpoint file to ``target`` (the ephemeral runner's push).
+
+    Under the file's lock no transaction of this process is in flight; ``CHECKPOINT`` moves
+    the WAL into the file, so its bytes alone are the database. A file no store of this process
+    has open is opened for the copy (taking DuckDB's lock, so no other process writes it).
+    """
+    path = Path(db_path).expanduser().resolve()
+    with _OPEN_FILES_GUARD:
+        shared = _OPEN_FILES.get(str(path))
+        lock = shared.lock if shared is not None else threading.RLock()
+        with lock:
+            connection = _connect(path, lock_timeout)
+            try:
+                connection.execute("CHECKPOINT")
+                shutil.copyfile(path, target)
+            except duckdb.Error as exc:
+                raise CheckpointError(
+                    f"Cannot copy checkpoint database {path}: {exc}", category=categorize_error(exc), db_path=str(path)
+                ) from exc
+            finally:
+                connection.close()
 

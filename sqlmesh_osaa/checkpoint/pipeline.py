@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlmesh_osaa.checkpoint import sync
 from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
@@ -238,6 +239,7 @@ class PipelineCheckpoint:
         """
         path = None if file_path is None else str(file_path)
         self._transition(scope, [key], COMPLETED, [path], [fingerprint or checksum], metadata=metadata)
+        self._after_mark(scope)
 
     def mark_failed(
         self,
@@ -259,6 +261,13 @@ class PipelineCheckpoint:
             # Any exception's text may carry a credential: none is stored.
             error=(redact(error_message), _category_value(category)),
         )
+        self._after_mark(scope)
+
+    @staticmethod
+    def _after_mark(scope: CheckpointScope | str) -> None:
+        """A PIPELINE item ended: an ephemeral runner pushes its checkpoint file now."""
+        if CheckpointScope(scope) is CheckpointScope.PIPELINE:
+            sync.pipeline_checkpoint_recorded()
 
     def update_metadata(self, scope: CheckpointScope | str, key: str, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into an existing item's row, durably, without changing its state."""

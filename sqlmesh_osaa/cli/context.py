@@ -14,14 +14,16 @@ missing or locked) ends as one message and exit code 2, never as a traceback.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any, Callable, Iterator, Mapping
 
 import click
 
 from sqlmesh_osaa.cli import output
+from sqlmesh_osaa.checkpoint import sync
 from sqlmesh_osaa.cli.database import CheckpointSession, MissingDatabaseError, UnknownPipelineError
 from sqlmesh_osaa.exceptions import ConfigurationError, PipelineBaseError
 from sqlmesh_osaa.settings import OsaaSettings, load_settings, set_settings
@@ -144,18 +146,36 @@ class Run:
 
 @contextmanager
 def command_run(
-    ctx: click.Context, *, as_json: bool, db: Path | None, project: Path | None, create_db: bool = False
+    ctx: click.Context,
+    *,
+    as_json: bool,
+    db: Path | None,
+    project: Path | None,
+    create_db: bool = False,
+    writes: bool = False,
 ) -> Iterator[Run]:
-    """Resolve the target and open its database; turn failures into a message and exit code 2."""
+    """Resolve the target and open its database; turn failures into a message and exit code 2.
+
+    With ``checkpoint.sync.url`` (ephemeral runners), a command that ``writes`` takes the
+    runner lease and pulls the checkpoint file first and pushes it back at the end; one that
+    only reads looks at a private copy of the last pushed file.
+    """
     db_path: Path | None = None
     try:
         target = resolve_target(ctx, project, db)
         db_path = target.db_path
-        session = CheckpointSession(db_path, target.settings.checkpoint.lock_timeout_seconds, create=create_db)
-        try:
+        with ExitStack() as stack:
+            if writes:
+                synced = sync.begin(target.settings, command=ctx.command_path, write=True, project_dir=target.project_dir)
+                stack.callback(sync.end, synced)
+            else:
+                pulled = sync.pull_for_reading(target.settings, Path(stack.enter_context(TemporaryDirectory(prefix="osaa-pulled-"))))
+                if pulled is not None:
+                    target = replace(target, db_path=pulled)
+                    db_path = pulled
+            session = CheckpointSession(db_path, target.settings.checkpoint.lock_timeout_seconds, create=create_db)
+            stack.callback(session.close)
             yield Run(ctx, target, session, as_json)
-        finally:
-            session.close()
     except CliError as error:
         _fail(ctx, str(error), error.exit_code, as_json, db_path)
     except MissingDatabaseError:

@@ -104,7 +104,7 @@ def run(
     pipeline: str,
     **target_options: Any,
 ) -> None:
-    with command_run(ctx, create_db=True, **target_options) as run:
+    with command_run(ctx, create_db=True, writes=True, **target_options) as run:
         settings = run.target.settings
         env_prefix = landing_prefix(settings.environments.prefix_for, environment, prefix)
         request = IngestRequest(raw_dir, env_prefix, pattern=pattern, source=source, verify_checksum=verify_checksum)

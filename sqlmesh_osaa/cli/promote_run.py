@@ -35,7 +35,7 @@ def run(
     pipeline: str,
     **target_options: Any,
 ) -> None:
-    with command_run(ctx, create_db=True, **target_options) as run:
+    with command_run(ctx, create_db=True, writes=True, **target_options) as run:
         settings = run.target.settings
         try:
             result = promote_prefix(

@@ -200,3 +200,39 @@ def prune(ctx: click.Context, **params: Any) -> None:
     time to recovery is measured from.
     """
     _recover_run().prune(ctx, **params)
+
+
+@recover.group("lease")
+def lease() -> None:
+    """Inspect or break the runner lease of ephemeral runners (checkpoint.sync).
+
+    A runner holds the lease while it works on the synced checkpoint file; a runner that was
+    killed leaves it until it expires (checkpoint.sync.lease_timeout_seconds).
+    """
+
+
+@lease.command("show")
+@options.project
+@options.json_output
+@click.pass_context
+def lease_show(ctx: click.Context, **params: Any) -> None:
+    """Show who holds the runner lease, since when, and until when. Exit 1 while a runner holds it."""
+    from sqlmesh_osaa.cli import lease_run
+
+    lease_run.show(ctx, **params)
+
+
+@lease.command("break")
+@click.option("--force", is_flag=True, help="Also break a lease that has not expired (its holder may still be running).")
+@options.project
+@options.json_output
+@click.pass_context
+def lease_break(ctx: click.Context, **params: Any) -> None:
+    """Release an expired runner lease now, so the next runner need not wait; a live one only with --force.
+
+    A holder that is still running finds out at its next heartbeat or push, which then fail
+    without overwriting anything.
+    """
+    from sqlmesh_osaa.cli import lease_run
+
+    lease_run.break_(ctx, **params)

@@ -84,7 +84,7 @@ def retry(
     project: Path | None,
     as_json: bool,
 ) -> None:
-    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+    with command_run(ctx, as_json=as_json, db=db, project=project, writes=True) as run:
         pipelines = run.session.pipelines(pipeline)
         store = make_store(run.target.settings.storage)
         outcomes = retrying.retry(run.session, run.target, store, pipelines, scope, key, apply)
@@ -123,7 +123,7 @@ def clear(
     project: Path | None,
     as_json: bool,
 ) -> None:
-    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+    with command_run(ctx, as_json=as_json, db=db, project=project, writes=confirm) as run:
         report = failures.clear(run.session, run.session.pipelines(pipeline), scope, status, key, confirm)
         run.finish(report, _render_clear, EXIT_OK)
 
@@ -287,7 +287,7 @@ def reconcile(
     as_json: bool,
 ) -> None:
     # The store holds what recovery needs: a machine with no checkpoint database reconciles too.
-    with command_run(ctx, as_json=as_json, db=db, project=project, create_db=pipeline is None) as run:
+    with command_run(ctx, as_json=as_json, db=db, project=project, create_db=pipeline is None, writes=True) as run:
         settings = run.target.settings
         report = transactions_module.reconcile(
             run.session, run.target, run.session.pipelines(pipeline), make_store(settings.storage), list(environments), not no_publish
@@ -325,7 +325,7 @@ def _render_prune(report: Mapping[str, Any]) -> None:
 
 
 def prune(ctx: click.Context, older_than: timedelta | None, pipeline: str | None, db: Path | None, project: Path | None, as_json: bool) -> None:
-    with command_run(ctx, as_json=as_json, db=db, project=project) as run:
+    with command_run(ctx, as_json=as_json, db=db, project=project, writes=True) as run:
         age = older_than if older_than is not None else timedelta(days=run.target.settings.checkpoint.retention_days)
         pruned = {name: run.session.checkpoint(name).prune(age) for name in run.session.pipelines(pipeline)}
         report = {

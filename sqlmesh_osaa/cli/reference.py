@@ -57,7 +57,10 @@ def _commands() -> Iterator[tuple[str, click.Command]]:
     yield "osaa-recover", recover
     for path in shapes.SHAPES:
         if path.startswith("osaa-recover "):
-            yield path, recover.commands[path.split(" ", 1)[1]]
+            command: click.Command = recover
+            for name in path.split(" ")[1:]:
+                command = command.commands[name]  # type: ignore[attr-defined]
+            yield path, command
     yield "osaa-ingest", ingest
     yield "osaa-promote", promote
 

@@ -88,6 +88,19 @@ PIPELINE_STATS: dict[str, Any] = {
     "published": {"<environment>": {"objects": "integer", "bytes": "integer"}},
 }
 
+# The runner lease of ephemeral runners (checkpoint.sync); state: live | expired | released.
+LEASE: dict[str, Any] = {
+    "holder": {"runner": "string", "host": "string", "pid": "integer", "ci_job": "string|null", "command": "string|null"},
+    "token": "string",
+    "acquired_at": "datetime",
+    "heartbeat_at": "datetime",
+    "expires_at": "datetime",
+    "timeout_seconds": "number",
+    "released": "boolean",
+    "format": "integer",
+    "state": "string",
+}
+
 ERROR: dict[str, Any] = {"error": {"message": "string", "exit_code": "integer", "db_path": "string|null"}}
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -230,6 +243,8 @@ SHAPES: dict[str, dict[str, Any]] = {
         "pruned": {"<pipeline>": "integer"},
         "total": "integer",
     },
+    "osaa-recover lease show": {"url": "string", "lease": LEASE},
+    "osaa-recover lease break": {"url": "string", "lease": LEASE, "broken": "boolean"},
     "osaa-ingest": {
         "db_path": "string",
         "pipeline": "string",
@@ -254,7 +269,12 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 # Top-level objects that may be null instead (objects have no "|null" spelling), and when.
-NULLABLE_OBJECTS = {("osaa-recover reconcile", "sqlmesh"): "outside a SQLMesh project"}
+NULLABLE_OBJECTS = {
+    ("osaa-recover reconcile", "sqlmesh"): "outside a SQLMesh project",
+    ("osaa-recover lease show", "lease"): "when no runner has synced there yet",
+    ("osaa-recover lease break", "lease"): "when no runner has synced there yet",
+}
+LEASE_COULD_NOT_LOOK = "usage or configuration error (checkpoint.sync.url not set), or the bucket could not be read"
 
 COULD_NOT_LOOK = "usage or configuration error, or the checkpoint database is missing or locked by another process"
 
@@ -273,6 +293,12 @@ EXIT_CODES: dict[str, dict[int, str]] = {
     "osaa-recover reconcile": {0: "everything was recovered", 1: "a transaction could not be recovered", 2: COULD_NOT_LOOK + "; or SQLMesh state could not be read"},
     "osaa-recover history": {0: "events shown", 2: COULD_NOT_LOOK + "; or --key names no item"},
     "osaa-recover prune": {0: "pruned", 2: COULD_NOT_LOOK},
+    "osaa-recover lease show": {0: "no runner holds the lease (none yet, released or expired)", 1: "a runner holds a live lease", 2: LEASE_COULD_NOT_LOOK},
+    "osaa-recover lease break": {
+        0: "the lease was broken, or there was none to break (released or absent)",
+        1: "the lease is live and --force was not given: nothing changed",
+        2: LEASE_COULD_NOT_LOOK,
+    },
     "osaa-ingest": {0: "every file landed or was unchanged", 1: "a file failed (the others landed)", 2: COULD_NOT_LOOK + "; or RAW_DIR is missing"},
     "osaa-promote": {0: "promoted (or, with --dry-run, planned)", 1: "the promotion failed; --to is unchanged, or rolled forward by `reconcile`", 2: COULD_NOT_LOOK + "; or the prefixes overlap, or --from is empty"},
 }

@@ -4,7 +4,8 @@ A second ``sqlmesh plan``/``run`` while one is running finds the warehouse (or t
 database) locked: DuckDB allows one writer process per file. SQLMesh's CLI prints its own
 errors as one ``Error:`` line but lets a DuckDB ``IOException`` escape as a traceback, so the
 plan wrapper turns a lock found before the plan into a ``SQLMeshError`` naming the file, the
-process holding it and what to do.
+process holding it and what to do. The runner lease of ephemeral runners (another runner
+holds it, or this one lost it) is said the same way.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import re
 
 from sqlmesh.utils.errors import SQLMeshError
 
-from sqlmesh_osaa.exceptions import CheckpointError
+from sqlmesh_osaa.exceptions import CheckpointError, RunnerLeaseError
 
 _DUCKDB_LOCK = re.compile(r'Could not set lock on file "(?P<path>[^"]+)": Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)')
 
 
 def busy_error(error: BaseException) -> SQLMeshError | None:
     """The clear error for a database locked by another process, or None for any other failure."""
-    if isinstance(error, CheckpointError) and "locked by another process" in str(error):
+    if isinstance(error, RunnerLeaseError) or (isinstance(error, CheckpointError) and "locked by another process" in str(error)):
         return SQLMeshError(f"sqlmesh-osaa: {error}")
     match = next(filter(None, (_DUCKDB_LOCK.search(str(cause)) for cause in _causes(error))), None)
     if match is None:

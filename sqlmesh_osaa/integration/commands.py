@@ -36,7 +36,6 @@ SUMMARY_TITLE = "sqlmesh-osaa publication:"
 def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> Any:
     if command == "plan":
         check_unique_claims(context)
-    _refuse_if_busy(context)
     try:
         rt = _begin(context, _environment(context, args, kwargs))
     except Exception as error:
@@ -57,11 +56,12 @@ def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwar
 
 
 def _refuse_if_busy(context: Any) -> None:
-    """Open the command's warehouse connection first, so a lock another process holds is said as such.
+    """Open the command's warehouse connection before SQLMesh's first state read.
 
-    Otherwise SQLMesh's first state read takes the refused connection for a missing state
-    ("Initializing new project state...") before the lock surfaces. Any other connection
-    problem is left to SQLMesh, which reports it its own way.
+    Otherwise that read takes a connection refused by a lock for a missing state
+    ("Initializing new project state...") before the lock surfaces. Called after
+    ``runtime.activate``, which pulls an ephemeral runner's synced files before anything
+    opens them. Any other connection problem is left to SQLMesh, which reports it its own way.
     """
     try:
         context.engine_adapter.cursor
@@ -82,6 +82,7 @@ def _begin(context: Any, environment: str) -> runtime.Runtime:
     )
     # Before the first object-store call of the command: reconciliation may open the breaker.
     notifications.watch_breaker(rt, environment)
+    _refuse_if_busy(context)
     rt.begin_command(context.state_sync)
     try:
         reconcile_leftovers(rt, context.state_sync, context.engine_adapter)

@@ -12,6 +12,7 @@ project plan`` and ``cd project && sqlmesh plan`` use the same files.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import tempfile
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import PipelineCheckpoint, sync
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.settings import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, OsaaSettings, load_settings, set_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
@@ -93,6 +94,7 @@ def activate(
         project = Path(project_dir or cli_dir or Path.cwd()).resolve()
         settings = resolve_paths(_load(variables if variables is not None else cli_variables, project), project)
         set_settings(settings)
+        _begin_sync(settings, project)
         checkpoint = PipelineCheckpoint(pipeline_name or cli_project or DEFAULT_PIPELINE, settings.checkpoint.db_path)
         _runtime = Runtime(
             settings=settings,
@@ -104,6 +106,24 @@ def activate(
         )
         _log.info("sqlmesh-osaa enabled for %s (store %r)", project, _runtime.store)
         return _runtime
+
+
+def _begin_sync(settings: OsaaSettings, project: Path) -> None:
+    """Ephemeral runners: lease and pull before anything opens the files; push and release at exit.
+
+    The exit hook is registered before the PIPELINE checkpoint's (``pipeline_runs``), so it
+    runs after it: the final push holds the command's outcome.
+    """
+    synced = sync.begin(settings, command=f"sqlmesh {cli_command()}", write=True, project_dir=project)
+    if synced is not None:
+        atexit.register(_end_sync, synced)
+
+
+def _end_sync(synced: sync.RunnerSync) -> None:
+    try:
+        sync.end(synced)
+    except Exception:
+        _log.exception("sqlmesh-osaa could not push the checkpoint state at exit")
 
 
 def require() -> Runtime:

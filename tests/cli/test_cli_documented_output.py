@@ -13,6 +13,7 @@ from sqlmesh_osaa.cli.recover import recover
 from sqlmesh_osaa.cli.shapes import ERROR, EXIT_CODES, SHAPES
 
 VERBS = ["list-failed", "retry", "clear", "stats", "report", "verify", "transactions", "reconcile", "history", "prune"]
+GROUPS = {"lease": ["show", "break"]}
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
@@ -33,8 +34,8 @@ def test_docs_cli_md_is_generated_from_the_click_definitions() -> None:
 
 
 def test_every_verb_of_the_issue_has_a_documented_shape_and_exit_codes() -> None:
-    assert sorted(recover.commands) == sorted(VERBS)
-    for verb in VERBS:
+    assert sorted(recover.commands) == sorted([*VERBS, *GROUPS])
+    for verb in [*VERBS, *(f"{group} {sub}" for group, subs in GROUPS.items() for sub in subs)]:
         assert f"osaa-recover {verb}" in SHAPES and f"osaa-recover {verb}" in EXIT_CODES
 
 
