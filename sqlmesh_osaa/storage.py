@@ -199,7 +199,7 @@ def _is_hex_md5(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def _key_problem(key: object) -> str | None:
+def key_problem(key: object) -> str | None:
     """Why a key cannot be stored portably, or None; a filesystem would alias or escape these."""
     if not isinstance(key, str) or not key:
         return "keys must be non-empty strings"
@@ -222,7 +222,7 @@ def _prefix_problem(prefix: object) -> str | None:
     directory, _, _ = prefix.rpartition("/")
     if not directory:
         return "prefixes must be relative (no leading '/')" if prefix.startswith("/") else None
-    return _key_problem(directory)
+    return key_problem(directory)
 
 
 def _metadata_name_problem(name: str) -> str | None:
@@ -426,7 +426,7 @@ class ObjectStore(ABC):
         return result
 
     def _check_key(self, key: str, operation: str) -> None:
-        problem = _key_problem(key)
+        problem = key_problem(key)
         if problem:
             raise self._permanent(f"Invalid object key {key!r}: {problem}", operation, key=key)
 

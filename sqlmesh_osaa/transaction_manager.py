@@ -72,7 +72,7 @@ from sqlmesh_osaa.exceptions import (
 )
 from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, AFTER_STAGING, fault_point
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, make_store
+from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, key_problem, make_store
 
 _log = logging.getLogger(__name__)
 
@@ -334,14 +334,38 @@ class TransactionManager:
         Their FILE checkpoints are started in one batch before any upload begins.
         """
         accepting = self._accepting_work()
-        if accepting and uploads:
+        refused = {index: error for index, upload in enumerate(uploads) if (error := self._refused(upload.key))}
+        staging = [upload for index, upload in enumerate(uploads) if index not in refused]
+        if accepting and staging:
             self.checkpoint.mark_started_many(
-                CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in uploads], force=True
+                CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in staging], force=True
             )
-        if len(uploads) == 1:
-            return [self._stage(uploads[0], accepting)]
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
-            return list(pool.map(lambda upload: self._stage(upload, accepting), uploads))
+        if len(staging) <= 1:
+            staged = [self._stage(upload, accepting) for upload in staging]
+        else:
+            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
+                staged = list(pool.map(lambda upload: self._stage(upload, accepting), staging))
+        outcomes = iter(staged)
+        return [
+            UploadOutcome(upload, error=refused[index]) if index in refused else next(outcomes)
+            for index, upload in enumerate(uploads)
+        ]
+
+    def _refused(self, key: str) -> TransactionError | None:
+        """Why ``key`` can never be stored, before anything is staged or recorded for it."""
+        problem = key_problem(key)
+        if problem is None:
+            return None
+        return TransactionError(
+            f"Object key {key!r} is refused: {problem}. Nothing was staged or recorded for it; "
+            "give a key relative to the bucket, such as 'prod/landing/sdg/indicators.parquet'",
+            category=ErrorCategory.PERMANENT,
+            transaction_id=self.transaction_id,
+        )
+
+    def _check_key(self, key: str) -> None:
+        if (error := self._refused(key)) is not None:
+            raise error
 
     def prefetch_production(self, prefix: str) -> None:
         """List ``prefix`` once so staging compares MD5s without one HEAD request per object.
@@ -400,6 +424,7 @@ class TransactionManager:
 
     def stage_copy(self, source_key: str, s3_key: str) -> StagedPut:
         """Stage a server-side copy of an existing object (promotion): no bytes pass through here."""
+        self._check_key(s3_key)
         accepting = self._accepting_work()
         source = self._retry(self.store.head, source_key, operation="HeadObject")
         if source is None:
@@ -418,6 +443,7 @@ class TransactionManager:
 
     def delete(self, s3_key: str) -> None:
         """Delete ``s3_key`` from production when (and only when) the transaction commits."""
+        self._check_key(s3_key)
         if self._accepting_work():
             self.manifest.deletes.append(s3_key)
 

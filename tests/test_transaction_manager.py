@@ -16,6 +16,7 @@ from sqlmesh_osaa.fault_points import AFTER_STAGING
 from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import (
     TransactionManager,
+    Upload,
     journal_key,
     recover_transactions,
 )
@@ -158,6 +159,46 @@ def test_upload_after_commit_is_an_error(store, checkpoint, tmp_path):
     t.commit()
     with pytest.raises(TransactionError):
         t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+
+
+REFUSED_KEYS = ["../etc/passwd", "/abs/a.parquet", "", "/landing/sdg/a.parquet", "prod/./a.parquet"]
+
+
+@pytest.mark.parametrize("key", REFUSED_KEYS)
+def test_a_refused_key_leaves_no_file_checkpoint_and_the_message_names_it_and_what_to_do(key, store, checkpoint, tmp_path):
+    source = write(tmp_path / "a.csv", "a")
+    with pytest.raises(TransactionError) as refused:
+        with txn(store, checkpoint) as t:
+            t.upload_file(source, key, source_path=source)
+    assert f"Object key {key!r} is refused" in str(refused.value)
+    assert "give a key relative to the bucket" in str(refused.value)
+    assert checkpoint.get(CheckpointScope.FILE, key) is None
+    assert checkpoint.get_pending(CheckpointScope.FILE) == []
+    operation = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))
+    assert operation["status"] == "failed" and f"{key!r} is refused" in operation["error_message"]
+    assert keys(store) == []
+
+
+def test_a_refused_key_in_a_batch_is_its_own_failure_and_the_good_files_commit(store, checkpoint, tmp_path):
+    good, bad = write(tmp_path / "good.csv", "good"), write(tmp_path / "bad.csv", "bad")
+    with txn(store, checkpoint) as t:
+        outcomes = t.upload_many([Upload(bad, "../bad.parquet"), Upload(good, "prod/good.parquet")])
+    assert [o.upload.key for o in outcomes] == ["../bad.parquet", "prod/good.parquet"]
+    assert "'../bad.parquet' is refused" in str(outcomes[0].error) and outcomes[1].error is None
+    assert keys(store) == ["prod/good.parquet"]
+    assert checkpoint.get(CheckpointScope.FILE, "../bad.parquet") is None
+    assert checkpoint.get(CheckpointScope.FILE, "prod/good.parquet")["status"] == "completed"
+
+
+@pytest.mark.parametrize("stage", ["delete", "stage_copy"])
+def test_a_refused_destination_of_a_delete_or_copy_is_refused_before_the_commit(stage, store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    t = txn(store, checkpoint)
+    with pytest.raises(TransactionError, match="'/prod/a.parquet' is refused"):
+        t.delete("/prod/a.parquet") if stage == "delete" else t.stage_copy("prod/a.parquet", "/prod/a.parquet")
+    t.commit()
+    assert keys(store) == ["prod/a.parquet"]
 
 
 def test_recovery_rolls_back_an_open_transaction_of_a_killed_process(store, tmp_path):

@@ -55,6 +55,22 @@ def around(command: str, context: Any, call: Callable[..., Any], args: Any, kwar
     return result
 
 
+def _refuse_if_busy(context: Any) -> None:
+    """Open the command's warehouse connection before SQLMesh's first state read.
+
+    Otherwise that read takes a connection refused by a lock for a missing state
+    ("Initializing new project state...") before the lock surfaces. Called after
+    ``runtime.activate``, which pulls an ephemeral runner's synced files before anything
+    opens them. Any other connection problem is left to SQLMesh, which reports it its own way.
+    """
+    try:
+        context.engine_adapter.cursor
+    except Exception as error:
+        if (busy := busy_error(error)) is not None:
+            raise busy from error
+        _log.debug("sqlmesh-osaa: the warehouse connection could not be opened early: %s", error)
+
+
 def _environment(context: Any, args: Any, kwargs: dict[str, Any]) -> str:
     """The environment the command works on, as SQLMesh resolves it (``plan``/``run`` take it first)."""
     return kwargs.get("environment") or (args[0] if args else None) or context.config.default_target_environment
@@ -66,6 +82,7 @@ def _begin(context: Any, environment: str) -> runtime.Runtime:
     )
     # Before the first object-store call of the command: reconciliation may open the breaker.
     notifications.watch_breaker(rt, environment)
+    _refuse_if_busy(context)
     rt.begin_command(context.state_sync)
     try:
         reconcile_leftovers(rt, context.state_sync, context.engine_adapter)

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +26,10 @@ from support import processes
 from support.png import colours
 from support.webhook import Webhook
 
-from sqlmesh_project import Completed, Project, local_project, s3_project
+from sqlmesh_project import COMMAND_TIMEOUT, Completed, Project, local_project, s3_project
+
+from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+from sqlmesh_osaa.transaction_manager import TransactionManager
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +38,7 @@ FIXED_ROW = NULL_VALUE_ROW.replace("2022,,,", "2022,5.0,,")
 CHROMIUM_TIMEOUT = 120
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 RED, GREEN = (0xD9, 0x30, 0x25), (0x34, 0xA8, 0x53)
+EXPORT_KEY = "prod/indicators/indicators.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -232,13 +237,49 @@ def test_object_storage_down_announces_the_breaker_opening_once(
     assert "Environment: prod" in opened[0] and "object-storage" in opened[0]
 
 
-def test_a_second_plan_while_the_warehouse_is_held_says_so_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.s3
+def test_a_second_writer_taking_the_export_key_during_a_plan_sends_exactly_one_conflict_notification(
+    tmp_path: Path, webhook: Webhook, s3_server: str, fault_proxy: Any, s3_credentials_for_tests: None
+) -> None:
+    """The plan's publication is held at its first staged copy; meanwhile another writer commits the export key."""
+    project = s3_project(tmp_path, s3_server)
+    project.env.update(OSAA_STORAGE__ENDPOINT_URL=fault_proxy.url)
+    notify_to(project, webhook.url)
+    held = fault_proxy.hold_next(["CopyObject"], path_contains="/_osaa/versions/publish-")
+    before = len(webhook.received)
+    finished: list[Completed] = []
+    plan = threading.Thread(target=lambda: finished.append(project.plan(check=False)))
+    plan.start()
+    try:
+        assert held.reached.wait(COMMAND_TIMEOUT), "the plan never staged its publication"
+        other = tmp_path / "other.parquet"
+        other.write_bytes(b"what the other writer publishes")
+        with PipelineCheckpoint("other-writer", tmp_path / "other.duckdb") as checkpoint:
+            with TransactionManager(store=project.store, checkpoint=checkpoint, recover=False) as writer:
+                writer.upload_file(other, EXPORT_KEY)
+    finally:
+        held.release()
+        plan.join(COMMAND_TIMEOUT)
+    (result,) = finished
+    assert result.returncode != 0, result.stdout
+    received = webhook.received[before:]
+    assert len(received) == 1, received
+    text = json.dumps(received[0])
+    assert "sqlmesh-osaa: transaction conflict" in text and "Environment: prod" in text
+    assert "Model: osaa.indicators_export" in text
+    assert f"TransactionConflictError: Transaction {writer.transaction_id} committed '{EXPORT_KEY}' first" in text
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+def test_a_plan_or_run_while_the_warehouse_is_held_says_so_without_a_traceback(command: str, tmp_path: Path) -> None:
     project = local_project(tmp_path)
     hold = [sys.executable, "-c", "import duckdb, sys, time\nc = duckdb.connect('warehouse.duckdb')\nprint('held', flush=True)\ntime.sleep(120)"]
+    arguments = ["plan", "--auto-apply", "--no-prompts"] if command == "plan" else ["run"]
     with processes.spawn(hold, cwd=project.path, stdout=subprocess.PIPE, text=True) as holder:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        result = project.plan(check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
+        result = project.sqlmesh(*arguments, check=False, extra_env={"OSAA_CHECKPOINT__LOCK_TIMEOUT_SECONDS": "0.5"})
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output
+    assert "Initializing new project state" not in output, output
     assert f"{project.path / 'warehouse.duckdb'} is locked by another process, PID {holder.pid}" in output
     assert "run this command again" in output

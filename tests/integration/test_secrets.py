@@ -110,7 +110,9 @@ def story(tmp_path_factory: pytest.TempPathFactory, s3_server: str, s3_credentia
     boto_env = {k: v for k, v in project.env.items() if k != "OSAA_STORAGE__ENDPOINT_URL"}
     story.password_url += failing_commands(project, {**boto_env, "AWS_ENDPOINT_URL": with_password})
     down = f"http://127.0.0.1:{free_port()}"
-    story.endpoint_down = failing_commands(project, {**project.env, "OSAA_STORAGE__ENDPOINT_URL": down})
+    # Every retry still happens and is logged; only the waits between them are shortened.
+    quick_retries = {"OSAA_RETRY__INITIAL_DELAY": "0.01", "OSAA_RETRY__MAX_DELAY": "0.05"}
+    story.endpoint_down = failing_commands(project, {**project.env, **quick_retries, "OSAA_STORAGE__ENDPOINT_URL": down})
     return story
 
 

@@ -5,7 +5,8 @@ forwarded unchanged (method, path, query, headers including the signature, body)
 answer is streamed back, so the upstream server sees exactly what the client sent; only the
 framing of a body (Content-Length or chunked) is re-encoded, never its bytes. Fault rules
 decide per request, by S3 operation, whether to answer with an S3 error instead, drop the
-connection with a TCP reset, or delay. Path-style addressing only (the proxy is an IP).
+connection with a TCP reset, delay, or hold it until the test releases it. Path-style
+addressing only (the proxy is an IP).
 """
 
 from __future__ import annotations
@@ -126,9 +127,24 @@ class RecordedRequest:
     fault: str | None
 
 
+class Hold:
+    """A request the proxy keeps waiting: ``reached`` is set when it arrives, ``release()`` forwards it."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._released = threading.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_for_release(self, timeout: float) -> None:
+        self.reached.set()
+        self._released.wait(timeout)
+
+
 @dataclass
 class _Rule:
-    kind: str  # "fail" | "reset" | "delay"
+    kind: str  # "fail" | "reset" | "delay" | "hold"
     operations: frozenset[str] | None
     remaining: int | None  # None: until clear()
     probability: float = 1.0
@@ -136,9 +152,13 @@ class _Rule:
     status: int = 503
     code: str = "ServiceUnavailable"
     seconds: float = 0.0
+    path_contains: str | None = None
+    hold: Hold | None = None
 
-    def fires(self, operation: str) -> bool:
+    def fires(self, operation: str, target: str) -> bool:
         if self.operations is not None and operation not in self.operations:
+            return False
+        if self.path_contains is not None and self.path_contains not in target:
             return False
         if self.remaining is not None and self.remaining <= 0:
             return False
@@ -234,6 +254,16 @@ class FaultProxy:
         """Hold the next ``n`` matching requests for ``seconds`` before forwarding them."""
         self._add(_Rule("delay", _operations(operations), n, seconds=seconds))
 
+    def hold_next(self, operations: Iterable[str], path_contains: str, timeout: float = 120.0) -> Hold:
+        """Keep the next matching request (operation and a part of its path) waiting until released.
+
+        The request is forwarded unchanged once ``release()`` is called, or after ``timeout``
+        seconds, so a test that fails never leaves a client hanging.
+        """
+        hold = Hold()
+        self._add(_Rule("hold", _operations(operations), 1, seconds=timeout, path_contains=path_contains, hold=hold))
+        return hold
+
     def clear(self) -> None:
         """Remove every fault rule (counters are kept)."""
         with self._lock:
@@ -267,11 +297,11 @@ class FaultProxy:
         with self._lock:
             self._rules.append(rule)
 
-    def _admit(self, operation: str) -> _Rule | None:
+    def _admit(self, operation: str, target: str) -> _Rule | None:
         """Count a request and pick the rule that decides its fate."""
         with self._lock:
             self._counts[operation] = self._counts.get(operation, 0) + 1
-            return next((rule for rule in self._rules if rule.fires(operation)), None)
+            return next((rule for rule in self._rules if rule.fires(operation, target)), None)
 
     def _add_bytes(self, n: int) -> None:
         with self._lock:
@@ -354,10 +384,12 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         operation = s3_operation(self.command, self.path, self.headers)
-        rule = self.server.proxy._admit(operation)
+        rule = self.server.proxy._admit(operation, self.path)
         fault = rule.kind if rule else None
         if rule is not None and rule.kind == "delay":
             time.sleep(rule.seconds)
+        if rule is not None and rule.hold is not None:
+            rule.hold.wait_for_release(rule.seconds)
         if rule is not None and rule.kind in ("fail", "reset"):
             self._record(operation, self._drain_body(), fault)
             if rule.kind == "fail":
