@@ -104,6 +104,8 @@ class CheckpointSettings(_Section):
     synchronous_commit: bool = True
     lock_timeout_seconds: float = Field(10.0, ge=0)
     retention_days: int = Field(30, ge=1)
+    # SQLMesh integration: how long a MODEL checkpoint may wait in memory for its batch commit.
+    model_flush_seconds: float = Field(10.0, ge=0)
 
     @field_validator("dsn")
     @classmethod

@@ -105,7 +105,7 @@ def activate(
             store=make_store(settings.storage),
             checkpoint=checkpoint,
             error_handler=ErrorHandler.from_settings(settings, name="object-storage"),
-            model_changes=DeferredChanges(checkpoint, CheckpointScope.MODEL),
+            model_changes=DeferredChanges(checkpoint, CheckpointScope.MODEL, settings.checkpoint.model_flush_seconds),
         )
         # Registered after the checkpoint opened, so it runs before the checkpoint closes at exit.
         atexit.register(_flush_at_exit, _runtime)
