@@ -59,7 +59,7 @@ def test_a_large_batch_of_many_items_is_one_write_with_every_row(checkpoint: Pip
 
 
 def test_an_illegal_change_refuses_the_whole_batch(checkpoint: PipelineCheckpoint) -> None:
-    with pytest.raises(CheckpointError, match="'never-started' -> completed: it was never started") as raised:
+    with pytest.raises(CheckpointError, match=r"'never-started' \(pending -> completed\): it was never started") as raised:
         checkpoint.record_changes(MODEL, [ItemChange("ok", "in_progress"), ItemChange("never-started", "completed")])
 
     assert raised.value.category is ErrorCategory.PERMANENT

@@ -493,14 +493,9 @@ class PipelineCheckpoint:
                 row = current.get(change.key)
                 reason = refusal(row, status, None, change.force, self.run_id, lambda run: run in self._is_live({run}))
                 if reason is not None:
-                    raise CheckpointError(
-                        f"Illegal checkpoint transition in pipeline {self.pipeline_name!r}, scope {scope.value!r}: "
-                        f"{change.key!r} -> {status}: {reason}; nothing of the batch was written",
-                        category=ErrorCategory.PERMANENT,
-                        pipeline=self.pipeline_name,
-                        scope=scope.value,
-                        key=change.key,
-                    )
+                    from_status = PENDING if row is None else row["status"]
+                    detail = f"{change.key!r} ({from_status} -> {status}): {reason}; nothing of the batch was written"
+                    raise self._illegal(scope, detail, change.key, from_status, status)
                 failed = status == FAILED
                 event = advance(
                     self.pipeline_name,
@@ -711,9 +706,13 @@ class PipelineCheckpoint:
         listed = "; ".join(f"{k!r} ({f} -> {to_status}): {r}" for k, f, r in refusals[:_MAX_LISTED_REFUSALS])
         prefix = "" if len(keys) == 1 else f"{len(refusals)} of {len(keys)} items refused, nothing written: "
         key, from_status, _ = refusals[0]
-        raise CheckpointError(
-            f"Illegal checkpoint transition in pipeline {self.pipeline_name!r}, "
-            f"scope {scope.value!r}: {prefix}{listed}",
+        raise self._illegal(scope, prefix + listed, key, from_status, to_status)
+
+    def _illegal(
+        self, scope: CheckpointScope, detail: str, key: str, from_status: str, to_status: str
+    ) -> CheckpointError:
+        return CheckpointError(
+            f"Illegal checkpoint transition in pipeline {self.pipeline_name!r}, scope {scope.value!r}: {detail}",
             category=ErrorCategory.PERMANENT,
             pipeline=self.pipeline_name,
             scope=scope.value,
