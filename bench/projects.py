@@ -101,13 +101,17 @@ def models(size: int, hooked: bool) -> dict[str, str]:
     for fan in range(fans):
         joined = [ends[(fan + i) % len(ends)] for i in range(3)]
         union = " UNION ALL ".join(f"SELECT grp, sum(x) AS total FROM bench.{end} GROUP BY grp" for end in joined)
-        files[f"fan_{fan}"] = _model(f"fan_{fan}", "FULL", f"SELECT grp, sum(total) AS total FROM ({union}) GROUP BY grp")
+        query = f"SELECT grp, sum(total) AS total FROM ({union}) GROUP BY grp"
+        files[f"fan_{fan}"] = _model(f"fan_{fan}", "FULL", query)
     for output in range(2):
         kind = "FULL"
         if hooked:
             key = f"bench/output_{output}.parquet"
             kind = f"CUSTOM (materialization 'osaa_s3_export', materialization_properties (key = '{key}'))"
-        query = f"SELECT a.grp, a.total, b.total AS other FROM bench.fan_{output} a JOIN bench.fan_{output + 1} b USING (grp)"
+        query = (
+            f"SELECT a.grp, a.total, b.total AS other FROM bench.fan_{output} a "
+            f"JOIN bench.fan_{output + 1} b USING (grp)"
+        )
         files[f"output_{output}"] = _model(f"output_{output}", kind, query)
     assert len(files) == size, (len(files), size)
     return files

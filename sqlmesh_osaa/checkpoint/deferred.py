@@ -78,7 +78,10 @@ class DeferredChanges:
                     self._put_back(batch)
                     raise
                 logger.warning(
-                    "A batch of %d %s changes was refused (%s); writing them one by one", len(batch), self.scope.value, error
+                    "A batch of %d %s changes was refused (%s); writing them one by one",
+                    len(batch),
+                    self.scope.value,
+                    error,
                 )
                 self._write_each(batch)
             except BaseException:
