@@ -36,25 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from projects import MACROS, OSAA_CONFIG
+
 SQLMESH = Path(sys.executable).parent / "sqlmesh"
 SEEDS, CHAINS, CHAIN_LENGTH, FAN_IN = 5, 5, 8, 3
-OSAA_CONFIG = """
-  pre_statements: ["@osaa_model_start()"]
-  post_statements: ["@osaa_model_end()"]
-before_all: ["@osaa_before_all()"]
-after_all: ["@osaa_after_all()"]
-variables:
-  osaa:
-    storage: {backend: local, root: .osaa/storage, bucket: osaa}
-    checkpoint: {db_path: .osaa/checkpoints.duckdb}
-"""
-MACROS = """import importlib
-
-import sqlmesh_osaa.macros as _osaa_macros
-
-importlib.reload(_osaa_macros)
-from sqlmesh_osaa.macros import *  # noqa: E402,F401,F403
-"""
 COMMANDS = {
     "first plan": ["plan", "--auto-apply", "--no-prompts"],
     "restatement": ["plan", "--restate-model", "bench.seed_*", "--auto-apply", "--no-prompts"],

@@ -138,6 +138,8 @@ class CheckpointSettings(_Section):
     lock_timeout_seconds: float = Field(10.0, ge=0)
     retention_days: int = Field(30, ge=1)
     sync: SyncSettings = SyncSettings()
+    # SQLMesh integration: how long a MODEL checkpoint may wait in memory for its batch commit.
+    model_flush_seconds: float = Field(10.0, ge=0)
 
     @field_validator("dsn")
     @classmethod

@@ -8,7 +8,7 @@ The seed's API (:class:`PipelineCheckpoint`, :class:`CheckpointScope`,
 """
 
 from sqlmesh_osaa.checkpoint.files import calculate_checksum
-from sqlmesh_osaa.checkpoint.pipeline import CompletionItem, PipelineCheckpoint, StartItem, open_store
+from sqlmesh_osaa.checkpoint.pipeline import CompletionItem, ItemChange, PipelineCheckpoint, StartItem, open_store
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
     EVENT_COLUMNS,
@@ -34,6 +34,7 @@ __all__ = [
     "CheckpointStore",
     "CompletionItem",
     "Fingerprint",
+    "ItemChange",
     "PipelineCheckpoint",
     "StartItem",
     "calculate_checksum",

@@ -617,6 +617,8 @@ class DuckDBStore(CheckpointStore):
             frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
             with _registered(connection, frame) as name:
                 connection.execute(_EVENT_BULK_SQL.format(frame=name))
+            # A batch may change one item several times: its row is what the last event left.
+            frame = frame.drop_duplicates("key", keep="last")
             kept, existed = frame["to_status"] != PENDING, frame["key"].isin(list(rows))
             for sql, wanted in ((_ROW_BULK_INSERT_SQL, kept & ~existed), (_ROW_BULK_UPDATE_SQL, kept & existed)):
                 if wanted.any():

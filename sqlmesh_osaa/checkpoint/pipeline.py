@@ -27,6 +27,7 @@ import uuid
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,16 @@ from sqlmesh_osaa.checkpoint.states import (
 )
 from sqlmesh_osaa.checkpoint.statistics import statistics
 from sqlmesh_osaa.checkpoint.store import CheckpointStore, Keys, RowFilter, refuse_if_forked
-from sqlmesh_osaa.checkpoint.transitions import ALWAYS_LEGAL_FROM, Change, Event, Row, RunIdentity, advance, refusal
+from sqlmesh_osaa.checkpoint.transitions import (
+    ALWAYS_LEGAL_FROM,
+    Change,
+    Event,
+    Row,
+    RunIdentity,
+    advance,
+    refusal,
+    row_after,
+)
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 from sqlmesh_osaa.redaction import redact
 from sqlmesh_osaa.settings import get_settings
@@ -95,6 +105,23 @@ def _completion_item(item: CompletionItem) -> tuple[str, str | None, str | Finge
         return item, None, None
     key, file_path, known = (*item, None, None)[:3]
     return str(key), None if file_path is None else str(file_path), known
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    """One transition of an item without a file, for :meth:`PipelineCheckpoint.record_changes`.
+
+    ``at`` is when it happened (default: when the change was made), so a change written
+    later, in a batch, keeps its own time.
+    """
+
+    key: str
+    to_status: CheckpointStatus | str
+    metadata: Mapping[str, Any] | None = None
+    error_message: str | None = None
+    category: ErrorCategory | str | None = None
+    force: bool = False
+    at: datetime = field(default_factory=_utcnow)
 
 
 def open_store(db_path: str | Path | None = None, *, lock_timeout: float | None = None, dsn: str | None = None) -> CheckpointStore:
@@ -458,6 +485,52 @@ class PipelineCheckpoint:
         keys, paths = [key for key, _, _ in triples], [path for _, path, _ in triples]
         self._transition(scope, keys, COMPLETED, paths, [known for _, _, known in triples], metadata=metadata)
 
+    def record_changes(self, scope: CheckpointScope | str, changes: Sequence[ItemChange]) -> None:
+        """Apply ``changes`` in order, in one transaction: all of them, or none.
+
+        One key may change several times (started, then completed): the event log gets every
+        transition and the row the last. Each change follows the state machine of the single
+        marks (``force`` as in :meth:`mark_started`); an illegal one refuses the whole batch.
+        For items without a file (MODEL, PIPELINE): no fingerprint is taken.
+        """
+        scope = CheckpointScope(scope)
+        if not changes:
+            return
+
+        def plan(rows: dict[str, Row]) -> list[Event]:
+            current: dict[str, Row] = dict(rows)
+            events = []
+            for change in changes:
+                status = CheckpointStatus(change.to_status).value
+                row = current.get(change.key)
+                reason = refusal(row, status, None, change.force, self.run_id, lambda run: run in self._is_live({run}))
+                if reason is not None:
+                    from_status = PENDING if row is None else row["status"]
+                    detail = f"{change.key!r} ({from_status} -> {status}): {reason}; nothing of the batch was written"
+                    raise self._illegal(scope, detail, change.key, from_status, status)
+                failed = status == FAILED
+                event = advance(
+                    self.pipeline_name,
+                    scope.value,
+                    change.key,
+                    row,
+                    Change(
+                        status,
+                        change.at,
+                        self._run,
+                        metadata=change.metadata,
+                        error_message=redact(change.error_message) if failed and change.error_message else None,
+                        error_category=_category_value(change.category) if failed else None,
+                    ),
+                )
+                events.append(event)
+                current[change.key] = row_after(event)
+            return events
+
+        keys = list(dict.fromkeys(change.key for change in changes))
+        self._require_open().apply(self.pipeline_name, Keys(scope.value, keys), plan)
+        logger.debug("%d changes of %d %s items recorded", len(changes), len(keys), scope.value)
+
     # -- internals ----------------------------------------------------------------------
 
     def _require_open(self) -> CheckpointStore:
@@ -645,9 +718,13 @@ class PipelineCheckpoint:
         listed = "; ".join(f"{k!r} ({f} -> {to_status}): {r}" for k, f, r in refusals[:_MAX_LISTED_REFUSALS])
         prefix = "" if len(keys) == 1 else f"{len(refusals)} of {len(keys)} items refused, nothing written: "
         key, from_status, _ = refusals[0]
-        raise CheckpointError(
-            f"Illegal checkpoint transition in pipeline {self.pipeline_name!r}, "
-            f"scope {scope.value!r}: {prefix}{listed}",
+        raise self._illegal(scope, prefix + listed, key, from_status, to_status)
+
+    def _illegal(
+        self, scope: CheckpointScope, detail: str, key: str, from_status: str, to_status: str
+    ) -> CheckpointError:
+        return CheckpointError(
+            f"Illegal checkpoint transition in pipeline {self.pipeline_name!r}, scope {scope.value!r}: {detail}",
             category=ErrorCategory.PERMANENT,
             pipeline=self.pipeline_name,
             scope=scope.value,

@@ -206,10 +206,16 @@ class CheckpointStore(ABC):
         return {pipeline: count for pipeline, count in self.read(sql, params)}
 
 
+def last_events(events: Sequence[Event]) -> list[Event]:
+    """The last event of each key, in order: a batch may change one item several times, its row is the last."""
+    last = {event["key"]: event for event in events}
+    return list(last.values()) if len(last) < len(events) else list(events)
+
+
 def written_rows(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[list[Row], list[Row], list[str]]:
     """What ``events`` do to the rows they were planned on: (inserted, updated, deleted keys)."""
     inserted, updated, deleted = [], [], []
-    for event in events:
+    for event in last_events(events):
         row = row_after(event)
         existed = event["key"] in rows
         if row is None:

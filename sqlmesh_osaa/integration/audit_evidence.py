@@ -131,3 +131,43 @@ def table_in_state(output: StagedOutput, rows: Iterable[IntervalRow]) -> bool:
         if (row.version if output.deployable else row.dev_version) == output.table_version:
             return True
     return False
+
+
+@dataclass(frozen=True)
+class RecordedInterval:
+    """An interval SQLMesh recorded for one snapshot (an ``add_interval`` row, not compacted)."""
+
+    name: str
+    identifier: str
+    start_ts: int
+    end_ts: int
+    is_dev: bool
+    created_ts: int
+
+
+def recorded_since(state_sync: StateSync, since_ms: int) -> list[RecordedInterval]:
+    """The interval additions SQLMesh wrote at or after ``since_ms`` (epoch ms), oldest first.
+
+    Rows without a snapshot identifier (a pending restatement, compacted or janitored rows)
+    and removals are left out: they are no evaluation's record.
+    """
+    interval_state = base_state_sync(state_sync).interval_state
+    query = (
+        exp.select("name", "identifier", "start_ts", "end_ts", "is_dev", "created_ts")
+        .from_(interval_state.intervals_table)
+        .where(
+            exp.and_(
+                exp.column("created_ts") >= exp.Literal.number(int(since_ms)),
+                exp.column("identifier").is_(exp.null()).not_(),
+                exp.not_(exp.column("is_removed")),
+                exp.not_(exp.column("is_compacted")),
+                exp.not_(exp.column("is_pending_restatement")),
+            )
+        )
+        .order_by("created_ts")
+    )
+    rows = interval_state.engine_adapter.fetchall(query, quote_identifiers=True)
+    return [
+        RecordedInterval(name, identifier, int(start), int(end), bool(is_dev), int(created))
+        for name, identifier, start, end, is_dev, created in rows
+    ]

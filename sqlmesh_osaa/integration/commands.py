@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from sqlmesh.utils.errors import ConfigError
 
-from sqlmesh_osaa.integration import notifications, pipeline_runs, runtime, state
+from sqlmesh_osaa.integration import model_checkpoints, notifications, pipeline_runs, runtime, state
 from sqlmesh_osaa.integration.busy import busy_error
 from sqlmesh_osaa.integration.publication import Publication, catch_up, summary
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
@@ -98,6 +98,7 @@ def _begin(context: Any, environment: str) -> runtime.Runtime:
 
 def _end(context: Any, rt: runtime.Runtime) -> None:
     publications: list[Publication] = list(rt.publications)
+    model_checkpoints.make_durable(rt)
     try:
         publications.extend(catch_up(rt, context.state_sync, skip=rt.published_envs))
     except Exception as error:

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from sqlmesh_osaa.fault_points import fault_point
 from sqlmesh_osaa.integration import (
     duckdb_connections,
     exports,
@@ -33,6 +34,9 @@ from sqlmesh_osaa.integration.publication import publish_environment
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
 
 _log = logging.getLogger(__name__)
+
+# Crash tests kill the process here: @osaa_after_all() made the MODEL checkpoints durable, publication not begun.
+PUBLICATION_STARTED = "osaa_publication_started"
 
 
 def before_all(evaluator: Any) -> None:
@@ -58,6 +62,8 @@ def after_all(evaluator: Any) -> None:
     rt = runtime.require()
     environment = evaluator.this_env
     run = rt.pipeline_run
+    model_checkpoints.make_durable(rt)
+    fault_point(PUBLICATION_STARTED)
     try:
         publication = publish_environment(
             rt, state.state_sync_for(), environment, evaluator.snapshots.values()

@@ -23,6 +23,16 @@ SQLMesh merges missing intervals, so a failed interval is often retried as part 
 one: when an evaluation completes, the failed items of the same snapshot whose interval it
 covers are completed too (``resolved_by`` names it), so failures listed are the open ones.
 When the integration is not active in the process the wrapper only calls through.
+
+**Durability (decision, docs/sqlmesh-integration.md).** A start or a completion costs no
+durable commit on the evaluation path: it is buffered (``runtime.Runtime.model_changes``)
+and written in one transaction by :func:`make_durable`, which runs before publication
+(``@osaa_after_all()``, the catch-up after the command), at the end of the command, at exit,
+and whenever a change has waited ``DEFAULT_MAX_DELAY_SECONDS``. A failure is made durable at
+once (rare, and what operators list). A process killed before a flush loses the buffered
+starts and completions only: SQLMesh re-evaluates an interval it did not record, and the
+next command's reconciliation rebuilds the completion of each interval the dead run recorded
+from SQLMesh's interval rows (``reconciliation.rebuild_completions``).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from typing import Any
 from sqlmesh.utils.date import to_timestamp
 from sqlmesh.utils.errors import NodeAuditsErrors
 
-from sqlmesh_osaa.checkpoint import CheckpointScope
+from sqlmesh_osaa.checkpoint import COMPLETED, FAILED, IN_PROGRESS, CheckpointScope, ItemChange
 from sqlmesh_osaa.exceptions import categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 from sqlmesh_osaa.integration import runtime
@@ -93,6 +103,11 @@ def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def model_name(snapshot: Any) -> str:
+    """The name a MODEL key starts with: the model's own name (``osaa.x``), else the snapshot's."""
+    return snapshot.model.name if snapshot.is_model else snapshot.name
+
+
 def model_key(model: str, fingerprint: str, start: int, end: int) -> str:
     return f"{model}|{fingerprint}|{_iso(start)}|{_iso(end)}"
 
@@ -103,7 +118,7 @@ def evaluate_recorded(rt: runtime.Runtime, original: Any, args: Any, kwargs: Any
     start, end = to_timestamp(bound["start"]), to_timestamp(bound["end"])
     naming = bound.get("environment_naming_info")
     deployable = bound["deployability_index"].is_deployable(snapshot)
-    model = snapshot.model.name if snapshot.is_model else snapshot.name
+    model = model_name(snapshot)
     evaluation = Evaluation(model_key(model, snapshot.identifier, start, end), model, naming.name if naming else None)
     metadata = {
         "model": model,
@@ -116,7 +131,7 @@ def evaluate_recorded(rt: runtime.Runtime, original: Any, args: Any, kwargs: Any
         "batch_index": bound.get("batch_index"),
         "deployable": deployable,
     }
-    _safely(rt.checkpoint.mark_started, CheckpointScope.MODEL, evaluation.key, metadata=metadata, force=True)
+    _safely(rt.model_changes.add, ItemChange(evaluation.key, IN_PROGRESS, metadata, force=True))
     _current.evaluation = evaluation
     try:
         results = original(*args, **kwargs)
@@ -146,8 +161,8 @@ def evaluate_recorded(rt: runtime.Runtime, original: Any, args: Any, kwargs: Any
     ]
     # Metadata merges across attempts: clear what a failed attempt of this key left.
     done = {**evaluation.timings(), "audits": audits, "phase": "recorded", "failed_audits": None, "resolved_by": None}
-    _safely(rt.checkpoint.mark_completed, CheckpointScope.MODEL, evaluation.key, metadata=done)
-    _safely(_resolve_covered_failures, rt, evaluation.key)
+    completion = ItemChange(evaluation.key, COMPLETED, done)
+    _safely(rt.model_changes.add, completion, *_resolve_covered_failures(rt, evaluation.key))
     _note_outcome(rt, evaluation, None)
     return results
 
@@ -160,11 +175,20 @@ def _failed(rt: runtime.Runtime) -> set[str]:
     return _failed_keys
 
 
-def _resolve_covered_failures(rt: runtime.Runtime, key: str) -> None:
-    """Complete failed items of the same snapshot whose interval ``key``'s interval covers."""
+def make_durable(rt: runtime.Runtime) -> None:
+    """Write the buffered MODEL checkpoints in one transaction (before publication, at the end of a command)."""
+    _safely(rt.model_changes.flush)
+
+
+def _resolve_covered_failures(rt: runtime.Runtime, key: str) -> list[ItemChange]:
+    """The changes completing failed items of the same snapshot whose interval ``key``'s interval covers."""
     model_and_fingerprint, start, end = key.rsplit("|", 2)
     with _failed_lock:
-        failed = _failed(rt)
+        try:
+            failed = _failed(rt)
+        except Exception:
+            _log.exception("sqlmesh-osaa could not read the failed MODEL checkpoints")
+            return []
         failed.discard(key)
         covered = []
         for candidate in list(failed):
@@ -172,23 +196,21 @@ def _resolve_covered_failures(rt: runtime.Runtime, key: str) -> None:
             if head == model_and_fingerprint and start <= low and high <= end:
                 covered.append(candidate)
                 failed.discard(candidate)
+    changes = []
     for candidate in covered:
-        rt.checkpoint.mark_started(CheckpointScope.MODEL, candidate, metadata={"resolved_by": key})
-        rt.checkpoint.mark_completed(CheckpointScope.MODEL, candidate, metadata={"phase": "resolved"})
+        changes.append(ItemChange(candidate, IN_PROGRESS, {"resolved_by": key}))
+        changes.append(ItemChange(candidate, COMPLETED, {"phase": "resolved"}))
+    return changes
 
 
 def _record_failure(
     rt: runtime.Runtime, evaluation: Evaluation, message: str, error: BaseException, extra: dict[str, Any]
 ) -> None:
     metadata = {**evaluation.timings(), **extra}
-    _safely(
-        rt.checkpoint.mark_failed,
-        CheckpointScope.MODEL,
-        evaluation.key,
-        message,
-        metadata=metadata,
-        category=categorize_error(error) if isinstance(error, Exception) else None,
-    )
+    category = categorize_error(error) if isinstance(error, Exception) else None
+    _safely(rt.model_changes.add, ItemChange(evaluation.key, FAILED, metadata, message, category))
+    # Failures are what operators list and alerts count: durable at once, with what was buffered before.
+    make_durable(rt)
     _safely(_remember_failure, rt, evaluation.key)
     _note_outcome(rt, evaluation, message)
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory
-from sqlmesh_osaa.integration import run_reports, runtime
+from sqlmesh_osaa.integration import model_checkpoints, run_reports, runtime
 
 _log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ class PipelineRun:
                 return
             self.open = False
             failures = list(self.failures)
+        # The end of the run reads MODEL items (recoveries, alerts): what it buffered is written first.
+        model_checkpoints.make_durable(self._rt)
         metadata = {
             "duration_seconds": round(time.perf_counter() - self._started, 3),
             "evaluations": self.evaluations,

@@ -6,7 +6,9 @@ process left:
 
 - transactions: an open one is rolled back, a committing one rolled forward;
 - checkpoints: a MODEL or PIPELINE item still in progress for a dead run ends *failed*
-  (interrupted), so it is listed and retried rather than mistaken for live work;
+  (interrupted), so it is listed and retried rather than mistaken for live work; the MODEL
+  completions a dead run had buffered and not written are rebuilt from SQLMesh's interval
+  records (``lost_completions.py``);
 - staged outputs: one without a manifest (its evaluation died while staging) is deleted; a
   sealed one without an audit marker is decided from SQLMesh's interval records
   (``audit_evidence.py``): marked audited, or deleted when SQLMesh never recorded it; the
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ from sqlmesh_osaa.integration.staged_outputs import (
     mark_audited,
     read_manifest,
 )
+from sqlmesh_osaa.integration.lost_completions import rebuild_completions
 from sqlmesh_osaa.integration.table_restore import restore_safely
 from sqlmesh_osaa.transaction_manager import RecoveryReport, recover_transactions
 
@@ -61,6 +65,8 @@ class ReconcileReport:
 
     transactions: RecoveryReport = field(default_factory=RecoveryReport)
     interrupted: list[str] = field(default_factory=list)
+    # MODEL completions a killed run had not written, rebuilt from SQLMesh's interval records.
+    rebuilt: list[str] = field(default_factory=list)
     discarded: dict[str, str] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
     published: list[Publication] = field(default_factory=list)
@@ -70,6 +76,7 @@ class ReconcileReport:
         return bool(
             self.transactions.anything_done
             or self.interrupted
+            or self.rebuilt
             or self.discarded
             or any(p.written or p.deleted for p in self.published)
         )
@@ -89,16 +96,19 @@ def reconcile_leftovers(rt: Runtime, state_sync: StateSync, engine_adapter: Any 
     report.transactions = recover_transactions(
         rt.checkpoint, rt.store, error_handler=rt.error_handler, staging_prefix=rt.settings.storage.staging_prefix
     )
-    report.interrupted = close_interrupted(rt)
+    report.interrupted, dead_since = _close_interrupted(rt)
+    if dead_since is not None:
+        report.rebuilt = rebuild_completions(rt, state_sync, dead_since)
     unrecorded = _discard_unvouched(rt, state_sync, report)
     if engine_adapter is not None:
         _restore_tables(rt, state_sync, engine_adapter, unrecorded)
     if report.anything_done:
         _log.warning(
             "Reconciled leftovers: %d transaction(s) recovered, %d interrupted item(s) closed, "
-            "%d staged output(s) discarded",
+            "%d MODEL completion(s) rebuilt, %d staged output(s) discarded",
             len(report.transactions.rolled_back) + len(report.transactions.rolled_forward),
             len(report.interrupted),
+            len(report.rebuilt),
             len(report.discarded),
         )
     return report
@@ -106,13 +116,21 @@ def reconcile_leftovers(rt: Runtime, state_sync: StateSync, engine_adapter: Any 
 
 def close_interrupted(rt: Runtime) -> list[str]:
     """MODEL and PIPELINE items left in progress by a dead run end failed."""
+    return _close_interrupted(rt)[0]
+
+
+def _close_interrupted(rt: Runtime) -> tuple[list[str], datetime | None]:
+    """:func:`close_interrupted`, and when the earliest dead PIPELINE run started (its lost MODEL rows are rebuilt)."""
     closed = []
+    starts = []
     for scope in (CheckpointScope.MODEL, CheckpointScope.PIPELINE):
         for row in rt.checkpoint.list(scope=scope, status=CheckpointStatus.IN_PROGRESS):
             if row["interrupted"]:
                 rt.checkpoint.mark_failed(scope, row["key"], INTERRUPTED, metadata={"phase": "interrupted"})
                 closed.append(row["key"])
-    return closed
+                if scope == CheckpointScope.PIPELINE and row["started_at"] is not None:
+                    starts.append(row["started_at"])
+    return closed, min(starts, default=None)
 
 
 def _discard_unvouched(rt: Runtime, state_sync: StateSync, report: ReconcileReport) -> list[StagedOutput]:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint, sync
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint, sync
+from sqlmesh_osaa.checkpoint.deferred import DeferredChanges
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.settings import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, OsaaSettings, load_settings, set_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
@@ -41,6 +42,8 @@ class Runtime:
     store: ObjectStore
     checkpoint: PipelineCheckpoint
     error_handler: ErrorHandler
+    # MODEL checkpoint changes not yet durable (model_checkpoints.py says when they are written).
+    model_changes: DeferredChanges
     # The PipelineRun of the command running now, set by @osaa_before_all.
     pipeline_run: Any = None
     # True once leftovers of dead runs were reconciled for the command running now.
@@ -103,7 +106,10 @@ def activate(
             store=make_store(settings.storage),
             checkpoint=checkpoint,
             error_handler=ErrorHandler.from_settings(settings, name="object-storage"),
+            model_changes=DeferredChanges(checkpoint, CheckpointScope.MODEL, settings.checkpoint.model_flush_seconds),
         )
+        # Registered after the checkpoint opened, so it runs before the checkpoint closes at exit.
+        atexit.register(_flush_at_exit, _runtime)
         _log.info("sqlmesh-osaa enabled for %s (store %r)", project, _runtime.store)
         return _runtime
 
@@ -124,6 +130,13 @@ def _end_sync(synced: sync.RunnerSync) -> None:
         sync.end(synced)
     except Exception:
         _log.exception("sqlmesh-osaa could not push the checkpoint state at exit")
+
+
+def _flush_at_exit(rt: Runtime) -> None:
+    try:
+        rt.model_changes.flush()
+    except Exception:
+        _log.exception("sqlmesh-osaa could not record the MODEL checkpoints of this process at exit")
 
 
 def require() -> Runtime:

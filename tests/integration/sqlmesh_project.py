@@ -110,6 +110,12 @@ class Project:
     def event_count(self, scope: str) -> int:
         return self._query("SELECT count(*) FROM checkpoint_events WHERE scope = ?", [scope])[0][0]
 
+    def recorded_models(self) -> set[str]:
+        """Models (``schema.name``) SQLMesh's state records an interval of (the warehouse opened read-only)."""
+        with duckdb.connect(str(self.path / "warehouse.duckdb"), read_only=True) as connection:
+            names = connection.execute("SELECT DISTINCT name FROM sqlmesh._intervals WHERE NOT is_removed").fetchall()
+        return {name.split(".", 1)[1].replace('"', "") for (name,) in names}
+
     def _query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with duckdb.connect(str(self.path / ".osaa" / "checkpoints.duckdb"), read_only=True) as connection:
             return connection.execute(sql, params).fetchall()

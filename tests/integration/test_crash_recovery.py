@@ -2,7 +2,9 @@
 
 The kill happens right after the export staged its parquet, before SQLMesh audited it:
 nothing is recorded in state, so nothing may reach prod, and the next plan must close the
-dead run's checkpoints, discard its staged output and publish what it then audits.
+dead run's checkpoints, discard its staged output and publish what it then audits. The
+killed plan's MODEL checkpoints were still in memory (they are made durable in batches): the
+next plan rebuilds the completions SQLMesh recorded and evaluates the killed one again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlmesh_osaa.commit_protocol import decision_history
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
 from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, FAULT_POINT_ENV
 from sqlmesh_osaa.integration.export_kind import EXPORT_STAGED
+from sqlmesh_osaa.integration.hooks import PUBLICATION_STARTED
 from sqlmesh_osaa.integration.reconciliation import NOT_RECORDED
 
 pytestmark = pytest.mark.slow
@@ -32,32 +35,42 @@ class Story:
     killed_exit_code: int
     prod_after_kill: dict[str, str]
     staged_after_kill: dict[str, str]
-    export_events_after_kill: list[tuple[str, str]]
+    model_rows_after_kill: list[dict[str, Any]]
+    recorded_by_killed_plan: set[str]
+
+
+# No batch of MODEL checkpoints is due by age before the kill, however slow the machine.
+NO_FLUSH_BY_AGE = {"OSAA_CHECKPOINT__MODEL_FLUSH_SECONDS": "3600"}
 
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
     project = local_project(tmp_path_factory.mktemp("crash"))
-    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED})
+    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED, **NO_FLUSH_BY_AGE})
     observed = dict(
         killed_exit_code=killed.returncode,
         prod_after_kill=project.objects("prod/"),
         staged_after_kill=project.objects("staging/exports/osaa.indicators_export/"),
-        export_events_after_kill=_export_statuses(project),
+        model_rows_after_kill=project.checkpoints("model"),
+        recorded_by_killed_plan=project.recorded_models(),
     )
     project.plan()
     return Story(project=project, **observed)
 
 
-def _export_statuses(project: Project) -> list[tuple[str, str]]:
-    rows = [row for row in project.checkpoints("model") if row["key"].startswith("osaa.indicators_export|")]
-    return [(row["status"], row["metadata"].get("phase", "")) for row in rows]
-
-
-def test_plan_was_killed_after_staging_the_export(story: Story) -> None:
+def test_plan_was_killed_after_staging_the_export_with_its_model_checkpoints_in_memory(story: Story) -> None:
     assert story.killed_exit_code == -signal.SIGKILL
     assert any(key.endswith("indicators/indicators.parquet") for key in story.staged_after_kill)
-    assert story.export_events_after_kill == [("in_progress", "")]
+    assert story.model_rows_after_kill == []
+    assert "osaa.indicators_export" not in story.recorded_by_killed_plan
+    assert {"osaa_raw.wdi", "osaa.indicators"} <= story.recorded_by_killed_plan
+
+
+def test_next_plan_rebuilds_the_completions_the_killed_plan_recorded_in_sqlmesh_state(story: Story) -> None:
+    rebuilt = [row for row in story.project.checkpoints("model") if row["metadata"].get("phase") == "rebuilt"]
+    assert sorted(row["metadata"]["model"] for row in rebuilt) == sorted(story.recorded_by_killed_plan)
+    assert {(row["status"], row["attempt"]) for row in rebuilt} == {("completed", 1)}
+    assert all(row["metadata"]["rebuilt_from"] == "SQLMesh interval record" for row in rebuilt)
 
 
 def test_nothing_reaches_prod_from_a_killed_run(story: Story) -> None:
@@ -73,17 +86,17 @@ def test_next_plan_publishes_the_audited_export(story: Story) -> None:
     ]
 
 
-def test_next_plan_records_the_killed_evaluation_as_interrupted_then_completes_it(story: Story) -> None:
+def test_next_plan_evaluates_the_killed_evaluation_again_and_completes_it(story: Story) -> None:
     (export,) = [row for row in story.project.checkpoints("model") if row["key"].startswith("osaa.indicators_export|")]
-    assert (export["status"], export["attempt"]) == ("completed", 2)
+    assert (export["status"], export["attempt"], export["metadata"]["phase"]) == ("completed", 1, "recorded")
     history = _history(story.project, export["key"])
-    assert [(old, new) for old, new, _ in history] == [
-        ("pending", "in_progress"),
-        ("in_progress", "failed"),
-        ("failed", "in_progress"),
-        ("in_progress", "completed"),
-    ]
-    assert "interrupted" in history[1][2]
+    assert [(old, new) for old, new, _ in history] == [("pending", "in_progress"), ("in_progress", "completed")]
+
+
+def test_every_model_of_the_project_ends_with_one_completed_checkpoint(story: Story) -> None:
+    rows = story.project.checkpoints("model")
+    assert {row["status"] for row in rows} == {"completed"}
+    assert sorted(row["metadata"]["model"] for row in rows) == sorted(story.project.recorded_models())
 
 
 def test_next_plan_records_the_killed_plan_as_failed_and_its_success_recovers_it(story: Story) -> None:
@@ -111,6 +124,18 @@ def _history(project: Project, key: str) -> list[tuple[str, str, str]]:
         [key],
     )
     return [tuple(row) for row in rows]
+
+
+def test_model_checkpoints_are_durable_before_publication_starts(tmp_path: Path) -> None:
+    project = local_project(tmp_path)
+
+    killed = project.plan(check=False, extra_env={FAULT_POINT_ENV: PUBLICATION_STARTED, **NO_FLUSH_BY_AGE})
+
+    assert killed.returncode == -signal.SIGKILL and project.objects("prod/") == {}
+    rows = project.checkpoints("model")
+    assert {(row["status"], row["metadata"]["phase"]) for row in rows} == {("completed", "recorded")}
+    assert sorted(row["metadata"]["model"] for row in rows) == sorted(project.recorded_models())
+    assert "osaa.indicators_export" in project.recorded_models()
 
 
 @dataclass
@@ -179,19 +204,22 @@ RECONCILE_PROGRAM = """
 import json
 from sqlmesh_osaa.integration.reconciliation import reconcile
 report = reconcile(".")
-print(json.dumps({"interrupted": report.interrupted, "discarded": report.discarded,
+print(json.dumps({"interrupted": report.interrupted, "rebuilt": report.rebuilt, "discarded": report.discarded,
                   "published": [p.environment for p in report.published], "ok": report.ok}))
 """
 
 
-def test_reconcile_closes_a_killed_run_and_discards_its_unrecorded_output(tmp_path: Path) -> None:
+def test_reconcile_closes_a_killed_run_rebuilds_what_it_recorded_and_discards_its_unrecorded_output(
+    tmp_path: Path,
+) -> None:
     project = local_project(tmp_path)
-    project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED})
+    project.plan(check=False, extra_env={FAULT_POINT_ENV: EXPORT_STAGED, **NO_FLUSH_BY_AGE})
 
     result = project.python(RECONCILE_PROGRAM)
 
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert sorted(key.split("|")[0] for key in report["interrupted"]) == ["osaa.indicators_export", "plan"]
+    assert sorted(key.split("|")[0] for key in report["interrupted"]) == ["plan"]
+    assert sorted(key.split("|")[0] for key in report["rebuilt"]) == sorted(project.recorded_models())
     assert [reason for prefix, reason in report["discarded"].items() if "osaa.indicators_export" in prefix] == [
         NOT_RECORDED
     ]
