@@ -130,3 +130,19 @@ def test_python_api_plans_and_runs_with_state_on_postgres(
     }
     with psycopg.connect(project.state_dsn) as connection:
         assert [name for (name,) in connection.execute("SELECT name FROM sqlmesh._environments")] == ["prod"]
+
+
+def test_interval_evidence_is_read_from_postgres_state(postgres_state: Story) -> None:
+    project = postgres_state.project
+    with psycopg.connect(project.state_dsn) as connection:
+        (name,) = {n for (n,) in connection.execute("SELECT name FROM sqlmesh._intervals") if "indicators_export" in n}
+        expected = connection.execute("SELECT count(*) FROM sqlmesh._intervals WHERE name = %s", [name]).fetchone()[0]
+    read = project.python(
+        "from sqlmesh import Context\n"
+        "from sqlmesh_osaa.integration.audit_evidence import interval_rows\n"
+        f"rows = interval_rows(Context(paths='.', load=False).state_sync, [{name!r}])\n"
+        "print(len(rows), sum(not row.is_dev for row in rows))\n"
+    )
+    count, prod_rows = map(int, read.stdout.split()[-2:])
+    assert count == expected > 0
+    assert prod_rows > 0
