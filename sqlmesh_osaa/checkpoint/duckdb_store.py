@@ -54,7 +54,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Target,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 
@@ -305,16 +305,15 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             ) from exc
 
 
-def _frame(records: Sequence[dict[str, Any]], columns: Sequence[str], types: dict[str, str]) -> Any:
-    """A pandas DataFrame of ``records``: how a batch reaches DuckDB (docs/performance.md compares the ways).
+def _frame(columns: dict[str, list[Any]], types: dict[str, str]) -> Any:
+    """A pandas DataFrame of ``columns``: how a batch reaches DuckDB (docs/performance.md compares the ways).
 
     pandas and numpy are loaded anyway: DuckDB imports them at the first bound parameter.
     """
     import pandas
 
     data = {}
-    for column in columns:
-        values = [record[column] for record in records]
+    for column, values in columns.items():
         kind = types.get(column, "VARCHAR")
         if kind == "TIMESTAMP":
             data[column] = pandas.to_datetime(pandas.Series(values, dtype=object))
@@ -405,7 +404,7 @@ class DuckDBStore(CheckpointStore):
             except duckdb.Error as exc:
                 raise self._error(exc) from exc
 
-    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         with self._transaction() as connection:
             if isinstance(target, Keys):
                 rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, cached=True)
@@ -602,7 +601,7 @@ class DuckDBStore(CheckpointStore):
         return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
 
     def _write(
-        self, connection: duckdb.DuckDBPyConnection, pipeline: str, rows: dict[str, Row], events: list[Event]
+        self, connection: duckdb.DuckDBPyConnection, pipeline: str, rows: dict[str, Row], events: Sequence[Event]
     ) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction."""
         if len(events) < _BULK_FROM:
@@ -614,7 +613,7 @@ class DuckDBStore(CheckpointStore):
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
-            frame = _frame(events, EVENT_LOG_COLUMNS[1:], _EVENT_TYPES)
+            frame = _frame(event_columns(events, EVENT_LOG_COLUMNS[1:]), _EVENT_TYPES)
             with _registered(connection, frame) as name:
                 connection.execute(_EVENT_BULK_SQL.format(frame=name))
             # A batch may change one item several times: its row is what the last event left.
@@ -640,7 +639,7 @@ class DuckDBStore(CheckpointStore):
             [*(new[c] for c in changed), item_id(pipeline, new["scope"], new["key"])],
         )
 
-    def _remember(self, pipeline: str, rows: dict[str, Row], events: list[Event]) -> None:
+    def _remember(self, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> None:
         """Keep the rows a small write left (only once committed: a rolled-back write is not the row)."""
         if len(events) >= _BULK_FROM:
             self._shared.rows.clear()

@@ -56,6 +56,7 @@ from sqlmesh_osaa.checkpoint.transitions import (
     Row,
     RunIdentity,
     advance,
+    fold,
     refusal,
     row_after,
 )
@@ -602,13 +603,10 @@ class PipelineCheckpoint:
         """Delete the target's rows (those recording ``file_path``, when given), logging a transition to pending."""
         scope = target.scope
 
-        def plan(rows: dict[str, Row]) -> list[Event]:
-            at = _utcnow()
-            return [
-                advance(self.pipeline_name, scope, key, row, Change(PENDING, at, self._run))
-                for key, row in rows.items()
-                if file_path is None or row["file_path"] == file_path
-            ]
+        def plan(rows: dict[str, Row]) -> Sequence[Event]:
+            cleared = {key: row for key, row in rows.items() if file_path is None or row["file_path"] == file_path}
+            change = Change(PENDING, _utcnow(), self._run)
+            return fold(self.pipeline_name, scope, list(cleared), list(cleared.values()), change)
 
         events = self._require_open().apply(self.pipeline_name, target, plan)
         if events:
@@ -649,26 +647,14 @@ class PipelineCheckpoint:
             for index, fingerprint in zip(named, fingerprints((paths[i], known[i]) for i in named)):
                 given[index] = fingerprint
 
-        def plan(rows: dict[str, Row]) -> list[Event]:
+        def plan(rows: dict[str, Row]) -> Sequence[Event]:
             self._check(scope, rows, keys, paths, to_status, force)
             prints = given
             if to_status == COMPLETED:
                 prints = self._fingerprint_recorded(rows, keys, known, given)
-            at = _utcnow()
-            events = []
-            for index, key in enumerate(keys):
-                change = Change(
-                    to_status,
-                    at,
-                    self._run,
-                    file_path=paths[index],
-                    metadata=metadata,
-                    fingerprint=None if prints is None else prints[index],
-                    error_message=error[0],
-                    error_category=error[1],
-                )
-                events.append(advance(self.pipeline_name, scope.value, key, rows.get(key), change))
-            return events
+            change = Change(to_status, _utcnow(), self._run, metadata=metadata, error_message=error[0], error_category=error[1])
+            olds = [rows.get(key) for key in keys]
+            return fold(self.pipeline_name, scope.value, keys, olds, change, paths, prints)
 
         store.apply(self.pipeline_name, Keys(scope.value, keys), plan)
         if len(keys) == 1:

@@ -37,9 +37,10 @@ from sqlmesh_osaa.checkpoint.store import (
     RowFilter,
     Target,
     refuse_if_forked,
+    written_row_columns,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity
+from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, event_columns
 from sqlmesh_osaa.exceptions import CheckpointError, ConfigurationError, ErrorCategory, categorize_error
 from sqlmesh_osaa.settings import describe_dsn, dsn_password_problem
 
@@ -230,7 +231,7 @@ class PostgresStore(CheckpointStore):
         (after,) = self._execute(sizes, [])[0]
         return {"action": "vacuumed", "reason": None, "bytes_before": before, "bytes_after": after}
 
-    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         with self._transaction() as connection:
             if isinstance(target, Keys):
                 if not target.keys:
@@ -341,31 +342,34 @@ class PostgresStore(CheckpointStore):
                     raise ConcurrentChange(str(exc)) from exc
                 raise self._error(exc) from exc
 
-    def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: list[Event]) -> None:
+    def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction.
 
         A few rows travel as array parameters of one statement each; a batch is copied into
         temporary tables first (COPY is several times faster than arrays of 100k values).
         """
-        inserted, updated, deleted = written_rows(rows, events)
         if len(events) < _COPY_FROM:
+            inserted, updated, deleted = written_rows(rows, events)
             connection.execute(_EVENT_INSERT_SQL, [[event[c] for event in events] for c in _EVENT_COLUMNS])
             count = 0
             if inserted:
                 count = connection.execute(_ROW_INSERT_SQL, [[row[c] for row in inserted] for c in ROW_COLUMNS]).rowcount
             if updated:
                 connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
+            expected = len(inserted)
         else:
-            self._copy(connection, f"checkpoint_events ({_EVENT_NAMES})", _EVENT_COLUMNS, events)
+            new_rows, changed_rows, deleted = written_row_columns(rows, events)
+            self._copy(connection, f"checkpoint_events ({_EVENT_NAMES})", event_columns(events, _EVENT_COLUMNS))
             connection.execute(_BATCH_TABLE_SQL)
-            self._copy(connection, f"osaa_batch ({_ROW_SELECT})", ROW_COLUMNS, inserted)
-            count = connection.execute(_BATCH_INSERT_SQL).rowcount if inserted else 0
-            if updated:
+            expected = len(new_rows["key"])
+            self._copy(connection, f"osaa_batch ({_ROW_SELECT})", new_rows)
+            count = connection.execute(_BATCH_INSERT_SQL).rowcount if expected else 0
+            if changed_rows["key"]:
                 connection.execute("TRUNCATE osaa_batch")
-                self._copy(connection, f"osaa_batch ({_ROW_SELECT})", ROW_COLUMNS, updated)
+                self._copy(connection, f"osaa_batch ({_ROW_SELECT})", changed_rows)
                 connection.execute(_BATCH_UPDATE_SQL)
-        if count != len(inserted):
-            raise ConcurrentChange(f"{len(inserted) - count} rows were inserted by another writer")
+        if count != expected:
+            raise ConcurrentChange(f"{expected - count} rows were inserted by another writer")
         if deleted:
             connection.execute(
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
@@ -373,7 +377,10 @@ class PostgresStore(CheckpointStore):
             )
 
     @staticmethod
-    def _copy(connection: Any, table: str, columns: Sequence[str], records: Sequence[Row]) -> None:
+    def _copy(connection: Any, table: str, columns: dict[str, list[Any]]) -> None:
+        """COPY ``columns`` (in the table list's order) into ``table``."""
+        if not next(iter(columns.values())):
+            return
         with connection.cursor().copy(f"COPY {table} FROM STDIN") as copy:
-            for record in records:
-                copy.write_row([record[c] for c in columns])
+            for values in zip(*columns.values()):
+                copy.write_row(values)

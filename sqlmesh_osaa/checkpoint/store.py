@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, ROW_COLUMNS, TRANSITION
-from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, row_after
+from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS, TRANSITION
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns, row_after
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class RowFilter:
 
 Target = Keys | RowFilter
 # Rows found (by key) -> the events to append; raising aborts the transaction.
-Plan = Callable[[dict[str, Row]], list[Event]]
+Plan = Callable[[dict[str, Row]], Sequence[Event]]
 
 
 def refuse_if_forked(opened_in: int, what: str) -> None:
@@ -132,7 +132,7 @@ class CheckpointStore(ABC):
     def reclaim_space(self) -> dict[str, Any]:
         """Give back the space deleted rows take (after :meth:`prune`); says what was done."""
 
-    def apply(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+    def apply(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         """Lock and read ``target``'s rows, append ``plan``'s events and write their rows, atomically."""
         for _ in range(MAX_APPLY_ATTEMPTS):
             try:
@@ -142,7 +142,7 @@ class CheckpointStore(ABC):
         raise ConcurrentChange(f"rows of pipeline {pipeline!r} kept changing under {MAX_APPLY_ATTEMPTS} attempts")
 
     @abstractmethod
-    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> list[Event]:
+    def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         """One attempt of :meth:`apply`; raises :class:`ConcurrentChange` to be tried again."""
 
     @abstractmethod
@@ -226,6 +226,31 @@ def written_rows(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[list
         else:
             inserted.append(row)
     return inserted, updated, deleted
+
+
+def written_row_columns(
+    rows: Mapping[str, Row], events: Sequence[Event]
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[str]]:
+    """:func:`written_rows` column by column, for bulk loads: (inserted, updated, deleted keys)."""
+    source = event_columns(events, [ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
+    keys, statuses = source["key"], source["to_status"]
+    inserted, updated, deleted = [], [], []
+    # A batch may change one item several times: its row is what the last event left.
+    last = {key: index for index, key in enumerate(keys)}
+    for key, index in last.items():
+        status = statuses[index]
+        if status == PENDING:
+            if key in rows:
+                deleted.append(key)
+        else:
+            (updated if key in rows else inserted).append(index)
+
+    def pick(indexes: list[int]) -> dict[str, list[Any]]:
+        if len(indexes) == len(keys):
+            return {column: source[ROW_FROM_EVENT.get(column, column)] for column in ROW_COLUMNS}
+        return {column: [source[ROW_FROM_EVENT.get(column, column)][i] for i in indexes] for column in ROW_COLUMNS}
+
+    return pick(inserted), pick(updated), deleted
 
 
 PRUNE_ROWS_SQL = f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?"

@@ -9,11 +9,11 @@ way, and the event log alone is enough to rebuild every row.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlmesh_osaa.checkpoint.files import file_matches
 from sqlmesh_osaa.checkpoint.states import (
@@ -86,54 +86,127 @@ _NO_ROW: Row = {
 }
 
 
-def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change) -> Event:
-    """The event that ``change`` makes of the item whose row is ``old`` (None: pending).
+class Events(Sequence[Event]):
+    """The events of one fold, held column by column (a list of dicts on demand).
 
-    It carries the state the item is left in: the row is :func:`row_after` of it.
+    A batch of 100k items reaches a backend's bulk load as columns, with no per-item
+    event object on the way.
     """
-    base = _NO_ROW if old is None else old
-    from_status = base["status"]
-    status = from_status if change.kind == METADATA else change.to_status
-    owner = change.run if change.kind == TRANSITION else RunIdentity(base["run_id"], base["owner_pid"], base["owner_host"])
-    event: Event = {
-        "pipeline": pipeline,
-        "scope": scope,
-        "key": key,
-        "kind": change.kind,
-        "file_path": change.file_path if change.file_path is not None else base["file_path"],
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: dict[str, list[Any]]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["key"])
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return {column: values[index] for column, values in self.columns.items()}
+
+
+def event_columns(events: Sequence[Event], columns: Sequence[str]) -> dict[str, list[Any]]:
+    """``columns`` of ``events`` as lists: free for :class:`Events`, built for a list of dicts."""
+    if isinstance(events, Events):
+        return {column: events.columns[column] for column in columns}
+    return {column: [event[column] for event in events] for column in columns}
+
+
+def fold(
+    pipeline: str,
+    scope: str,
+    keys: Sequence[str],
+    olds: Sequence[Row | None],
+    change: Change,
+    file_paths: Sequence[str | None] | None = None,
+    prints: Sequence[Fingerprint | None] | None = None,
+) -> Events:
+    """The events ``change`` makes of the items ``keys`` whose rows are ``olds`` (None: pending).
+
+    The one fold: a single mark is a batch of one (:func:`advance`). Each event carries the
+    state its item is left in (the row is :func:`row_after` of it); ``file_paths`` and
+    ``prints`` (the fingerprints of a completion) vary per item, the rest of ``change`` is
+    shared. Computed column by column, so a batch builds no object per item.
+    """
+    count = len(keys)
+    bases = [_NO_ROW if old is None else old for old in olds]
+
+    def carried(column: str) -> list[Any]:
+        return [base[column] for base in bases]
+
+    def same(value: Any) -> list[Any]:
+        return [value] * count
+
+    from_status = carried("status")
+    if change.kind == TRANSITION:
+        status, owner = change.to_status, change.run
+        to_status, run_id, pid, host = same(status), same(owner.run_id), same(owner.pid), same(owner.host)
+    else:
+        status, to_status = None, from_status
+        run_id, pid, host = carried("run_id"), carried("owner_pid"), carried("owner_host")
+    paths = same(change.file_path) if file_paths is None else file_paths
+    columns: dict[str, list[Any]] = {
+        "pipeline": same(pipeline),
+        "scope": same(scope),
+        "key": list(keys),
+        "kind": same(change.kind),
+        "file_path": [path if path is not None else base["file_path"] for path, base in zip(paths, bases)],
         "from_status": from_status,
-        "to_status": status,
-        "at": change.at,
-        "attempt": base["attempt"],
-        "run_id": owner.run_id,
-        "pid": owner.pid,
-        "host": owner.host,
-        "error_message": base["error_message"],
-        "error_category": base["error_category"],
-        "checksum": base["checksum"],
-        "file_size": base["file_size"],
-        "file_mtime_ns": base["file_mtime_ns"],
-        "metadata": merged_metadata(base["metadata"], change.metadata),
-        "started_at": base["started_at"],
-        "completed_at": base["completed_at"],
+        "to_status": to_status,
+        "at": same(change.at),
+        "attempt": carried("attempt"),
+        "run_id": run_id,
+        "pid": pid,
+        "host": host,
+        "error_message": carried("error_message"),
+        "error_category": carried("error_category"),
+        "checksum": carried("checksum"),
+        "file_size": carried("file_size"),
+        "file_mtime_ns": carried("file_mtime_ns"),
+        "metadata": _merged_column(carried("metadata"), change.metadata),
+        "started_at": carried("started_at"),
+        "completed_at": carried("completed_at"),
     }
-    if change.kind == METADATA or status == PENDING:
-        return event
     if status == IN_PROGRESS:
-        event.update(attempt=event["attempt"] + 1, started_at=change.at, error_message=None, error_category=None)
+        columns.update(
+            attempt=[attempt + 1 for attempt in columns["attempt"]],
+            started_at=same(change.at),
+            error_message=same(None),
+            error_category=same(None),
+        )
     elif status == COMPLETED:
-        fingerprint = change.fingerprint or NO_FINGERPRINT
-        event.update(
-            checksum=fingerprint.checksum,
-            file_size=fingerprint.size,
-            file_mtime_ns=fingerprint.mtime_ns,
-            completed_at=change.at,
-            error_message=None,
-            error_category=None,
+        given = same(change.fingerprint) if prints is None else prints
+        taken = [NO_FINGERPRINT if fingerprint is None else fingerprint for fingerprint in given]
+        columns.update(
+            checksum=[fingerprint.checksum for fingerprint in taken],
+            file_size=[fingerprint.size for fingerprint in taken],
+            file_mtime_ns=[fingerprint.mtime_ns for fingerprint in taken],
+            completed_at=same(change.at),
+            error_message=same(None),
+            error_category=same(None),
         )
     elif status == FAILED:
-        event.update(error_message=change.error_message, error_category=change.error_category)
-    return event
+        columns.update(error_message=same(change.error_message), error_category=same(change.error_category))
+    return Events(columns)
+
+
+def _merged_column(old: list[str | None], new: Mapping[str, Any] | None) -> list[str]:
+    """:func:`merged_metadata` of each stored value, computed once per distinct value."""
+    merged: dict[str | None, str] = {}
+    return [merged[value] if value in merged else merged.setdefault(value, merged_metadata(value, new)) for value in old]
+
+
+def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change) -> Event:
+    """The event that ``change`` makes of one item: :func:`fold` of a batch of one."""
+    return fold(pipeline, scope, [key], [old], change)[0]
 
 
 # How a row's columns are named in the event that leaves it (the others have the same name).
