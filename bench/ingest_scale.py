@@ -321,8 +321,9 @@ def main() -> None:
     large = args.large if args.large is not None else (20 if args.full else 2)
     large_mb = args.large_mb or (50 if args.full else 10)
 
-    from support.s3server import MotoServer
+    from support.s3server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MotoServer
 
+    os.environ.update(AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
     load_before = os.getloadavg()[0]
     server = MotoServer().start() if s3_sizes or large else None
     pairs: list[Pair] = []

@@ -195,9 +195,11 @@ def apply_entry(
         fault_point(AFTER_PRODUCTION_COPY)
 
     pending = [put for put in manifest.puts if not put.unchanged and put.key not in skipped]
-    with ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
+    # The copies are flushed together before finish() deletes the versions they came from.
+    with store.deferred_durability(), ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
         for future in [pool.submit(apply, put) for put in pending]:
             future.result()
+    handler.execute(store.sync, operation="Sync")
     deletes = [key for key in manifest.deletes if key not in skipped]
     if deletes:
         handler.execute(store.delete_many, deletes, operation="DeleteObjects")
@@ -234,8 +236,8 @@ def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Seq
         return
     where = store_metadata(store)
     done = checkpoint.completed_keys(CheckpointScope.FILE, tracked, metadata=where)
-    running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
     todo = [put for key, put in tracked.items() if key not in done]
+    running = checkpoint.in_progress_keys(CheckpointScope.FILE, [put.key for put in todo])
     restart = [(put.key, put.source_path) for put in todo if put.key not in running]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)

@@ -338,10 +338,12 @@ class TransactionManager:
             self.checkpoint.mark_started_many(
                 CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in uploads], force=True
             )
-        if len(uploads) == 1:
-            return [self._stage(uploads[0], accepting)]
-        with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
-            return list(pool.map(lambda upload: self._stage(upload, accepting), uploads))
+        # Staged versions need to survive a power cut only once a decision names them: commit() syncs first.
+        with self.store.deferred_durability():
+            if len(uploads) == 1:
+                return [self._stage(uploads[0], accepting)]
+            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
+                return list(pool.map(lambda upload: self._stage(upload, accepting), uploads))
 
     def prefetch_production(self, prefix: str) -> None:
         """List ``prefix`` once so staging compares MD5s without one HEAD request per object.
@@ -437,6 +439,7 @@ class TransactionManager:
             self._end_unchanged()
             return
         try:
+            self.store.sync()
             entry = decide(self.log, self.transaction_id, self._marker.begin, self.manifest)
         except TransactionConflictError as conflict:
             self.rollback(reason=str(conflict))
