@@ -9,8 +9,9 @@ process (start-up and imports included), interleaved round by round in alternati
   plus one boto3 ``upload_file`` per file (``... upload``);
 - **unchanged re-run, local**: ``osaa-ingest`` again over the same tree vs a scandir walk with
   a ``stat`` per file in a fresh Python process (``... walk``);
-- **commit bytes** (``--s3-bytes``): the bytes the client sends to S3 after staging, counted at
-  the fault proxy, against the staged bytes (the commit must move no data through the client).
+- **commit bytes** (``--commit-bytes N``): one more ``osaa-ingest`` of N files into S3 through the
+  counting proxy (tests/support/faultproxy.py): the bytes the client sends besides the staged
+  uploads (the commit: server-side copies, log entry, batched delete) against the staged bytes.
 
 Per run: wall time, CPU time of the child (user + system, from its rusage) and its peak RSS.
 Ratios are of medians over ``--rounds`` (odd). Defaults are small; ``--full`` runs the sizes of
@@ -246,6 +247,29 @@ def bench_s3(bench: Bench, raw: Path, files: int, rounds: int, what: str) -> Pai
 # -- report -----------------------------------------------------------------------------------------
 
 
+def commit_bytes(bench: Bench, raw: Path) -> tuple[int, int]:
+    """(bytes the client sent besides the PutObject bodies, PutObject body bytes) of one ingest into S3."""
+    import boto3
+    from botocore.config import Config
+    from support.faultproxy import FaultProxy
+
+    assert bench.endpoint is not None
+    proxy = FaultProxy(bench.endpoint).start()
+    try:
+        bucket = f"bytes-{uuid.uuid4().hex[:10]}"
+        boto3.client("s3", endpoint_url=bench.endpoint, config=Config(s3={"addressing_style": "path"})).create_bucket(
+            Bucket=bucket
+        )
+        work = bench.fresh("bytes")
+        env = {**bench.ours_env(work, bucket), "OSAA_STORAGE__ENDPOINT_URL": proxy.url}
+        proxy.reset_counts()
+        run_child([str(BIN / "osaa-ingest"), str(raw), "--json"], env, bench.cwd)
+        staged = sum(request.body_bytes for request in proxy.requests("PutObject"))
+        return proxy.bytes_received - staged, staged
+    finally:
+        proxy.stop()
+
+
 def print_table(pairs: list[Pair], load: tuple[float, float]) -> None:
     print(f"load average {load[0]:.1f} before, {load[1]:.1f} after; medians; ratio = ours / plain")
     print("| What | Files | Wall ours / plain | CPU ours / plain | Peak RSS ours / plain | Ratios wall, CPU, RSS |")
@@ -313,6 +337,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, help="number of large files (default 2; --full 20)")
     parser.add_argument("--large-mb", type=int, help="size of each large file in MB (default 10; --full 50)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--commit-bytes", type=int, default=200, help="files of the commit-bytes measurement (0: skip)")
     parser.add_argument("--svg", type=Path, help="write a plot of the ratios here")
     parser.add_argument("--json", type=Path, help="write the medians here")
     args = parser.parse_args()
@@ -325,8 +350,9 @@ def main() -> None:
 
     os.environ.update(AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1")
     load_before = os.getloadavg()[0]
-    server = MotoServer().start() if s3_sizes or large else None
+    server = MotoServer().start() if s3_sizes or large or args.commit_bytes else None
     pairs: list[Pair] = []
+    sent: tuple[int, int] | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="osaa-bench-") as tmp:
             bench = Bench(Path(tmp), server.endpoint_url if server else None)
@@ -343,10 +369,16 @@ def main() -> None:
                 pairs.append(first)
                 if server is not None:
                     pairs.append(bench_s3(bench, raw, large, args.rounds, f"first ingest of {large_mb} MB files, S3"))
+            if args.commit_bytes and server is not None:
+                raw = make_small_tree(bench.fresh("bytes-raw"), args.commit_bytes, 2000)
+                sent = commit_bytes(bench, raw)
     finally:
         if server is not None:
             server.stop()
     print_table(pairs, (load_before, os.getloadavg()[0]))
+    if sent is not None:
+        print(f"- commit of {args.commit_bytes} files of 2,000 rows: the client sent {sent[0]:,} bytes besides "
+              f"{sent[1]:,} staged bytes ({100 * sent[0] / sent[1]:.2f}%)")
     if args.json:
         args.json.write_text(json.dumps([pair.row() for pair in pairs], indent=2) + "\n")
     if args.svg:
