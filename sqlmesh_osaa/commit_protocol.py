@@ -236,8 +236,8 @@ def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Seq
         return
     where = store_metadata(store)
     done = checkpoint.completed_keys(CheckpointScope.FILE, tracked, metadata=where)
+    running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
     todo = [put for key, put in tracked.items() if key not in done]
-    running = checkpoint.in_progress_keys(CheckpointScope.FILE, [put.key for put in todo])
     restart = [(put.key, put.source_path) for put in todo if put.key not in running]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)

@@ -365,11 +365,6 @@ class PipelineCheckpoint:
         rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
         return {key for key, row in rows.items() if row["status"] == COMPLETED and _records(row, metadata)}
 
-    def in_progress_keys(self, scope: CheckpointScope | str, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` whose items are in progress (live or interrupted), in one query."""
-        rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
-        return {key for key, row in rows.items() if row["status"] == IN_PROGRESS}
-
     def completed_fingerprints(
         self, scope: CheckpointScope | str, key_prefix: str = "", *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, tuple[int | None, int | None]]:
