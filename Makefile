@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/checkpoints.py
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest_scale.py
 	$(BIN)/python bench/commit.py
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/projects.py

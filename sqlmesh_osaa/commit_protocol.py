@@ -195,9 +195,11 @@ def apply_entry(
         fault_point(AFTER_PRODUCTION_COPY)
 
     pending = [put for put in manifest.puts if not put.unchanged and put.key not in skipped]
-    with ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
+    # The copies are flushed together before finish() deletes the versions they came from.
+    with store.deferred_durability(), ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
         for future in [pool.submit(apply, put) for put in pending]:
             future.result()
+    handler.execute(store.sync, operation="Sync")
     deletes = [key for key in manifest.deletes if key not in skipped]
     if deletes:
         handler.execute(store.delete_many, deletes, operation="DeleteObjects")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
 import email.header
 import fcntl
 import hashlib
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import uuid
 import zlib
 from abc import ABC, abstractmethod
@@ -258,12 +260,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> os.stat_result:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, durable: bool = True) -> os.stat_result:
     """Write ``path`` so readers see the old file or the complete new one, never a torn one.
 
     The content goes to a temp file beside ``path`` (same filesystem, so the rename is
     atomic), is fsynced, renamed over ``path``, and the directory is fsynced so the rename
-    survives a power cut. On any error the temp file is removed and ``path`` is untouched.
+    survives a power cut; with ``durable=False`` both fsyncs are left to a later
+    :func:`sync_filesystem` (a killed process loses nothing either way: the page cache
+    outlives it). On any error the temp file is removed and ``path`` is untouched.
     Returns the stat of the written file (inode and mtime survive the rename).
     """
     fd, temp = _create_temp(path.parent)
@@ -271,15 +275,43 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> os.stat_resu
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
             written = os.fstat(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
     return written
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every write of the filesystem holding ``path`` to disk: one syncfs for a batch of writes.
+
+    Falls back to a global sync where syncfs(2) is missing (not Linux).
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "syncfs"):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if libc.syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, os.strerror(error), str(path))
+    finally:
+        os.close(fd)
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
 
 
 def _copy_hashing(source: IO[bytes], target: IO[bytes], digest: ContentDigest) -> None:
@@ -370,6 +402,19 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete objects; keys that do not exist are not an error (deletes are idempotent)."""
+
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        """Within it, :meth:`put_file` and :meth:`copy` may return before their object is on disk.
+
+        Objects are still complete and atomic when they appear; only their survival of a power
+        cut waits for :meth:`sync`. A batch pays one flush instead of one per object. An S3
+        write is durable when it returns, so by default there is nothing to defer.
+        """
+        yield
+
+    def sync(self) -> None:
+        """Make every object written so far durable (those written under :meth:`deferred_durability`)."""
 
     @abstractmethod
     def list_prefix(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -481,6 +526,9 @@ class LocalStore(ObjectStore):
         self.bucket = bucket
         self._bucket_dir = self.root / bucket
         self._meta_dir = self.root / _META_DIR / bucket
+        self._deferring = 0
+        self._sync_owed = False
+        self._durability_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r}, bucket={self.bucket!r})"
@@ -508,11 +556,45 @@ class LocalStore(ObjectStore):
             if expected is not None and digest.md5 != expected:
                 raise self._bad_digest(local_path, key, digest.md5, expected)
 
+        durable = self._durable()
         with self._os_errors("PutObject", key):
-            written = atomic_write(self._object_path(key), write)
-            info = self._write_sidecar(key, written, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum)
+            written = atomic_write(self._object_path(key), write, durable=durable)
+            metadata = {**user_metadata, MD5_METADATA_KEY: digest.md5}
+            info = self._write_sidecar(key, written, metadata, digest.checksum, durable=durable)
         logger.debug("Stored %s (%d bytes) in %s", key, info.size, self)
         return info
+
+    @contextmanager
+    def deferred_durability(self) -> Iterator[None]:
+        """Objects and sidecars written meanwhile skip their fsyncs; :meth:`sync` flushes them at once."""
+        with self._durability_lock:
+            self._deferring += 1
+        try:
+            yield
+        finally:
+            with self._durability_lock:
+                self._deferring -= 1
+
+    def sync(self) -> None:
+        with self._durability_lock:
+            owed, self._sync_owed = self._sync_owed, False
+        if not owed:
+            return
+        try:
+            with self._os_errors("Sync", ""):
+                sync_filesystem(self._bucket_dir)
+        except BaseException:
+            with self._durability_lock:
+                self._sync_owed = True
+            raise
+
+    def _durable(self) -> bool:
+        """Whether a write now flushes itself; if not, a :meth:`sync` is owed."""
+        with self._durability_lock:
+            if self._deferring:
+                self._sync_owed = True
+                return False
+        return True
 
     def get_file(self, key: str, local_path: str | Path) -> None:
         self._check_key(key, "GetObject")
@@ -558,9 +640,10 @@ class LocalStore(ObjectStore):
                         found = f"size={target.tell()}, md5={digest.md5}, checksum={digest.checksum}"
                         raise self._copy_mismatch(expected, dst_key, found)
 
-            written = atomic_write(self._object_path(dst_key), write)
+            durable = self._durable()
+            written = atomic_write(self._object_path(dst_key), write, durable=durable)
             metadata = {**recorded.metadata, MD5_METADATA_KEY: digest.md5}
-            return self._write_sidecar(dst_key, written, metadata, digest.checksum)
+            return self._write_sidecar(dst_key, written, metadata, digest.checksum, durable=durable)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         unique = list(dict.fromkeys(keys))
@@ -653,7 +736,7 @@ class LocalStore(ObjectStore):
         return self._meta_dir / name[:2] / f"{name}.json"
 
     def _write_sidecar(
-        self, key: str, written: os.stat_result, metadata: dict[str, str], checksum: str
+        self, key: str, written: os.stat_result, metadata: dict[str, str], checksum: str, *, durable: bool = True
     ) -> ObjectInfo:
         record = {
             "key": key,
@@ -664,7 +747,7 @@ class LocalStore(ObjectStore):
             "mtime_ns": written.st_mtime_ns,
         }
         payload = json.dumps(record, ensure_ascii=False).encode("utf-8")
-        atomic_write(self._sidecar_path(key), lambda handle: handle.write(payload))
+        atomic_write(self._sidecar_path(key), lambda handle: handle.write(payload), durable=durable)
         return self._object_info(key, written, record)
 
     def _read_sidecar(self, key: str, current: os.stat_result) -> dict[str, Any]:

@@ -340,11 +340,13 @@ class TransactionManager:
             self.checkpoint.mark_started_many(
                 CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in staging], force=True
             )
-        if len(staging) <= 1:
-            staged = [self._stage(upload, accepting) for upload in staging]
-        else:
-            with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
-                staged = list(pool.map(lambda upload: self._stage(upload, accepting), staging))
+        # Staged versions need to survive a power cut only once a decision names them: commit() syncs first.
+        with self.store.deferred_durability():
+            if len(staging) <= 1:
+                staged = [self._stage(upload, accepting) for upload in staging]
+            else:
+                with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
+                    staged = list(pool.map(lambda upload: self._stage(upload, accepting), staging))
         outcomes = iter(staged)
         return [
             UploadOutcome(upload, error=refused[index]) if index in refused else next(outcomes)
@@ -463,6 +465,7 @@ class TransactionManager:
             self._end_unchanged()
             return
         try:
+            self.store.sync()
             entry = decide(self.log, self.transaction_id, self._marker.begin, self.manifest)
         except TransactionConflictError as conflict:
             self.rollback(reason=str(conflict))

@@ -820,3 +820,16 @@ def test_a_mark_keeps_metadata_another_checkpoint_added(where: dict[str, Any]) -
         second.update_metadata(CheckpointScope.OPERATION, "k", {"b": 2})
         first.mark_completed(CheckpointScope.OPERATION, "k")
         assert first.get(CheckpointScope.OPERATION, "k")["metadata"] == {"a": 1, "b": 2}
+
+
+def test_a_batch_keeps_awkward_values_and_nulls_exactly(store: PipelineCheckpoint, tmp_path: Path) -> None:
+    awkward = ['a,b', 'say "hi"', "two\nlines", "", "osaa-null-", "\\N", "ünïcode", " padded "]
+    items = [(f"k{index:02d}", str(tmp_path / awkward[index % len(awkward)])) for index in range(40)]
+    items += [(f"bare{index:02d}", None) for index in range(20)]
+    store.mark_started_many(FILE, items)
+    store.mark_completed_many(FILE, [(key, path, f"md5-{key}") for key, path in items])
+    for key, path in items:
+        row = store.get(FILE, key)
+        assert row is not None
+        assert (row["status"], row["file_path"], row["checksum"]) == ("completed", path, f"md5-{key}")
+        assert row["error_message"] is None

@@ -90,6 +90,21 @@ def test_head_reports_size_md5_and_metadata_of_a_put(store: ObjectStore, tmp_pat
     assert info.last_modified is not None
 
 
+def test_objects_written_with_deferred_durability_are_complete_at_once_and_copy_verified(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    source = write(tmp_path, "data.csv", b"a,b\n1,2\n")
+
+    with store.deferred_durability():
+        store.put_file(source, "staged/data.csv")
+        store.copy("staged/data.csv", "prod/data.csv")
+        seen = store.head("prod/data.csv")
+    store.sync()
+
+    assert seen is not None and seen.md5 == md5_of(b"a,b\n1,2\n")
+    assert store.get_bytes("prod/data.csv") == (b"a,b\n1,2\n", md5_of(b"a,b\n1,2\n"))
+
+
 def test_put_returns_what_head_then_reports(store: ObjectStore, tmp_path: Path) -> None:
     put = store.put_file(write(tmp_path, "f", b"content"), "k", metadata={"run": "1"})
 

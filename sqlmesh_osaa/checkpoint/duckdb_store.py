@@ -22,6 +22,7 @@ docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when ope
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import logging
@@ -29,11 +30,12 @@ import os
 import re
 import shutil
 import struct
+import tempfile
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,9 +54,10 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
+    last_events,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 
@@ -64,7 +67,7 @@ SCHEMA_VERSION = 2
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 ID_SEPARATOR = "\x1f"
-# Up to this many rows or events a write binds parameters; more travel as one JSON document.
+# Up to this many rows or events a write binds parameters; more travel as one CSV file (_batch_csv).
 _BULK_FROM = 16
 # Compaction (DuckDBStore.reclaim_space): files from this size, when a fresh copy takes at
 # most this share of it (so a file is never more than 1/0.75 = 1.33x what a copy would take).
@@ -167,12 +170,23 @@ _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({'
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 
-_ROW_BULK_COLUMNS = ("item_id", *ROW_COLUMNS)
-_EVENT_TO_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
-_ROW_BULK_INSERT_SQL = f"INSERT INTO checkpoints ({', '.join(_ROW_BULK_COLUMNS)}) SELECT {', '.join(_ROW_BULK_COLUMNS)} FROM {{frame}}"
+_BATCH_EVENT_COLUMNS = EVENT_LOG_COLUMNS[1:]
+_BATCH_COLUMNS = {**{column: _EVENT_TYPES[column] for column in _BATCH_EVENT_COLUMNS}, "item_id": "VARCHAR", "write": "VARCHAR"}
+_BATCH_LOAD_SQL = (
+    "CREATE TEMPORARY TABLE {table} AS SELECT * FROM read_csv($path, header = false, auto_detect = false, "
+    "delim = ',', quote = '\"', escape = '\"', nullstr = $null, columns = {{"
+    + ", ".join(f"'{column}': '{kind}'" for column, kind in _BATCH_COLUMNS.items())
+    + "}})"
+)
+_ROW_FROM_BATCH = ", ".join(f'"{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
+_ROW_BULK_INSERT_SQL = (
+    f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
+    "WHERE write = 'insert'"
+)
 _ROW_BULK_UPDATE_SQL = (
-    f"UPDATE checkpoints AS c SET {', '.join(f'{col} = b.{col}' for col in ROW_COLUMNS)} "
-    "FROM {frame} AS b WHERE c.item_id = b.item_id"
+    "UPDATE checkpoints AS c SET "
+    + ", ".join(f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
+    + " FROM {frame} AS b WHERE c.item_id = b.item_id AND b.write = 'update'"
 )
 _EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
 _DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
@@ -305,40 +319,38 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             ) from exc
 
 
-def _frame(columns: dict[str, list[Any]], types: dict[str, str]) -> Any:
-    """A pandas DataFrame of ``columns``: how a batch reaches DuckDB (docs/performance.md compares the ways).
+def _batch_csv(events: Sequence[Event], rows: Mapping[str, Row], pipeline: str, null: str) -> str:
+    """A batch of events as a temporary CSV file: how a batch reaches DuckDB without pandas.
 
-    pandas and numpy are loaded anyway: DuckDB imports them at the first bound parameter.
+    Each line is one event plus the ``item_id`` of its row and what the batch does to that
+    row (``insert``, ``update`` or ``none`` when the event clears it). ``null`` is a token
+    unique to the batch that stands for NULL (docs/performance.md, "Ingest").
     """
-    import pandas
-
-    data = {}
-    for column, values in columns.items():
-        kind = types.get(column, "VARCHAR")
-        if kind == "TIMESTAMP":
-            data[column] = pandas.to_datetime(pandas.Series(values, dtype=object))
-        elif kind in ("INTEGER", "BIGINT"):
-            data[column] = pandas.array(values, dtype="Int64")
-        else:
-            data[column] = pandas.Series(values, dtype=object)
-    return pandas.DataFrame(data)
-
-
-def _row_frame(pipeline: str, events: Any) -> Any:
-    """The rows a frame of events leaves (:func:`row_after`, column by column)."""
-    rows = events.rename(columns=_EVENT_TO_ROW)[list(ROW_COLUMNS)]
-    rows.insert(0, "item_id", pipeline + ID_SEPARATOR + rows["scope"] + ID_SEPARATOR + rows["key"])
-    return rows
+    descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
+    with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_ALL)
+        # A batch may change one item several times: only its last event writes the row.
+        last = {event["key"]: index for index, event in enumerate(events)}
+        for index, event in enumerate(events):
+            kept = event["to_status"] != PENDING and last[event["key"]] == index
+            write = ("update" if event["key"] in rows else "insert") if kept else "none"
+            values = [null if event[column] is None else event[column] for column in _BATCH_EVENT_COLUMNS]
+            writer.writerow([*values, item_id(pipeline, event["scope"], event["key"]), write])
+    return path
 
 
 @contextmanager
-def _registered(connection: duckdb.DuckDBPyConnection, frame: Any) -> Iterator[str]:
+def _batch_table(connection: duckdb.DuckDBPyConnection, events: Sequence[Event], rows: Mapping[str, Row], pipeline: str) -> Iterator[str]:
+    """A temporary table of the batch, loaded from its CSV file in one statement."""
+    null = f"osaa-null-{uuid.uuid4().hex}"
+    path = _batch_csv(events, rows, pipeline, null)
     name = f"osaa_batch_{uuid.uuid4().hex}"
-    connection.register(name, frame)
     try:
+        connection.execute(_BATCH_LOAD_SQL.format(table=name), {"path": path, "null": null})
         yield name
     finally:
-        connection.unregister(name)
+        os.unlink(path)
+        connection.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 class DuckDBStore(CheckpointStore):
@@ -613,17 +625,11 @@ class DuckDBStore(CheckpointStore):
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
-            frame = _frame(event_columns(events, EVENT_LOG_COLUMNS[1:]), _EVENT_TYPES)
-            with _registered(connection, frame) as name:
+            with _batch_table(connection, events, rows, pipeline) as name:
                 connection.execute(_EVENT_BULK_SQL.format(frame=name))
-            # A batch may change one item several times: its row is what the last event left.
-            frame = frame.drop_duplicates("key", keep="last")
-            kept, existed = frame["to_status"] != PENDING, frame["key"].isin(list(rows))
-            for sql, wanted in ((_ROW_BULK_INSERT_SQL, kept & ~existed), (_ROW_BULK_UPDATE_SQL, kept & existed)):
-                if wanted.any():
-                    with _registered(connection, _row_frame(pipeline, frame[wanted])) as name:
-                        connection.execute(sql.format(frame=name))
-            deleted = frame["key"][~kept & existed].tolist()
+                connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
+                connection.execute(_ROW_BULK_UPDATE_SQL.format(frame=name))
+            deleted = [event["key"] for event in last_events(events) if event["to_status"] == PENDING and event["key"] in rows]
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

@@ -17,7 +17,10 @@ def recover_main() -> None:
 
 
 def ingest_main() -> None:
-    """Console script ``osaa-ingest``."""
+    """Console script ``osaa-ingest``: a process of the core alone, so pandas stays out (lean_imports)."""
+    from sqlmesh_osaa.lean_imports import keep_pandas_out
+
+    keep_pandas_out()
     from sqlmesh_osaa.cli.ingest import ingest
 
     ingest(prog_name="osaa-ingest")

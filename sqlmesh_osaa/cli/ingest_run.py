@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import click
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-
 from sqlmesh_osaa.cli import output
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.exceptions import IngestError
@@ -33,6 +31,8 @@ def _progress(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
