@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from projects import MACROS, OSAA_CONFIG
+from projects import MACROS, OSAA_CONFIG, add_chain, model
 
 SQLMESH = Path(sys.executable).parent / "sqlmesh"
 SEEDS, CHAINS, CHAIN_LENGTH, FAN_IN = 5, 5, 8, 3
@@ -44,10 +44,6 @@ COMMANDS = {
     "first plan": ["plan", "--auto-apply", "--no-prompts"],
     "restatement": ["plan", "--restate-model", "bench.seed_*", "--auto-apply", "--no-prompts"],
 }
-
-
-def _model(name: str, kind: str, query: str) -> str:
-    return f"MODEL (name bench.{name}, kind {kind});\n{query}\n"
 
 
 def generate(directory: Path, variant: str) -> Path:
@@ -65,20 +61,14 @@ def generate(directory: Path, variant: str) -> Path:
     for seed in range(SEEDS):
         rows = 2000 * (seed + 1)
         query = f"SELECT range AS id, range % 97 AS grp, random() AS x FROM range({rows})"
-        files[f"seed_{seed}"] = _model(f"seed_{seed}", "FULL", query)
+        files[f"seed_{seed}"] = model(f"seed_{seed}", "FULL", query)
     ends = []
     for chain in range(CHAINS):
-        upstream = f"seed_{chain % SEEDS}"
-        for step in range(CHAIN_LENGTH):
-            name = f"chain_{chain}_{step}"
-            query = f"SELECT id, grp, x * 1.01 + {step} AS x FROM bench.{upstream} WHERE id % {step + 2} <> 1"
-            files[name] = _model(name, "FULL", query)
-            upstream = name
-        ends.append(upstream)
+        ends.append(add_chain(files, chain, f"seed_{chain % SEEDS}", CHAIN_LENGTH))
     for fan in range(FAN_IN):
         joined = ends[fan : fan + 3]
         query = " UNION ALL ".join(f"SELECT grp, sum(x) AS total FROM bench.{end} GROUP BY grp" for end in joined)
-        files[f"fan_{fan}"] = _model(
+        files[f"fan_{fan}"] = model(
             f"fan_{fan}", "FULL", f"SELECT grp, sum(total) AS total FROM ({query}) GROUP BY grp"
         )
     for output in range(2):
@@ -89,7 +79,7 @@ def generate(directory: Path, variant: str) -> Path:
                 f"materialization_properties (key = 'bench/output_{output}.parquet'))"
             )
         query = f"SELECT * FROM bench.fan_{output} JOIN bench.fan_{output + 1} USING (grp)"
-        files[f"output_{output}"] = _model(f"output_{output}", kind, query)
+        files[f"output_{output}"] = model(f"output_{output}", kind, query)
     assert len(files) == 50, len(files)
     for name, text in files.items():
         (models / f"{name}.sql").write_text(text)

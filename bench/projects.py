@@ -70,8 +70,18 @@ class Sample:
     rss_mb: float
 
 
-def _model(name: str, kind: str, query: str) -> str:
+def model(name: str, kind: str, query: str) -> str:
     return f"MODEL (name bench.{name}, kind {kind});\n{query}\n"
+
+
+def add_chain(files: dict[str, str], chain: int, upstream: str, length: int) -> str:
+    """``length`` FULL models, each filtering the one before, from ``upstream``; the last one's name."""
+    for step in range(length):
+        name = f"chain_{chain}_{step}"
+        query = f"SELECT id, grp, x * 1.01 + {step} AS x FROM bench.{upstream} WHERE id % {step + 2} <> 1"
+        files[name] = model(name, "FULL", query)
+        upstream = name
+    return upstream
 
 
 def models(size: int, hooked: bool) -> dict[str, str]:
@@ -84,25 +94,20 @@ def models(size: int, hooked: bool) -> dict[str, str]:
             f"SELECT range AS id, range % 97 AS grp, random() AS x, "
             f"DATE '2024-01-01' + (range % 60)::INT AS ds FROM range({1000 * (seed + 1)})"
         )
-        files[f"seed_{seed}"] = _model(f"seed_{seed}", "FULL", query)
+        files[f"seed_{seed}"] = model(f"seed_{seed}", "FULL", query)
     for number in range(incrementals):
         query = f"SELECT id, grp, x, ds FROM bench.seed_{number % seeds} WHERE ds BETWEEN @start_ds AND @end_ds"
-        files[f"inc_{number}"] = _model(f"inc_{number}", "INCREMENTAL_BY_TIME_RANGE (time_column ds)", query)
+        files[f"inc_{number}"] = model(f"inc_{number}", "INCREMENTAL_BY_TIME_RANGE (time_column ds)", query)
     ends, chains = [], max(1, chain_models // 8)
     for chain in range(chains):
         upstream = f"inc_{chain % incrementals}"
         length = chain_models // chains + (1 if chain < chain_models % chains else 0)
-        for step in range(length):
-            name = f"chain_{chain}_{step}"
-            query = f"SELECT id, grp, x * 1.01 + {step} AS x FROM bench.{upstream} WHERE id % {step + 2} <> 1"
-            files[name] = _model(name, "FULL", query)
-            upstream = name
-        ends.append(upstream)
+        ends.append(add_chain(files, chain, upstream, length))
     for fan in range(fans):
         joined = [ends[(fan + i) % len(ends)] for i in range(3)]
         union = " UNION ALL ".join(f"SELECT grp, sum(x) AS total FROM bench.{end} GROUP BY grp" for end in joined)
         query = f"SELECT grp, sum(total) AS total FROM ({union}) GROUP BY grp"
-        files[f"fan_{fan}"] = _model(f"fan_{fan}", "FULL", query)
+        files[f"fan_{fan}"] = model(f"fan_{fan}", "FULL", query)
     for output in range(2):
         kind = "FULL"
         if hooked:
@@ -112,7 +117,7 @@ def models(size: int, hooked: bool) -> dict[str, str]:
             f"SELECT a.grp, a.total, b.total AS other FROM bench.fan_{output} a "
             f"JOIN bench.fan_{output + 1} b USING (grp)"
         )
-        files[f"output_{output}"] = _model(f"output_{output}", kind, query)
+        files[f"output_{output}"] = model(f"output_{output}", kind, query)
     assert len(files) == size, (len(files), size)
     return files
 
