@@ -54,10 +54,9 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
-    last_events,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 
@@ -326,16 +325,19 @@ def _batch_csv(events: Sequence[Event], rows: Mapping[str, Row], pipeline: str, 
     row (``insert``, ``update`` or ``none`` when the event clears it). ``null`` is a token
     unique to the batch that stands for NULL (docs/performance.md, "Ingest").
     """
+    columns = event_columns(events, _BATCH_EVENT_COLUMNS)
+    keys, statuses, scopes = columns["key"], columns["to_status"], columns["scope"]
+    # A batch may change one item several times: only its last event writes the row.
+    last = {key: index for index, key in enumerate(keys)}
     descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
     with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_ALL)
-        # A batch may change one item several times: only its last event writes the row.
-        last = {event["key"]: index for index, event in enumerate(events)}
-        for index, event in enumerate(events):
-            kept = event["to_status"] != PENDING and last[event["key"]] == index
-            write = ("update" if event["key"] in rows else "insert") if kept else "none"
-            values = [null if event[column] is None else event[column] for column in _BATCH_EVENT_COLUMNS]
-            writer.writerow([*values, item_id(pipeline, event["scope"], event["key"]), write])
+        for index, values in enumerate(zip(*columns.values())):
+            key = keys[index]
+            kept = statuses[index] != PENDING and last[key] == index
+            write = ("update" if key in rows else "insert") if kept else "none"
+            cells = [null if value is None else value for value in values]
+            writer.writerow([*cells, item_id(pipeline, scopes[index], key), write])
     return path
 
 
@@ -629,7 +631,9 @@ class DuckDBStore(CheckpointStore):
                 connection.execute(_EVENT_BULK_SQL.format(frame=name))
                 connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 connection.execute(_ROW_BULK_UPDATE_SQL.format(frame=name))
-            deleted = [event["key"] for event in last_events(events) if event["to_status"] == PENDING and event["key"] in rows]
+            columns = event_columns(events, ("key", "to_status"))
+            last_status = dict(zip(columns["key"], columns["to_status"]))
+            deleted = [key for key, status in last_status.items() if status == PENDING and key in rows]
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
