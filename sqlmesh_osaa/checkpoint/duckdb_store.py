@@ -54,6 +54,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
+    last_index,
     written_rows,
 )
 from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns
@@ -327,8 +328,7 @@ def _batch_csv(events: Sequence[Event], rows: Mapping[str, Row], pipeline: str, 
     """
     columns = event_columns(events, _BATCH_EVENT_COLUMNS)
     keys, statuses, scopes = columns["key"], columns["to_status"], columns["scope"]
-    # A batch may change one item several times: only its last event writes the row.
-    last = {key: index for index, key in enumerate(keys)}
+    last = last_index(keys)
     descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
     with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_ALL)

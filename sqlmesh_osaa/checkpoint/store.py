@@ -206,6 +206,11 @@ class CheckpointStore(ABC):
         return {pipeline: count for pipeline, count in self.read(sql, params)}
 
 
+def last_index(keys: Sequence[str]) -> dict[str, int]:
+    """Where each key's last event is: a batch may change one item several times, its row is what the last left."""
+    return {key: index for index, key in enumerate(keys)}
+
+
 def last_events(events: Sequence[Event]) -> list[Event]:
     """The last event of each key, in order: a batch may change one item several times, its row is the last."""
     last = {event["key"]: event for event in events}
@@ -235,9 +240,7 @@ def written_row_columns(
     source = event_columns(events, [ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
     keys, statuses = source["key"], source["to_status"]
     inserted, updated, deleted = [], [], []
-    # A batch may change one item several times: its row is what the last event left.
-    last = {key: index for index, key in enumerate(keys)}
-    for key, index in last.items():
+    for key, index in last_index(keys).items():
         status = statuses[index]
         if status == PENDING:
             if key in rows:
