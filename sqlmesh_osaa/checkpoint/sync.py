@@ -28,7 +28,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def sync_location(settings: OsaaSettings) -> SyncLocation | None:
         return None
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://") :].partition("/")
-        storage = settings.storage.model_copy(update={"backend": "s3"})
+        storage = replace(settings.storage, backend="s3")
         store = make_store(storage, bucket=bucket)
     else:
         directory = Path(url[len("file://") :] if url.startswith("file://") else url).expanduser().resolve()

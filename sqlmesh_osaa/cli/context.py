@@ -113,9 +113,7 @@ def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) ->
         dotenv = invocation.dotenv if invocation else None
         settings = resolve_paths(load_settings(_project_variables(project_dir, config_name, dotenv)), project_dir)
     if db is not None:
-        settings = settings.model_copy(
-            update={"checkpoint": settings.checkpoint.model_copy(update={"db_path": db.expanduser().resolve()})}
-        )
+        settings = replace(settings, checkpoint=replace(settings.checkpoint, db_path=db.expanduser().resolve()))
     set_settings(settings)
     return Target(
         settings=settings,

@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -170,11 +170,10 @@ def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSetting
 def resolve_paths(settings: OsaaSettings, project_dir: Path) -> OsaaSettings:
     """Settings whose relative paths point inside ``project_dir``."""
     storage, checkpoint = settings.storage, settings.checkpoint
-    return settings.model_copy(
-        update={
-            "storage": storage.model_copy(update={"root": _inside(project_dir, storage.root)}),
-            "checkpoint": checkpoint.model_copy(update={"db_path": _inside(project_dir, checkpoint.db_path)}),
-        }
+    return replace(
+        settings,
+        storage=replace(storage, root=_inside(project_dir, storage.root)),
+        checkpoint=replace(checkpoint, db_path=_inside(project_dir, checkpoint.db_path)),
     )
 
 
