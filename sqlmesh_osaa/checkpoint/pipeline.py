@@ -74,6 +74,7 @@ CompletionItem = (
     | tuple[str, str | Path | None, str | Fingerprint | None]
 )
 
+_FINGERPRINT_COLUMNS = ("key", "file_size", "file_mtime_ns", "metadata")
 _MAX_LISTED_REFUSALS = 5
 # Times a row read is repeated while its run's lease ends under it (_settle_interrupted).
 _SETTLE_ROUNDS = 3
@@ -415,8 +416,18 @@ class PipelineCheckpoint:
         With ``metadata``, only completions that recorded those values count.
         """
         where = RowFilter(scope=CheckpointScope(scope).value, status=COMPLETED, key_prefix=key_prefix)
-        rows = self._require_open().select_rows(self.pipeline_name, where)
-        return {row["key"]: (row["file_size"], row["file_mtime_ns"]) for row in rows if _records(row, metadata)}
+        rows = self._require_open().select_rows(self.pipeline_name, where, columns=_FINGERPRINT_COLUMNS)
+        # Items of one pipeline and store share a few metadata documents: each is parsed once.
+        matches: dict[Any, bool] = {}
+        fingerprints = {}
+        for row in rows:
+            recorded = row["metadata"]
+            hashable = recorded if isinstance(recorded, str) else json.dumps(recorded, sort_keys=True)
+            if hashable not in matches:
+                matches[hashable] = _records(row, metadata)
+            if matches[hashable]:
+                fingerprints[row["key"]] = (row["file_size"], row["file_mtime_ns"])
+        return fingerprints
 
     def unchanged_keys(
         self,

@@ -2,7 +2,8 @@
 
 Tables and progress go through rich (only the CLI uses it). When stdout is not a terminal
 the console is wide and does not wrap, so a piped table keeps each value on one line.
-JSON goes to stdout alone; messages and progress go to stderr.
+JSON goes to stdout alone; messages and progress go to stderr. rich is imported on the
+first table or message: a ``--json`` run that succeeds never loads it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import json
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 _PIPED_WIDTH = 240
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
     console = Console(stderr=stderr)
     if not console.is_terminal:
         console = Console(stderr=stderr, width=_PIPED_WIDTH, soft_wrap=True)
@@ -38,6 +43,8 @@ def err_console() -> Console:
 
 def jsonable(value: Any) -> Any:
     """Plain JSON values: datetimes as ISO 8601 (UTC), paths as strings, enums as their value."""
+    if type(value) in _PLAIN:  # most values of a report; checked first, as the ABC checks below cost more
+        return value
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -57,6 +64,8 @@ def emit_json(data: Mapping[str, Any]) -> None:
 
 def error(message: str) -> None:
     """The message as written: square brackets in it (``raw[v2]``) are text, not markup."""
+    from rich.markup import escape
+
     err_console().print(f"[bold red]Error:[/] {escape(message)}", highlight=False, markup=True)
 
 
@@ -72,6 +81,8 @@ def text(value: Any) -> str:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    from rich.table import Table
+
     result = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
         result.add_column(column, overflow="fold")
