@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import uuid
 import weakref
 from collections import Counter
@@ -32,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import sync
 from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
@@ -78,7 +76,7 @@ _FINGERPRINT_COLUMNS = ("key", "file_size", "file_mtime_ns", "metadata")
 _MAX_LISTED_REFUSALS = 5
 # Times a row read is repeated while its run's lease ends under it (_settle_interrupted).
 _SETTLE_ROUNDS = 3
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename  # socket.gethostname()'s value, without importing socket
 
 
 def _utcnow() -> datetime:
@@ -296,6 +294,8 @@ class PipelineCheckpoint:
     def _after_mark(scope: CheckpointScope | str) -> None:
         """A PIPELINE item ended: an ephemeral runner pushes its checkpoint file now."""
         if CheckpointScope(scope) is CheckpointScope.PIPELINE:
+            from sqlmesh_osaa.checkpoint import sync
+
             sync.pipeline_checkpoint_recorded()
 
     def update_metadata(self, scope: CheckpointScope | str, key: str, metadata: Mapping[str, Any]) -> None:
