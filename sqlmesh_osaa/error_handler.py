@@ -37,6 +37,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, ParamSpec, TypeVar
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.exceptions import (
     CircuitBreakerOpenError,
     ErrorCategory,
@@ -747,8 +748,6 @@ class ErrorHandler:
     def _loop(self, operation: str, label: str) -> _RetryLoop:
         return _RetryLoop(self.retry, operation, label, self.circuit_breaker, None, self.stats)
 
-
-BREAKER_KEY_PREFIX = "circuit-breaker/"
 
 
 def record_breaker_transitions(breaker: CircuitBreaker, checkpoint: PipelineCheckpoint) -> None:

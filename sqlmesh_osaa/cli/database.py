@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint, open_store
+from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.settings import get_settings
 
 # A name that never holds rows: only used to open the store before its pipelines are known.
@@ -70,8 +71,6 @@ class CheckpointSession:
 
     def breaker_openings(self) -> dict[str, int]:
         """Openings as error_handler.record_breaker_transitions keeps them: each one fails its item."""
-        from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
-
         return self._anchor().store.failures_by_pipeline(scope="operation", key_prefix=BREAKER_KEY_PREFIX)
 
     def reclaim_space(self) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def test_an_unchanged_ingest_rerun_loads_neither_the_commit_machinery_nor_rich_n
 
 @pytest.mark.parametrize(
     "args",
-    [["list-failed", "--json"], ["stats", "--json"], ["history", "--json"]],
+    [["list-failed", "--json"], ["stats", "--json"], ["history", "--key", "prod/landing/sdg/series_0.parquet", "--json"]],
     ids=lambda args: args[0],
 )
 def test_recovery_reads_load_no_settings_library_storage_or_retries(
