@@ -1,28 +1,32 @@
-"""Settings sections: frozen dataclasses that check and coerce their own fields.
+"""Settings sections: frozen value objects that check and coerce their own fields.
 
-A section is a frozen dataclass whose fields are plain types (``str``, ``int``, ``float``,
-``bool``, ``Path``, ``Literal[...]``, ``X | None``, ``dict[str, str]``) or other sections.
-Constructing one (directly, from plain data with :meth:`Section.from_data`, or through
-``dataclasses.replace``) coerces lax inputs the way settings arrive (``"5"`` from an
+A section is a subclass of :class:`Section` whose annotated fields are plain types (``str``,
+``int``, ``float``, ``bool``, ``Path``, ``Literal[...]``, ``X | None``, ``dict[str, str]``) or
+other sections. Constructing one (directly, from plain data with :meth:`Section.from_data`,
+or with :func:`replace`) coerces lax inputs the way settings arrive (``"5"`` from an
 environment variable becomes ``5``, ``"false"`` becomes ``False``, a string becomes a
 ``Path``), enforces the bounds given with :func:`setting`, runs the section's own checks, and
-raises :class:`Invalid` naming the field's location, the reason and the value.
+raises :class:`Invalid` naming the field's location, the reason and the value. Sections are
+immutable, compare and hash by value.
 
 Why not pydantic: importing it and building the settings models cost 0.17-0.25 s of CPU at
 every command's start, more than an unchanged ``osaa-ingest`` re-run needs for all its work
-(docs/decisions.md, "Settings without pydantic").
+(docs/decisions.md, "Settings are frozen value objects"). Why not ``dataclasses`` either: each
+frozen dataclass generates its methods with ``exec`` when its module is imported, 1-2 ms a
+class; one generic implementation here costs nothing per class.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import types
 from collections.abc import Callable, Mapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+S = TypeVar("S", bound="Section")
+_MISSING: Any = object()
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 _NONE_TYPE = type(None)
@@ -42,10 +46,28 @@ class Invalid(ValueError):
         return Invalid((name, *self.location), self.reason, self.value, unknown=self.unknown)
 
 
+class Field:
+    """A section's field as declared: its default (or factory) and its bounds."""
+
+    __slots__ = ("default", "default_factory", "bounds")
+
+    def __init__(self, default: Any, default_factory: Callable[[], Any] | None, bounds: Mapping[str, Any]) -> None:
+        self.default = default
+        self.default_factory = default_factory
+        self.bounds = bounds
+
+    def initial(self, owner: str, name: str) -> Any:
+        if self.default_factory is not None:
+            return self.default_factory()
+        if self.default is _MISSING:
+            raise TypeError(f"{owner}() missing the setting {name!r}")
+        return self.default
+
+
 def setting(
-    default: Any = dataclasses.MISSING,
+    default: Any = _MISSING,
     *,
-    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    default_factory: Callable[[], Any] | None = None,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
@@ -55,8 +77,7 @@ def setting(
 ) -> Any:
     """A field with bounds: numbers ``ge``/``gt``/``le``, strings ``min_length``/``max_length``/``pattern``."""
     bounds = {"ge": ge, "gt": gt, "le": le, "min_length": min_length, "max_length": max_length, "pattern": pattern}
-    metadata = {name: value for name, value in bounds.items() if value is not None}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+    return Field(default, default_factory, {name: value for name, value in bounds.items() if value is not None})
 
 
 def _check_bounds(value: Any, bounds: Mapping[str, Any]) -> None:
@@ -157,30 +178,50 @@ def _coerce(hint: Any, value: Any) -> Any:
     return _SCALARS[hint](value)
 
 
-@dataclasses.dataclass(frozen=True)
+def _hashable(value: Any) -> Any:
+    return tuple(sorted(value.items())) if isinstance(value, dict) else value
+
+
 class Section:
     """Base of the settings sections; a subclass may add ``_checks`` per field and a whole-section ``_check``."""
 
     # Per field: a function of the coerced value returning the value to keep, raising ValueError.
     _checks: ClassVar[Mapping[str, Callable[[Any], Any]]] = {}
-    _hints: ClassVar[dict[type, dict[str, Any]]] = {}
+    _fields: ClassVar[dict[str, Field]] = {}
+    _hints: ClassVar[dict[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
-        hints = Section._hints.get(type(self))
-        if hints is None:
-            hints = Section._hints[type(self)] = get_type_hints(type(self))
-        for field in dataclasses.fields(self):
-            raw = getattr(self, field.name)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fields = dict(cls._fields)
+        for name in cls.__dict__.get("__annotations__", {}):
+            if name.startswith("_"):
+                continue
+            declared = cls.__dict__.get(name, _MISSING)
+            fields[name] = declared if isinstance(declared, Field) else Field(declared, None, {})
+            if declared is not _MISSING:
+                delattr(cls, name)
+        cls._fields = fields
+        cls._hints = None
+
+    def __init__(self, **values: Any) -> None:
+        cls = type(self)
+        unknown = set(values) - set(cls._fields)
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got unknown settings: {', '.join(sorted(unknown))}")
+        if cls._hints is None:
+            cls._hints = get_type_hints(cls)
+        for name, field in cls._fields.items():
+            raw = values[name] if name in values else field.initial(cls.__name__, name)
             try:
-                value = _coerce(hints[field.name], raw)
-                _check_bounds(value, field.metadata)
-                if field.name in self._checks:
-                    value = self._checks[field.name](value)
+                value = _coerce(cls._hints[name], raw)
+                _check_bounds(value, field.bounds)
+                if name in self._checks:
+                    value = self._checks[name](value)
             except Invalid as invalid:
-                raise invalid.inside(field.name) from None
+                raise invalid.inside(name) from None
             except ValueError as error:
-                raise Invalid((field.name,), str(error), raw) from None
-            object.__setattr__(self, field.name, value)
+                raise Invalid((name,), str(error), raw) from None
+            object.__setattr__(self, name, value)
         try:
             self._check()
         except Invalid:
@@ -191,22 +232,40 @@ class Section:
     def _check(self) -> None:
         """Checks across fields; raise ValueError."""
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(field.name for field in dataclasses.fields(cls))
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: make a changed copy with sections.replace()")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *(_hashable(value) for value in self._values())))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({shown})"
 
     @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> Any:
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls._fields)
+
+    @classmethod
+    def from_data(cls: type[S], data: Mapping[str, Any]) -> S:
         """The section from plain data (YAML, environment strings); unknown keys are :class:`Invalid`."""
-        known = cls.field_names()
         for key, value in data.items():
-            if key not in known:
+            if key not in cls._fields:
                 raise Invalid((str(key),), "unknown setting", value, unknown=True)
         return cls(**data)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values (sections as mappings, paths kept as Path)."""
-        return {
-            field.name: value.to_dict() if isinstance(value := getattr(self, field.name), Section) else value
-            for field in dataclasses.fields(self)
-        }
+
+def replace(section: S, **changes: Any) -> S:
+    """A copy of ``section`` with ``changes``, checked like any new section."""
+    return type(section)(**{**{name: getattr(section, name) for name in section.field_names()}, **changes})

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -47,7 +46,6 @@ def _no_credentials_in_endpoint(value: str | None) -> str | None:
     return value
 
 
-@dataclass(frozen=True)
 class StorageSettings(Section):
     """Where objects live: a local directory that behaves as a bucket, or an S3 endpoint."""
 
@@ -110,7 +108,6 @@ def _bucket_url_or_directory(value: str | None) -> str | None:
     return value
 
 
-@dataclass(frozen=True)
 class SyncSettings(Section):
     """Ephemeral runners: the checkpoint file (and optionally SQLMesh's) kept in object storage under a lease.
 
@@ -134,7 +131,6 @@ def _no_password(value: str | None) -> str | None:
     return value
 
 
-@dataclass(frozen=True)
 class CheckpointSettings(Section):
     """Where checkpoints live: a DuckDB file (the default) or a PostgreSQL database shared by a team."""
 
@@ -160,7 +156,6 @@ class CheckpointSettings(Section):
             )
 
 
-@dataclass(frozen=True)
 class RetrySettings(Section):
     """Exponential backoff with jitter for transient failures (the one retry layer)."""
 
@@ -171,7 +166,6 @@ class RetrySettings(Section):
     jitter: bool = True
 
 
-@dataclass(frozen=True)
 class CircuitBreakerSettings(Section):
     """When to stop calling a failing service, and when to try it again."""
 
@@ -205,7 +199,6 @@ def _has_env_placeholder(value: str) -> str:
     return value.strip("/")
 
 
-@dataclass(frozen=True)
 class EnvironmentSettings(Section):
     """Object-storage prefixes of SQLMesh environments; ``{env}`` is the environment name.
 
@@ -224,9 +217,6 @@ class EnvironmentSettings(Section):
     dev_prefix: str = "dev/{env}"
     prefixes: dict[str, str] = setting(default_factory=dict)
 
-    def __hash__(self) -> int:
-        return hash((self.prod_prefix, self.dev_prefix, tuple(sorted(self.prefixes.items()))))
-
     def _check(self) -> None:
         taken = [name for name, prefix in self.prefixes.items() if prefix == self.prod_prefix]
         if taken:
@@ -241,7 +231,6 @@ class EnvironmentSettings(Section):
         return self.dev_prefix.format(env=environment)
 
 
-@dataclass(frozen=True)
 class MonitoringSettings(Section):
     """Where metrics go and whether failures are announced (docs/monitoring.md)."""
 
@@ -251,7 +240,6 @@ class MonitoringSettings(Section):
     alerts: bool = True
 
 
-@dataclass(frozen=True)
 class OsaaSettings(Section):
     """Every setting of sqlmesh-osaa; see the root ``config.yaml`` for each with its default."""
 

@@ -28,13 +28,14 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.lease import Holder, RunnerLease, read_lease
 from sqlmesh_osaa.exceptions import ConfigurationError, LeaseLostError, PipelineBaseError, PreconditionFailedError
+from sqlmesh_osaa.sections import replace
 from sqlmesh_osaa.settings import OsaaSettings
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, file_md5, make_store
 

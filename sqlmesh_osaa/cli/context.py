@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import click
 
+from sqlmesh_osaa import sections
 from sqlmesh_osaa.cli import output
 from sqlmesh_osaa.cli.database import CheckpointSession, MissingDatabaseError, UnknownPipelineError
 from sqlmesh_osaa.exceptions import ConfigurationError, PipelineBaseError
@@ -112,7 +113,7 @@ def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) ->
         dotenv = invocation.dotenv if invocation else None
         settings = resolve_paths(load_settings(_project_variables(project_dir, config_name, dotenv)), project_dir)
     if db is not None:
-        settings = replace(settings, checkpoint=replace(settings.checkpoint, db_path=db.expanduser().resolve()))
+        settings = sections.replace(settings, checkpoint=sections.replace(settings.checkpoint, db_path=db.expanduser().resolve()))
     set_settings(settings)
     return Target(
         settings=settings,

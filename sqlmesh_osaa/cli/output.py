@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 _PIPED_WIDTH = 240
-_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _console(stderr: bool = False) -> Console:
@@ -41,25 +40,43 @@ def err_console() -> Console:
     return _console(stderr=True)
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values: datetimes as ISO 8601 (UTC), paths as strings, enums as their value."""
-    if type(value) in _PLAIN:  # most values of a report; checked first, as the ABC checks below cost more
-        return value
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(item) for item in value]
+def _json_value(value: Any) -> Any:
+    """What JSON cannot hold as is: datetimes as ISO 8601 (UTC), paths as strings, enums as their value."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Path):
         return str(value)
-    return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=_json_value).encode
+
+
+def json_document(data: Mapping[str, Any]) -> str:
+    """The report indented: a line per top-level key and per element of a top-level list.
+
+    Each line is encoded by the C encoder; Python's indenting encoder (``indent=2``) took
+    about 40 ms for a thousand failed items.
+    """
+    lines = []
+    for key, value in data.items():
+        name = _ENCODE(str(key))
+        if isinstance(value, (list, tuple)) and value:
+            elements = ",\n".join(f"    {_ENCODE(element)}" for element in value)
+            lines.append(f"  {name}: [\n{elements}\n  ]")
+        else:
+            lines.append(f"  {name}: {_ENCODE(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
 
 
 def emit_json(data: Mapping[str, Any]) -> None:
-    click.echo(json.dumps(jsonable(data), indent=2, ensure_ascii=False))
+    click.echo(json_document(data))
 
 
 def error(message: str) -> None:

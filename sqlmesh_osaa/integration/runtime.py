@@ -17,13 +17,14 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint, sync
 from sqlmesh_osaa.checkpoint.deferred import DeferredChanges
 from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.sections import replace
 from sqlmesh_osaa.settings import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, OsaaSettings, load_settings, set_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
 
