@@ -45,7 +45,7 @@ from sqlmesh_osaa.exceptions import (
     TransactionError,
 )
 from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
-from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
+from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, store_metadata
 
 _log = logging.getLogger(__name__)
 
@@ -222,11 +222,6 @@ def _verified_version(store: ObjectStore, handler: ErrorHandler, put: StagedPut,
             category=ErrorCategory.PERMANENT, key=put.key, staged_key=put.staged_key, transaction_id=transaction_id,
         )
     return staged
-
-
-def store_metadata(store: ObjectStore) -> dict[str, str]:
-    """What a FILE checkpoint records of the store its key lives in: another store is another key space."""
-    return {"store": store.identity}
 
 
 def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Sequence[StagedPut]) -> None:

@@ -34,18 +34,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Iterable, NamedTuple, ParamSpec, TypeVar
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random_exponential,
-)
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, ParamSpec, TypeVar
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.exceptions import (
     CircuitBreakerOpenError,
     ErrorCategory,
@@ -53,6 +45,11 @@ from sqlmesh_osaa.exceptions import (
     categorize_error,
 )
 from sqlmesh_osaa.settings import CircuitBreakerSettings, OsaaSettings, RetrySettings, get_settings
+
+if TYPE_CHECKING:
+    # tenacity is imported when an operation is first retried: a command that retries nothing
+    # (an unchanged re-run, a read of the recovery CLI) does not pay for it.
+    from tenacity import RetryCallState, Retrying, wait_exponential
 
 __all__ = [
     "CircuitBreaker",
@@ -212,6 +209,8 @@ class RetryPolicy:
         return decorate
 
     def _wait(self) -> wait_exponential:
+        from tenacity import wait_exponential, wait_random_exponential
+
         strategy = wait_random_exponential if self.jitter else wait_exponential
         return strategy(multiplier=self.initial_delay, max=self.max_delay, exp_base=self.exponential_base)
 
@@ -246,6 +245,8 @@ class _RetryLoop:
         return result
 
     def _retrying(self) -> Retrying:
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
         return Retrying(
             stop=stop_after_attempt(self.policy.max_attempts),
             wait=self.policy._wait(),
@@ -747,8 +748,6 @@ class ErrorHandler:
     def _loop(self, operation: str, label: str) -> _RetryLoop:
         return _RetryLoop(self.retry, operation, label, self.circuit_breaker, None, self.stats)
 
-
-BREAKER_KEY_PREFIX = "circuit-breaker/"
 
 
 def record_breaker_transitions(breaker: CircuitBreaker, checkpoint: PipelineCheckpoint) -> None:

@@ -16,13 +16,11 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import duckdb
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
-from sqlmesh_osaa.commit_protocol import store_metadata
-from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
 from sqlmesh_osaa.exceptions import categorize_error
 from sqlmesh_osaa.raw_files import (
@@ -37,8 +35,10 @@ from sqlmesh_osaa.raw_files import (
     still_as_discovered,
 )
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectStore, make_store
-from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
+from sqlmesh_osaa.storage import ObjectStore, make_store, store_metadata
+
+if TYPE_CHECKING:
+    from sqlmesh_osaa.transaction_manager import Upload
 
 _log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ def _convert_and_commit(
     progress: Progress | None,
     transaction_id: str | None,
 ) -> None:
+    # Imported only when a file is to land: an unchanged re-run never loads the commit machinery.
+    from sqlmesh_osaa.transaction_manager import TransactionManager
+
     staged: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="osaa-ingest-") as workdir, duckdb.connect() as connection:
         txn = TransactionManager(
@@ -235,6 +238,9 @@ def _convert_chunk(
     collector: PartialFailureCollector,
 ) -> list[Upload]:
     """Convert a chunk of raw files; a file that fails is recorded and left out."""
+    from sqlmesh_osaa.conversion import convert_csv_to_parquet
+    from sqlmesh_osaa.transaction_manager import Upload
+
     uploads = []
     for index, (raw, key) in enumerate(chunk, start=offset):
         parquet = workdir / f"{index}.parquet"

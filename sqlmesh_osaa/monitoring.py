@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint, item_history
-from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
+from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 
 FAILED = CheckpointStatus.FAILED.value
 COMPLETED = CheckpointStatus.COMPLETED.value

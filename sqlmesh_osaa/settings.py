@@ -17,14 +17,10 @@ import re
 import threading
 from pathlib import Path
 from typing import Any, Literal, Mapping
-from urllib.parse import parse_qs, urlsplit
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic import ValidationError as PydanticValidationError
 
 from sqlmesh_osaa.exceptions import ConfigurationError
 from sqlmesh_osaa.redaction import url_userinfo
+from sqlmesh_osaa.sections import Invalid, Section, setting
 
 logger = logging.getLogger(__name__)
 
@@ -34,43 +30,41 @@ ENV_SECTION_SEPARATOR = "__"
 DEFAULT_CONFIG_FILE = "config.yaml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _storage_staging_prefix(value: str) -> str:
+    value = value.strip("/")
+    if not value or ".." in value.split("/"):
+        raise ValueError("must be a non-empty relative prefix without '..'")
+    return value
 
 
-class StorageSettings(_Section):
+def _no_credentials_in_endpoint(value: str | None) -> str | None:
+    if value and url_userinfo(value):
+        raise ValueError(
+            "must not carry a user name or password: S3 takes credentials from boto3's chain "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role); remove 'user:password@'"
+        )
+    return value
+
+
+class StorageSettings(Section):
     """Where objects live: a local directory that behaves as a bucket, or an S3 endpoint."""
+
+    _checks = {"endpoint_url": _no_credentials_in_endpoint, "staging_prefix": _storage_staging_prefix}
 
     backend: Literal["local", "s3"] = "local"
     root: Path = Path(".osaa/storage")
-    bucket: str = Field("osaa", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
+    bucket: str = setting("osaa", min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
     endpoint_url: str | None = None
     region: str | None = None
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     staging_prefix: str = "staging"
 
-    @field_validator("endpoint_url")
-    @classmethod
-    def _no_credentials_in_url(cls, value: str | None) -> str | None:
-        if value and url_userinfo(value):
-            raise ValueError(
-                "must not carry a user name or password: S3 takes credentials from boto3's chain "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a role); remove 'user:password@'"
-            )
-        return value
-
-    @field_validator("staging_prefix")
-    @classmethod
-    def _relative_prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if not value or ".." in value.split("/"):
-            raise ValueError("must be a non-empty relative prefix without '..'")
-        return value
-
 
 def dsn_password_problem(dsn: str) -> str | None:
     """Why ``dsn`` may not be used because it holds a password, or None when it holds none."""
     if re.match(r"^postgres(ql)?://", dsn):
+        from urllib.parse import parse_qs, urlsplit
+
         parts = urlsplit(dsn)
         if parts.password is not None or "password" in parse_qs(parts.query):
             return "the DSN holds a password"
@@ -82,6 +76,8 @@ def dsn_password_problem(dsn: str) -> str | None:
 def describe_dsn(dsn: str) -> str:
     """``dsn`` as messages and logs may show it: host, port, database and user, never a secret."""
     if re.match(r"^postgres(ql)?://", dsn):
+        from urllib.parse import urlsplit
+
         parts = urlsplit(dsn)
         fields = {"host": parts.hostname, "port": parts.port, "dbname": parts.path.lstrip("/") or None,
                   "user": parts.username}  # fmt: skip
@@ -95,63 +91,62 @@ _DSN_PASSWORD = re.compile(r"(^|\s)password\s*=", re.IGNORECASE)
 _DSN_FIELD = re.compile(r"(host|port|dbname|user)\s*=\s*('[^']*'|\S+)")
 
 
-class SyncSettings(_Section):
+def _bucket_url_or_directory(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if url_userinfo(value):
+        raise ValueError("must not carry a user name or password: credentials come from boto3's chain")
+    if "://" in value and not value.startswith(("s3://", "file://")):
+        raise ValueError("must be s3://bucket/prefix or a directory (a path or file:///path)")
+    if value.startswith("s3://"):
+        bucket, _, prefix = value[len("s3://") :].partition("/")
+        if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", bucket):
+            raise ValueError(f"names no valid bucket: {bucket!r} (write s3://bucket/prefix)")
+        if ".." in prefix.split("/"):
+            raise ValueError("its prefix must not contain '..'")
+    return value
+
+
+class SyncSettings(Section):
     """Ephemeral runners: the checkpoint file (and optionally SQLMesh's) kept in object storage under a lease.
 
     ``url`` is ``s3://bucket/prefix`` (endpoint, region and addressing of ``storage:``) or a
     directory (a local or mounted filesystem). Unset, nothing is synced. docs/checkpoints.md.
     """
 
+    _checks = {"url": _bucket_url_or_directory}
+
     url: str | None = None
-    lease_timeout_seconds: float = Field(300.0, gt=0)
+    lease_timeout_seconds: float = setting(300.0, gt=0)
     # Shown to other runners and operators as the lease's holder; default user@host.
-    runner_name: str | None = Field(None, min_length=1, max_length=200)
+    runner_name: str | None = setting(None, min_length=1, max_length=200)
     # The SQLMesh project's DuckDB file (state and warehouse), synced beside the checkpoints.
     sqlmesh_state_file: Path | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _bucket_url_or_directory(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip()
-        if url_userinfo(value):
-            raise ValueError("must not carry a user name or password: credentials come from boto3's chain")
-        if "://" in value and not value.startswith(("s3://", "file://")):
-            raise ValueError("must be s3://bucket/prefix or a directory (a path or file:///path)")
-        if value.startswith("s3://"):
-            bucket, _, prefix = value[len("s3://") :].partition("/")
-            if not re.match(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$", bucket):
-                raise ValueError(f"names no valid bucket: {bucket!r} (write s3://bucket/prefix)")
-            if ".." in prefix.split("/"):
-                raise ValueError("its prefix must not contain '..'")
-        return value
+
+def _no_password(value: str | None) -> str | None:
+    if value is not None and (problem := dsn_password_problem(value)):
+        raise ValueError(f"{problem}; remove it and let libpq find it in PGPASSWORD, PGPASSFILE or ~/.pgpass")
+    return value
 
 
-class CheckpointSettings(_Section):
+class CheckpointSettings(Section):
     """Where checkpoints live: a DuckDB file (the default) or a PostgreSQL database shared by a team."""
+
+    _checks = {"dsn": _no_password}
 
     backend: Literal["duckdb", "postgres"] = "duckdb"
     db_path: Path = Path(".osaa/checkpoints.duckdb")
     dsn: str | None = None
     synchronous_commit: bool = True
-    lock_timeout_seconds: float = Field(10.0, ge=0)
-    retention_days: int = Field(30, ge=1)
-    sync: SyncSettings = SyncSettings()
+    lock_timeout_seconds: float = setting(10.0, ge=0)
+    retention_days: int = setting(30, ge=1)
+    sync: SyncSettings = setting(default_factory=SyncSettings)
     # SQLMesh integration: how long a MODEL checkpoint may wait in memory for its batch commit.
-    model_flush_seconds: float = Field(10.0, ge=0)
+    model_flush_seconds: float = setting(10.0, ge=0)
 
-    @field_validator("dsn")
-    @classmethod
-    def _no_password(cls, value: str | None) -> str | None:
-        if value is not None and (problem := dsn_password_problem(value)):
-            raise ValueError(
-                f"{problem}; remove it and let libpq find it in PGPASSWORD, PGPASSFILE or ~/.pgpass"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _postgres_needs_a_dsn(self) -> CheckpointSettings:
+    def _check(self) -> None:
         if self.backend == "postgres" and not self.dsn:
             raise ValueError("backend 'postgres' needs checkpoint.dsn, e.g. 'host=db.internal dbname=osaa user=osaa'")
         if self.backend == "postgres" and self.sync.url:
@@ -159,27 +154,52 @@ class CheckpointSettings(_Section):
                 "checkpoint.sync keeps a DuckDB checkpoint file in object storage; a PostgreSQL store "
                 "already outlives the runner: remove checkpoint.sync.url or use backend 'duckdb'"
             )
-        return self
 
 
-class RetrySettings(_Section):
+class RetrySettings(Section):
     """Exponential backoff with jitter for transient failures (the one retry layer)."""
 
-    max_attempts: int = Field(3, ge=1, le=100)
-    initial_delay: float = Field(1.0, ge=0)
-    max_delay: float = Field(60.0, ge=0)
-    exponential_base: float = Field(2.0, ge=1)
+    max_attempts: int = setting(3, ge=1, le=100)
+    initial_delay: float = setting(1.0, ge=0)
+    max_delay: float = setting(60.0, ge=0)
+    exponential_base: float = setting(2.0, ge=1)
     jitter: bool = True
 
 
-class CircuitBreakerSettings(_Section):
+class CircuitBreakerSettings(Section):
     """When to stop calling a failing service, and when to try it again."""
 
-    failure_threshold: int = Field(5, ge=1)
-    timeout_seconds: float = Field(60.0, ge=0)
+    failure_threshold: int = setting(5, ge=1)
+    timeout_seconds: float = setting(60.0, ge=0)
 
 
-class EnvironmentSettings(_Section):
+def _distinct_relative_prefixes(value: dict[str, str]) -> dict[str, str]:
+    cleaned = {name: prefix.strip("/") for name, prefix in value.items()}
+    if "prod" in cleaned:
+        raise ValueError("must not name 'prod': set prod_prefix instead")
+    for name, prefix in cleaned.items():
+        if not prefix or ".." in prefix.split("/") or "{" in prefix:
+            raise ValueError(f"{name!r}: must be a non-empty relative prefix without '..' or placeholders")
+    shared = sorted({p for p in cleaned.values() if list(cleaned.values()).count(p) > 1})
+    if shared:
+        raise ValueError(f"environments must not share a prefix: {', '.join(shared)}")
+    return cleaned
+
+
+def _has_env_placeholder(value: str) -> str:
+    if "{env}" not in value:
+        raise ValueError("must contain '{env}' so that dev environments do not share a prefix")
+    try:
+        value.format(env="dev")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(
+            f"may use only the placeholder {{env}} (the environment name), found {error}; "
+            "write a literal brace as {{ or }}"
+        ) from None
+    return value.strip("/")
+
+
+class EnvironmentSettings(Section):
     """Object-storage prefixes of SQLMesh environments; ``{env}`` is the environment name.
 
     ``prefixes`` names the prefix of particular environments outright (``{dev: dev}`` gives
@@ -187,49 +207,20 @@ class EnvironmentSettings(_Section):
     ``dev_prefix``. No two environments may share a prefix.
     """
 
+    _checks = {
+        "prod_prefix": lambda value: value.strip("/"),
+        "dev_prefix": _has_env_placeholder,
+        "prefixes": _distinct_relative_prefixes,
+    }
+
     prod_prefix: str = "prod"
     dev_prefix: str = "dev/{env}"
-    prefixes: dict[str, str] = Field(default_factory=dict)
+    prefixes: dict[str, str] = setting(default_factory=dict)
 
-    @field_validator("prefixes")
-    @classmethod
-    def _distinct_relative_prefixes(cls, value: dict[str, str]) -> dict[str, str]:
-        cleaned = {name: prefix.strip("/") for name, prefix in value.items()}
-        if "prod" in cleaned:
-            raise ValueError("must not name 'prod': set prod_prefix instead")
-        for name, prefix in cleaned.items():
-            if not prefix or ".." in prefix.split("/") or "{" in prefix:
-                raise ValueError(f"{name!r}: must be a non-empty relative prefix without '..' or placeholders")
-        shared = sorted({p for p in cleaned.values() if list(cleaned.values()).count(p) > 1})
-        if shared:
-            raise ValueError(f"environments must not share a prefix: {', '.join(shared)}")
-        return cleaned
-
-    @model_validator(mode="after")
-    def _prod_prefix_is_its_own(self) -> EnvironmentSettings:
+    def _check(self) -> None:
         taken = [name for name, prefix in self.prefixes.items() if prefix == self.prod_prefix]
         if taken:
             raise ValueError(f"prefixes: {', '.join(taken)} would share prod's prefix {self.prod_prefix!r}")
-        return self
-
-    @field_validator("dev_prefix")
-    @classmethod
-    def _has_env_placeholder(cls, value: str) -> str:
-        if "{env}" not in value:
-            raise ValueError("must contain '{env}' so that dev environments do not share a prefix")
-        try:
-            value.format(env="dev")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
-                f"may use only the placeholder {{env}} (the environment name), found {error}; "
-                "write a literal brace as {{ or }}"
-            ) from None
-        return value.strip("/")
-
-    @field_validator("prod_prefix")
-    @classmethod
-    def _strip_slashes(cls, value: str) -> str:
-        return value.strip("/")
 
     def prefix_for(self, environment: str) -> str:
         """The prefix that holds ``environment``'s outputs (``prod`` maps to the prod prefix)."""
@@ -240,7 +231,7 @@ class EnvironmentSettings(_Section):
         return self.dev_prefix.format(env=environment)
 
 
-class MonitoringSettings(_Section):
+class MonitoringSettings(Section):
     """Where metrics go and whether failures are announced (docs/monitoring.md)."""
 
     # node-exporter's textfile collector directory: each pipeline writes osaa_<pipeline>.prom there.
@@ -249,16 +240,15 @@ class MonitoringSettings(_Section):
     alerts: bool = True
 
 
-class OsaaSettings(_Section):
+class OsaaSettings(Section):
     """Every setting of sqlmesh-osaa; see the root ``config.yaml`` for each with its default."""
 
-    storage: StorageSettings = StorageSettings()
-    checkpoint: CheckpointSettings = CheckpointSettings()
-    retry: RetrySettings = RetrySettings()
-    circuit_breaker: CircuitBreakerSettings = CircuitBreakerSettings()
-    environments: EnvironmentSettings = EnvironmentSettings()
-    monitoring: MonitoringSettings = MonitoringSettings()
-
+    storage: StorageSettings = setting(default_factory=StorageSettings)
+    checkpoint: CheckpointSettings = setting(default_factory=CheckpointSettings)
+    retry: RetrySettings = setting(default_factory=RetrySettings)
+    circuit_breaker: CircuitBreakerSettings = setting(default_factory=CircuitBreakerSettings)
+    environments: EnvironmentSettings = setting(default_factory=EnvironmentSettings)
+    monitoring: MonitoringSettings = setting(default_factory=MonitoringSettings)
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
@@ -280,6 +270,8 @@ def _read_settings_file(path: Path, required: bool) -> dict[str, Any]:
                 source="environment",
             )
         return {}
+    import yaml  # only when there is a file: most runs take their settings from the environment
+
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
@@ -333,22 +325,20 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
 
 def _validate(data: Mapping[str, Any], sources: Mapping[tuple[str, ...], str]) -> OsaaSettings:
     try:
-        return OsaaSettings.model_validate(data)
-    except PydanticValidationError as exc:
-        error = exc.errors()[0]
-        location = tuple(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
+        return OsaaSettings.from_data(data)
+    except Invalid as invalid:
+        if invalid.unknown:
             message = "Unknown setting; see config.yaml at the project root for every setting"
         else:
-            message = f"Invalid setting: {error['msg']}"
-        value = error.get("input")
+            message = f"Invalid setting: {invalid.reason}"
+        value = invalid.value
         if isinstance(value, str) and dsn_password_problem(value):
             value = describe_dsn(value) + " (password removed)"
         raise ConfigurationError(
             message,
-            setting=".".join(location),
+            setting=".".join(invalid.location),
             value=value,
-            source=_source_of(location, sources),
+            source=_source_of(invalid.location, sources),
         ) from None
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
-import email.header
 import fcntl
 import hashlib
 import json
@@ -28,7 +26,6 @@ import threading
 import uuid
 import zlib
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -183,6 +180,8 @@ def encode_metadata_value(value: str) -> str:
 def decode_metadata_value(value: str) -> str:
     if not (value.startswith("=?") and value.endswith("?=")):
         return value
+    import email.header  # only for an encoded value: a local store's names never are
+
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except (ValueError, LookupError, UnicodeDecodeError):
@@ -300,6 +299,8 @@ def sync_filesystem(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if libc.syncfs(fd) != 0:
+            import ctypes
+
             error = ctypes.get_errno()
             raise OSError(error, os.strerror(error), str(path))
     finally:
@@ -308,6 +309,8 @@ def sync_filesystem(path: Path) -> None:
 
 @lru_cache(maxsize=1)
 def _libc() -> Any:
+    import ctypes  # on the first sync, not at import: commands that write nothing do not load it
+
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -1172,6 +1175,8 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
             )
         )
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=_COPY_CONCURRENCY, thread_name_prefix="osaa-list-head") as pool:
             while True:
                 with self._s3_errors("ListObjectsV2", prefix):
@@ -1467,6 +1472,11 @@ class S3Store(ObjectStore):
             raise
         except self._failure_types as exc:
             raise self._wrap(exc, operation, key) from exc
+
+
+def store_metadata(store: ObjectStore) -> dict[str, str]:
+    """What a FILE checkpoint records of the store its key lives in: another store is another key space."""
+    return {"store": store.identity}
 
 
 def make_store(settings: StorageSettings | None = None, *, bucket: str | None = None) -> ObjectStore:

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sqlmesh_osaa"
 # A module may import only from modules of a lower layer (DESIGN.md section 2).
 LAYERS = {
     "redaction": -1,
+    "sections": -1,
     "lean_imports": -1,
     "exceptions": 0,
     "settings": 1,

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from sqlmesh_osaa.exceptions import ConfigurationError, ErrorCategory
-from sqlmesh_osaa.settings import OsaaSettings, load_settings
+from sqlmesh_osaa.sections import Invalid, replace
+from sqlmesh_osaa.settings import CheckpointSettings, OsaaSettings, RetrySettings, StorageSettings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,10 +30,10 @@ def test_defaults_need_no_file_and_no_server(tmp_path, monkeypatch):
 
 def test_root_config_yaml_documents_exactly_the_defaults():
     document = yaml.safe_load((REPO_ROOT / "config.yaml").read_text(encoding="utf-8"))
-    assert OsaaSettings.model_validate(document["osaa"]) == OsaaSettings()
-    assert set(document["osaa"]) == set(OsaaSettings.model_fields)
-    for section, model in OsaaSettings.model_fields.items():
-        assert set(document["osaa"][section]) == set(model.annotation.model_fields), section
+    assert OsaaSettings.from_data(document["osaa"]) == OsaaSettings()
+    assert set(document["osaa"]) == set(OsaaSettings.field_names())
+    for section in OsaaSettings.field_names():
+        assert set(document["osaa"][section]) == set(type(getattr(OsaaSettings(), section)).field_names()), section
 
 
 def test_later_sources_win(tmp_path):
@@ -139,3 +140,42 @@ def test_invalid_yaml_names_the_file(tmp_path):
     with pytest.raises(ConfigurationError) as info:
         load_settings(config_path=config, environ={})
     assert "broken.yaml" in str(info.value)
+
+
+def test_environment_strings_become_numbers_booleans_and_paths():
+    settings = load_settings(
+        environ={
+            "OSAA_RETRY__MAX_ATTEMPTS": "7",
+            "OSAA_RETRY__INITIAL_DELAY": "0.25",
+            "OSAA_RETRY__JITTER": "off",
+            "OSAA_CHECKPOINT__DB_PATH": "/srv/osaa/checkpoints.duckdb",
+        }
+    )
+    assert settings.retry == RetrySettings(max_attempts=7, initial_delay=0.25, jitter=False)
+    assert settings.checkpoint.db_path == Path("/srv/osaa/checkpoints.duckdb")
+
+
+def test_a_bound_is_enforced_with_the_setting_and_value_named():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"OSAA_CHECKPOINT__RETENTION_DAYS": "0"})
+    assert "checkpoint.retention_days" in str(info.value)
+    assert "greater than or equal to 1" in str(info.value)
+
+
+def test_a_check_across_fields_names_its_section():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({"osaa": {"checkpoint": {"backend": "postgres"}}}, environ={})
+    assert "checkpoint" in str(info.value)
+    assert "needs checkpoint.dsn" in str(info.value)
+
+
+def test_sections_built_or_copied_in_code_are_checked_and_coerced():
+    assert StorageSettings(root="objects").root == Path("objects")
+    with pytest.raises(Invalid) as info:
+        replace(CheckpointSettings(), lock_timeout_seconds=-1)
+    assert info.value.location == ("lock_timeout_seconds",)
+
+
+def test_settings_are_hashable_and_equal_by_value():
+    assert hash(load_settings(environ={})) == hash(OsaaSettings())
+    assert load_settings(environ={"OSAA_STORAGE__BUCKET": "lake"}).storage == StorageSettings(bucket="lake")

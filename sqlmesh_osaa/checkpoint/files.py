@@ -13,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import Fingerprint
-from sqlmesh_osaa.storage import file_md5
 
 logger = logging.getLogger(__name__)
 
-# The seed's name for the streamed MD5 of a file.
-calculate_checksum = file_md5
+
+def calculate_checksum(path: str | Path) -> str:
+    """The seed's name for the streamed MD5 of a file (``storage.file_md5``).
+
+    Object storage is imported on the first checksum: a command that only reads the store
+    (the recovery CLI's reads) never needs it.
+    """
+    from sqlmesh_osaa.storage import file_md5
+
+    return file_md5(path)
 
 _MAX_LISTED = 5
 

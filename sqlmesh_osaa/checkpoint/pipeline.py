@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import uuid
 import weakref
 from collections import Counter
@@ -32,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import sync
 from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
@@ -74,10 +72,11 @@ CompletionItem = (
     | tuple[str, str | Path | None, str | Fingerprint | None]
 )
 
+_FINGERPRINT_COLUMNS = ("key", "file_size", "file_mtime_ns", "metadata")
 _MAX_LISTED_REFUSALS = 5
 # Times a row read is repeated while its run's lease ends under it (_settle_interrupted).
 _SETTLE_ROUNDS = 3
-_HOST = socket.gethostname()
+_HOST = os.uname().nodename  # socket.gethostname()'s value, without importing socket
 
 
 def _utcnow() -> datetime:
@@ -295,6 +294,8 @@ class PipelineCheckpoint:
     def _after_mark(scope: CheckpointScope | str) -> None:
         """A PIPELINE item ended: an ephemeral runner pushes its checkpoint file now."""
         if CheckpointScope(scope) is CheckpointScope.PIPELINE:
+            from sqlmesh_osaa.checkpoint import sync
+
             sync.pipeline_checkpoint_recorded()
 
     def update_metadata(self, scope: CheckpointScope | str, key: str, metadata: Mapping[str, Any]) -> None:
@@ -415,8 +416,18 @@ class PipelineCheckpoint:
         With ``metadata``, only completions that recorded those values count.
         """
         where = RowFilter(scope=CheckpointScope(scope).value, status=COMPLETED, key_prefix=key_prefix)
-        rows = self._require_open().select_rows(self.pipeline_name, where)
-        return {row["key"]: (row["file_size"], row["file_mtime_ns"]) for row in rows if _records(row, metadata)}
+        rows = self._require_open().select_rows(self.pipeline_name, where, columns=_FINGERPRINT_COLUMNS)
+        # Items of one pipeline and store share a few metadata documents: each is parsed once.
+        matches: dict[Any, bool] = {}
+        fingerprints = {}
+        for row in rows:
+            recorded = row["metadata"]
+            hashable = recorded if isinstance(recorded, str) else json.dumps(recorded, sort_keys=True)
+            if hashable not in matches:
+                matches[hashable] = _records(row, metadata)
+            if matches[hashable]:
+                fingerprints[row["key"]] = (row["file_size"], row["file_mtime_ns"])
+        return fingerprints
 
     def unchanged_keys(
         self,

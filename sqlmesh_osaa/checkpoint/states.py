@@ -94,3 +94,6 @@ EVENT_COLUMNS = (
 EVENT_STATE_COLUMNS = ("kind", "checksum", "file_size", "file_mtime_ns", "metadata", "started_at", "completed_at")
 EVENT_LOG_COLUMNS = EVENT_COLUMNS + EVENT_STATE_COLUMNS
 EVENT_TIMESTAMPS = ("at", "started_at", "completed_at")
+# OPERATION items recording a circuit breaker's openings (error_handler.record_breaker_transitions);
+# here so that readers of the store (monitoring, the recovery CLI) need not load the error handler.
+BREAKER_KEY_PREFIX = "circuit-breaker/"

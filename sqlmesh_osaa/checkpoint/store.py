@@ -156,17 +156,22 @@ class CheckpointStore(ABC):
     # -- portable reads built on read() ---------------------------------------------------
 
     def select_rows(
-        self, pipeline: str, where: RowFilter, order: str | None = None, limit: int | None = None
+        self,
+        pipeline: str,
+        where: RowFilter,
+        order: str | None = None,
+        limit: int | None = None,
+        columns: Sequence[str] = ROW_COLUMNS,
     ) -> list[Row]:
-        """Rows matching ``where``; ``order`` is ``"newest"`` or ``"oldest"`` (by updated_at)."""
+        """Rows (only ``columns`` of them) matching ``where``; ``order`` is ``"newest"`` or ``"oldest"`` (by updated_at)."""
         condition, params = where.sql(pipeline)
-        sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM checkpoints WHERE {condition}"
+        sql = f"SELECT {', '.join(columns)} FROM checkpoints WHERE {condition}"
         if order is not None:
             sql += " ORDER BY updated_at DESC, scope, key" if order == "newest" else " ORDER BY updated_at, scope, key"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [dict(zip(ROW_COLUMNS, values)) for values in self.read(sql, params)]
+        return [dict(zip(columns, values)) for values in self.read(sql, params)]
 
     def scan_events(
         self, pipeline: str | None = None, scope: str | None = None, key: str | None = None, *, all_kinds: bool = False

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlmesh_osaa.checkpoint.lease import Holder, RunnerLease, read_lease
 from sqlmesh_osaa.exceptions import ConfigurationError, LeaseLostError, PipelineBaseError, PreconditionFailedError
+from sqlmesh_osaa.sections import replace
 from sqlmesh_osaa.settings import OsaaSettings
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, file_md5, make_store
 
@@ -78,7 +79,7 @@ def sync_location(settings: OsaaSettings) -> SyncLocation | None:
         return None
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://") :].partition("/")
-        storage = settings.storage.model_copy(update={"backend": "s3"})
+        storage = replace(settings.storage, backend="s3")
         store = make_store(storage, bucket=bucket)
     else:
         directory = Path(url[len("file://") :] if url.startswith("file://") else url).expanduser().resolve()

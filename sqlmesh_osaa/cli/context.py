@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import click
 
+from sqlmesh_osaa import sections
 from sqlmesh_osaa.cli import output
-from sqlmesh_osaa.checkpoint import sync
 from sqlmesh_osaa.cli.database import CheckpointSession, MissingDatabaseError, UnknownPipelineError
 from sqlmesh_osaa.exceptions import ConfigurationError, PipelineBaseError
 from sqlmesh_osaa.settings import OsaaSettings, load_settings, set_settings
@@ -113,9 +113,7 @@ def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) ->
         dotenv = invocation.dotenv if invocation else None
         settings = resolve_paths(load_settings(_project_variables(project_dir, config_name, dotenv)), project_dir)
     if db is not None:
-        settings = settings.model_copy(
-            update={"checkpoint": settings.checkpoint.model_copy(update={"db_path": db.expanduser().resolve()})}
-        )
+        settings = sections.replace(settings, checkpoint=sections.replace(settings.checkpoint, db_path=db.expanduser().resolve()))
     set_settings(settings)
     return Target(
         settings=settings,
@@ -165,14 +163,9 @@ def command_run(
         target = resolve_target(ctx, project, db)
         db_path = target.db_path
         with ExitStack() as stack:
-            if writes:
-                synced = sync.begin(target.settings, command=ctx.command_path, write=True, project_dir=target.project_dir)
-                stack.callback(sync.end, synced)
-            else:
-                pulled = sync.pull_for_reading(target.settings, Path(stack.enter_context(TemporaryDirectory(prefix="osaa-pulled-"))))
-                if pulled is not None:
-                    target = replace(target, db_path=pulled)
-                    db_path = pulled
+            if target.settings.checkpoint.sync.url is not None:
+                target = _synced(ctx, target, stack, writes=writes)
+                db_path = target.db_path
             session = CheckpointSession(db_path, target.settings.checkpoint.lock_timeout_seconds, create=create_db)
             stack.callback(session.close)
             yield Run(ctx, target, session, as_json)
@@ -197,6 +190,21 @@ def command_run(
         if not _is_damaged_database(error):
             raise
         _fail(ctx, f"Cannot read checkpoint database {db_path}: {error}. {DAMAGED_ADVICE}", EXIT_USAGE, as_json, db_path)
+
+
+def _synced(ctx: click.Context, target: Target, stack: ExitStack, *, writes: bool) -> Target:
+    """Ephemeral runners: a writer holds the lease and pushes at the end; a reader reads a pulled copy.
+
+    The sync module is loaded only here, for runners that configure it.
+    """
+    from sqlmesh_osaa.checkpoint import sync
+
+    if writes:
+        synced = sync.begin(target.settings, command=ctx.command_path, write=True, project_dir=target.project_dir)
+        stack.callback(sync.end, synced)
+        return target
+    pulled = sync.pull_for_reading(target.settings, Path(stack.enter_context(TemporaryDirectory(prefix="osaa-pulled-"))))
+    return target if pulled is None else replace(target, db_path=pulled)
 
 
 DAMAGED_ADVICE = (

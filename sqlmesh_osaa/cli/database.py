@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint, open_store
-from sqlmesh_osaa.error_handler import BREAKER_KEY_PREFIX
+from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.settings import get_settings
 
 # A name that never holds rows: only used to open the store before its pipelines are known.

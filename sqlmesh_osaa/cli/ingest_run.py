@@ -18,7 +18,6 @@ from sqlmesh_osaa.cli import output
 from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
 from sqlmesh_osaa.exceptions import IngestError
 from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
-from sqlmesh_osaa.metrics import write_textfile
 from sqlmesh_osaa.storage import make_store
 
 # SQLMesh environment names: letters, digits, '_' and '-' (never a path).
@@ -119,6 +118,9 @@ def run(
                 )
         except IngestError as error:
             raise CliError(f"Ingest of {raw_dir} did not start: {error}") from error
-        write_textfile(settings.monitoring.textfile_directory, run.session.checkpoint(pipeline))
+        if settings.monitoring.textfile_directory is not None:
+            from sqlmesh_osaa.metrics import write_textfile
+
+            write_textfile(settings.monitoring.textfile_directory, run.session.checkpoint(pipeline))
         report = {"pipeline": pipeline, "raw_root": str(raw_dir), "env_prefix": env_prefix, **report_of(result)}
         run.finish(report, _render, EXIT_PROBLEMS if result.failures else EXIT_OK)

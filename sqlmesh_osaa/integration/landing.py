@@ -23,13 +23,13 @@ from sqlmesh.utils.errors import ConfigError
 
 from sqlmesh_osaa.integration import runtime
 from sqlmesh_osaa.raw_files import landing_prefix
-from sqlmesh_osaa.settings import OsaaSettings
+from sqlmesh_osaa.settings import OsaaSettings, StorageSettings
 from sqlmesh_osaa.storage import ObjectStore, make_store
 
 PROD = "prod"
 LANDING_SUFFIX = ".parquet"
 _PLAIN = re.compile(r"^[^/\\\x00]+$")
-_stores: dict[str, ObjectStore] = {}
+_stores: dict[StorageSettings, ObjectStore] = {}
 _stores_lock = threading.Lock()
 
 
@@ -80,7 +80,7 @@ def _store(settings: OsaaSettings) -> ObjectStore:
     if rt is not None and rt.settings is settings:
         return rt.store
     # Models render many times while a project loads; one store (one S3 client) per storage setting.
-    cache_key = settings.storage.model_dump_json()
+    cache_key = settings.storage
     with _stores_lock:
         if cache_key not in _stores:
             _stores[cache_key] = make_store(settings.storage)

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint, sync
 from sqlmesh_osaa.checkpoint.deferred import DeferredChanges
 from sqlmesh_osaa.error_handler import ErrorHandler
+from sqlmesh_osaa.sections import replace
 from sqlmesh_osaa.settings import CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE, OsaaSettings, load_settings, set_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store
 
@@ -170,11 +171,10 @@ def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSetting
 def resolve_paths(settings: OsaaSettings, project_dir: Path) -> OsaaSettings:
     """Settings whose relative paths point inside ``project_dir``."""
     storage, checkpoint = settings.storage, settings.checkpoint
-    return settings.model_copy(
-        update={
-            "storage": storage.model_copy(update={"root": _inside(project_dir, storage.root)}),
-            "checkpoint": checkpoint.model_copy(update={"db_path": _inside(project_dir, checkpoint.db_path)}),
-        }
+    return replace(
+        settings,
+        storage=replace(storage, root=_inside(project_dir, storage.root)),
+        checkpoint=replace(checkpoint, db_path=_inside(project_dir, checkpoint.db_path)),
     )
 
 
