@@ -240,7 +240,7 @@ def _convert_chunk(
         parquet = workdir / f"{index}.parquet"
         try:
             fingerprint = read_fingerprint(raw)
-            convert_csv_to_parquet(raw.path, parquet, connection=connection)
+            convert_csv_to_parquet(raw.path, parquet, connection=connection, with_columns=False)
         except Exception as exc:
             _record_file_failure(checkpoint, key, raw, exc)
             collector.add_failure(raw.relative, exc)
