@@ -402,6 +402,33 @@ def local(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "storage", "bkt")
 
 
+def test_a_local_copy_shares_the_source_file_and_outlives_its_deletion(local: LocalStore, tmp_path: Path) -> None:
+    local.put_file(write(tmp_path, "f", b"version bytes"), "_osaa/versions/t1/prod/x.parquet", {"source-file": "x.csv"})
+
+    copied = local.copy("_osaa/versions/t1/prod/x.parquet", "prod/x.parquet")
+    shared = os.stat(local.uri("prod/x.parquet")).st_ino == os.stat(local.uri("_osaa/versions/t1/prod/x.parquet")).st_ino
+    local.delete_many(["_osaa/versions/t1/prod/x.parquet"])
+
+    assert shared
+    assert local.head("prod/x.parquet") == replace(copied, last_modified=local.head("prod/x.parquet").last_modified)  # type: ignore[union-attr]
+    assert copied.metadata["source-file"] == "x.csv" and copied.md5 == md5_of(b"version bytes")
+    assert read_object(local, "prod/x.parquet", tmp_path) == b"version bytes"
+    assert not list((local.root / "bkt" / "prod").glob(f"{TEMP_MARKER}*"))
+
+
+def test_a_local_copy_of_an_object_whose_record_is_lost_writes_new_bytes_and_records_them(
+    local: LocalStore, tmp_path: Path
+) -> None:
+    local.put_file(write(tmp_path, "f", b"payload"), "staging/x")
+    local._sidecar_path("staging/x").unlink()
+
+    copied = local.copy("staging/x", "prod/x")
+
+    assert os.stat(local.uri("prod/x")).st_ino != os.stat(local.uri("staging/x")).st_ino
+    assert copied.md5 == md5_of(b"payload") and copied.checksum == crc32_of(b"payload")
+    assert local.head("prod/x").md5 == md5_of(b"payload")  # type: ignore[union-attr]
+
+
 KILLED_PUT = """
 import sys
 from sqlmesh_osaa.storage import LocalStore
