@@ -181,8 +181,10 @@ class Entry:
 
     def to_bytes(self) -> bytes:
         """gzip'd JSON: an entry carries the whole snapshot, and keys and versions compress well."""
-        text = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True, ensure_ascii=False)
-        return gzip.compress(text.encode("utf-8"), mtime=0)
+        # Field by field, not asdict: that deep-copies every put and snapshot reference first.
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        text = json.dumps({"format": FORMAT, **values}, sort_keys=True, ensure_ascii=False)
+        return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:

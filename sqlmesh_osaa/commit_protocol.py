@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
@@ -80,7 +80,17 @@ class StagedPut:
         return self.staged_key is None
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "fingerprint": self.fingerprint._asdict() if self.fingerprint else None}
+        """Field by field: ``asdict`` deep-copies, and a manifest holds one put per ingested file."""
+        fingerprint = self.fingerprint
+        return {
+            "key": self.key,
+            "staged_key": self.staged_key,
+            "md5": self.md5,
+            "size": self.size,
+            "source_path": self.source_path,
+            "version": self.version,
+            "fingerprint": fingerprint._asdict() if fingerprint else None,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StagedPut:
@@ -282,10 +292,15 @@ def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry |
     if row is None or row["interrupted"]:
         checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
     if entry is not None:
-        metadata = {"phase": "committed", "position": entry.position, "manifest": Manifest.of(entry).to_json()}
+        metadata = {"phase": "committed", "position": entry.position, "manifest": _manifest_json(entry)}
         checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=metadata)
     else:
         checkpoint.mark_failed(CheckpointScope.OPERATION, key, reason, metadata={"phase": "rolled_back"})
+
+
+def _manifest_json(entry: Entry) -> dict[str, Any]:
+    """The manifest a decision carries, as its checkpoint row records it (the entry's puts are JSON already)."""
+    return {"puts": list(entry.puts), "deletes": list(entry.deletes)}
 
 
 @dataclass

@@ -13,6 +13,9 @@ category and message), never an abort: the good files still land. The same engin
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE = "ingest"
 CHUNK_SIZE = 64  # files converted, then uploaded concurrently, at a time: bounds temp disk use
+_WORKDIR_PREFIX = "osaa-ingest-"
 
 Progress = Callable[[str], None]
 
@@ -169,7 +173,10 @@ def _convert_and_commit(
     transaction_id: str | None,
 ) -> None:
     staged: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="osaa-ingest-") as workdir, duckdb.connect() as connection:
+    scratch = store.scratch_directory()
+    if scratch is not None:
+        remove_abandoned_workdirs(scratch)
+    with tempfile.TemporaryDirectory(prefix=_workdir_prefix(), dir=scratch) as workdir, duckdb.connect() as connection:
         txn = TransactionManager(
             store=store,
             checkpoint=checkpoint,
@@ -249,8 +256,44 @@ def _convert_chunk(
             if not still_as_discovered(raw):
                 _log.warning("%s changed while it was converted; the next run lands it again", raw.relative)
                 fingerprint = fingerprint._replace(checksum=None)
-            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint))
+            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint, disposable=True))
     return uploads
+
+
+def _workdir_prefix() -> str:
+    """Names the owner (host and PID), so a later run on this host can tell an abandoned work directory."""
+    return f"{_WORKDIR_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_abandoned_workdirs(scratch: Path) -> int:
+    """Remove the work directories that killed ingest runs of this host left in ``scratch``.
+
+    A run's converted files wait there for their upload (a chunk at a time); a SIGKILL leaves
+    them. A directory is abandoned when its owner's PID is not running; another host's
+    directories (a store root on a shared filesystem) are left to that host.
+    """
+    own = f"{_WORKDIR_PREFIX}{socket.gethostname()}-"
+    removed = 0
+    for entry in os.scandir(scratch):
+        if not entry.name.startswith(own):
+            continue
+        pid = entry.name[len(own) :].partition("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    if removed:
+        _log.info("Removed %d work directories of killed ingest runs from %s", removed, scratch)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:

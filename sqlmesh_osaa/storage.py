@@ -67,6 +67,7 @@ _CHUNK = MiB
 # name prefix keeps them out of listings and out of the key space.
 TEMP_MARKER = ".osaa-tmp-"
 _META_DIR = ".osaa-meta"
+_SCRATCH_DIR = ".osaa-scratch"
 # What os.link raises where a hard link cannot be made (another filesystem, no link support,
 # too many links, a policy against linking): a local copy then writes the bytes instead.
 _NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
@@ -406,8 +407,20 @@ class ObjectStore(ABC):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Upload a file; ``md5`` (hex) spares re-hashing a file whose digest is already known."""
+        """Upload a file; ``md5`` (hex) spares re-hashing a file whose digest is already known.
+
+        ``move`` gives ``local_path`` up: a store may rename it into place instead of copying
+        its bytes (a local store does when the file lies on its filesystem, as files under
+        :meth:`scratch_directory` do); otherwise it stays, and deleting it is the caller's.
+        """
+
+    def scratch_directory(self) -> Path | None:
+        """A local directory for files meant for ``put_file(..., move=True)``; None (any
+        temporary directory will do) when the store does not keep its objects on this machine."""
+        return None
 
     @abstractmethod
     def get_file(self, key: str, local_path: str | Path) -> None:
@@ -575,11 +588,19 @@ class LocalStore(ObjectStore):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Like S3 with Content-MD5, a given ``md5`` is checked against the bytes as they are copied."""
+        """Like S3 with Content-MD5, a given ``md5`` is checked against the bytes as they are copied
+        (or, with ``move``, read before the file is renamed into place)."""
         self._check_key(key, "PutObject")
         expected = _normalized_md5(md5, "PutObject", key, self.bucket)
         user_metadata = self._metadata(metadata, expected or "", key)
+        if move:
+            with self._os_errors("PutObject", key):
+                moved = self._put_by_rename(Path(local_path), key, user_metadata, expected)
+            if moved is not None:
+                return moved
         digest = ContentDigest()
 
         def write(target: IO[bytes]) -> None:
@@ -595,6 +616,46 @@ class LocalStore(ObjectStore):
             info = self._write_sidecar(key, written, metadata, digest.checksum, durable=durable)
         logger.debug("Stored %s (%d bytes) in %s", key, info.size, self)
         return info
+
+    def _put_by_rename(
+        self, local_path: Path, key: str, user_metadata: dict[str, str], expected: str | None
+    ) -> ObjectInfo | None:
+        """Rename a file the caller gave up into place, hashed first; None when it lies on another filesystem.
+
+        The sidecar is written first: the rename keeps the inode, size and mtime it records,
+        and a failed write leaves the file where it was, so a retry can still move it.
+        """
+        target = self._object_path(key)
+        durable = self._durable()
+        digest = ContentDigest()
+        with open(local_path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+            if expected is not None and digest.md5 != expected:
+                raise self._bad_digest(local_path, key, digest.md5, expected)
+            if durable:
+                os.fsync(handle.fileno())
+            current = os.fstat(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        info = self._write_sidecar(
+            key, current, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum, durable=durable
+        )
+        try:
+            os.replace(local_path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return None  # the sidecar just written describes no file at the key: it is ignored, then replaced
+        if durable:
+            _fsync_dir(target.parent)
+        logger.debug("Moved %s (%d bytes) into %s", key, info.size, self)
+        return info
+
+    def scratch_directory(self) -> Path:
+        """``<root>/.osaa-scratch``: beside the bucket, so a file written there moves in by a rename."""
+        path = self.root / _SCRATCH_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
@@ -1139,8 +1200,13 @@ class S3Store(ObjectStore):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Sends the MD5 (Content-MD5) and a CRC32 so the server checks the bytes it stores."""
+        """Sends the MD5 (Content-MD5) and a CRC32 so the server checks the bytes it stores.
+
+        ``move`` changes nothing here: the file is uploaded and stays.
+        """
         self._check_key(key, "PutObject")
         md5 = _normalized_md5(md5, "PutObject", key, self.bucket)
         with self._s3_errors("PutObject", key):
