@@ -50,6 +50,7 @@ from sqlmesh_osaa.storage import ObjectInfo, ObjectStore
 _log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "transaction/"
+_ROW_PUT_FIELDS = ("key", "md5", "size")
 # How long a commit waits for a live earlier decision of the same keys to finish applying.
 APPLY_WAIT_SECONDS = 600.0
 _POLL_SECONDS = 0.2
@@ -299,8 +300,17 @@ def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry |
 
 
 def _manifest_json(entry: Entry) -> dict[str, Any]:
-    """The manifest a decision carries, as its checkpoint row records it (the entry's puts are JSON already)."""
-    return {"puts": list(entry.puts), "deletes": list(entry.deletes)}
+    return row_manifest(entry.puts, entry.deletes)
+
+
+def row_manifest(puts: Iterable[Mapping[str, Any]], deletes: Iterable[str]) -> dict[str, Any]:
+    """What a transaction's checkpoint row keeps of its manifest: each key with its MD5 and size.
+
+    That is what its readers use (``osaa-recover verify`` and ``transactions``, failure
+    notifications); the full manifest (versions, sources, fingerprints) is the log entry at
+    the row's ``position``. A row holding every field cost memory in proportion to the files.
+    """
+    return {"puts": [{name: put[name] for name in _ROW_PUT_FIELDS} for put in puts], "deletes": list(deletes)}
 
 
 @dataclass

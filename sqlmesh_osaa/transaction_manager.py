@@ -56,6 +56,7 @@ from sqlmesh_osaa.commit_protocol import (
     decide,
     finish,
     recover_store,
+    row_manifest,
     settle_checkpoint,
     sweep_unreferenced,
     journal_key,
@@ -519,7 +520,10 @@ class TransactionManager:
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),
-            metadata={"phase": TransactionPhase.COMMITTED.value, "manifest": self.manifest.to_json()},
+            metadata={
+                "phase": TransactionPhase.COMMITTED.value,
+                "manifest": row_manifest((put.to_json() for put in self.manifest.puts), self.manifest.deletes),
+            },
         )
         self.phase = TransactionPhase.COMMITTED
         _log.info("Transaction %s changed nothing: %d object(s) already in production", self.transaction_id,
