@@ -8,6 +8,9 @@ again), converts them to parquet with DuckDB, stages every converted file in one
 and commits it. A bad file is a recorded failure (FILE checkpoint *failed* with its
 category and message), never an abort: the good files still land. The same engine serves
 ``osaa-ingest`` and the ``osaa_file_ingest`` model kind.
+
+The converted parquet files are intermediates handed to the store (``Upload(disposable=True)``)
+and written under its scratch directory, so a local store moves them in instead of copying.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Callable
 import duckdb
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.commit_log import pid_running
 from sqlmesh_osaa.commit_protocol import store_metadata
 from sqlmesh_osaa.conversion import convert_csv_to_parquet
 from sqlmesh_osaa.error_handler import ErrorHandler, FailureRecord, PartialFailureCollector
@@ -278,22 +282,12 @@ def remove_abandoned_workdirs(scratch: Path) -> int:
         if not entry.name.startswith(own):
             continue
         pid = entry.name[len(own) :].partition("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not pid_running(int(pid)):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
     if removed:
         _log.info("Removed %d work directories of killed ingest runs from %s", removed, scratch)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:
