@@ -79,7 +79,8 @@ def _process_start(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -155,7 +156,7 @@ class Marker:
             return time.time() < self.heartbeat_at + self.lease_seconds
         if owner.token == _PROCESS_TOKEN and owner.pid == os.getpid():
             return self.transaction_id in _ACTIVE
-        return _pid_running(owner.pid) and (owner.started is None or _process_start(owner.pid) == owner.started)
+        return pid_running(owner.pid) and (owner.started is None or _process_start(owner.pid) == owner.started)
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,10 @@ class Entry:
 
     def to_bytes(self) -> bytes:
         """gzip'd JSON: an entry carries the whole snapshot, and keys and versions compress well."""
-        text = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True, ensure_ascii=False)
-        return gzip.compress(text.encode("utf-8"), mtime=0)
+        # Field by field, not asdict: that deep-copies every put and snapshot reference first.
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        text = json.dumps({"format": FORMAT, **values}, sort_keys=True, ensure_ascii=False)
+        return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:

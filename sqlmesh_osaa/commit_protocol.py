@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
@@ -50,6 +50,7 @@ from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, store_metadata
 _log = logging.getLogger(__name__)
 
 JOURNAL_PREFIX = "transaction/"
+_ROW_PUT_FIELDS = ("key", "md5", "size")
 # How long a commit waits for a live earlier decision of the same keys to finish applying.
 APPLY_WAIT_SECONDS = 600.0
 _POLL_SECONDS = 0.2
@@ -80,7 +81,17 @@ class StagedPut:
         return self.staged_key is None
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "fingerprint": self.fingerprint._asdict() if self.fingerprint else None}
+        """Field by field: ``asdict`` deep-copies, and a manifest holds one put per ingested file."""
+        fingerprint = self.fingerprint
+        return {
+            "key": self.key,
+            "staged_key": self.staged_key,
+            "md5": self.md5,
+            "size": self.size,
+            "source_path": self.source_path,
+            "version": self.version,
+            "fingerprint": fingerprint._asdict() if fingerprint else None,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StagedPut:
@@ -277,10 +288,24 @@ def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry |
     if row is None or row["interrupted"]:
         checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
     if entry is not None:
-        metadata = {"phase": "committed", "position": entry.position, "manifest": Manifest.of(entry).to_json()}
+        metadata = {"phase": "committed", "position": entry.position, "manifest": _manifest_json(entry)}
         checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=metadata)
     else:
         checkpoint.mark_failed(CheckpointScope.OPERATION, key, reason, metadata={"phase": "rolled_back"})
+
+
+def _manifest_json(entry: Entry) -> dict[str, Any]:
+    return row_manifest(entry.puts, entry.deletes)
+
+
+def row_manifest(puts: Iterable[Mapping[str, Any]], deletes: Iterable[str]) -> dict[str, Any]:
+    """What a transaction's checkpoint row keeps of its manifest: each key with its MD5 and size.
+
+    That is what its readers use (``osaa-recover verify`` and ``transactions``, failure
+    notifications); the full manifest (versions, sources, fingerprints) is the log entry at
+    the row's ``position``. A row holding every field cost memory in proportion to the files.
+    """
+    return {"puts": [{name: put[name] for name in _ROW_PUT_FIELDS} for put in puts], "deletes": list(deletes)}
 
 
 @dataclass

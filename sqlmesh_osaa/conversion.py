@@ -1,8 +1,10 @@
 """Converting one raw CSV file to parquet with DuckDB, as cheaply as a bare ``COPY``.
 
 One ``COPY (SELECT * FROM read_csv(...)) TO ... (FORMAT parquet)`` per file: the row
-count comes from the COPY result and the column names from the new file's parquet
-footer, so the CSV is read once. Paths travel as prepared parameters, never as SQL
+count comes from the COPY result and the column names, when asked for, from the new
+file's parquet footer, so the CSV is read once. Ingest does not ask: the ``DESCRIBE`` of
+the footer cost about a third of a small file's COPY (docs/performance.md, "Ingest"); it
+still runs when the header line is blank, the one case whose verdict needs the names. Paths travel as prepared parameters, never as SQL
 text, and glob characters in them are escaped (DuckDB would otherwise read
 ``data[1].csv`` as the glob ``data1.csv``).
 
@@ -52,12 +54,15 @@ _MAX_DETAIL = 400
 
 @dataclass(frozen=True)
 class ConversionResult:
-    """What one conversion produced, read from the COPY result and the parquet footer."""
+    """What one conversion produced, read from the COPY result and the parquet footer.
+
+    ``columns`` is None when the conversion was asked not to read them (``with_columns=False``).
+    """
 
     source_path: Path
     parquet_path: Path
     rows: int
-    columns: list[str]
+    columns: list[str] | None
     bytes: int
 
 
@@ -66,6 +71,7 @@ def convert_csv_to_parquet(
     parquet_path: str | Path,
     *,
     connection: duckdb.DuckDBPyConnection | None = None,
+    with_columns: bool = True,
 ) -> ConversionResult:
     """Convert ``csv_path`` into a zstd parquet at ``parquet_path``, atomically.
 
@@ -74,6 +80,7 @@ def convert_csv_to_parquet(
     existing target untouched. It is not fsynced: the parquet is an intermediate that
     the next run rebuilds unless its upload was committed. Pass ``connection`` to reuse
     one DuckDB connection for many files; by default an in-memory one is opened and closed.
+    ``with_columns=False`` skips reading the column names back (the result's ``columns`` is None).
 
     Raises a permanent :class:`FileConversionError` naming the file when it is
     missing, empty, not UTF-8 or malformed, and :class:`IngestError` when DuckDB
@@ -81,15 +88,15 @@ def convert_csv_to_parquet(
     """
     source = Path(os.path.abspath(csv_path))
     target = Path(os.path.abspath(parquet_path))
-    _check_readable_csv(source)
+    blank_first_line = _check_readable_csv(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     own_connection = connection is None
     db = duckdb.connect() if connection is None else connection
     try:
         rows = _copy(db, source, temporary)
-        columns = [row[0] for row in db.execute(_COLUMNS_SQL, {"path": _duckdb_path(temporary)}).fetchall()]
-        if columns == ["column0"] and _header_is_blank(source):
+        columns = _columns(db, temporary) if with_columns or blank_first_line else None
+        if blank_first_line and columns == ["column0"] and _header_is_blank(source):
             raise FileConversionError(
                 "CSV file has no header: its first line is blank; "
                 "put the column names on the first line or remove the file",
@@ -101,8 +108,8 @@ def convert_csv_to_parquet(
         temporary.unlink(missing_ok=True)
         if own_connection:
             db.close()
-    logger.debug("Converted %s to %s: %d rows, %d columns", source, target, rows, len(columns))
-    return ConversionResult(source_path=source, parquet_path=target, rows=rows, columns=columns, bytes=size)
+    logger.debug("Converted %s to %s: %d rows", source, target, rows)
+    return ConversionResult(source_path=source, parquet_path=target, rows=rows, columns=columns if with_columns else None, bytes=size)
 
 
 def _duckdb_path(path: Path) -> str:
@@ -110,7 +117,16 @@ def _duckdb_path(path: Path) -> str:
     return _GLOB_CHARS.sub(r"[\1]", str(path))
 
 
-def _check_readable_csv(source: Path) -> None:
+def _columns(db: duckdb.DuckDBPyConnection, parquet: Path) -> list[str]:
+    return [row[0] for row in db.execute(_COLUMNS_SQL, {"path": _duckdb_path(parquet)}).fetchall()]
+
+
+def _check_readable_csv(source: Path) -> bool:
+    """Refuse what is no CSV text at all; returns whether the first line may be blank.
+
+    The answer comes from the head already read for the binary test: a first line that is
+    not blank there is not blank at all, so only a possibly blank one costs a look at the columns.
+    """
     try:
         info = source.stat()
     except FileNotFoundError:
@@ -132,13 +148,16 @@ def _check_readable_csv(source: Path) -> None:
             "replace it with the complete export or remove it",
             file_path=str(source),
         )
-    kind = _binary_kind(source)
+    with source.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    kind = _binary_kind(head)
     if kind is not None:
         raise FileConversionError(
             f"Not a CSV text file: it holds binary data ({kind}) under a .csv name; "
             "replace it with the CSV export, or remove it",
             file_path=str(source),
         )
+    return not head.split(b"\n", 1)[0].strip()
 
 
 # Signatures of files that end up named .csv by mistake; any other NUL byte also means binary.
@@ -153,10 +172,8 @@ _SIGNATURES = {
 _SNIFF_BYTES = 8192
 
 
-def _binary_kind(source: Path) -> str | None:
-    """What binary format the file starts with, if any (CSV text holds no NUL byte)."""
-    with source.open("rb") as handle:
-        head = handle.read(_SNIFF_BYTES)
+def _binary_kind(head: bytes) -> str | None:
+    """What binary format a file starting with ``head`` is, if any (CSV text holds no NUL byte)."""
     for signature, kind in _SIGNATURES.items():
         if head.startswith(signature):
             return kind

@@ -8,11 +8,16 @@ again), converts them to parquet with DuckDB, stages every converted file in one
 and commits it. A bad file is a recorded failure (FILE checkpoint *failed* with its
 category and message), never an abort: the good files still land. The same engine serves
 ``osaa-ingest`` and the ``osaa_file_ingest`` model kind.
+
+The converted parquet files are intermediates handed to the store (``Upload(disposable=True)``)
+and written under its scratch directory, so a local store moves them in instead of copying.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,7 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE = "ingest"
 CHUNK_SIZE = 64  # files converted, then uploaded concurrently, at a time: bounds temp disk use
+_WORKDIR_PREFIX = "osaa-ingest-"
 
 Progress = Callable[[str], None]
 
@@ -172,7 +178,10 @@ def _convert_and_commit(
     from sqlmesh_osaa.transaction_manager import TransactionManager
 
     staged: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="osaa-ingest-") as workdir, duckdb.connect() as connection:
+    scratch = store.scratch_directory()
+    if scratch is not None:
+        remove_abandoned_workdirs(scratch)
+    with tempfile.TemporaryDirectory(prefix=_workdir_prefix(), dir=scratch) as workdir, duckdb.connect() as connection:
         txn = TransactionManager(
             store=store,
             checkpoint=checkpoint,
@@ -246,7 +255,7 @@ def _convert_chunk(
         parquet = workdir / f"{index}.parquet"
         try:
             fingerprint = read_fingerprint(raw)
-            convert_csv_to_parquet(raw.path, parquet, connection=connection)
+            convert_csv_to_parquet(raw.path, parquet, connection=connection, with_columns=False)
         except Exception as exc:
             _record_file_failure(checkpoint, key, raw, exc)
             collector.add_failure(raw.relative, exc)
@@ -255,8 +264,36 @@ def _convert_chunk(
             if not still_as_discovered(raw):
                 _log.warning("%s changed while it was converted; the next run lands it again", raw.relative)
                 fingerprint = fingerprint._replace(checksum=None)
-            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint))
+            uploads.append(Upload(parquet, key, {"source-file": raw.relative}, raw.path, fingerprint, disposable=True))
     return uploads
+
+
+def _workdir_prefix() -> str:
+    """Names the owner (host and PID), so a later run on this host can tell an abandoned work directory."""
+    return f"{_WORKDIR_PREFIX}{os.uname().nodename}-{os.getpid()}-"
+
+
+def remove_abandoned_workdirs(scratch: Path) -> int:
+    """Remove the work directories that killed ingest runs of this host left in ``scratch``.
+
+    A run's converted files wait there for their upload (a chunk at a time); a SIGKILL leaves
+    them. A directory is abandoned when its owner's PID is not running; another host's
+    directories (a store root on a shared filesystem) are left to that host.
+    """
+    from sqlmesh_osaa import commit_log
+
+    own = f"{_WORKDIR_PREFIX}{os.uname().nodename}-"
+    removed = 0
+    for entry in os.scandir(scratch):
+        if not entry.name.startswith(own):
+            continue
+        pid = entry.name[len(own) :].partition("-")[0]
+        if pid.isdigit() and not commit_log.pid_running(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    if removed:
+        _log.info("Removed %d work directories of killed ingest runs from %s", removed, scratch)
+    return removed
 
 
 def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:

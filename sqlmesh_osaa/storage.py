@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import fcntl
 import hashlib
 import json
@@ -63,6 +64,10 @@ _CHUNK = MiB
 # name prefix keeps them out of listings and out of the key space.
 TEMP_MARKER = ".osaa-tmp-"
 _META_DIR = ".osaa-meta"
+_SCRATCH_DIR = ".osaa-scratch"
+# What os.link raises where a hard link cannot be made (another filesystem, no link support,
+# too many links, a policy against linking): a local copy then writes the bytes instead.
+_NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 _S3_DELETE_BATCH = 1000
 _S3_MAX_PARTS = 10_000
 _S3_MIN_PART_SIZE = 5 * MiB
@@ -251,6 +256,34 @@ def _create_temp(directory: Path) -> tuple[int, Path]:
     raise FileNotFoundError(f"directory {directory} keeps disappearing")
 
 
+def _link_temp(source: Path, directory: Path) -> Path | None:
+    """A hard link to ``source`` under a temp name in ``directory``; None where links are impossible."""
+    for _ in range(5):
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f"{TEMP_MARKER}{uuid.uuid4().hex}"
+        try:
+            os.link(source, temp)
+            return temp
+        except FileNotFoundError:
+            if directory.is_dir():
+                raise  # the source is gone, not the directory (a concurrent delete may prune that)
+        except OSError as exc:
+            if exc.errno in _NO_HARD_LINK:
+                logger.debug("No hard link from %s into %s (%s); copying the bytes", source, directory, exc)
+                return None
+            raise
+    raise FileNotFoundError(f"directory {directory} keeps disappearing")
+
+
+def _describes(record: Mapping[str, Any], current: os.stat_result) -> bool:
+    """Whether a sidecar record was written for this file (same inode, size and mtime)."""
+    return (record.get("ino"), record.get("size"), record.get("mtime_ns")) == (
+        current.st_ino,
+        current.st_size,
+        current.st_mtime_ns,
+    )
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -377,8 +410,20 @@ class ObjectStore(ABC):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Upload a file; ``md5`` (hex) spares re-hashing a file whose digest is already known."""
+        """Upload a file; ``md5`` (hex) spares re-hashing a file whose digest is already known.
+
+        ``move`` gives ``local_path`` up: a store may rename it into place instead of copying
+        its bytes (a local store does when the file lies on its filesystem, as files under
+        :meth:`scratch_directory` do); otherwise it stays, and deleting it is the caller's.
+        """
+
+    def scratch_directory(self) -> Path | None:
+        """A local directory for files meant for ``put_file(..., move=True)``; None (any
+        temporary directory will do) when the store does not keep its objects on this machine."""
+        return None
 
     @abstractmethod
     def get_file(self, key: str, local_path: str | Path) -> None:
@@ -546,11 +591,19 @@ class LocalStore(ObjectStore):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Like S3 with Content-MD5, a given ``md5`` is checked against the bytes as they are copied."""
+        """Like S3 with Content-MD5, a given ``md5`` is checked against the bytes as they are copied
+        (or, with ``move``, read before the file is renamed into place)."""
         self._check_key(key, "PutObject")
         expected = _normalized_md5(md5, "PutObject", key, self.bucket)
         user_metadata = self._metadata(metadata, expected or "", key)
+        if move:
+            with self._os_errors("PutObject", key):
+                moved = self._put_by_rename(Path(local_path), key, user_metadata, expected)
+            if moved is not None:
+                return moved
         digest = ContentDigest()
 
         def write(target: IO[bytes]) -> None:
@@ -566,6 +619,46 @@ class LocalStore(ObjectStore):
             info = self._write_sidecar(key, written, metadata, digest.checksum, durable=durable)
         logger.debug("Stored %s (%d bytes) in %s", key, info.size, self)
         return info
+
+    def _put_by_rename(
+        self, local_path: Path, key: str, user_metadata: dict[str, str], expected: str | None
+    ) -> ObjectInfo | None:
+        """Rename a file the caller gave up into place, hashed first; None when it lies on another filesystem.
+
+        The sidecar is written first: the rename keeps the inode, size and mtime it records,
+        and a failed write leaves the file where it was, so a retry can still move it.
+        """
+        target = self._object_path(key)
+        durable = self._durable()
+        digest = ContentDigest()
+        with open(local_path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+            if expected is not None and digest.md5 != expected:
+                raise self._bad_digest(local_path, key, digest.md5, expected)
+            if durable:
+                os.fsync(handle.fileno())
+            current = os.fstat(handle.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        info = self._write_sidecar(
+            key, current, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum, durable=durable
+        )
+        try:
+            os.replace(local_path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return None  # the sidecar just written describes no file at the key: it is ignored, then replaced
+        if durable:
+            _fsync_dir(target.parent)
+        logger.debug("Moved %s (%d bytes) into %s", key, info.size, self)
+        return info
+
+    def scratch_directory(self) -> Path:
+        """``<root>/.osaa-scratch``: beside the bucket, so a file written there moves in by a rename."""
+        path = self.root / _SCRATCH_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     @contextmanager
     def deferred_durability(self) -> Iterator[None]:
@@ -621,32 +714,108 @@ class LocalStore(ObjectStore):
             return self._info(key)
 
     def copy(self, src_key: str, dst_key: str, source: ObjectInfo | None = None) -> ObjectInfo:
-        """The copy's bytes are hashed as they are written and checked against what was recorded
-        when the source was written (and against ``source``, what the caller expects)."""
+        """The copy's bytes are hashed and checked against what was recorded when the source was
+        written (and against ``source``, what the caller expects).
+
+        Objects are never changed in place (every write renames a new file over the key), so
+        the copy is a hard link to the source's file and its sidecar: no bytes are written and
+        no file is created, only the directory entries. The bytes are still read and hashed
+        through the link before it takes the key. Where no hard link can be made (another
+        filesystem, no support) the bytes are copied into a new file.
+        """
         self._check_key(src_key, "CopyObject")
         self._check_key(dst_key, "CopyObject")
-        digest = ContentDigest()
         with self._os_errors("CopyObject", dst_key):
             recorded = self._info(src_key)
             if recorded is None:
                 raise self._missing(src_key, "CopyObject")
             if src_key == dst_key:
                 return recorded
-
-            def write(target: IO[bytes]) -> None:
-                with open(self._object_path(src_key), "rb") as handle:
-                    _copy_hashing(handle, target, digest)
-                for expected in (recorded, source):
-                    if expected is not None and not _matches(
-                        expected, target.tell(), digest.md5, digest.checksum, every_digest=True
-                    ):
-                        found = f"size={target.tell()}, md5={digest.md5}, checksum={digest.checksum}"
-                        raise self._copy_mismatch(expected, dst_key, found)
-
             durable = self._durable()
-            written = atomic_write(self._object_path(dst_key), write, durable=durable)
+            linked = self._copy_by_link(src_key, dst_key, (recorded, source), durable)
+            if linked is not None:
+                return linked
+            return self._copy_bytes(src_key, dst_key, (recorded, source), durable)
+
+    def _copy_bytes(
+        self, src_key: str, dst_key: str, expectations: tuple[ObjectInfo, ObjectInfo | None], durable: bool
+    ) -> ObjectInfo:
+        digest = ContentDigest()
+
+        def write(target: IO[bytes]) -> None:
+            with open(self._object_path(src_key), "rb") as handle:
+                _copy_hashing(handle, target, digest)
+            self._check_copied(expectations, dst_key, target.tell(), digest)
+
+        written = atomic_write(self._object_path(dst_key), write, durable=durable)
+        metadata = {**expectations[0].metadata, MD5_METADATA_KEY: digest.md5}
+        return self._write_sidecar(dst_key, written, metadata, digest.checksum, durable=durable)
+
+    def _copy_by_link(
+        self, src_key: str, dst_key: str, expectations: tuple[ObjectInfo, ObjectInfo | None], durable: bool
+    ) -> ObjectInfo | None:
+        """Give ``dst_key`` the source's file by a hard link, its bytes checked; None where links are impossible.
+
+        A source without a valid sidecar (nothing recorded to share) is copied byte by byte,
+        which records a sidecar of its own.
+        """
+        recorded = expectations[0]
+        if recorded.md5 is None or recorded.checksum is None:
+            return None
+        target = self._object_path(dst_key)
+        temp = _link_temp(self._object_path(src_key), target.parent)
+        if temp is None:
+            return None
+        sidecar_temp = None
+        try:
+            digest = ContentDigest()
+            with open(temp, "rb") as handle:
+                for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                    digest.update(chunk)
+                linked = os.fstat(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
+            self._check_copied(expectations, dst_key, linked.st_size, digest)
+            sidecar_temp, record = self._linked_sidecar(src_key, dst_key, linked)
+            os.replace(temp, target)
+            if sidecar_temp is not None:
+                os.replace(sidecar_temp, self._sidecar_path(dst_key))
+        except BaseException:
+            for leftover in (temp, sidecar_temp):
+                if leftover is not None:
+                    with suppress(FileNotFoundError):
+                        os.unlink(leftover)
+            raise
+        if sidecar_temp is None:
             metadata = {**recorded.metadata, MD5_METADATA_KEY: digest.md5}
-            return self._write_sidecar(dst_key, written, metadata, digest.checksum, durable=durable)
+            return self._write_sidecar(dst_key, linked, metadata, digest.checksum, durable=durable)
+        if durable:
+            _fsync_dir(target.parent)
+            _fsync_dir(self._sidecar_path(dst_key).parent)
+        return self._object_info(dst_key, linked, record)
+
+    def _linked_sidecar(self, src_key: str, dst_key: str, linked: os.stat_result) -> tuple[Path | None, dict[str, Any]]:
+        """A hard link to the source's sidecar, when that sidecar describes ``linked`` (it may
+        have been replaced meanwhile); (None, {}) when a sidecar must be written instead."""
+        temp = _link_temp(self._sidecar_path(src_key), self._sidecar_path(dst_key).parent)
+        if temp is None:
+            return None, {}
+        try:
+            record = json.loads(temp.read_bytes())
+        except ValueError:
+            record = {}
+        if _describes(record, linked):
+            return temp, dict(record)
+        os.unlink(temp)
+        return None, {}
+
+    def _check_copied(
+        self, expectations: tuple[ObjectInfo, ObjectInfo | None], dst_key: str, size: int, digest: ContentDigest
+    ) -> None:
+        for expected in expectations:
+            if expected is not None and not _matches(expected, size, digest.md5, digest.checksum, every_digest=True):
+                found = f"size={size}, md5={digest.md5}, checksum={digest.checksum}"
+                raise self._copy_mismatch(expected, dst_key, found)
 
     def delete_many(self, keys: Iterable[str]) -> None:
         unique = list(dict.fromkeys(keys))
@@ -762,11 +931,7 @@ class LocalStore(ObjectStore):
             record = json.loads(self._sidecar_path(key).read_bytes())
         except (FileNotFoundError, ValueError):
             return {}
-        if (record.get("ino"), record.get("size"), record.get("mtime_ns")) != (
-            current.st_ino,
-            current.st_size,
-            current.st_mtime_ns,
-        ):
+        if not _describes(record, current):
             logger.debug("Ignoring stale metadata sidecar of %s in %s", key, self)
             return {}
         return dict(record)
@@ -1038,8 +1203,13 @@ class S3Store(ObjectStore):
         key: str,
         metadata: Mapping[str, str] | None = None,
         md5: str | None = None,
+        *,
+        move: bool = False,
     ) -> ObjectInfo:
-        """Sends the MD5 (Content-MD5) and a CRC32 so the server checks the bytes it stores."""
+        """Sends the MD5 (Content-MD5) and a CRC32 so the server checks the bytes it stores.
+
+        ``move`` changes nothing here: the file is uploaded and stays.
+        """
         self._check_key(key, "PutObject")
         md5 = _normalized_md5(md5, "PutObject", key, self.bucket)
         with self._s3_errors("PutObject", key):

@@ -56,6 +56,7 @@ from sqlmesh_osaa.commit_protocol import (
     decide,
     finish,
     recover_store,
+    row_manifest,
     settle_checkpoint,
     sweep_unreferenced,
     journal_key,
@@ -114,7 +115,9 @@ class Upload:
 
     ``fingerprint`` is the source as it was when read (ingest takes it at discovery); the
     FILE checkpoint records it, so it describes the content production holds even when the
-    source changes later.
+    source changes later. ``disposable`` gives the local file up to the store, which may move
+    it instead of copying it (``ObjectStore.put_file(move=True)``): for intermediates, such as
+    ingest's converted parquet, written under the store's scratch directory.
     """
 
     local_path: str | Path
@@ -122,6 +125,7 @@ class Upload:
     metadata: Mapping[str, str] | None = None
     source_path: str | Path | None = None
     fingerprint: Fingerprint | None = None
+    disposable: bool = False
 
     @property
     def tracked_path(self) -> str:
@@ -410,7 +414,10 @@ class TransactionManager:
                 return UploadOutcome(upload, self._add(StagedPut(upload.key, None, md5, size, version=version, **common)))
             staged_key = self.staging_root + upload.key
             info = self._retry(
-                self.store.put_file, upload.local_path, staged_key, upload.metadata, md5, operation="PutObject"
+                lambda: self.store.put_file(
+                    upload.local_path, staged_key, upload.metadata, md5, move=upload.disposable
+                ),
+                operation="PutObject",
             )
             put = StagedPut(upload.key, staged_key, md5, info.size, version=staged_key, **common)
         except Exception as exc:
@@ -478,11 +485,12 @@ class TransactionManager:
         try:
             with self._marker_lock:
                 self._marker = self.log.update_marker(self._marker, position=entry.position)
+            # The position names the decision, whose entry in the log holds the manifest: the row does
+            # not repeat it (one more copy of a manifest of every file cost memory in proportion).
             self.checkpoint.update_metadata(
                 CheckpointScope.OPERATION,
                 journal_key(self.transaction_id),
-                {"phase": TransactionPhase.COMMITTING.value, "position": entry.position,
-                 "manifest": self.manifest.to_json()},
+                {"phase": TransactionPhase.COMMITTING.value, "position": entry.position},
             )
             await_earlier(self.log, entry)
             apply_entry(self.store, entry, self.error_handler, max_workers=self.max_workers)
@@ -512,7 +520,10 @@ class TransactionManager:
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),
-            metadata={"phase": TransactionPhase.COMMITTED.value, "manifest": self.manifest.to_json()},
+            metadata={
+                "phase": TransactionPhase.COMMITTED.value,
+                "manifest": row_manifest((put.to_json() for put in self.manifest.puts), self.manifest.deletes),
+            },
         )
         self.phase = TransactionPhase.COMMITTED
         _log.info("Transaction %s changed nothing: %d object(s) already in production", self.transaction_id,

@@ -201,6 +201,24 @@ def test_a_file_whose_header_line_is_blank_is_refused(tmp_path: Path) -> None:
     assert_refused(csv, tmp_path / "blank.parquet", "no header")
 
 
+def test_a_blank_header_line_is_refused_also_when_the_columns_are_not_asked_for(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, "blank.csv", "  \r\n")
+
+    with pytest.raises(FileConversionError, match="no header"):
+        convert_csv_to_parquet(csv, tmp_path / "blank.parquet", with_columns=False)
+    assert not (tmp_path / "blank.parquet").exists()
+
+
+def test_without_columns_the_conversion_reports_rows_and_size_but_no_column_names(tmp_path: Path) -> None:
+    csv = write_csv(tmp_path, "gdp.csv", "country,year\nNGA,2020\n")
+    target = tmp_path / "gdp.parquet"
+
+    result = convert_csv_to_parquet(csv, target, with_columns=False)
+
+    assert (result.rows, result.columns, result.bytes) == (1, None, target.stat().st_size)
+    assert read_parquet(target) == [("NGA", 2020)]
+
+
 def test_a_non_utf8_file_is_refused_with_how_to_reencode_it(tmp_path: Path) -> None:
     csv = write_csv(tmp_path, "latin1.csv", "country,name\nCIV,Côte d'Ivoire\n".encode("latin-1"))
 

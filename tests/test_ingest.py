@@ -245,3 +245,38 @@ def test_an_unchanged_large_landing_file_is_not_uploaded_again_by_a_runner_witho
     uploads = ("PutObject", "CreateMultipartUpload", "UploadPart", "CopyObject", "UploadPartCopy")
     assert {op: len(data_requests(fault_proxy, op)) for op in uploads} == dict.fromkeys(uploads, 0)
     assert store.head("prod/landing/big/large.parquet") == landed_info
+
+
+def test_a_local_ingest_moves_its_converted_files_into_the_store_and_leaves_no_work_directory(raw, tmp_path, checkpoint):
+    store = LocalStore(tmp_path / "storage", "osaa")
+
+    result = ingest(raw, store, checkpoint)
+
+    assert result.ok and len(result.landed) == 2
+    assert list(store.scratch_directory().iterdir()) == []
+    production = Path(store.uri("prod/landing/wdi/WDICSV.parquet"))
+    assert production.stat().st_nlink == 2  # the production key and its version share one file
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{production}')").fetchone() == (30,)
+
+
+def test_work_directories_of_killed_runs_on_this_host_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from sqlmesh_osaa.ingest import remove_abandoned_workdirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    scratch = tmp_path / "scratch"
+    for name in (f"osaa-ingest-{host}-{dead.pid}-abc", f"osaa-ingest-{host}-{os.getpid()}-def", f"osaa-ingest-elsewhere-{dead.pid}-ghi"):
+        (scratch / name).mkdir(parents=True)
+        (scratch / name / "0.parquet").write_bytes(b"PAR1")
+
+    removed = remove_abandoned_workdirs(scratch)
+
+    assert removed == 1
+    assert {path.name for path in scratch.iterdir()} == {
+        f"osaa-ingest-{host}-{os.getpid()}-def", f"osaa-ingest-elsewhere-{dead.pid}-ghi",
+    }

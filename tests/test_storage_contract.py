@@ -402,6 +402,63 @@ def local(tmp_path: Path) -> LocalStore:
     return LocalStore(tmp_path / "storage", "bkt")
 
 
+def test_a_local_copy_shares_the_source_file_and_outlives_its_deletion(local: LocalStore, tmp_path: Path) -> None:
+    local.put_file(write(tmp_path, "f", b"version bytes"), "_osaa/versions/t1/prod/x.parquet", {"source-file": "x.csv"})
+
+    copied = local.copy("_osaa/versions/t1/prod/x.parquet", "prod/x.parquet")
+    shared = os.stat(local.uri("prod/x.parquet")).st_ino == os.stat(local.uri("_osaa/versions/t1/prod/x.parquet")).st_ino
+    local.delete_many(["_osaa/versions/t1/prod/x.parquet"])
+
+    assert shared
+    assert local.head("prod/x.parquet") == replace(copied, last_modified=local.head("prod/x.parquet").last_modified)  # type: ignore[union-attr]
+    assert copied.metadata["source-file"] == "x.csv" and copied.md5 == md5_of(b"version bytes")
+    assert read_object(local, "prod/x.parquet", tmp_path) == b"version bytes"
+    assert not list((local.root / "bkt" / "prod").glob(f"{TEMP_MARKER}*"))
+
+
+def test_a_local_copy_of_an_object_whose_record_is_lost_writes_new_bytes_and_records_them(
+    local: LocalStore, tmp_path: Path
+) -> None:
+    local.put_file(write(tmp_path, "f", b"payload"), "staging/x")
+    local._sidecar_path("staging/x").unlink()
+
+    copied = local.copy("staging/x", "prod/x")
+
+    assert os.stat(local.uri("prod/x")).st_ino != os.stat(local.uri("staging/x")).st_ino
+    assert copied.md5 == md5_of(b"payload") and copied.checksum == crc32_of(b"payload")
+    assert local.head("prod/x").md5 == md5_of(b"payload")  # type: ignore[union-attr]
+
+
+def test_a_local_put_with_move_renames_a_scratch_file_into_place(local: LocalStore, tmp_path: Path) -> None:
+    scratch_file = write(local.scratch_directory(), "converted.parquet", b"parquet bytes")
+    inode = scratch_file.stat().st_ino
+
+    put = local.put_file(scratch_file, "_osaa/versions/t1/x.parquet", {"source-file": "x.csv"}, md5_of(b"parquet bytes"), move=True)
+
+    assert not scratch_file.exists()
+    assert os.stat(local.uri("_osaa/versions/t1/x.parquet")).st_ino == inode
+    assert local.head("_osaa/versions/t1/x.parquet") == replace(put, last_modified=local.head("_osaa/versions/t1/x.parquet").last_modified)  # type: ignore[union-attr]
+    assert (put.md5, put.checksum, put.metadata["source-file"]) == (md5_of(b"parquet bytes"), crc32_of(b"parquet bytes"), "x.csv")
+
+
+def test_a_local_put_with_move_and_a_wrong_md5_moves_nothing(local: LocalStore, tmp_path: Path) -> None:
+    scratch_file = write(local.scratch_directory(), "converted.parquet", b"parquet bytes")
+
+    with pytest.raises(S3OperationError, match="BadDigest"):
+        local.put_file(scratch_file, "_osaa/versions/t1/x.parquet", md5=md5_of(b"other"), move=True)
+
+    assert scratch_file.read_bytes() == b"parquet bytes"
+    assert local.head("_osaa/versions/t1/x.parquet") is None
+
+
+def test_put_with_move_stores_the_bytes_on_every_store(store: ObjectStore, tmp_path: Path) -> None:
+    scratch = store.scratch_directory() or tmp_path
+    store.put_file(write(scratch, "f", b"moved or uploaded"), "k", move=True)
+
+    assert read_object(store, "k", tmp_path) == b"moved or uploaded"
+    assert store.head("k").md5 == md5_of(b"moved or uploaded")  # type: ignore[union-attr]
+
+
 KILLED_PUT = """
 import sys
 from sqlmesh_osaa.storage import LocalStore

@@ -55,6 +55,19 @@ def test_commit_publishes_every_object_and_empties_staging(store, checkpoint, tm
     assert row["metadata"]["phase"] == "committed"
 
 
+def test_the_committed_row_lists_each_key_with_its_md5_and_size_and_names_the_log_position(store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        t.upload_file(write(tmp_path / "a.csv", "abc"), "prod/a.parquet")
+        t.delete("prod/old.parquet")
+
+    metadata = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]
+    assert metadata["manifest"] == {
+        "puts": [{"key": "prod/a.parquet", "md5": store.head("prod/a.parquet").md5, "size": 3}],
+        "deletes": ["prod/old.parquet"],
+    }
+    assert metadata["position"] >= 1
+
+
 def test_nothing_reaches_production_before_commit(store, checkpoint, tmp_path):
     t = txn(store, checkpoint)
     t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
