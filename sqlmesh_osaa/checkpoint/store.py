@@ -248,6 +248,9 @@ def batch_columns(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[dic
     keys, statuses = columns["key"], columns["to_status"]
     last = last_index(keys)
     every_last = len(last) == len(keys)
+    if every_last and PENDING not in statuses:
+        columns[WRITE] = [UPDATE if key in rows else INSERT for key in keys]
+        return columns, []
     writes, deleted = [], []
     for index, (key, status) in enumerate(zip(keys, statuses)):
         if not every_last and last[key] != index:
