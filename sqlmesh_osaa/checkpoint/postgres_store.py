@@ -128,8 +128,8 @@ _VERSIONED_ROW_SQL = f"SELECT xmin::text, {_ROW_SELECT} FROM checkpoints WHERE p
 _ROW_VALUES = ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}" for c in ROW_COLUMNS)
 _KEY_MATCHES = "pipeline = %s AND scope = %s AND key = %s AND xmin = %s::xid"
 _SINGLE_WRITE_SQL = {
-    INSERT: f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text",
-    UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text",
+    INSERT: f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text, *",
+    UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text, *",
     NO_WRITE: f"DELETE FROM checkpoints WHERE {_KEY_MATCHES} RETURNING NULL::text",
 }
 # One statement, so one round trip and one (durable) commit: the row written only if it is
@@ -138,8 +138,15 @@ _SINGLE_MARK_SQL = (
     f"WITH w AS ({{write}}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) "
     "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w)) SELECT * FROM w"
 )
-# The events of a single mark: scalar parameters for one (the usual case), arrays for more.
-_ONE_EVENT = "(SELECT " + ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}" for c in _EVENT_COLUMNS) + ") AS one"
+# The events of a single mark: one that leaves a row is that row (row_after) plus what only an
+# event holds, taken from the row written, so its values are sent once; more travel as arrays.
+_EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
+_EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
+_ONE_EVENT = (
+    "(SELECT "
+    + ", ".join("%s::text" if c in _EVENT_ONLY else f'w."{_EVENT_FROM_ROW.get(c, c)}"' for c in _EVENT_COLUMNS)
+    + " FROM w) AS one"
+)
 _EVENTS = _unnest(_EVENT_COLUMNS)
 # Rows (and their versions) single marks of this store last wrote; at most this many.
 _MAX_CACHED_ROWS = 4096
@@ -319,9 +326,9 @@ class PostgresStore(CheckpointStore):
             if row is not None:
                 params += [*identity, version]
             columns = event_columns(events, _EVENT_COLUMNS)
-            if len(events) == 1:
+            if len(events) == 1 and left is not None:
                 sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_ONE_EVENT)
-                params += [values[0] for values in columns.values()]
+                params += [columns[column][0] for column in _EVENT_ONLY]
             else:
                 sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_EVENTS)
                 params += list(columns.values())
