@@ -47,15 +47,15 @@ import duckdb
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
+    INSERT,
     PRUNE_EVENTS_SQL,
     PRUNE_ROWS_SQL,
+    UPDATE,
+    WRITE,
     CheckpointStore,
     Keys,
     Plan,
     RowFilter,
-    INSERT,
-    UPDATE,
-    WRITE,
     Target,
     batch_columns,
     split_constant,
@@ -321,7 +321,10 @@ def _batch_csv(varying: Mapping[str, list[Any]], null: str) -> str:
 
     ``null`` is a token unique to the batch that stands for NULL (docs/performance.md, "Ingest").
     """
-    cells = [[null if value is None else value for value in values] if None in values else values for values in varying.values()]
+    cells = [
+        [null if value is None else value for value in values] if None in values else values
+        for values in varying.values()
+    ]
     descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
     with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(zip(*cells))
@@ -340,11 +343,14 @@ def _batch_load_sql(table: str, path: str, null: str, constant: Mapping[str, Any
         f'CAST({sql_literal(value)} AS {_BATCH_TYPES[column]}) AS "{column}"' for column, value in constant.items()
     ]
     identity = f'"pipeline" || chr({ord(ID_SEPARATOR)}) || "scope" || chr({ord(ID_SEPARATOR)}) || "key"'
-    return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM (SELECT {', '.join(selected)} FROM {read})"
+    inner = f"SELECT {', '.join(selected)} FROM {read}"
+    return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM ({inner})"
 
 
 @contextmanager
-def _batch_table(connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]) -> Iterator[str]:
+def _batch_table(
+    connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]
+) -> Iterator[str]:
     """A temporary table of the batch (:func:`_batch_load_sql`), loaded in one statement."""
     null = f"osaa-null-{uuid.uuid4().hex}"
     path = _batch_csv(varying, null)

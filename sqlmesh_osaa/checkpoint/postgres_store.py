@@ -28,17 +28,17 @@ from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
+    INSERT,
+    NO_WRITE,
     PRUNE_EVENTS_SQL,
     PRUNE_ROWS_SQL,
+    UPDATE,
+    WRITE,
     CheckpointStore,
     ConcurrentChange,
     Keys,
     Plan,
     RowFilter,
-    INSERT,
-    NO_WRITE,
-    UPDATE,
-    WRITE,
     Target,
     batch_columns,
     refuse_if_forked,
@@ -128,7 +128,9 @@ _VERSIONED_ROW_SQL = f"SELECT xmin::text, {_ROW_SELECT} FROM checkpoints WHERE p
 _ROW_VALUES = ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}" for c in ROW_COLUMNS)
 _KEY_MATCHES = "pipeline = %s AND scope = %s AND key = %s AND xmin = %s::xid"
 _SINGLE_WRITE_SQL = {
-    INSERT: f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text, *",
+    INSERT: (
+        f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text, *"
+    ),
     UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text, *",
     NO_WRITE: f"DELETE FROM checkpoints WHERE {_KEY_MATCHES} RETURNING NULL::text",
 }
@@ -467,7 +469,7 @@ class PostgresStore(CheckpointStore):
                 connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
             expected = len(inserted)
         else:
-            count, expected, deleted = self._write_batch(connection, pipeline, rows, events)
+            count, expected, deleted = self._write_batch(connection, rows, events)
         if count != expected:
             raise ConcurrentChange(f"{expected - count} rows were inserted by another writer")
         if deleted:
@@ -476,7 +478,7 @@ class PostgresStore(CheckpointStore):
                 [pipeline, events[0]["scope"], deleted],
             )
 
-    def _write_batch(self, connection: Any, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> tuple[int, int, list[str]]:
+    def _write_batch(self, connection: Any, rows: dict[str, Row], events: Sequence[Event]) -> tuple[int, int, list[str]]:
         """A bulk write: one COPY of the varying columns, then set-based INSERTs and UPDATE from it.
 
         The columns with one value for the batch are parameters of those statements, not COPY
