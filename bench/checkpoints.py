@@ -135,6 +135,16 @@ def fsync_latency(directory: Path, samples: int = 100) -> Figure:
     return statistics.median(walls), None
 
 
+def commit_latency(dsn: str, samples: int = 300) -> Figure:
+    """Median of a bare one-row INSERT committed on the server: the floor of one durable PostgreSQL mark."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("CREATE TABLE commit_probe (n integer)")
+        walls = [timed(lambda: connection.execute("INSERT INTO commit_probe VALUES (1)"))[0] for _ in range(samples)]
+    return statistics.median(walls), None
+
+
 def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
     """Marks per second of one runner process alone, then of RUNNERS processes at once, on one store."""
 
@@ -214,6 +224,11 @@ def main() -> None:
                     unit="ms",
                 )
             report("disk: bare small write + fsync (floor of one durable commit)", {"median": fsync_latency(directory)}, unit="ms")
+            report(
+                "postgres: bare one-row INSERT, autocommit (floor of one durable mark; a pair makes two)",
+                {"median": commit_latency(server.create_database())},
+                unit="ms",
+            )
         runners = bench_runners(server.create_database(), args.runner_marks // 2)
         print(f"\npostgres: {RUNNERS} runner processes on one store, {args.runner_marks} marks each (target: ratio >= 2.5)")
         for name, value in runners.items():

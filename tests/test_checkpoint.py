@@ -313,6 +313,38 @@ def test_the_event_log_alone_rebuilds_every_row(store: PipelineCheckpoint, raw_f
     assert replay(store.store.scan_events(all_kinds=True)) == rows
 
 
+def test_a_batch_of_new_and_existing_items_writes_each_row_and_the_log_rebuilds_them(
+    store: PipelineCheckpoint, raw_file: Path
+) -> None:
+    """One bulk write that inserts some rows and updates others (each with its own path)."""
+    for i in range(10):
+        fail(store, f"item/{i}")
+    items = [(f"item/{i}", raw_file if i % 2 else None) for i in range(30)]
+
+    store.mark_started_many(FILE, items)
+
+    rows = {key: store.get(FILE, key) for key, _ in items}
+    assert {key: row["attempt"] for key, row in rows.items()} == {key: 2 if int(key[5:]) < 10 else 1 for key, _ in items}
+    assert {key: row["file_path"] for key, row in rows.items()} == {k: None if p is None else str(p) for k, p in items}
+    assert {row["status"] for row in rows.values()} == {"in_progress"}
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
+
+
+def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wrote_it(
+    store: PipelineCheckpoint, where: dict[str, Any]
+) -> None:
+    store.mark_started(FILE, "k")
+    with PipelineCheckpoint("test", **where) as other:
+        other.mark_started(FILE, "k", force=True)
+        other.mark_completed(FILE, "k")
+
+    with pytest.raises(CheckpointError, match="already completed"):
+        store.mark_completed(FILE, "k")
+
+    assert transitions(store, "k") == [("pending", "in_progress"), ("in_progress", "in_progress"), ("in_progress", "completed")]
+    assert store.get(FILE, "k")["run_id"] == other.run_id
+
+
 def test_prune_keeps_the_last_event_of_every_row_it_keeps(store: PipelineCheckpoint) -> None:
     fail(store, "broken")
     store.mark_started(FILE, "running")

@@ -45,19 +45,23 @@ from typing import Any
 import duckdb
 
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
-from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS
+from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
+    INSERT,
     PRUNE_EVENTS_SQL,
     PRUNE_ROWS_SQL,
+    UPDATE,
+    WRITE,
     CheckpointStore,
     Keys,
     Plan,
     RowFilter,
     Target,
-    last_index,
+    batch_columns,
+    split_constant,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 
@@ -170,23 +174,16 @@ _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({'
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 
-_BATCH_EVENT_COLUMNS = EVENT_LOG_COLUMNS[1:]
-_BATCH_COLUMNS = {**{column: _EVENT_TYPES[column] for column in _BATCH_EVENT_COLUMNS}, "item_id": "VARCHAR", "write": "VARCHAR"}
-_BATCH_LOAD_SQL = (
-    "CREATE TEMPORARY TABLE {table} AS SELECT * FROM read_csv($path, header = false, auto_detect = false, "
-    "delim = ',', quote = '\"', escape = '\"', nullstr = $null, columns = {{"
-    + ", ".join(f"'{column}': '{kind}'" for column, kind in _BATCH_COLUMNS.items())
-    + "}})"
-)
+_BATCH_TYPES = {**{column: _EVENT_TYPES[column] for column in EVENT_LOG_COLUMNS[1:]}, WRITE: "VARCHAR"}
 _ROW_FROM_BATCH = ", ".join(f'"{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
 _ROW_BULK_INSERT_SQL = (
     f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
-    "WHERE write = 'insert'"
+    f"WHERE {WRITE} = '{INSERT}'"
 )
 _ROW_BULK_UPDATE_SQL = (
     "UPDATE checkpoints AS c SET "
     + ", ".join(f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
-    + " FROM {frame} AS b WHERE c.item_id = b.item_id AND b.write = 'update'"
+    + f" FROM {{frame}} AS b WHERE c.item_id = b.item_id AND b.{WRITE} = '{UPDATE}'"
 )
 _EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
 _DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
@@ -319,36 +316,47 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             ) from exc
 
 
-def _batch_csv(events: Sequence[Event], rows: Mapping[str, Row], pipeline: str, null: str) -> str:
-    """A batch of events as a temporary CSV file: how a batch reaches DuckDB without pandas.
+def _batch_csv(varying: Mapping[str, list[Any]], null: str) -> str:
+    """The varying columns of a batch as a temporary CSV file: how a batch reaches DuckDB without pandas.
 
-    Each line is one event plus the ``item_id`` of its row and what the batch does to that
-    row (``insert``, ``update`` or ``none`` when the event clears it). ``null`` is a token
-    unique to the batch that stands for NULL (docs/performance.md, "Ingest").
+    ``null`` is a token unique to the batch that stands for NULL (docs/performance.md, "Ingest").
     """
-    columns = event_columns(events, _BATCH_EVENT_COLUMNS)
-    keys, statuses, scopes = columns["key"], columns["to_status"], columns["scope"]
-    last = last_index(keys)
+    cells = [
+        [null if value is None else value for value in values] if None in values else values
+        for values in varying.values()
+    ]
     descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
     with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_ALL)
-        for index, values in enumerate(zip(*columns.values())):
-            key = keys[index]
-            kept = statuses[index] != PENDING and last[key] == index
-            write = ("update" if key in rows else "insert") if kept else "none"
-            cells = [null if value is None else value for value in values]
-            writer.writerow([*cells, item_id(pipeline, scopes[index], key), write])
+        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(zip(*cells))
     return path
 
 
+def _batch_load_sql(table: str, path: str, null: str, constant: Mapping[str, Any], varying: Collection[str]) -> str:
+    """A temporary table of a batch: its varying columns read from the CSV, its constant ones as literals."""
+    read = (
+        f"read_csv({sql_literal(path)}, header = false, auto_detect = false, delim = ',', quote = '\"', "
+        f"escape = '\"', nullstr = {sql_literal(null)}, columns = {{"
+        + ", ".join(f"'{column}': '{_BATCH_TYPES[column]}'" for column in varying)
+        + "})"
+    )
+    selected = [f'"{column}"' for column in varying] + [
+        f'CAST({sql_literal(value)} AS {_BATCH_TYPES[column]}) AS "{column}"' for column, value in constant.items()
+    ]
+    identity = f'"pipeline" || chr({ord(ID_SEPARATOR)}) || "scope" || chr({ord(ID_SEPARATOR)}) || "key"'
+    inner = f"SELECT {', '.join(selected)} FROM {read}"
+    return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM ({inner})"
+
+
 @contextmanager
-def _batch_table(connection: duckdb.DuckDBPyConnection, events: Sequence[Event], rows: Mapping[str, Row], pipeline: str) -> Iterator[str]:
-    """A temporary table of the batch, loaded from its CSV file in one statement."""
+def _batch_table(
+    connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]
+) -> Iterator[str]:
+    """A temporary table of the batch (:func:`_batch_load_sql`), loaded in one statement."""
     null = f"osaa-null-{uuid.uuid4().hex}"
-    path = _batch_csv(events, rows, pipeline, null)
+    path = _batch_csv(varying, null)
     name = f"osaa_batch_{uuid.uuid4().hex}"
     try:
-        connection.execute(_BATCH_LOAD_SQL.format(table=name), {"path": path, "null": null})
+        connection.execute(_batch_load_sql(name, path, null, constant, varying))
         yield name
     finally:
         os.unlink(path)
@@ -627,13 +635,15 @@ class DuckDBStore(CheckpointStore):
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
-            with _batch_table(connection, events, rows, pipeline) as name:
+            columns, deleted = batch_columns(rows, events)
+            constant, varying = split_constant(columns)
+            writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
+            with _batch_table(connection, constant, varying) as name:
                 connection.execute(_EVENT_BULK_SQL.format(frame=name))
-                connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
-                connection.execute(_ROW_BULK_UPDATE_SQL.format(frame=name))
-            columns = event_columns(events, ("key", "to_status"))
-            last_status = dict(zip(columns["key"], columns["to_status"]))
-            deleted = [key for key, status in last_status.items() if status == PENDING and key in rows]
+                if INSERT in writes:
+                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
+                if UPDATE in writes:
+                    connection.execute(_ROW_BULK_UPDATE_SQL.format(frame=name))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

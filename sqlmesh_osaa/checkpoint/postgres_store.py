@@ -28,19 +28,24 @@ from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
+    INSERT,
+    NO_WRITE,
     PRUNE_EVENTS_SQL,
     PRUNE_ROWS_SQL,
+    UPDATE,
+    WRITE,
     CheckpointStore,
     ConcurrentChange,
     Keys,
     Plan,
     RowFilter,
     Target,
+    batch_columns,
     refuse_if_forked,
-    written_row_columns,
+    split_constant,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, event_columns
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns, row_after
 from sqlmesh_osaa.exceptions import CheckpointError, ConfigurationError, ErrorCategory, categorize_error
 from sqlmesh_osaa.settings import describe_dsn, dsn_password_problem
 
@@ -96,6 +101,7 @@ def _unnest(columns: Sequence[str]) -> str:
 
 
 _EVENT_COLUMNS = EVENT_LOG_COLUMNS[1:]
+_EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
 _EVENT_INSERT_SQL = (
     f"INSERT INTO checkpoint_events ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in _EVENT_COLUMNS)}) "
     f"SELECT * FROM {_unnest(_EVENT_COLUMNS)}"
@@ -108,15 +114,44 @@ _ROW_UPDATE_SQL = (
     f"FROM {_unnest(ROW_COLUMNS)} AS u({_ROW_SELECT}) "
     "WHERE c.pipeline = u.pipeline AND c.scope = u.scope AND c.key = u.key"
 )
-_EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
 # From this many events a write goes through COPY (PostgresStore._write).
 _COPY_FROM = 16
-_BATCH_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS osaa_batch (LIKE checkpoints) ON COMMIT DELETE ROWS"
-_BATCH_INSERT_SQL = f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {_ROW_SELECT} FROM osaa_batch ON CONFLICT DO NOTHING"
-_BATCH_UPDATE_SQL = (
-    f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(f'b.{chr(34)}{col}{chr(34)}' for col in ROW_COLUMNS)}) "
-    "FROM osaa_batch b WHERE c.pipeline = b.pipeline AND c.scope = b.scope AND c.key = b.key"
+# A bulk write's varying columns are copied here (the constant ones are parameters of the INSERTs).
+_BATCH_COLUMNS = (*_EVENT_COLUMNS, WRITE)
+_BATCH_TABLE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS osaa_batch_items ("
+    + ", ".join(f'"{c}" {_SQL_TYPES.get(c, "text")}' for c in _BATCH_COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
 )
+# The version of a row a single mark planned on: any later write of it has another xmin.
+_VERSIONED_ROW_SQL = f"SELECT xmin::text, {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = %s"
+_ROW_VALUES = ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}" for c in ROW_COLUMNS)
+_KEY_MATCHES = "pipeline = %s AND scope = %s AND key = %s AND xmin = %s::xid"
+_SINGLE_WRITE_SQL = {
+    INSERT: (
+        f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text, *"
+    ),
+    UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text, *",
+    NO_WRITE: f"DELETE FROM checkpoints WHERE {_KEY_MATCHES} RETURNING NULL::text",
+}
+# One statement, so one round trip and one (durable) commit: the row written only if it is
+# still the version read, the events appended only if it was.
+_SINGLE_MARK_SQL = (
+    f"WITH w AS ({{write}}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) "
+    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w)) SELECT * FROM w"
+)
+# The events of a single mark: one that leaves a row is that row (row_after) plus what only an
+# event holds, taken from the row written, so its values are sent once; more travel as arrays.
+_EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
+_EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
+_ONE_EVENT = (
+    "(SELECT "
+    + ", ".join("%s::text" if c in _EVENT_ONLY else f'w."{_EVENT_FROM_ROW.get(c, c)}"' for c in _EVENT_COLUMNS)
+    + " FROM w) AS one"
+)
+_EVENTS = _unnest(_EVENT_COLUMNS)
+# Rows (and their versions) single marks of this store last wrote; at most this many.
+_MAX_CACHED_ROWS = 4096
 _LIVE_LOCKS_SQL = """
     SELECT objid FROM pg_locks
     WHERE locktype = 'advisory' AND classid = %s AND objsubid = 2 AND granted
@@ -160,6 +195,8 @@ class PostgresStore(CheckpointStore):
         self.synchronous_commit = synchronous_commit
         self._lock = threading.RLock()
         self._runs: set[str] = set()
+        # (pipeline, scope, key) -> (row, xmin) of rows single marks last read or wrote (_apply_single).
+        self._versions: dict[tuple[str, str, str], tuple[Row, str | None]] = {}
         self._opened_in = os.getpid()
         self._closed = False
         self._connection = self._connect()
@@ -232,6 +269,11 @@ class PostgresStore(CheckpointStore):
         return {"action": "vacuumed", "reason": None, "bytes_before": before, "bytes_after": after}
 
     def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
+        if isinstance(target, Keys) and len(target.keys) == 1:
+            events = self._apply_single(pipeline, target.scope, target.keys[0], plan)
+            if events is not None:
+                return events
+        self._versions.clear()
         with self._transaction() as connection:
             if isinstance(target, Keys):
                 if not target.keys:
@@ -253,7 +295,71 @@ class PostgresStore(CheckpointStore):
                 self._write(connection, pipeline, rows, events)
             return events
 
+    def _apply_single(self, pipeline: str, scope: str, key: str, plan: Plan) -> Sequence[Event] | None:
+        """:meth:`apply` of one key without a lock: read its row (or recall it), plan, write it if unchanged.
+
+        Two round trips, or one when this store wrote the row last: the read, then one
+        statement that writes the row only if it is still the version read (its ``xmin``)
+        and appends the events only if it did, committed (durably) as it returns. A row
+        changed meanwhile writes nothing and the plan runs again on the fresh row
+        (:class:`ConcurrentChange`). A plan refused on a recalled row is tried once more on
+        the row read afresh. None: the change writes no row (pending to pending), so there is
+        no version to check it against; the caller takes the locking path.
+        """
+        identity = (pipeline, scope, key)
+        with self._lock:
+            recalled = self._versions.pop(identity, None)
+            row, version = recalled if recalled is not None else self._read_versioned(identity)
+            try:
+                events = plan({} if row is None else {key: row})
+            except Exception:
+                if recalled is None:
+                    raise
+                row, version = self._read_versioned(identity)
+                events = plan({} if row is None else {key: row})
+            if not events:
+                self._remember(identity, row, version)
+                return events
+            left = row_after(events[-1])
+            if row is None and left is None:
+                return None
+            write = NO_WRITE if left is None else (UPDATE if row is not None else INSERT)
+            params = [] if left is None else [left[column] for column in ROW_COLUMNS]
+            if row is not None:
+                params += [*identity, version]
+            columns = event_columns(events, _EVENT_COLUMNS)
+            if len(events) == 1 and left is not None:
+                sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_ONE_EVENT)
+                params += [columns[column][0] for column in _EVENT_ONLY]
+            else:
+                sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_EVENTS)
+                params += list(columns.values())
+            with self._errors():
+                written = self._live_connection().execute(sql, params).fetchall()
+            if not written:
+                raise ConcurrentChange(f"checkpoint row {key!r} changed since it was read")
+            if left is not None:
+                self._remember(identity, left, written[0][0])
+            return events
+
+    def _read_versioned(self, identity: tuple[str, str, str]) -> tuple[Row | None, str | None]:
+        with self._errors():
+            found = self._live_connection().execute(_VERSIONED_ROW_SQL, list(identity)).fetchall()
+        if not found:
+            return None, None
+        version, *values = found[0]
+        return dict(zip(ROW_COLUMNS, values)), version
+
+    def _remember(self, identity: tuple[str, str, str], row: Row | None, version: str | None) -> None:
+        """Recall a row this store wrote or read (a later mark of it need not read it; its version is checked)."""
+        if row is None:
+            return
+        self._versions[identity] = (row, version)
+        if len(self._versions) > _MAX_CACHED_ROWS:
+            del self._versions[next(iter(self._versions))]
+
     def prune(self, pipeline: str, cutoff: datetime) -> tuple[int, int]:
+        self._versions.clear()
         with self._transaction() as connection:
             rows = connection.execute(PRUNE_ROWS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             events = connection.execute(PRUNE_EVENTS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
@@ -330,17 +436,22 @@ class PostgresStore(CheckpointStore):
                 raise self._error(exc) from exc
 
     @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Serialization failures and deadlocks as :class:`ConcurrentChange` (plan again), other errors named."""
+        try:
+            yield
+        except self._psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
+                raise ConcurrentChange(str(exc)) from exc
+            raise self._error(exc) from exc
+
+    @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """One PostgreSQL transaction on this store's connection; durable when the block returns."""
-        with self._lock:
+        with self._lock, self._errors():
             connection = self._live_connection()
-            try:
-                with connection.transaction():
-                    yield connection
-            except self._psycopg.Error as exc:
-                if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
-                    raise ConcurrentChange(str(exc)) from exc
-                raise self._error(exc) from exc
+            with connection.transaction():
+                yield connection
 
     def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction.
@@ -358,16 +469,7 @@ class PostgresStore(CheckpointStore):
                 connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
             expected = len(inserted)
         else:
-            new_rows, changed_rows, deleted = written_row_columns(rows, events)
-            self._copy(connection, f"checkpoint_events ({_EVENT_NAMES})", event_columns(events, _EVENT_COLUMNS))
-            connection.execute(_BATCH_TABLE_SQL)
-            expected = len(new_rows["key"])
-            self._copy(connection, f"osaa_batch ({_ROW_SELECT})", new_rows)
-            count = connection.execute(_BATCH_INSERT_SQL).rowcount if expected else 0
-            if changed_rows["key"]:
-                connection.execute("TRUNCATE osaa_batch")
-                self._copy(connection, f"osaa_batch ({_ROW_SELECT})", changed_rows)
-                connection.execute(_BATCH_UPDATE_SQL)
+            count, expected, deleted = self._write_batch(connection, rows, events)
         if count != expected:
             raise ConcurrentChange(f"{expected - count} rows were inserted by another writer")
         if deleted:
@@ -375,6 +477,56 @@ class PostgresStore(CheckpointStore):
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
+
+    def _write_batch(self, connection: Any, rows: dict[str, Row], events: Sequence[Event]) -> tuple[int, int, list[str]]:
+        """A bulk write: one COPY of the varying columns, then set-based INSERTs and UPDATE from it.
+
+        The columns with one value for the batch are parameters of those statements, not COPY
+        data. The table is analyzed once loaded, so the planner joins 100k rows by hash rather
+        than by a nested loop the statistics of a small ``checkpoints`` table would suggest.
+        Returns (rows inserted, rows meant to be inserted, keys deleted).
+        """
+        columns, deleted = batch_columns(rows, events)
+        constant, varying = split_constant(columns)
+        connection.execute(_BATCH_TABLE_SQL)
+        self._copy(connection, f"osaa_batch_items ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in varying)})", varying)
+        connection.execute("ANALYZE osaa_batch_items")
+
+        def values(names: Sequence[str]) -> tuple[list[str], list[Any]]:
+            """SQL of each column (from the table, or a parameter when constant) and the parameters."""
+            sql, params = [], []
+            for name in names:
+                if name in varying:
+                    sql.append(f'b."{name}"')
+                else:
+                    sql.append(f"%s::{_SQL_TYPES.get(name, 'text')}")
+                    params.append(constant[name])
+            return sql, params
+
+        event_sql, event_params = values(_EVENT_COLUMNS)
+        connection.execute(
+            f"INSERT INTO checkpoint_events ({_EVENT_NAMES}) SELECT {', '.join(event_sql)} FROM osaa_batch_items b",
+            event_params,
+        )
+        row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
+        (write_sql,), write_params = values([WRITE])
+        writes = columns[WRITE]
+        expected, count = writes.count(INSERT), 0
+        if expected:
+            count = connection.execute(
+                f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {', '.join(row_sql)} FROM osaa_batch_items b "
+                f"WHERE {write_sql} = '{INSERT}' ON CONFLICT DO NOTHING",
+                row_params + write_params,
+            ).rowcount
+        if UPDATE in writes:
+            key_sql, key_params = values(_ROW_KEY)
+            matches = " AND ".join(f"c.{column} = {sql}" for column, sql in zip(_ROW_KEY, key_sql))
+            connection.execute(
+                f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(row_sql)}) FROM osaa_batch_items b "
+                f"WHERE {matches} AND {write_sql} = '{UPDATE}'",
+                row_params + key_params + write_params,
+            )
+        return count, expected, deleted
 
     @staticmethod
     def _copy(connection: Any, table: str, columns: dict[str, list[Any]]) -> None:

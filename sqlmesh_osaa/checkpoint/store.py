@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS, TRANSITION
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns, row_after
+from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, event_columns, row_after
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 
 logger = logging.getLogger(__name__)
@@ -238,27 +238,52 @@ def written_rows(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[list
     return inserted, updated, deleted
 
 
-def written_row_columns(
-    rows: Mapping[str, Row], events: Sequence[Event]
-) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[str]]:
-    """:func:`written_rows` column by column, for bulk loads: (inserted, updated, deleted keys)."""
-    source = event_columns(events, [ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
-    keys, statuses = source["key"], source["to_status"]
-    inserted, updated, deleted = [], [], []
-    for key, index in last_index(keys).items():
-        status = statuses[index]
-        if status == PENDING:
+# The column of a bulk write saying what each event does to its item's row.
+WRITE = "write"
+INSERT, UPDATE, NO_WRITE = "insert", "update", "none"
+
+
+def batch_columns(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[dict[str, list[Any]], list[str]]:
+    """A bulk write as columns: every stored event column plus :data:`WRITE`, and the keys it deletes.
+
+    The row of a key is what its last event leaves (row columns are event columns, renamed by
+    ``ROW_FROM_EVENT``): that event inserts or updates it, every earlier one writes no row.
+    """
+    columns = dict(event_columns(events, EVENT_LOG_COLUMNS[1:]))
+    keys, statuses = columns["key"], columns["to_status"]
+    last = last_index(keys)
+    every_last = len(last) == len(keys)
+    if every_last and PENDING not in statuses:
+        columns[WRITE] = [UPDATE if key in rows else INSERT for key in keys]
+        return columns, []
+    writes, deleted = [], []
+    for index, (key, status) in enumerate(zip(keys, statuses)):
+        if not every_last and last[key] != index:
+            writes.append(NO_WRITE)
+        elif status == PENDING:
+            writes.append(NO_WRITE)
             if key in rows:
                 deleted.append(key)
         else:
-            (updated if key in rows else inserted).append(index)
+            writes.append(UPDATE if key in rows else INSERT)
+    columns[WRITE] = writes
+    return columns, deleted
 
-    def pick(indexes: list[int]) -> dict[str, list[Any]]:
-        if len(indexes) == len(keys):
-            return {column: source[ROW_FROM_EVENT.get(column, column)] for column in ROW_COLUMNS}
-        return {column: [source[ROW_FROM_EVENT.get(column, column)][i] for i in indexes] for column in ROW_COLUMNS}
 
-    return pick(inserted), pick(updated), deleted
+def split_constant(columns: Mapping[str, list[Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """(columns with one value for the whole batch, columns that vary): only the latter travel per row.
+
+    In a batch most columns are one value (the same change, time and run), so a bulk load
+    sends those once, in its SQL, and loads only keys, paths and fingerprints row by row.
+    The key always varies, so a load is never of zero columns.
+    """
+    constant, varying = {}, {}
+    for name, values in columns.items():
+        if name != "key" and values.count(values[0]) == len(values):
+            constant[name] = values[0]
+        else:
+            varying[name] = values
+    return constant, varying
 
 
 PRUNE_ROWS_SQL = f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?"
