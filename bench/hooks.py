@@ -7,7 +7,7 @@ joining chain ends, 2 outputs), planned side by side in one run with the real ``
 CLI, alternating so that machine noise hits every variant alike:
 
 - ``stock``: no osaa line; the outputs are FULL models;
-- ``hooks``: the same models plus the four osaa macros and ``variables: osaa:`` (PIPELINE and
+- ``hooks``: the same models plus the two osaa command macros and ``variables: osaa:`` (PIPELINE and
   MODEL checkpoints, reconciliation, publication check). Target: hooks/stock <= 1.10;
 - ``exports``: ``hooks`` with the two outputs of kind ``osaa_s3_export`` (parquet staged and
   published on the local store): what the feature itself costs, for information.
