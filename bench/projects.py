@@ -135,9 +135,10 @@ def generate(directory: Path, size: int, variant: str) -> Path:
     return directory
 
 
-def run_measured(argv: list[str], cwd: Path, log: Path) -> Sample:
+def run_measured(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> Sample:
     """One whole process: wall time, and CPU and peak RSS of exactly that process (``wait4``)."""
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    environment.update(extra_env or {})
     started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(argv, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env=environment)
