@@ -7,7 +7,8 @@
   included), close the PIPELINE checkpoint.
 
 MODEL checkpoints need no per-model statement: they are written around SQLMesh's
-evaluate-audit-record step (``model_checkpoints.py``). Every hook returns None: it adds no SQL to the statements SQLMesh runs.
+evaluate-audit-record step (``model_checkpoints.py``). Every hook returns None: it adds no
+SQL to the statements SQLMesh runs.
 """
 
 from __future__ import annotations
