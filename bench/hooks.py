@@ -7,7 +7,7 @@ joining chain ends, 2 outputs), planned side by side in one run with the real ``
 CLI, alternating so that machine noise hits every variant alike:
 
 - ``stock``: no osaa line; the outputs are FULL models;
-- ``hooks``: the same models plus the four osaa macros and ``variables: osaa:`` (PIPELINE and
+- ``hooks``: the same models plus the two osaa command macros and ``variables: osaa:`` (PIPELINE and
   MODEL checkpoints, reconciliation, publication check). Target: hooks/stock <= 1.10;
 - ``exports``: ``hooks`` with the two outputs of kind ``osaa_s3_export`` (parquet staged and
   published on the local store): what the feature itself costs, for information.
@@ -15,8 +15,13 @@ CLI, alternating so that machine noise hits every variant alike:
 Each repeat times two commands on a fresh copy: the first ``sqlmesh plan`` (backfill of all
 50 models) and ``sqlmesh plan --restate-model 'bench.seed_*'`` (every model evaluated again).
 Figures are medians per command, including the CLI's start-up: wall seconds, and the CPU
-seconds (user + system) of the ``sqlmesh`` process, which other load on the machine
-disturbs much less than wall time.
+seconds (user + system) of the ``sqlmesh`` process (``wait4``), which other load on the
+machine disturbs much less than wall time. The order of the variants rotates every repeat,
+so no variant always runs right after another; the load average is printed before and after.
+
+``--baseline DIR`` adds ``hooks-base`` and ``exports-base``: the same projects with the
+package imported from DIR (a checkout of an earlier commit, first on ``PYTHONPATH``), run in
+the same rotation, for an A/B of a change against the commit before it.
 
 The commands run as on an installed system: with Python's bytecode cache (an inherited
 ``PYTHONDONTWRITEBYTECODE`` is dropped, else this package, unlike SQLMesh, is compiled
@@ -27,16 +32,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from projects import MACROS, OSAA_CONFIG, add_chain, model
+from projects import MACROS, OSAA_CONFIG, add_chain, model, run_measured
 
 SQLMESH = Path(sys.executable).parent / "sqlmesh"
 SEEDS, CHAINS, CHAIN_LENGTH, FAN_IN = 5, 5, 8, 3
@@ -86,23 +89,16 @@ def generate(directory: Path, variant: str) -> Path:
     return directory
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed_commands(template: Path, workdir: Path) -> dict[str, tuple[float, float]]:
+def timed_commands(
+    template: Path, workdir: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, tuple[float, float]]:
     """(wall, CPU) seconds of each command on a fresh copy of ``template``."""
     project = workdir / f"{template.name}-{time.monotonic_ns()}"
     shutil.copytree(template, project)
-    environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
     seconds = {}
     for label, args in COMMANDS.items():
-        cpu, started = _children_cpu(), time.perf_counter()
-        result = subprocess.run([str(SQLMESH), *args], cwd=project, capture_output=True, text=True, env=environment)
-        seconds[label] = (time.perf_counter() - started, _children_cpu() - cpu)
-        if result.returncode != 0:
-            raise SystemExit(f"{template.name}: sqlmesh {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        sample = run_measured([str(SQLMESH), *args], project, project / f"{label.replace(' ', '_')}.log", extra_env)
+        seconds[label] = (sample.wall, sample.cpu)
     shutil.rmtree(project)
     return seconds
 
@@ -110,27 +106,40 @@ def timed_commands(template: Path, workdir: Path) -> dict[str, tuple[float, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="a source tree holding the sqlmesh_osaa to compare against")
     args = parser.parse_args()
-    variants = ("stock", "hooks", "exports")
+    kinds = {"stock": "stock", "hooks": "hooks", "exports": "exports"}
+    environments: dict[str, dict[str, str]] = {}
+    if args.baseline is not None:
+        kinds.update({"hooks-base": "hooks", "exports-base": "exports"})
+        base = {"PYTHONPATH": str(args.baseline.resolve())}
+        environments = {"hooks-base": base, "exports-base": base}
+    variants = tuple(kinds)
+    print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="osaa-bench-hooks-") as tmp:
         workdir = Path(tmp)
-        templates = {variant: generate(workdir / variant, variant) for variant in variants}
+        templates = {variant: generate(workdir / variant, kind) for variant, kind in kinds.items()}
         samples: dict[str, dict[str, list[tuple[float, float]]]] = {v: {c: [] for c in COMMANDS} for v in variants}
         for variant in variants:
-            timed_commands(templates[variant], workdir)
+            timed_commands(templates[variant], workdir, environments.get(variant))
         for repeat in range(args.repeats):
-            for variant in variants:
-                for label, seconds in timed_commands(templates[variant], workdir).items():
+            shift = repeat % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                for label, seconds in timed_commands(templates[variant], workdir, environments.get(variant)).items():
                     samples[variant][label].append(seconds)
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+    print(f"load average after: {os.getloadavg()}")
     print(f"\n50-model project, medians of {args.repeats} runs in seconds (sqlmesh CLI start-up included)\n")
-    print(f"{'command':20} {'stock':>8} {'hooks':>8} {'exports':>8} {'hooks/stock':>12} {'exports/stock':>14}")
+    others = variants[1:]
+    print(f"{'command':20} " + " ".join(f"{v:>12}" for v in variants) + " " + " ".join(f"{v + '/stock':>18}" for v in others))
     for label in COMMANDS:
         for measure, index in (("wall", 0), ("cpu", 1)):
             median = {v: statistics.median(sample[index] for sample in samples[v][label]) for v in variants}
             print(
-                f"{label + ' ' + measure:20} {median['stock']:8.2f} {median['hooks']:8.2f} {median['exports']:8.2f} "
-                f"{median['hooks'] / median['stock']:12.3f} {median['exports'] / median['stock']:14.3f}"
+                f"{label + ' ' + measure:20} "
+                + " ".join(f"{median[v]:12.2f}" for v in variants)
+                + " "
+                + " ".join(f"{median[v] / median['stock']:18.3f}" for v in others)
             )
 
 

@@ -7,7 +7,7 @@ Per size N, two projects with the same N DuckDB models: seeds, chains, fan-in mo
 incremental models with daily intervals (INCREMENTAL_BY_TIME_RANGE) and 2 outputs:
 
 - ``stock``: no osaa line, the outputs are FULL models;
-- ``hooked``: the four osaa macros, ``variables: osaa:`` (local store) and the 2 outputs of
+- ``hooked``: the osaa ``before_all``/``after_all`` macros, ``variables: osaa:`` (local store) and the 2 outputs of
   kind ``osaa_s3_export``, i.e. the package enabled as the reference user runs it.
 
 Each repeat runs, on a fresh copy and in fresh ``sqlmesh`` processes, the first ``sqlmesh
@@ -33,9 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-OSAA_CONFIG = """  pre_statements: ["@osaa_model_start()"]
-  post_statements: ["@osaa_model_end()"]
-before_all: ["@osaa_before_all()"]
+OSAA_CONFIG = """before_all: ["@osaa_before_all()"]
 after_all: ["@osaa_after_all()"]
 variables:
   osaa:
@@ -137,9 +135,10 @@ def generate(directory: Path, size: int, variant: str) -> Path:
     return directory
 
 
-def run_measured(argv: list[str], cwd: Path, log: Path) -> Sample:
+def run_measured(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> Sample:
     """One whole process: wall time, and CPU and peak RSS of exactly that process (``wait4``)."""
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    environment.update(extra_env or {})
     started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(argv, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env=environment)

@@ -11,12 +11,12 @@ and in ``config.yaml``::
 
     before_all: ["@osaa_before_all()"]
     after_all: ["@osaa_after_all()"]
-    model_defaults:
-      pre_statements: ["@osaa_model_start()"]
-      post_statements: ["@osaa_model_end()"]
 
-The per-model macros are metadata-only: adding or removing them changes no model's data
-version, so it triggers no backfill. Each returns None (no SQL). ``@osaa_landing(source,
+``@osaa_model_start()`` / ``@osaa_model_end()`` were once needed in ``model_defaults`` pre/post
+statements to split a MODEL checkpoint's time into evaluation and audit; the evaluation
+wrapper measures that now (``integration/sqlmesh_patches.py``), so they do nothing. They stay
+registered, metadata-only, so projects that list them keep working; removing them triggers
+no backfill and saves SQLMesh rendering two statements per evaluation. Each returns None. ``@osaa_landing(source,
 name)`` is for model queries: it becomes the current environment's landing object.
 """
 
@@ -47,14 +47,12 @@ def osaa_after_all(evaluator: Any) -> None:
 
 @macro(metadata_only=True)
 def osaa_model_start(evaluator: Any) -> None:
-    """Mark the start of the model's SQL in its MODEL checkpoint's timings."""
-    hooks.model_start(evaluator)
+    """Kept for projects that list it; the evaluation wrapper times the model's SQL now."""
 
 
 @macro(metadata_only=True)
 def osaa_model_end(evaluator: Any) -> None:
-    """Mark the end of the model's SQL; the checkpoint's outcome waits for SQLMesh's audits."""
-    hooks.model_end(evaluator)
+    """Kept for projects that list it; the evaluation wrapper times the model's SQL now."""
 
 
 @macro()

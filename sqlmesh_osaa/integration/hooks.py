@@ -1,22 +1,19 @@
-"""What the four configuration macros do; ``sqlmesh_osaa.macros`` registers them with SQLMesh.
+"""What the two command macros do; ``sqlmesh_osaa.macros`` registers them with SQLMesh.
 
 - ``@osaa_before_all()``: enable the integration for this process, open the command's
   PIPELINE checkpoint, create the ingest kind's landing schema, reconcile what a crashed
   run left behind;
 - ``@osaa_after_all()``: publish the environment's audited outputs (a virtual promotion
-  included), close the PIPELINE checkpoint;
-- ``@osaa_model_start()`` / ``@osaa_model_end()``: time the model's own SQL, so the MODEL
-  checkpoint (written around SQLMesh's evaluate-audit-record step, see
-  ``model_checkpoints.py``) tells evaluation time from audit time and says in which phase a
-  failure happened.
+  included), close the PIPELINE checkpoint.
 
-Every hook returns None: it adds no SQL to the statements SQLMesh runs.
+MODEL checkpoints need no per-model statement: they are written around SQLMesh's
+evaluate-audit-record step (``model_checkpoints.py``). Every hook returns None: it adds no
+SQL to the statements SQLMesh runs.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from sqlmesh_osaa.fault_points import fault_point
@@ -78,14 +75,3 @@ def after_all(evaluator: Any) -> None:
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
         run.finish()
 
-
-def model_start(evaluator: Any) -> None:
-    evaluation = model_checkpoints.current_evaluation()
-    if evaluation is not None:
-        evaluation.sql_started = time.perf_counter()
-
-
-def model_end(evaluator: Any) -> None:
-    evaluation = model_checkpoints.current_evaluation()
-    if evaluation is not None:
-        evaluation.sql_ended = time.perf_counter()

@@ -29,10 +29,12 @@ from sqlmesh import CustomKind, CustomMaterialization, Model
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
-from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
 from sqlmesh_osaa.integration import engine_io, model_checkpoints, properties, runtime
 from sqlmesh_osaa.integration.staged_outputs import evaluation_output, write_manifest
+
+if t.TYPE_CHECKING:
+    from sqlmesh_osaa.ingest import IngestRequest, IngestResult
 
 _log = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
 
     def _ingest(self, rt: runtime.Runtime, model_name: str, kind: OsaaFileIngestKind) -> list[str]:
         """Landing keys of every raw file the glob matches now; raises if any could not land."""
+        # The ingest engine (CSV conversion, raw-file discovery) is imported by the models that ingest only:
+        # SQLMesh imports this module for every project with an osaa kind.
+        from sqlmesh_osaa.ingest import IngestRequest
+
         raw_root, pattern = split_glob(rt.project_dir, kind.path)
         request = IngestRequest(
             raw_root=raw_root, env_prefix=_ingest_area(rt).rstrip("/"), pattern=pattern, source=kind.source
@@ -134,6 +140,8 @@ class OsaaFileIngestMaterialization(CustomMaterialization[OsaaFileIngestKind]):
 
     @staticmethod
     def _run(rt: runtime.Runtime, request: IngestRequest) -> IngestResult:
+        from sqlmesh_osaa.ingest import run_ingest
+
         return run_ingest(
             request, checkpoint=rt.checkpoint, store=rt.store, settings=rt.settings, error_handler=rt.error_handler
         )

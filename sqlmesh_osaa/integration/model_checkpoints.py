@@ -15,7 +15,9 @@ In both failure cases this evaluation's own staged outputs are discarded at once
 evaluation of the same interval keeps its directory). The wrapper
 runs in SQLMesh's worker threads (``concurrent_tasks``); the checkpoint is thread safe and
 the per-evaluation timing lives in a thread-local, because SQLMesh runs one interval's
-pre-statements, insert, post-statements and audits on one thread.
+pre-statements, insert, post-statements and audits on one thread. The split into evaluation
+and audit time comes from the wrapper of ``SnapshotEvaluator.evaluate`` (the first step of
+``Scheduler.evaluate``; the audits follow it), so no per-model pre/post statement is needed.
 
 The key is ``<model>|<snapshot fingerprint>|<interval start>|<interval end>``: a re-run of
 the same snapshot and interval (retry, restatement) is a new attempt of the same item.
@@ -67,7 +69,7 @@ _failed_lock = threading.Lock()
 
 @dataclass
 class Evaluation:
-    """One interval evaluation of one snapshot, as the wrapper and the per-model hooks see it."""
+    """One interval evaluation of one snapshot; ``sql_*`` are set around SQLMesh's evaluator (the audits follow)."""
 
     key: str
     model: str
@@ -88,7 +90,7 @@ class Evaluation:
 
 
 def current_evaluation() -> Evaluation | None:
-    """The evaluation running on this thread, for @osaa_model_start / @osaa_model_end."""
+    """The evaluation running on this thread (the evaluator's timing wrapper and the osaa kinds read it)."""
     return getattr(_current, "evaluation", None)
 
 

@@ -1,11 +1,14 @@
 """Every patch of SQLMesh internals sqlmesh-osaa installs, in one module.
 
-SQLMesh 0.236 has no supported extension point for these four (``docs/sqlmesh-internals.md``
+SQLMesh 0.236 has no supported extension point for these five (``docs/sqlmesh-internals.md``
 says why, per patch):
 
 - ``Scheduler.evaluate`` (evaluate -> audit -> record the interval): the only call that
   returns exactly when SQLMesh recorded an evaluation's interval, so the MODEL checkpoint and
   the audit marker of the evaluation's staged outputs are written there;
+- ``SnapshotEvaluator.evaluate`` (the model's statements and insert, the first step of the
+  call above): timed, so the MODEL checkpoint tells evaluation time from audit time without
+  per-model pre/post statements, which SQLMesh renders with every table of the model;
 - ``GenericContext.plan`` / ``GenericContext.run``: SQLMesh runs ``before_all``/``after_all``
   only when there is work, so a "No changes" plan or a run with nothing to evaluate would
   never reconcile or catch up; wrapped, every command reconciles first and catches every
@@ -28,6 +31,7 @@ import functools
 import inspect
 import logging
 import sys
+import time
 from typing import Any, Callable
 
 _log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ ENABLING_MACRO = "osaa_before_all"
 # (module, class, method, parameters the wrapper reads)
 PATCHED = (
     ("sqlmesh.core.scheduler", "Scheduler", "evaluate", ("snapshot", "start", "end", "deployability_index", "batch_index", "environment_naming_info")),
+    ("sqlmesh.core.snapshot.evaluator", "SnapshotEvaluator", "evaluate", ("snapshot",)),
     ("sqlmesh.core.context", "GenericContext", "plan", ("environment", "explain")),
     ("sqlmesh.core.context", "GenericContext", "run", ("environment",)),
 )
@@ -67,6 +72,17 @@ def problems() -> list[str]:
     return found
 
 
+def _scheduler_evaluates_then_audits() -> list[str]:
+    """The evaluation/audit split assumes Scheduler.evaluate calls the evaluator, then audits, then records."""
+    from sqlmesh.core.scheduler import Scheduler
+
+    source = inspect.getsource(inspect.unwrap(Scheduler.evaluate))
+    steps = [source.find(call) for call in ("self.snapshot_evaluator.evaluate(", "self._audit_snapshot(", "add_interval(")]
+    if -1 in steps or steps != sorted(steps):
+        return ["Scheduler.evaluate no longer calls snapshot_evaluator.evaluate, then _audit_snapshot, then add_interval"]
+    return []
+
+
 def _internals_read() -> list[str]:
     """Attributes read (not patched) that SQLMesh does not document as API."""
     import sqlmesh.cli.main as cli_main
@@ -76,7 +92,7 @@ def _internals_read() -> list[str]:
     from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
     from sqlmesh.core.state_sync.db.interval import IntervalState
 
-    found = []
+    found = _scheduler_evaluates_then_audits()
     if "custom_materialization" not in SnapshotTableInfo.model_fields:
         found.append("SnapshotTableInfo.custom_materialization no longer exists")
     if "interval_state" not in inspect.getsource(EngineAdapterStateSync.__init__):
@@ -93,9 +109,10 @@ def _internals_read() -> list[str]:
 
 
 def install() -> None:
-    """Install the four patches once per process, unless the installed SQLMesh moved under them."""
+    """Install the five patches once per process, unless the installed SQLMesh moved under them."""
     from sqlmesh.core.context import GenericContext
     from sqlmesh.core.scheduler import Scheduler
+    from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
 
     if getattr(Scheduler.evaluate, INSTALLED_MARKER, False):
         return
@@ -104,6 +121,7 @@ def install() -> None:
         _log.error("sqlmesh-osaa did not patch SQLMesh (stock behaviour, no MODEL checkpoints): %s", "; ".join(found))
         return
     _wrap(Scheduler, "evaluate", _evaluate)
+    _wrap(SnapshotEvaluator, "evaluate", _timed_evaluation)
     _wrap(GenericContext, "plan", _command("plan"))
     _wrap(GenericContext, "run", _command("run"))
     from sqlmesh_osaa.integration import duckdb_connections
@@ -130,6 +148,20 @@ def _evaluate(original: Any) -> Any:
 
         bound = signature.bind(self, *args, **kwargs).arguments
         return evaluate_recorded(rt, functools.partial(original, self), args, kwargs, bound)
+
+    return evaluate
+
+
+def _timed_evaluation(original: Any) -> Any:
+    def evaluate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        checkpoints = sys.modules.get("sqlmesh_osaa.integration.model_checkpoints")
+        evaluation = checkpoints.current_evaluation() if checkpoints is not None else None
+        if evaluation is None:
+            return original(self, *args, **kwargs)
+        evaluation.sql_started = time.perf_counter()
+        result = original(self, *args, **kwargs)
+        evaluation.sql_ended = time.perf_counter()
+        return result
 
     return evaluate
 

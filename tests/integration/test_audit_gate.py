@@ -95,6 +95,12 @@ def test_model_checkpoint_of_failed_audit_names_the_audit_and_its_row_count(stor
     assert sdg[0]["metadata"]["failed_audits"] == [{"audit": "accepted_range", "rows": 1}]
 
 
+def test_model_checkpoint_of_failed_audit_says_the_evaluation_ran_and_the_audit_failed(story: Story) -> None:
+    (sdg,) = [row for row in story.models_after_bad if row["key"].startswith("osaa_raw.sdg|")]
+    assert sdg["metadata"]["phase"] == "audit"
+    assert sdg["metadata"]["evaluation_seconds"] > 0
+
+
 def test_failed_plan_is_recorded_as_a_failed_pipeline_checkpoint(story: Story) -> None:
     assert [(row["status"], row["metadata"]["environment"]) for row in story.pipelines_after_bad] == [
         ("completed", "prod"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from sqlmesh.core.config import DuckDBConnectionConfig
 from sqlmesh.core.context import GenericContext
 from sqlmesh.core.scheduler import Scheduler
+from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
 from sqlmesh.core.state_sync.cache import CachingStateSync
 from sqlmesh.core.state_sync.db.facade import EngineAdapterStateSync
 
@@ -22,8 +23,8 @@ def test_the_installed_sqlmesh_offers_everything_the_patches_rely_on() -> None:
     assert sqlmesh_patches.problems() == []
 
 
-def test_importing_the_integration_installs_the_three_patches() -> None:
-    for method in (Scheduler.evaluate, GenericContext.plan, GenericContext.run):
+def test_importing_the_integration_installs_the_patched_methods() -> None:
+    for method in (Scheduler.evaluate, SnapshotEvaluator.evaluate, GenericContext.plan, GenericContext.run):
         assert getattr(method, sqlmesh_patches.INSTALLED_MARKER, False), method
 
 
