@@ -164,13 +164,9 @@ def put_json(store: ObjectStore, key: str, document: Any, error_handler: ErrorHa
 
 
 def get_json(store: ObjectStore, key: str, error_handler: ErrorHandler) -> Any:
-    """The JSON document at ``key``, or None when there is none."""
-    if error_handler.execute(store.head, key, operation="HeadObject") is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="osaa-json-") as workdir:
-        path = Path(workdir) / "document.json"
-        error_handler.execute(store.get_file, key, path, operation="GetObject")
-        return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON document at ``key``, or None when there is none: one GET, no local file (documents are small)."""
+    found = error_handler.execute(store.get_bytes, key, operation="GetObject")
+    return None if found is None else json.loads(found[0].decode("utf-8"))
 
 
 def evaluation_dirs(store: ObjectStore, root: str, depth: int) -> Iterator[EvaluationDir]:
