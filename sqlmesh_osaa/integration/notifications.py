@@ -29,6 +29,7 @@ from typing import Any, Iterable
 from sqlmesh.core.notification_target import NotificationStatus
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
+from sqlmesh_osaa.commit_log import CommitLog
 from sqlmesh_osaa.error_handler import CircuitBreaker, CircuitBreakerState
 from sqlmesh_osaa.integration import runtime
 from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX
@@ -134,7 +135,12 @@ def _destinations(rt: runtime.Runtime, error: BaseException) -> list[str]:
         return [str(context["key"])]
     transaction_id = context.get("transaction_id")
     row = rt.checkpoint.get(CheckpointScope.OPERATION, f"{JOURNAL_PREFIX}{transaction_id}") if transaction_id else None
-    manifest = ((row or {}).get("metadata") or {}).get("manifest") or {}
+    metadata = (row or {}).get("metadata") or {}
+    if "manifest" not in metadata and metadata.get("position"):
+        # Decided, not finished: the row names the log entry, which holds the manifest.
+        entry = CommitLog(rt.store, rt.error_handler).entry(int(metadata["position"]))
+        return sorted(entry.touched) if entry is not None else []
+    manifest = metadata.get("manifest") or {}
     return [put["key"] for put in manifest.get("puts", []) if put.get("key")]
 
 
