@@ -4,8 +4,8 @@ The kinds keep a native path on DuckDB (one ``COPY``, one ``read_parquet`` view)
 other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
 - **export**: the model's table is read through the adapter: on PostgreSQL with
-  ``COPY ... TO STDOUT`` as CSV through a FIFO that DuckDB reads as it fills, when every
-  column is a scalar type whose text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
+  ``COPY ... TO STDOUT`` as CSV into a local file when every column is a scalar type whose
+  text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
   on PostgreSQL, a local iterator over the partitions on Spark, ``fetchmany`` elsewhere),
   each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
   rows with the model's column types and writes them with :func:`sorted_parquet_copy`, the
@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import select
 import tempfile
-import threading
 import typing as t
 import uuid
 from contextlib import contextmanager
@@ -83,14 +80,14 @@ def export_parquet(
     # The CSV file holds the rows, so DuckDB needs no database file of its own; the row path does.
     with _scratch_duckdb(target.parent, in_memory=copies_csv) as (db, scratch):
         if copies_csv:
-            with _postgres_csv_stream(adapter, table_name, list(columns), scratch) as csv:
-                db.execute(f"CREATE VIEW {staging} AS SELECT * FROM {_read_csv(csv, columns)}")
-                db.execute(sorted_parquet_copy(staging, target))
+            csv = scratch / "rows.csv"
+            _postgres_copy_csv(adapter, table_name, list(columns), csv)
+            db.execute(f"CREATE VIEW {staging} AS SELECT * FROM {_read_csv(csv, columns)}")
         else:
             db.execute(f"CREATE TABLE {staging} ({_definition(columns)})")
             for batch in fetch_batches(adapter, select, batch_rows):
                 _append(db, staging, batch)
-            db.execute(sorted_parquet_copy(staging, target))
+        db.execute(sorted_parquet_copy(staging, target))
     _log.debug("Exported %s from the %s engine through its adapter", table_name, adapter.dialect)
 
 
@@ -111,63 +108,21 @@ def _is_psycopg2(adapter: t.Any) -> bool:
     return adapter.dialect == "postgres" and type(adapter.connection).__module__.startswith("psycopg2")
 
 
-@contextmanager
-def _postgres_csv_stream(adapter: t.Any, table_name: str, names: list[str], scratch: Path) -> t.Iterator[Path]:
-    """A FIFO that PostgreSQL's ``COPY ... TO STDOUT`` fills while the caller's DuckDB reads it.
+def _postgres_copy_csv(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
+    """Stream the table's rows to a local CSV file with PostgreSQL's COPY: no row passes through Python.
 
-    DuckDB parses the rows as they arrive instead of after the whole transfer, and no row
-    passes through Python. COPY runs on the adapter's own connection inside its transaction
-    (SQLMesh's evaluation opens one), so it sees the table the same evaluation just wrote; the
-    cursor is taken here because the adapter's connection is per thread. The table form of COPY
-    (not a query) is the fastest. A transfer that failed, even after DuckDB read a truncated
-    stream, raises on exit, so its output is never used.
+    Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
+    table the same evaluation just wrote. The table form of COPY (not a query) is the fastest.
     """
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
     sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT csv)"
-    fifo = scratch / "rows.csv"
-    os.mkfifo(fifo)
-    failures: list[Exception] = []
-    with adapter.transaction():
+    with adapter.transaction(), target.open("wb") as out:
         cursor = adapter.connection.cursor()
-
-        def transfer() -> None:
-            try:
-                writer = os.open(fifo, os.O_WRONLY)  # waits for a reader: DuckDB, or the drain below
-                # A second reader for as long as COPY writes: should DuckDB stop early, the writer meets
-                # no EPIPE (which would leave the connection mid-COPY) and the drain takes the rest.
-                spare_reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-                try:
-                    with open(writer, "wb", buffering=_COPY_CHUNK_BYTES) as out:
-                        cursor.copy_expert(sql, out, size=_COPY_CHUNK_BYTES)
-                finally:
-                    os.close(spare_reader)
-            except Exception as error:  # raised in the caller's thread once DuckDB is done
-                failures.append(error)
-
-        producer = threading.Thread(target=transfer, name="osaa-postgres-copy", daemon=True)
-        producer.start()
         try:
-            yield fifo
+            cursor.copy_expert(sql, out, size=_COPY_CHUNK_BYTES)
         finally:
-            _drain(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK), producer)
             cursor.close()
-        if failures:
-            raise failures[0]
-
-
-def _drain(reader: int, producer: threading.Thread) -> None:
-    """Read and drop what the producer still writes until it has finished, then close ``reader``.
-
-    Opening ``reader`` also releases a producer still waiting for DuckDB to open the FIFO.
-    """
-    try:
-        while producer.is_alive():
-            if select.select([reader], [], [], 0.05)[0] and not os.read(reader, _COPY_CHUNK_BYTES):
-                producer.join(0.05)
-        producer.join()
-    finally:
-        os.close(reader)
 
 
 def _read_csv(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
