@@ -268,9 +268,14 @@ def _convert_chunk(
     return uploads
 
 
+def _host_workdir_prefix() -> str:
+    """The start of every work directory name of this host's runs."""
+    return f"{_WORKDIR_PREFIX}{os.uname().nodename}-"
+
+
 def _workdir_prefix() -> str:
     """Names the owner (host and PID), so a later run on this host can tell an abandoned work directory."""
-    return f"{_WORKDIR_PREFIX}{os.uname().nodename}-{os.getpid()}-"
+    return f"{_host_workdir_prefix()}{os.getpid()}-"
 
 
 def remove_abandoned_workdirs(scratch: Path) -> int:
@@ -282,7 +287,7 @@ def remove_abandoned_workdirs(scratch: Path) -> int:
     """
     from sqlmesh_osaa import commit_log
 
-    own = f"{_WORKDIR_PREFIX}{os.uname().nodename}-"
+    own = _host_workdir_prefix()
     removed = 0
     for entry in os.scandir(scratch):
         if not entry.name.startswith(own):
