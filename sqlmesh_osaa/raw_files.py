@@ -23,11 +23,12 @@ import stat
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, NamedTuple
 
-from sqlmesh_osaa.checkpoint import Fingerprint
 from sqlmesh_osaa.exceptions import ErrorCategory, IngestError
-from sqlmesh_osaa.storage import file_md5
+
+if TYPE_CHECKING:
+    from sqlmesh_osaa.checkpoint import Fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,12 @@ def read_fingerprint(raw: RawFile) -> Fingerprint:
     The MD5 is left out (None) when the file no longer has discovery's size and mtime: it was
     rewritten since, and a record without it makes the next run read and land the file again.
     Call :func:`still_as_discovered` after converting to find a rewrite during conversion.
+    Checkpoints and object storage are imported here, by the first file read: an unchanged
+    re-run answered by the skip index (``sqlmesh_osaa.skip_index``) never needs them.
     """
+    from sqlmesh_osaa.checkpoint import Fingerprint
+    from sqlmesh_osaa.storage import file_md5
+
     if not still_as_discovered(raw):
         return Fingerprint(None, raw.size, raw.mtime_ns)
     md5 = file_md5(raw.real_path)

@@ -33,7 +33,6 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Mapping
-from urllib.parse import urlsplit
 
 from sqlmesh_osaa.exceptions import (
     PERMANENT_ERROR_CODES,
@@ -47,6 +46,7 @@ from sqlmesh_osaa.exceptions import (
 )
 from sqlmesh_osaa.redaction import install_log_redaction, register_secret, url_userinfo, without_userinfo
 from sqlmesh_osaa.settings import StorageSettings, get_settings
+from sqlmesh_osaa.store_identity import local_identity, s3_identity
 
 logger = logging.getLogger(__name__)
 
@@ -583,7 +583,7 @@ class LocalStore(ObjectStore):
 
     @property
     def identity(self) -> str:
-        return f"local:{self.root}/{self.bucket}"
+        return local_identity(self.root, self.bucket)
 
     def put_file(
         self,
@@ -1193,9 +1193,7 @@ class S3Store(ObjectStore):
 
     @property
     def identity(self) -> str:
-        parts = urlsplit(self.endpoint_url)
-        host = parts.netloc.rpartition("@")[2]
-        return f"s3:{parts.scheme}://{host}{parts.path.rstrip('/')}/{self.bucket}"
+        return s3_identity(self.endpoint_url, self.bucket)
 
     def put_file(
         self,

@@ -44,6 +44,7 @@ from typing import Any
 
 import duckdb
 
+from sqlmesh_osaa import skip_index
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
@@ -378,6 +379,8 @@ class DuckDBStore(CheckpointStore):
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             with self._shared.lock:
                 self._connection: duckdb.DuckDBPyConnection | None = _connect(self.db_path, lock_timeout)
+                # Holding DuckDB's lock now, and about to write: the skip index may no longer be the file's answer.
+                skip_index.discard(self.db_path)
                 self._prepare()
         except BaseException:
             self._unshare()

@@ -14,8 +14,9 @@ missing or locked) ends as one message and exit code 2, never as a traceback.
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Callable, Iterator, Mapping
@@ -131,6 +132,8 @@ class Run:
     target: Target
     session: CheckpointSession
     as_json: bool
+    # Called once the session has closed its database, whether the command ends well or not.
+    after_close: list[Callable[[], None]] = field(default_factory=list)
 
     def finish(self, report: Mapping[str, Any], render: Callable[[Mapping[str, Any]], None], exit_code: int) -> None:
         """Print the report (JSON or tables) and exit with ``exit_code``."""
@@ -166,9 +169,11 @@ def command_run(
             if target.settings.checkpoint.sync.url is not None:
                 target = _synced(ctx, target, stack, writes=writes)
                 db_path = target.db_path
+            after_close: list[Callable[[], None]] = []
+            stack.callback(_call_each, after_close)
             session = CheckpointSession(db_path, target.settings.checkpoint.lock_timeout_seconds, create=create_db)
             stack.callback(session.close)
-            yield Run(ctx, target, session, as_json)
+            yield Run(ctx, target, session, as_json, after_close)
     except CliError as error:
         _fail(ctx, str(error), error.exit_code, as_json, db_path)
     except MissingDatabaseError:
@@ -190,6 +195,11 @@ def command_run(
         if not _is_damaged_database(error):
             raise
         _fail(ctx, f"Cannot read checkpoint database {db_path}: {error}. {DAMAGED_ADVICE}", EXIT_USAGE, as_json, db_path)
+
+
+def _call_each(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 def _synced(ctx: click.Context, target: Target, stack: ExitStack, *, writes: bool) -> Target:
@@ -214,10 +224,13 @@ DAMAGED_ADVICE = (
 
 
 def _is_damaged_database(error: BaseException | None) -> bool:
-    """DuckDB could not read the file itself (not a lock held by another process)."""
-    import duckdb
+    """DuckDB could not read the file itself (not a lock held by another process).
 
-    return isinstance(error, duckdb.IOException) and "lock" not in str(error).lower()
+    Without DuckDB imported no error can be DuckDB's: a command that never opened the file
+    (click's exit included, which passes through here) does not import it to find out.
+    """
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(error, duckdb.IOException) and "lock" not in str(error).lower()
 
 
 def _fail(ctx: click.Context, message: str, exit_code: int, as_json: bool, db_path: Path | None) -> None:

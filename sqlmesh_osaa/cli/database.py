@@ -5,6 +5,9 @@ A PipelineCheckpoint serves one pipeline, and the store may hold several ("inges
 answers, through the store interface, the two questions the checkpoint API has no method
 for: which pipelines the store holds, and how many failures an open circuit breaker caused.
 
+The checkpoint package is imported when the first checkpoint opens: a command that does not
+need the store (an unchanged re-run the skip index answers) never loads it.
+
 On a DuckDB file, opening the first checkpoint takes DuckDB's file lock, waiting
 ``lock_timeout`` seconds for another process; on PostgreSQL (``checkpoint.backend:
 postgres``) nothing waits, and an in-progress row is interrupted only when its run's lease
@@ -14,11 +17,12 @@ is gone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint, open_store
-from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
 from sqlmesh_osaa.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlmesh_osaa.checkpoint import CheckpointStore, PipelineCheckpoint
 
 # A name that never holds rows: only used to open the store before its pipelines are known.
 _PROBE_PIPELINE = "osaa-recover"
@@ -47,6 +51,8 @@ class CheckpointSession:
             on_file = get_settings().checkpoint.backend == "duckdb"
             if on_file and not self.create and not self.db_path.exists():
                 raise MissingDatabaseError(self.db_path)
+            from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+
             self._checkpoints[pipeline] = PipelineCheckpoint(pipeline, self.db_path, lock_timeout=self.lock_timeout)
         return self._checkpoints[pipeline]
 
@@ -71,6 +77,8 @@ class CheckpointSession:
 
     def breaker_openings(self) -> dict[str, int]:
         """Openings as error_handler.record_breaker_transitions keeps them: each one fails its item."""
+        from sqlmesh_osaa.checkpoint.states import BREAKER_KEY_PREFIX
+
         return self._anchor().store.failures_by_pipeline(scope="operation", key_prefix=BREAKER_KEY_PREFIX)
 
     def reclaim_space(self) -> dict[str, Any]:
@@ -80,6 +88,8 @@ class CheckpointSession:
         session's own checkpoints are closed first and one store is opened for it.
         """
         self.close()
+        from sqlmesh_osaa.checkpoint import open_store
+
         store = open_store(self.db_path, lock_timeout=self.lock_timeout)
         try:
             return store.reclaim_space()

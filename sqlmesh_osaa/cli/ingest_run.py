@@ -8,17 +8,26 @@ command exits 1 when any file failed, so a scheduler sees it.
 
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import click
+from sqlmesh_osaa import skip_index
 from sqlmesh_osaa.cli import output
-from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, command_run
-from sqlmesh_osaa.exceptions import IngestError
-from sqlmesh_osaa.ingest import IngestRequest, IngestResult, run_ingest
-from sqlmesh_osaa.storage import make_store
+from sqlmesh_osaa.cli.context import EXIT_OK, EXIT_PROBLEMS, CliError, Run, command_run
+from sqlmesh_osaa.exceptions import CheckpointError, IngestError
+from sqlmesh_osaa.store_identity import configured_identity
+
+if TYPE_CHECKING:
+    from sqlmesh_osaa.checkpoint import PipelineCheckpoint
+    from sqlmesh_osaa.ingest import IngestResult
+    from sqlmesh_osaa.settings import OsaaSettings
+    from sqlmesh_osaa.storage import ObjectStore
+
+_log = logging.getLogger(__name__)
 
 # SQLMesh environment names: letters, digits, '_' and '-' (never a path).
 _ENVIRONMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -106,21 +115,98 @@ def run(
     with command_run(ctx, create_db=True, writes=True, **target_options) as run:
         settings = run.target.settings
         env_prefix = landing_prefix(settings.environments.prefix_for, environment, prefix)
+        scope = _index_scope(settings, pipeline, env_prefix, raw_dir, pattern, source)
+        report = {"pipeline": pipeline, "raw_root": str(raw_dir), "env_prefix": env_prefix}
+        if scope is not None and not verify_checksum and settings.monitoring.textfile_directory is None:
+            skipped = _unchanged_by_index(run.target.db_path, scope)
+            if skipped is not None:
+                nothing = {"transaction_id": None, "landed": [], "skipped": skipped, "failures": []}
+                run.finish({**report, **nothing}, _render, EXIT_OK)
+        from sqlmesh_osaa.ingest import IngestRequest, run_ingest
+        from sqlmesh_osaa.storage import make_store
+
         request = IngestRequest(raw_dir, env_prefix, pattern=pattern, source=source, verify_checksum=verify_checksum)
+        checkpoint, store = run.session.checkpoint(pipeline), make_store(settings.storage)
         try:
             with _progress(not run.as_json) as progress:
-                result = run_ingest(
-                    request,
-                    checkpoint=run.session.checkpoint(pipeline),
-                    store=make_store(settings.storage),
-                    settings=settings,
-                    progress=progress,
-                )
+                result = run_ingest(request, checkpoint=checkpoint, store=store, settings=settings, progress=progress)
         except IngestError as error:
             raise CliError(f"Ingest of {raw_dir} did not start: {error}") from error
         if settings.monitoring.textfile_directory is not None:
             from sqlmesh_osaa.metrics import write_textfile
 
-            write_textfile(settings.monitoring.textfile_directory, run.session.checkpoint(pipeline))
-        report = {"pipeline": pipeline, "raw_root": str(raw_dir), "env_prefix": env_prefix, **report_of(result)}
-        run.finish(report, _render, EXIT_PROBLEMS if result.failures else EXIT_OK)
+            write_textfile(settings.monitoring.textfile_directory, checkpoint)
+        if scope is not None:
+            _record_index(run, checkpoint, store, scope)
+        run.finish({**report, **report_of(result)}, _render, EXIT_PROBLEMS if result.failures else EXIT_OK)
+
+
+def _index_scope(
+    settings: OsaaSettings, pipeline: str, env_prefix: str, raw_dir: Path, pattern: str, source: str | None
+) -> skip_index.Scope | None:
+    """The skip index's scope of this run, or None where it does not serve (docs/decisions.md, "The skip index").
+
+    Only a DuckDB file kept on this machine has one: PostgreSQL is not a file, and on an
+    ephemeral runner (``checkpoint.sync``) the file is pulled from object storage by each run.
+    """
+    checkpoint = settings.checkpoint
+    if checkpoint.backend != "duckdb" or checkpoint.sync.url is not None:
+        return None
+    storage = settings.storage
+    store = configured_identity(storage.backend, Path(storage.root), storage.bucket, storage.endpoint_url)
+    if store is None:
+        return None
+    raw_root = str(raw_dir.expanduser().resolve())
+    return skip_index.Scope(pipeline, store, env_prefix, raw_root, pattern, source)
+
+
+def _unchanged_by_index(db_path: Path, scope: skip_index.Scope) -> list[str] | None:
+    """The landing keys of the raw files, when the skip index says every one is unchanged; else None.
+
+    The same walk and comparison as a run against the database (``raw_files.discover_raw_files``
+    with the recorded fingerprints as baseline): any file it cannot set aside as unchanged (new,
+    changed, refused, unusual) leaves the decision to the database.
+    """
+    fingerprints = skip_index.load(db_path, scope)
+    if fingerprints is None:
+        return None
+    from sqlmesh_osaa.raw_files import Baseline, discover_raw_files
+
+    try:
+        discovery = discover_raw_files(
+            scope.raw_root, pattern=scope.pattern, source=scope.source, baseline=Baseline(scope.env_prefix, fingerprints)
+        )
+    except IngestError:
+        return None
+    if discovery.files or discovery.refused:
+        return None
+    _log.info("Ingest of %s: %d file(s), all unchanged (skip index of %s)", discovery.root, len(discovery.unchanged), db_path)
+    return list(discovery.unchanged)
+
+
+def _record_index(run: Run, checkpoint: PipelineCheckpoint, store: ObjectStore, scope: skip_index.Scope) -> None:
+    """Copy the database's answer for this scope into the skip index, then confirm it once the file is closed.
+
+    ``CHECKPOINT`` folds the WAL into the file while this process holds DuckDB's lock, so the
+    identity taken then is the one the file keeps when closed; no file, no index.
+    """
+    from sqlmesh_osaa import raw_files
+    from sqlmesh_osaa.checkpoint import CheckpointScope
+    from sqlmesh_osaa.storage import store_metadata
+
+    db_path = run.target.db_path
+    if store.identity != scope.store:
+        return
+    fingerprints = checkpoint.completed_fingerprints(
+        CheckpointScope.FILE, raw_files.landing_prefix(scope.env_prefix), metadata=store_metadata(store)
+    )
+    try:
+        checkpoint.store.read("CHECKPOINT")
+    except CheckpointError as error:
+        _log.info("No skip index for %s: %s", db_path, error)
+        return
+    identity = skip_index.database_identity(db_path)
+    if identity[0] is None or identity[1] is not None:
+        return
+    skip_index.save(db_path, scope, fingerprints, identity)
+    run.after_close.append(lambda: skip_index.confirm(db_path, identity))

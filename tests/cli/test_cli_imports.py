@@ -74,15 +74,29 @@ def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(name for name in names if name in modules or any(m.startswith(name + ".") for m in modules))
 
 
+NOT_FOR_THE_SKIP_INDEX = ("duckdb", "sqlmesh_osaa.checkpoint", "sqlmesh_osaa.storage", "sqlmesh_osaa.ingest")
+
+
 def test_an_unchanged_ingest_rerun_loads_neither_the_commit_machinery_nor_rich_nor_retries(
     environ: dict[str, str], raw_dir: Path, tmp_path: Path
 ) -> None:
     command("ingest_main", "osaa-ingest", [str(raw_dir), "--json"], environ, tmp_path)
     (raw_dir / "sdg" / "broken.csv").unlink()
+    Path(environ["OSAA_CHECKPOINT__DB_PATH"] + ".skip-index").unlink()
     code, modules = command("ingest_main", "osaa-ingest", [str(raw_dir), "--json"], environ, tmp_path)
     assert code == 0
     assert "duckdb" in modules
     assert loaded(modules, NEVER + NOT_FOR_UNCHANGED) == []
+
+
+def test_an_unchanged_rerun_answered_by_the_skip_index_loads_neither_duckdb_nor_checkpoints_nor_storage(
+    environ: dict[str, str], raw_dir: Path, tmp_path: Path
+) -> None:
+    (raw_dir / "sdg" / "broken.csv").unlink()
+    command("ingest_main", "osaa-ingest", [str(raw_dir), "--json"], environ, tmp_path)
+    code, modules = command("ingest_main", "osaa-ingest", [str(raw_dir), "--json"], environ, tmp_path)
+    assert code == 0
+    assert loaded(modules, NEVER + NOT_FOR_UNCHANGED + NOT_FOR_THE_SKIP_INDEX) == []
 
 
 @pytest.mark.parametrize(
