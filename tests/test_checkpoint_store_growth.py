@@ -57,6 +57,7 @@ def test_superseded_failures_report_their_last_recovered_spell(checkpoint_target
         _fail(checkpoint, "a")
         _complete(checkpoint, "a", metadata={"resolved_by": "run-2"})
         _complete(checkpoint, "plain")
+        _complete(checkpoint, "named-but-empty", metadata={"resolved_by": None, "note": 'text with "resolved_by" in it'})
         events = checkpoint.history(FILE, "a")
 
         (entry,) = item_history.superseded_failures(checkpoint.store, ["ingest"], None, 20)

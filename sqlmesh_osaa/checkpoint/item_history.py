@@ -88,6 +88,16 @@ def _spells(items: str) -> str:
         )"""
 
 
+def _resolved(store: CheckpointStore, column: str) -> str:
+    """The condition "a later success superseded this item": its metadata holds ``resolved_by``.
+
+    The text test comes first: it is cheap and passes only the few documents that can hold the
+    field (the package writes metadata with ``json.dumps``, so the name appears as written), and
+    only those reach the JSON extraction, which on 100k completed rows took most of the query.
+    """
+    return f"(strpos({column}, '\"resolved_by\"') > 0 AND {store.metadata_field(column, 'resolved_by')} IS NOT NULL)"
+
+
 def _completed_items(pipelines: Sequence[str], scope: str | None, extra: str = "") -> tuple[str, list[Any]]:
     condition = f"{_in_pipelines(pipelines, 'c.')} AND c.status = '{COMPLETED}'"
     params: list[Any] = list(pipelines)
@@ -105,8 +115,7 @@ def recovery_spells(store: CheckpointStore, pipelines: Sequence[str], *, retried
     """
     if not pipelines:
         return []
-    resolved = store.metadata_field("c.metadata", "resolved_by")
-    extra = f"c.attempt >= 2 OR {resolved} IS NOT NULL" if retried_or_resolved else ""
+    extra = f"c.attempt >= 2 OR {_resolved(store, 'c.metadata')}" if retried_or_resolved else ""
     condition, params = _completed_items(pipelines, None, extra)
     sql = _spells(f"SELECT c.pipeline, c.scope, c.key FROM checkpoints c WHERE {condition}") + """
         SELECT pipeline, scope, key, failed_at, recovered_at, seconds FROM recovered
@@ -126,8 +135,8 @@ def superseded_failures(store: CheckpointStore, pipelines: Sequence[str], scope:
     """
     if not pipelines:
         return []
+    condition, params = _completed_items(pipelines, scope, _resolved(store, "c.metadata"))
     resolved = store.metadata_field("c.metadata", "resolved_by")
-    condition, params = _completed_items(pipelines, scope, f"{resolved} IS NOT NULL")
     items = f"""SELECT c.pipeline, c.scope, c.key, c.updated_at, c.completed_at, {resolved} AS resolved_by
                 FROM checkpoints c WHERE {condition} ORDER BY c.updated_at DESC, c.pipeline, c.scope, c.key LIMIT ?"""
     sql = _spells(items) + """, last_spell AS (
