@@ -54,8 +54,7 @@ def _last_success(checkpoint: PipelineCheckpoint, runs: list[dict[str, Any]]) ->
     completed = [row["completed_at"] for row in runs if row["status"] == COMPLETED and row["completed_at"]]
     if completed:
         return max(completed)
-    newest = checkpoint.list(status=COMPLETED, limit=1)
-    return newest[0]["completed_at"] if newest else None
+    return item_history.newest_completion(checkpoint.store, checkpoint.pipeline_name)
 
 
 def _exports(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
@@ -84,17 +83,7 @@ def _exports(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dic
 
 
 def _consistently_failing(checkpoint: PipelineCheckpoint) -> list[dict[str, Any]]:
-    return [
-        {
-            "scope": row["scope"],
-            "key": row["key"],
-            "file_path": row["file_path"],
-            "attempt": row["attempt"],
-            "error_message": row["error_message"],
-        }
-        for row in checkpoint.list(status=FAILED)
-        if row["attempt"] >= CONSISTENT_FAILURE_ATTEMPTS
-    ]
+    return item_history.failed_at_least(checkpoint.store, checkpoint.pipeline_name, CONSISTENT_FAILURE_ATTEMPTS)
 
 
 def pipeline_stats(checkpoint: PipelineCheckpoint) -> dict[str, Any]:

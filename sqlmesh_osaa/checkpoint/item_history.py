@@ -12,7 +12,9 @@ whatever the number of items), in SQL both backends run:
   last such spell;
 - :func:`events_of`: every event of a set of items, oldest first;
 - :func:`matching_items`: the items a ``--key`` names (whole key, model name, file path or
-  key prefix), the first rule that matches winning per pipeline.
+  key prefix), the first rule that matches winning per pipeline;
+- :func:`newest_completion` and :func:`failed_at_least`: the few columns ``stats`` shows of
+  rows, read narrowly (a top-1 sort over 100k full rows cost DuckDB 30-45 ms, a max 2 ms).
 
 Timestamps come back as aware UTC datetimes, as :class:`PipelineCheckpoint` returns them.
 """
@@ -211,3 +213,21 @@ def matching_items(
     scopes = [scope] if scope else [member.value for member in CheckpointScope]
     found.extend((pipeline, s, wanted) for pipeline in pipelines if pipeline not in matched for s in scopes)
     return found
+
+
+def newest_completion(store: CheckpointStore, pipeline: str) -> datetime | None:
+    """``completed_at`` of the pipeline's most recently updated completed row (ties: the first by scope, key)."""
+    completed = f"pipeline = ? AND status = '{COMPLETED}'"
+    sql = f"""SELECT completed_at FROM checkpoints WHERE {completed}
+              AND updated_at = (SELECT max(updated_at) FROM checkpoints WHERE {completed})
+              ORDER BY scope, key LIMIT 1"""
+    found = store.read(sql, [pipeline, pipeline])
+    return aware(found[0][0]) if found else None
+
+
+def failed_at_least(store: CheckpointStore, pipeline: str, attempts: int) -> list[dict[str, Any]]:
+    """Failed rows after ``attempts`` or more attempts, most recently updated first: what identifies and explains each."""
+    columns = ("scope", "key", "file_path", "attempt", "error_message")
+    sql = f"""SELECT {", ".join(columns)} FROM checkpoints WHERE pipeline = ? AND status = '{FAILED}' AND attempt >= ?
+              ORDER BY updated_at DESC, scope, key"""
+    return [dict(zip(columns, values)) for values in store.read(sql, [pipeline, int(attempts)])]
