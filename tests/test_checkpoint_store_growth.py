@@ -23,7 +23,7 @@ from sqlmesh_osaa.checkpoint.duckdb_store import COMPACTION_COPIED, COMPACTION_S
 from sqlmesh_osaa.fault_points import FAULT_POINT_ENV
 from support.processes import run
 
-FILE, MODEL = "file", "model"
+FILE, MODEL, OPERATION = "file", "model", "operation"
 
 
 def _fail(checkpoint: PipelineCheckpoint, key: str, message: str = "boom") -> None:
@@ -105,6 +105,19 @@ def test_a_key_names_items_by_the_first_rule_that_matches(checkpoint_target: dic
             ("project", MODEL, "osaa.indicators|1|0|1"),
         ]
         assert named("gone") == [("project", FILE, "gone")]
+
+
+def test_each_pipeline_names_items_by_its_own_first_matching_rule(checkpoint_target: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **checkpoint_target) as ingest, PipelineCheckpoint("project", **checkpoint_target) as project:
+        ingest.mark_started(OPERATION, "osaa.indicators")
+        project.mark_started(MODEL, "osaa.indicators|1|0|1", metadata={"model": "osaa.indicators"})
+        project.mark_started(MODEL, "osaa.indicators_wide|1|0|1", metadata={"model": "osaa.indicators_wide"})
+
+        found = item_history.matching_items(ingest.store, ["ingest", "project"], None, "osaa.indicators", ["osaa.indicators"])
+        history = item_history.events_of(ingest.store, found)
+
+    assert found == [("ingest", OPERATION, "osaa.indicators"), ("project", MODEL, "osaa.indicators|1|0|1")]
+    assert [len(events) for events in history.values()] == [1, 1]
 
 
 def test_completed_keys_of_many_keys_answer_only_those_keys(checkpoint_target: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ Item = tuple[str, str, str]  # (pipeline, scope, key)
 _ITEM = ("pipeline", "scope", "key")
 # Items named in one query of events_of (a key prefix may name thousands).
 _ITEMS_PER_QUERY = 1000
+# Up to this many distinct keys, events_of also filters the log by key (see there).
+_KEYS_FILTERED = 8
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -163,13 +165,18 @@ def events_of(store: CheckpointStore, items: Iterable[Item]) -> dict[Item, list[
     columns = ", ".join(f'e."{c}"' for c in EVENT_COLUMNS)
     for start in range(0, len(wanted), _ITEMS_PER_QUERY):
         chunk = wanted[start : start + _ITEMS_PER_QUERY]
+        keys = sorted({key for _, _, key in chunk})
+        # A few keys (one key's items, the usual history --key) also filter the scan itself:
+        # DuckDB compares them as the log is read instead of probing a hash table with every event.
+        by_key = f"AND e.key IN ({_marks(keys)})" if len(keys) <= _KEYS_FILTERED else ""
         sql = f"""
             SELECT {columns} FROM checkpoint_events e
             JOIN (VALUES {", ".join("(?, ?, ?)" for _ in chunk)}) AS w(pipeline, scope, key)
               ON w.pipeline = e.pipeline AND w.scope = e.scope AND w.key = e.key
-            WHERE e.kind = '{TRANSITION}' ORDER BY e.seq
+            WHERE e.kind = '{TRANSITION}' {by_key} ORDER BY e.seq
         """
-        for values in store.read(sql, [part for item in chunk for part in item]):
+        params = [part for item in chunk for part in item] + (keys if by_key else [])
+        for values in store.read(sql, params):
             event = dict(zip(EVENT_COLUMNS, values))
             event["at"] = aware(event["at"])
             found[(event["pipeline"], event["scope"], event["key"])].append(event)
@@ -183,10 +190,30 @@ def matching_items(
 
     The first rule that matches any row of a pipeline wins there; a pipeline with no match
     names ``wanted`` as a key (the events of an item cleared since). ``file_paths`` are the
-    spellings of ``wanted`` as a path (as given, and resolved).
+    spellings of ``wanted`` as a path (as given, and resolved). A whole key, the usual case,
+    is found by one equality first; only pipelines where it names no row are searched by the
+    other rules (which read the metadata and paths of every row).
     """
     if not pipelines:
         return []
+    scope_filter, scope_params = ("AND scope = ?", [scope]) if scope else ("", [])
+    exact_sql = f"SELECT pipeline, scope, key FROM checkpoints WHERE {_in_pipelines(pipelines)} {scope_filter} AND key = ?"
+    found = [tuple(values) for values in store.read(exact_sql, [*pipelines, *scope_params, wanted])]
+    exact = {pipeline for pipeline, _, _ in found}
+    others = [pipeline for pipeline in pipelines if pipeline not in exact]
+    if others:
+        found += _matching_by_other_rules(store, others, scope, wanted, file_paths)
+    found.sort()
+    matched = {pipeline for pipeline, _, _ in found}
+    scopes = [scope] if scope else [member.value for member in CheckpointScope]
+    found.extend((pipeline, s, wanted) for pipeline in pipelines if pipeline not in matched for s in scopes)
+    return found
+
+
+def _matching_by_other_rules(
+    store: CheckpointStore, pipelines: Sequence[str], scope: str | None, wanted: str, file_paths: Sequence[str]
+) -> list[Item]:
+    """:func:`matching_items`' rules in one query, the first that matches winning per pipeline."""
     model = store.metadata_field("metadata", "model")
     rule = f"""CASE WHEN key = ? THEN 1 WHEN {model} = ? THEN 2 WHEN file_path IN ({_marks(file_paths)}) THEN 3
                     WHEN starts_with(key, ?) THEN 4 END"""
@@ -200,7 +227,7 @@ def matching_items(
         ), ranked AS (
             SELECT pipeline, scope, key, rule, min(rule) OVER (PARTITION BY pipeline) AS best FROM candidates
         )
-        SELECT pipeline, scope, key FROM ranked WHERE rule = best ORDER BY pipeline, scope, key
+        SELECT pipeline, scope, key FROM ranked WHERE rule = best
     """
     params = [
         *(wanted, wanted, *file_paths, wanted),
@@ -208,12 +235,7 @@ def matching_items(
         *scope_params,
         *(wanted, wanted, *file_paths, json.dumps(wanted)),
     ]
-    found = [tuple(values) for values in store.read(sql, params)]
-    matched = {pipeline for pipeline, _, _ in found}
-    scopes = [scope] if scope else [member.value for member in CheckpointScope]
-    found.extend((pipeline, s, wanted) for pipeline in pipelines if pipeline not in matched for s in scopes)
-    return found
-
+    return [tuple(values) for values in store.read(sql, params)]
 
 def newest_completion(store: CheckpointStore, pipeline: str) -> datetime | None:
     """``completed_at`` of the pipeline's most recently updated completed row (ties: the first by scope, key)."""
