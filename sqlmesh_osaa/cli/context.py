@@ -16,10 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from tempfile import TemporaryDirectory
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import click
 
@@ -46,8 +44,11 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class Target:
+# Named tuples and a plain class, not dataclasses: each dataclass costs 1-2 ms to define, and
+# every command (an unchanged ingest re-run is little else) imports this module.
+
+
+class Target(NamedTuple):
     """Settings, project and checkpoint database of one command."""
 
     settings: OsaaSettings
@@ -56,8 +57,7 @@ class Target:
     db_path: Path
 
 
-@dataclass(frozen=True)
-class _SQLMeshInvocation:
+class _SQLMeshInvocation(NamedTuple):
     """What the ``sqlmesh`` group was given, when our command runs under it."""
 
     project_dir: Path | None
@@ -124,16 +124,19 @@ def resolve_target(ctx: click.Context, project: Path | None, db: Path | None) ->
     )
 
 
-@dataclass
 class Run:
-    """One command's target, open database and output mode."""
+    """One command's target, open database and output mode.
 
-    ctx: click.Context
-    target: Target
-    session: CheckpointSession
-    as_json: bool
-    # Called once the session has closed its database, whether the command ends well or not.
-    after_close: list[Callable[[], None]] = field(default_factory=list)
+    ``after_close`` holds what to call once the session has closed its database, whether the
+    command ends well or not.
+    """
+
+    def __init__(self, ctx: click.Context, target: Target, session: CheckpointSession, as_json: bool) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.session = session
+        self.as_json = as_json
+        self.after_close: list[Callable[[], None]] = []
 
     def finish(self, report: Mapping[str, Any], render: Callable[[Mapping[str, Any]], None], exit_code: int) -> None:
         """Print the report (JSON or tables) and exit with ``exit_code``."""
@@ -169,11 +172,11 @@ def command_run(
             if target.settings.checkpoint.sync.url is not None:
                 target = _synced(ctx, target, stack, writes=writes)
                 db_path = target.db_path
-            after_close: list[Callable[[], None]] = []
-            stack.callback(_call_each, after_close)
             session = CheckpointSession(db_path, target.settings.checkpoint.lock_timeout_seconds, create=create_db)
+            run = Run(ctx, target, session, as_json)
+            stack.callback(_call_each, run.after_close)
             stack.callback(session.close)
-            yield Run(ctx, target, session, as_json, after_close)
+            yield run
     except CliError as error:
         _fail(ctx, str(error), error.exit_code, as_json, db_path)
     except MissingDatabaseError:
@@ -213,8 +216,10 @@ def _synced(ctx: click.Context, target: Target, stack: ExitStack, *, writes: boo
         synced = sync.begin(target.settings, command=ctx.command_path, write=True, project_dir=target.project_dir)
         stack.callback(sync.end, synced)
         return target
+    from tempfile import TemporaryDirectory
+
     pulled = sync.pull_for_reading(target.settings, Path(stack.enter_context(TemporaryDirectory(prefix="osaa-pulled-"))))
-    return target if pulled is None else replace(target, db_path=pulled)
+    return target if pulled is None else target._replace(db_path=pulled)
 
 
 DAMAGED_ADVICE = (
