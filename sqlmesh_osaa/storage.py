@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from sqlmesh_osaa.exceptions import (
@@ -60,6 +60,8 @@ _CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA256", "SHA1")
 MiB = 1024**2
 GiB = 1024**3
 _CHUNK = MiB
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 # Temp files share the object's directory (so the final rename is atomic); this reserved
 # name prefix keeps them out of listings and out of the key space.
 TEMP_MARKER = ".osaa-tmp-"
@@ -356,6 +358,19 @@ def _copy_hashing(source: IO[bytes], target: IO[bytes], digest: ContentDigest) -
         target.write(chunk)
 
 
+def map_requests(store: ObjectStore, func: Callable[[_T], _R], items: Sequence[_T], max_workers: int, name: str) -> list[_R]:
+    """``[func(item) for item in items]``, on up to ``max_workers`` threads where ``store`` gains from them.
+
+    The first exception (in ``items``' order) propagates once every started call has ended.
+    """
+    if not store.parallel_requests or max_workers <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers, thread_name_prefix=name) as pool:
+        return list(pool.map(func, items))
+
+
 def _normalized_md5(md5: str | None, operation: str, key: str, bucket: str) -> str | None:
     if md5 is None:
         return None
@@ -402,6 +417,9 @@ class ObjectStore(ABC):
     """
 
     bucket: str
+    # Whether requests gain from running on several threads at once (latency to hide). A local
+    # store's are a few filesystem calls each: threads only add GIL hand-offs (docs/performance.md).
+    parallel_requests: bool = True
 
     @abstractmethod
     def put_file(
@@ -563,6 +581,8 @@ class LocalStore(ObjectStore):
     ignored, so head() then reports the MD5 as unknown rather than a wrong one.
     A key cannot be both an object and a "directory" of other objects, unlike on S3.
     """
+
+    parallel_requests = False
 
     def __init__(self, root: str | Path, bucket: str) -> None:
         if not bucket or "/" in bucket or bucket.startswith("."):

@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -73,7 +72,7 @@ from sqlmesh_osaa.exceptions import (
 )
 from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, AFTER_STAGING, fault_point
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, key_problem, make_store
+from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, key_problem, make_store, map_requests
 
 _log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class TransactionPhase(str, Enum):
     ROLLED_BACK = "rolled_back"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Upload:
     """A local file to stage for ``key``; its FILE checkpoint tracks ``source_path`` or the file.
 
@@ -346,11 +345,9 @@ class TransactionManager:
             )
         # Staged versions need to survive a power cut only once a decision names them: commit() syncs first.
         with self.store.deferred_durability():
-            if len(staging) <= 1:
-                staged = [self._stage(upload, accepting) for upload in staging]
-            else:
-                with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
-                    staged = list(pool.map(lambda upload: self._stage(upload, accepting), staging))
+            staged = map_requests(
+                self.store, lambda upload: self._stage(upload, accepting), staging, self.max_workers, "osaa-upload"
+            )
         outcomes = iter(staged)
         return [
             UploadOutcome(upload, error=refused[index]) if index in refused else next(outcomes)
@@ -516,7 +513,7 @@ class TransactionManager:
     def _end_unchanged(self) -> None:
         """Nothing to write: no log entry; the FILE checkpoints complete, the marker goes."""
         self._release()
-        complete_files(self.checkpoint, self.store, self.manifest.puts)
+        complete_files(self.checkpoint, self.store, (put.to_json() for put in self.manifest.puts))
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),
