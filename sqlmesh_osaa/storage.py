@@ -247,21 +247,20 @@ def _user_metadata(metadata: Mapping[str, str] | None, md5: str) -> dict[str, st
 
 
 def _create_temp(directory: Path) -> tuple[int, Path]:
-    """Open a new temp file in ``directory``; retried because a concurrent delete may prune it."""
+    """Open a new temp file in ``directory``, made when missing (once per directory, not per file);
+    retried because a concurrent delete may prune it."""
     for _ in range(5):
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{TEMP_MARKER}{uuid.uuid4().hex}"
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
         except FileNotFoundError:
-            continue
+            directory.mkdir(parents=True, exist_ok=True)
     raise FileNotFoundError(f"directory {directory} keeps disappearing")
 
 
 def _link_temp(source: Path, directory: Path) -> Path | None:
     """A hard link to ``source`` under a temp name in ``directory``; None where links are impossible."""
     for _ in range(5):
-        directory.mkdir(parents=True, exist_ok=True)
         temp = directory / f"{TEMP_MARKER}{uuid.uuid4().hex}"
         try:
             os.link(source, temp)
@@ -269,12 +268,24 @@ def _link_temp(source: Path, directory: Path) -> Path | None:
         except FileNotFoundError:
             if directory.is_dir():
                 raise  # the source is gone, not the directory (a concurrent delete may prune that)
+            directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             if exc.errno in _NO_HARD_LINK:
                 logger.debug("No hard link from %s into %s (%s); copying the bytes", source, directory, exc)
                 return None
             raise
     raise FileNotFoundError(f"directory {directory} keeps disappearing")
+
+
+def _replace_making_parent(source: Path, target: Path) -> None:
+    """``os.replace``, making ``target``'s directory when it is missing (asked only then, not per file)."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        if target.parent.is_dir():
+            raise  # the source is gone
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
 
 
 def _describes(record: Mapping[str, Any], current: os.stat_result) -> bool:
@@ -659,12 +670,11 @@ class LocalStore(ObjectStore):
             if durable:
                 os.fsync(handle.fileno())
             current = os.fstat(handle.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
         info = self._write_sidecar(
             key, current, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum, durable=durable
         )
         try:
-            os.replace(local_path, target)
+            _replace_making_parent(local_path, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise

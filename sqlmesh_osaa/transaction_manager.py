@@ -400,15 +400,23 @@ class TransactionManager:
         return str(ref["version"])
 
     def _stage(self, upload: Upload, accepting: bool) -> UploadOutcome:
+        """Upload one file as a version, unless production and the current snapshot already hold its content.
+
+        The file is hashed before the upload only when the snapshot holds its key (the one case
+        where it may be unchanged); otherwise the store's own hash of the bytes it stored is the MD5.
+        """
+        common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
         try:
-            md5 = file_md5(upload.local_path)
-            size = Path(upload.local_path).stat().st_size
-            common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
-            if not accepting:
-                return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
-            version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
-            if version is not None:
-                return UploadOutcome(upload, self._add(StagedPut(upload.key, None, md5, size, version=version, **common)))
+            if not accepting or upload.key in self._base:
+                md5, size = file_md5(upload.local_path), Path(upload.local_path).stat().st_size
+                if not accepting:
+                    return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
+                version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
+                if version is not None:
+                    put = StagedPut(upload.key, None, md5, size, version=version, **common)
+                    return UploadOutcome(upload, self._add(put))
+            else:
+                md5 = None
             staged_key = self.staging_root + upload.key
             info = self._retry(
                 lambda: self.store.put_file(
@@ -416,7 +424,7 @@ class TransactionManager:
                 ),
                 operation="PutObject",
             )
-            put = StagedPut(upload.key, staged_key, md5, info.size, version=staged_key, **common)
+            put = StagedPut(upload.key, staged_key, info.md5 or "", info.size, version=staged_key, **common)
         except Exception as exc:
             return UploadOutcome(upload, error=exc)
         self._add(put)
