@@ -23,6 +23,7 @@ Every request goes through an :class:`ErrorHandler` (retries, circuit breaker).
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import os
@@ -181,17 +182,45 @@ class Entry:
         return {put["key"] for put in self.puts} | set(self.deletes)
 
     def to_bytes(self) -> bytes:
-        """gzip'd JSON: an entry carries the whole snapshot, and keys and versions compress well."""
-        # Field by field, not asdict: that deep-copies every put and snapshot reference first.
-        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        text = json.dumps({"format": FORMAT, **values}, sort_keys=True, ensure_ascii=False)
-        return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+        """gzip'd JSON: an entry carries the whole snapshot, and keys and versions compress well.
+
+        The text is ``json.dumps(..., sort_keys=True)`` of the entry, streamed into the compressor
+        a put and a snapshot reference at a time: the whole text of a manifest of every file is
+        never held (nor its UTF-8 copy).
+        """
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as stream:
+            write = stream.write
+            values = {"format": FORMAT, **{name: getattr(self, name) for name in self.__dataclass_fields__}}
+            for index, name in enumerate(sorted(values)):
+                write(f"{', ' if index else '{'}{_dumps(name)}: ".encode())
+                _write_value(write, values[name])
+            write(b"}")
+        return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
         data = json.loads(gzip.decompress(raw))
         data.pop("format", None)
         return cls(**data)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _write_value(write: Callable[[bytes], Any], value: Any) -> None:
+    """``json.dumps(value, sort_keys=True)`` into ``write``, a list element or dict item at a time."""
+    if isinstance(value, list) and value:
+        for index, item in enumerate(value):
+            write(f"{', ' if index else '['}{_dumps(item)}".encode())
+        write(b"]")
+    elif isinstance(value, dict) and value:
+        for index, name in enumerate(sorted(value)):
+            write(f"{', ' if index else '{'}{_dumps(name)}: {_dumps(value[name])}".encode())
+        write(b"}")
+    else:
+        write(_dumps(value).encode())
 
 
 def _now_iso() -> str:

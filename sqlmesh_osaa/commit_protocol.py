@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -45,7 +44,7 @@ from sqlmesh_osaa.exceptions import (
     TransactionError,
 )
 from sqlmesh_osaa.fault_points import AFTER_PRODUCTION_COPY, BEFORE_STAGING_CLEANUP, fault_point
-from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, store_metadata
+from sqlmesh_osaa.storage import ObjectInfo, ObjectStore, map_requests, store_metadata
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ JOURNAL_PREFIX = "transaction/"
 _ROW_PUT_FIELDS = ("key", "md5", "size")
 # How long a commit waits for a live earlier decision of the same keys to finish applying.
 APPLY_WAIT_SECONDS = 600.0
+# FILE checkpoints completed per checkpoint transaction after a commit: bounds the batch's memory.
+COMPLETION_BATCH = 1000
 _POLL_SECONDS = 0.2
 # A dead attempt's tombstone outlives any request it could still have in flight.
 TOMBSTONE_SECONDS = 3600.0
@@ -63,7 +64,7 @@ def journal_key(transaction_id: str) -> str:
     return f"{JOURNAL_PREFIX}{transaction_id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StagedPut:
     """One object of the manifest: its stable key, the version that holds it, what it must hash to."""
 
@@ -112,10 +113,6 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         return {"puts": [put.to_json() for put in self.puts], "deletes": list(self.deletes)}
-
-    @classmethod
-    def of(cls, entry: Entry) -> Manifest:
-        return cls([StagedPut.from_json(put) for put in entry.puts], list(entry.deletes))
 
 
 def decide(log: CommitLog, transaction_id: str, begin: int, manifest: Manifest) -> Entry:
@@ -192,9 +189,10 @@ def apply_entry(
     and refuses a version whose checksum is not the manifest's.
     """
     skipped = set(skip)
-    manifest = Manifest.of(entry)
+    deletes = [key for key in entry.deletes if key not in skipped]
 
-    def apply(put: StagedPut) -> None:
+    def apply(data: Mapping[str, Any]) -> None:
+        put = StagedPut.from_json(data)
         assert put.staged_key is not None
         source = ObjectInfo(put.staged_key, put.size, put.md5, None)
         if resuming:
@@ -205,13 +203,12 @@ def apply_entry(
         handler.execute(store.copy, put.staged_key, put.key, source, operation="CopyObject")
         fault_point(AFTER_PRODUCTION_COPY)
 
-    pending = [put for put in manifest.puts if not put.unchanged and put.key not in skipped]
+    # The entry's own puts, one StagedPut at a time: a manifest of every file is not copied again.
+    pending = [put for put in entry.puts if put.get("staged_key") is not None and put["key"] not in skipped]
     # The copies are flushed together before finish() deletes the versions they came from.
-    with store.deferred_durability(), ThreadPoolExecutor(max_workers, thread_name_prefix="osaa-apply") as pool:
-        for future in [pool.submit(apply, put) for put in pending]:
-            future.result()
+    with store.deferred_durability():
+        map_requests(store, apply, pending, max_workers, "osaa-apply")
     handler.execute(store.sync, operation="Sync")
-    deletes = [key for key in manifest.deletes if key not in skipped]
     if deletes:
         handler.execute(store.delete_many, deletes, operation="DeleteObjects")
 
@@ -235,32 +232,40 @@ def _verified_version(store: ObjectStore, handler: ErrorHandler, put: StagedPut,
     return staged
 
 
-def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Sequence[StagedPut]) -> None:
-    """FILE checkpoints completed with the fingerprint of the content production now holds, and its store."""
-    tracked = {put.key: put for put in puts if put.source_path is not None}
-    if not tracked:
-        return
+def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Iterable[Mapping[str, Any]]) -> None:
+    """FILE checkpoints completed with the fingerprint of the content production now holds, and its store.
+
+    ``puts`` is the manifest as its log entry holds it. The rows are completed a batch at a
+    time: production holds every object already, so a crash between batches leaves completed
+    rows that are all true, and recovery completes the rest from the same entry.
+    """
+    tracked = list({put["key"]: put for put in puts if put.get("source_path") is not None}.values())
     where = store_metadata(store)
-    done = checkpoint.completed_keys(CheckpointScope.FILE, tracked, metadata=where)
-    running = {row["key"] for row in checkpoint.list(CheckpointScope.FILE, CheckpointStatus.IN_PROGRESS)}
-    todo = [put for key, put in tracked.items() if key not in done]
-    restart = [(put.key, put.source_path) for put in todo if put.key not in running]
+    for start in range(0, len(tracked), COMPLETION_BATCH):
+        _complete_batch(checkpoint, where, tracked[start : start + COMPLETION_BATCH])
+
+
+def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], puts: Sequence[Mapping[str, Any]]) -> None:
+    statuses = checkpoint.statuses(CheckpointScope.FILE, [put["key"] for put in puts], metadata=where)
+    todo = [put for put in puts if statuses.get(put["key"]) != CheckpointStatus.COMPLETED.value]
+    restart = [(put["key"], put["source_path"]) for put in todo
+               if statuses.get(put["key"]) != CheckpointStatus.IN_PROGRESS.value]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
     checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)
 
 
-def _completion(put: StagedPut) -> tuple[Any, ...]:
-    fingerprint = put.fingerprint
+def _completion(put: Mapping[str, Any]) -> tuple[Any, ...]:
+    fingerprint = put.get("fingerprint")
     if fingerprint is None:
-        return (put.key, put.source_path)
-    return (put.key, put.source_path, fingerprint)
+        return (put["key"], put["source_path"])
+    return (put["key"], put["source_path"], Fingerprint(**fingerprint))
 
 
 def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) -> None:
     """After apply: checkpoints, pointer, garbage, marker — each failure here only costs a later retry."""
     if checkpoint is not None:
-        complete_files(checkpoint, log.store, Manifest.of(entry).puts)
+        complete_files(checkpoint, log.store, entry.puts)
     fault_point(BEFORE_STAGING_CLEANUP)
     log.move_head(entry.position)
     log.collect_replaced(entry.position)
@@ -437,7 +442,7 @@ def settle_checkpoint(
             found = log.find_decision(transaction_id, int(metadata.get("begin") or 0))
             decision = found if found is not None and found.kind == "commit" else None
         if decision is not None:
-            complete_files(checkpoint, log.store, Manifest.of(decision).puts)
+            complete_files(checkpoint, log.store, decision.puts)
         _end_row(checkpoint, transaction_id, decision, "owner died before the commit decision")
 
 

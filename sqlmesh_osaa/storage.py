@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from sqlmesh_osaa.exceptions import (
     PERMANENT_ERROR_CODES,
@@ -60,6 +60,8 @@ _CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA256", "SHA1")
 MiB = 1024**2
 GiB = 1024**3
 _CHUNK = MiB
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 # Temp files share the object's directory (so the final rename is atomic); this reserved
 # name prefix keeps them out of listings and out of the key space.
 TEMP_MARKER = ".osaa-tmp-"
@@ -245,21 +247,20 @@ def _user_metadata(metadata: Mapping[str, str] | None, md5: str) -> dict[str, st
 
 
 def _create_temp(directory: Path) -> tuple[int, Path]:
-    """Open a new temp file in ``directory``; retried because a concurrent delete may prune it."""
+    """Open a new temp file in ``directory``, made when missing (once per directory, not per file);
+    retried because a concurrent delete may prune it."""
     for _ in range(5):
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{TEMP_MARKER}{uuid.uuid4().hex}"
         try:
             return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
         except FileNotFoundError:
-            continue
+            directory.mkdir(parents=True, exist_ok=True)
     raise FileNotFoundError(f"directory {directory} keeps disappearing")
 
 
 def _link_temp(source: Path, directory: Path) -> Path | None:
     """A hard link to ``source`` under a temp name in ``directory``; None where links are impossible."""
     for _ in range(5):
-        directory.mkdir(parents=True, exist_ok=True)
         temp = directory / f"{TEMP_MARKER}{uuid.uuid4().hex}"
         try:
             os.link(source, temp)
@@ -267,12 +268,24 @@ def _link_temp(source: Path, directory: Path) -> Path | None:
         except FileNotFoundError:
             if directory.is_dir():
                 raise  # the source is gone, not the directory (a concurrent delete may prune that)
+            directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             if exc.errno in _NO_HARD_LINK:
                 logger.debug("No hard link from %s into %s (%s); copying the bytes", source, directory, exc)
                 return None
             raise
     raise FileNotFoundError(f"directory {directory} keeps disappearing")
+
+
+def _replace_making_parent(source: Path, target: Path) -> None:
+    """``os.replace``, making ``target``'s directory when it is missing (asked only then, not per file)."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        if target.parent.is_dir():
+            raise  # the source is gone
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
 
 
 def _describes(record: Mapping[str, Any], current: os.stat_result) -> bool:
@@ -356,6 +369,19 @@ def _copy_hashing(source: IO[bytes], target: IO[bytes], digest: ContentDigest) -
         target.write(chunk)
 
 
+def map_requests(store: ObjectStore, func: Callable[[_T], _R], items: Sequence[_T], max_workers: int, name: str) -> list[_R]:
+    """``[func(item) for item in items]``, on up to ``max_workers`` threads where ``store`` gains from them.
+
+    The first exception (in ``items``' order) propagates once every started call has ended.
+    """
+    if not store.parallel_requests or max_workers <= 1 or len(items) <= 1:
+        return [func(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers, thread_name_prefix=name) as pool:
+        return list(pool.map(func, items))
+
+
 def _normalized_md5(md5: str | None, operation: str, key: str, bucket: str) -> str | None:
     if md5 is None:
         return None
@@ -402,6 +428,9 @@ class ObjectStore(ABC):
     """
 
     bucket: str
+    # Whether requests gain from running on several threads at once (latency to hide). A local
+    # store's are a few filesystem calls each: threads only add GIL hand-offs (docs/performance.md).
+    parallel_requests: bool = True
 
     @abstractmethod
     def put_file(
@@ -564,6 +593,8 @@ class LocalStore(ObjectStore):
     A key cannot be both an object and a "directory" of other objects, unlike on S3.
     """
 
+    parallel_requests = False
+
     def __init__(self, root: str | Path, bucket: str) -> None:
         if not bucket or "/" in bucket or bucket.startswith("."):
             raise S3ConfigurationError(
@@ -639,12 +670,11 @@ class LocalStore(ObjectStore):
             if durable:
                 os.fsync(handle.fileno())
             current = os.fstat(handle.fileno())
-        target.parent.mkdir(parents=True, exist_ok=True)
         info = self._write_sidecar(
             key, current, {**user_metadata, MD5_METADATA_KEY: digest.md5}, digest.checksum, durable=durable
         )
         try:
-            os.replace(local_path, target)
+            _replace_making_parent(local_path, target)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise

@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -73,7 +72,7 @@ from sqlmesh_osaa.exceptions import (
 )
 from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION, AFTER_STAGING, fault_point
 from sqlmesh_osaa.settings import OsaaSettings, get_settings
-from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, key_problem, make_store
+from sqlmesh_osaa.storage import ObjectStore, S3Store, file_md5, key_problem, make_store, map_requests
 
 _log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ class TransactionPhase(str, Enum):
     ROLLED_BACK = "rolled_back"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Upload:
     """A local file to stage for ``key``; its FILE checkpoint tracks ``source_path`` or the file.
 
@@ -346,11 +345,9 @@ class TransactionManager:
             )
         # Staged versions need to survive a power cut only once a decision names them: commit() syncs first.
         with self.store.deferred_durability():
-            if len(staging) <= 1:
-                staged = [self._stage(upload, accepting) for upload in staging]
-            else:
-                with ThreadPoolExecutor(self.max_workers, thread_name_prefix="osaa-upload") as pool:
-                    staged = list(pool.map(lambda upload: self._stage(upload, accepting), staging))
+            staged = map_requests(
+                self.store, lambda upload: self._stage(upload, accepting), staging, self.max_workers, "osaa-upload"
+            )
         outcomes = iter(staged)
         return [
             UploadOutcome(upload, error=refused[index]) if index in refused else next(outcomes)
@@ -403,15 +400,23 @@ class TransactionManager:
         return str(ref["version"])
 
     def _stage(self, upload: Upload, accepting: bool) -> UploadOutcome:
+        """Upload one file as a version, unless production and the current snapshot already hold its content.
+
+        The file is hashed before the upload only when the snapshot holds its key (the one case
+        where it may be unchanged); otherwise the store's own hash of the bytes it stored is the MD5.
+        """
+        common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
         try:
-            md5 = file_md5(upload.local_path)
-            size = Path(upload.local_path).stat().st_size
-            common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
-            if not accepting:
-                return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
-            version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
-            if version is not None:
-                return UploadOutcome(upload, self._add(StagedPut(upload.key, None, md5, size, version=version, **common)))
+            if not accepting or upload.key in self._base:
+                md5, size = file_md5(upload.local_path), Path(upload.local_path).stat().st_size
+                if not accepting:
+                    return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
+                version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
+                if version is not None:
+                    put = StagedPut(upload.key, None, md5, size, version=version, **common)
+                    return UploadOutcome(upload, self._add(put))
+            else:
+                md5 = None
             staged_key = self.staging_root + upload.key
             info = self._retry(
                 lambda: self.store.put_file(
@@ -419,7 +424,7 @@ class TransactionManager:
                 ),
                 operation="PutObject",
             )
-            put = StagedPut(upload.key, staged_key, md5, info.size, version=staged_key, **common)
+            put = StagedPut(upload.key, staged_key, info.md5 or "", info.size, version=staged_key, **common)
         except Exception as exc:
             return UploadOutcome(upload, error=exc)
         self._add(put)
@@ -516,7 +521,7 @@ class TransactionManager:
     def _end_unchanged(self) -> None:
         """Nothing to write: no log entry; the FILE checkpoints complete, the marker goes."""
         self._release()
-        complete_files(self.checkpoint, self.store, self.manifest.puts)
+        complete_files(self.checkpoint, self.store, (put.to_json() for put in self.manifest.puts))
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),

@@ -287,3 +287,26 @@ def test_a_later_commit_waits_for_a_live_earlier_commit_of_its_keys_to_finish_ap
         later.commit()
         applying.join()
     assert content(store, "prod/k") == "new"
+
+
+def test_a_log_entry_is_stored_as_the_gzipped_sorted_json_of_its_fields() -> None:
+    """Streamed into the compressor piece by piece, the text is still exactly one ``json.dumps``."""
+    import gzip
+
+    from sqlmesh_osaa.commit_log import FORMAT, Entry
+
+    fingerprint = {"size": 12, "mtime_ns": 34, "checksum": None}
+    puts = [
+        {"key": f"prod/é/{i}.parquet", "staged_key": None if i % 3 == 0 else f"v/{i}", "md5": "ab" * 16, "size": i,
+         "source_path": f"raw/{i}.csv", "version": f"v/{i}", "fingerprint": fingerprint}
+        for i in range(30)
+    ]
+    snapshot = {put["key"]: {"version": put["version"], "md5": put["md5"], "size": put["size"]} for put in puts}
+    for entry in (
+        Entry(3, "commit", "txn", puts, ["prod/old.parquet"], snapshot, ["v/0"], {"host": "h", "pid": 1}, "now"),
+        Entry(4, "abort", "txn2", [], [], {}, [], {}, "now"),
+    ):
+        fields = {name: getattr(entry, name) for name in entry.__dataclass_fields__}
+        expected = json.dumps({"format": FORMAT, **fields}, sort_keys=True, ensure_ascii=False)
+        assert gzip.decompress(entry.to_bytes()).decode("utf-8") == expected
+        assert Entry.from_bytes(entry.to_bytes()) == entry

@@ -248,3 +248,40 @@ def test_staging_a_rollback_could_not_delete_is_removed_by_recovery(fault_proxy,
     assert report.rolled_back == [t.transaction_id]
     assert list(store.list_prefix(t.staging_root)) == []
     assert list(store.list_prefix(MARKER_PREFIX)) == []
+
+
+def test_a_commit_of_more_files_than_one_completion_batch_completes_every_file(store, checkpoint, tmp_path, monkeypatch):
+    from sqlmesh_osaa import commit_protocol
+
+    monkeypatch.setattr(commit_protocol, "COMPLETION_BATCH", 2)
+    sources = [write(tmp_path / f"{index}.csv", f"content {index}") for index in range(5)]
+    with txn(store, checkpoint) as t:
+        t.upload_many([Upload(path, f"prod/{path.stem}.parquet") for path in sources])
+    rows = checkpoint.list(CheckpointScope.FILE, CheckpointStatus.COMPLETED)
+    assert sorted(row["key"] for row in rows) == [f"prod/{index}.parquet" for index in range(5)]
+    assert all(row["checksum"] for row in rows)
+
+
+def test_a_local_store_stages_and_applies_on_the_calling_thread(tmp_path, checkpoint):
+    """Its requests are filesystem calls under the GIL: threads would only trade it."""
+    import threading
+
+    from sqlmesh_osaa.storage import LocalStore
+
+    class RecordingStore(LocalStore):
+        threads: set[str] = set()
+
+        def put_file(self, *args, **kwargs):
+            self.threads.add(threading.current_thread().name)
+            return super().put_file(*args, **kwargs)
+
+        def copy(self, *args, **kwargs):
+            self.threads.add(threading.current_thread().name)
+            return super().copy(*args, **kwargs)
+
+    local = RecordingStore(tmp_path / "store", "osaa")
+    sources = [write(tmp_path / f"{index}.csv", f"content {index}") for index in range(4)]
+    with txn(local, checkpoint) as t:
+        t.upload_many([Upload(path, f"prod/{path.stem}.parquet") for path in sources])
+    assert RecordingStore.threads == {threading.current_thread().name}
+    assert keys(local) == [f"prod/{index}.parquet" for index in range(4)]

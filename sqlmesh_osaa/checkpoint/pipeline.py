@@ -406,6 +406,16 @@ class PipelineCheckpoint:
         rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
         return {key for key, row in rows.items() if row["status"] == COMPLETED and _records(row, metadata)}
 
+    def statuses(
+        self, scope: CheckpointScope | str, keys: Iterable[str], *, metadata: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The status of each of ``keys`` that has a row, in one query; a completed row that did not
+        record ``metadata``'s values is left out (it describes another store's object)."""
+        rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
+        return {
+            key: row["status"] for key, row in rows.items() if row["status"] != COMPLETED or _records(row, metadata)
+        }
+
     def completed_fingerprints(
         self, scope: CheckpointScope | str, key_prefix: str = "", *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, tuple[int | None, int | None]]:
