@@ -4,8 +4,8 @@ The kinds keep a native path on DuckDB (one ``COPY``, one ``read_parquet`` view)
 other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
 - **export**: the model's table is read through the adapter: on PostgreSQL with
-  ``COPY ... TO STDOUT`` (its text format) into a local file when every column is a scalar
-  type whose text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
+  ``COPY ... TO STDOUT`` as CSV into a local file when every column is a scalar type whose
+  text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
   on PostgreSQL, a local iterator over the partitions on Spark, ``fetchmany`` elsewhere),
   each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
   rows with the model's column types and writes them with :func:`sorted_parquet_copy`, the
@@ -44,16 +44,12 @@ DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
 # The COPY hands every row to the file's write: a large buffer makes that a memcpy and one write(2) per MiB.
 _COPY_BUFFER_BYTES = 1 << 20
-# Types whose PostgreSQL text DuckDB reads back to the identical value (floats: shortest exact digits).
-_TEXT_EXACT_TYPES = frozenset(
+# Types whose PostgreSQL CSV text DuckDB reads back to the identical value (floats: shortest exact digits).
+_CSV_EXACT_TYPES = frozenset(
     getattr(exp.DataType.Type, name)
     for name in ("VARCHAR", "TEXT", "CHAR", "TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL")
     + ("DATE", "TIMESTAMP", "TIMESTAMPNTZ", "BOOLEAN")
 )
-# Of those, the ones whose text COPY may backslash-escape (the others never hold a backslash or a control character).
-_STRING_TYPES = frozenset(getattr(exp.DataType.Type, name) for name in ("VARCHAR", "TEXT", "CHAR"))
-# COPY's text format escapes a backslash as two and these control characters as a backslash and a letter.
-_TEXT_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 
 
 def is_native(adapter: t.Any) -> bool:
@@ -81,13 +77,13 @@ def export_parquet(
     """
     select = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(exp.to_table(table_name))
     staging = exp.to_identifier(_STAGING_TABLE).sql(dialect=NATIVE_DIALECT)
-    copies_text = _copies_text(adapter, columns)
-    # The COPY's file holds the rows, so DuckDB needs no database file of its own; the row path does.
-    with _scratch_duckdb(target.parent, in_memory=copies_text) as (db, scratch):
-        if copies_text:
-            rows = scratch / "rows.tsv"
-            _postgres_copy_text(adapter, table_name, list(columns), rows)
-            db.execute(f"CREATE VIEW {staging} AS {_read_copy_text(rows, columns)}")
+    copies_csv = _copies_csv(adapter, columns)
+    # The CSV file holds the rows, so DuckDB needs no database file of its own; the row path does.
+    with _scratch_duckdb(target.parent, in_memory=copies_csv) as (db, scratch):
+        if copies_csv:
+            csv = scratch / "rows.csv"
+            _postgres_copy_csv(adapter, table_name, list(columns), csv)
+            db.execute(f"CREATE VIEW {staging} AS SELECT * FROM {_read_csv(csv, columns)}")
         else:
             db.execute(f"CREATE TABLE {staging} ({_definition(columns)})")
             for batch in fetch_batches(adapter, select, batch_rows):
@@ -103,9 +99,9 @@ def _definition(columns: t.Mapping[str, exp.DataType]) -> str:
     )
 
 
-def _copies_text(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
-    """Whether PostgreSQL's ``COPY ... TO STDOUT`` text carries every column exactly (scalar types only)."""
-    return _is_psycopg2(adapter) and all(dtype.this in _TEXT_EXACT_TYPES for dtype in columns.values())
+def _copies_csv(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
+    """Whether PostgreSQL's ``COPY ... TO STDOUT`` CSV carries every column exactly (scalar types only)."""
+    return _is_psycopg2(adapter) and all(dtype.this in _CSV_EXACT_TYPES for dtype in columns.values())
 
 
 def _is_psycopg2(adapter: t.Any) -> bool:
@@ -113,16 +109,15 @@ def _is_psycopg2(adapter: t.Any) -> bool:
     return adapter.dialect == "postgres" and type(adapter.connection).__module__.startswith("psycopg2")
 
 
-def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
-    """Stream the table's rows to a local file with PostgreSQL's COPY: no row passes through Python.
+def _postgres_copy_csv(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
+    """Stream the table's rows to a local CSV file with PostgreSQL's COPY: no row passes through Python.
 
     Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
-    table the same evaluation just wrote. The table form of COPY (not a query) and the text
-    format (no per-value quoting test, unlike CSV) cost the server the least.
+    table the same evaluation just wrote. The table form of COPY (not a query) is the fastest.
     """
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
-    sql = f"COPY {table} ({listed}) TO STDOUT"
+    sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT csv)"
     with adapter.transaction(), target.open("wb", buffering=_COPY_BUFFER_BYTES) as out:
         cursor = adapter.connection.cursor()
         try:
@@ -131,43 +126,13 @@ def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], targe
             cursor.close()
 
 
-def _literal(text: str) -> str:
-    return exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)
-
-
-def _read_copy_text(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
-    """DuckDB's query of a file in PostgreSQL's COPY text format, values as PostgreSQL held them.
-
-    Fields are tab-separated and never quoted, NULL is ``\\N``; DuckDB reads them verbatim
-    and string columns are unescaped in SQL (:func:`_unescaped`).
-    """
-    types = ", ".join(f"{_literal(name)}: {_literal(dtype.sql(dialect=NATIVE_DIALECT))}" for name, dtype in columns.items())
-    reader = (
-        f"read_csv({_literal(str(path))}, columns = {{{types}}}, header = false, delim = {_literal(chr(9))}, "
-        f"quote = '', escape = '', nullstr = {_literal(chr(92) + 'N')}, auto_detect = false)"
-    )
-    return f"SELECT {', '.join(_unescaped(name, dtype) for name, dtype in columns.items())} FROM {reader}"
-
-
-def _unescaped(name: str, dtype: exp.DataType) -> str:
-    """The column with COPY's backslash escapes undone; only values that hold a backslash are touched.
-
-    Split at each escaped backslash (two backslashes, found left to right as COPY wrote
-    them), so every backslash left in a piece starts a letter escape; undo those, then join
-    the pieces with one backslash.
-    """
-    column = exp.to_identifier(name, quoted=True).sql(dialect=NATIVE_DIALECT)
-    if dtype.this not in _STRING_TYPES:
-        return column
-    piece = "piece"
-    for letter, code in _TEXT_ESCAPES.items():
-        piece = f"replace({piece}, {_literal(chr(92) + letter)}, chr({code}))"
-    backslash = _literal(chr(92))
-    split = f"string_split({column}, {_literal(chr(92) * 2)})"
+def _read_csv(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
+    """DuckDB's reader of PostgreSQL's CSV: NULL is an unquoted empty field, ``""`` an empty string."""
+    literal = lambda text: exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)  # noqa: E731
+    types = ", ".join(f"{literal(name)}: {literal(dtype.sql(dialect=NATIVE_DIALECT))}" for name, dtype in columns.items())
     return (
-        f"CASE WHEN contains({column}, {backslash}) "
-        f"THEN array_to_string(list_transform({split}, lambda piece: {piece}), {backslash}) "
-        f"ELSE {column} END AS {column}"
+        f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = ',', quote = '\"', "
+        "escape = '\"', nullstr = '', allow_quoted_nulls = false, auto_detect = false)"
     )
 
 

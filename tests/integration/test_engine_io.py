@@ -41,7 +41,7 @@ ROWS = [
     "('b', 2, NULL, NULL, NULL, NULL, NULL, NULL)",
 ]
 
-# Strings that COPY's text format escapes (backslashes, control characters) or that look like its NULL.
+# Strings with backslashes, quotes, commas and control characters, or that look like a NULL of COPY.
 ESCAPED_COLUMNS = {"s": "VARCHAR", "n": "INTEGER"}
 ESCAPED_ROWS = [
     f"({value}, {i})"
@@ -116,7 +116,7 @@ def test_postgres_export_is_byte_identical_to_duckdbs_native_copy(
     assert _postgres_export(adapter, tmp_path, ROWS, batch_rows) == _native_export(tmp_path, ROWS)
 
 
-def test_postgres_export_of_strings_that_copy_escapes_is_byte_identical_to_duckdbs(
+def test_postgres_export_of_strings_with_escapes_and_control_characters_is_byte_identical_to_duckdbs(
     adapter: Any, tmp_path: Path
 ) -> None:
     exported = _postgres_export(adapter, tmp_path, ESCAPED_ROWS, 50_000, ESCAPED_COLUMNS)
