@@ -6,14 +6,20 @@ peak memory is its own:
 
 (a) time of the export step (table on the engine -> sorted parquet on local disk): the
     DuckDB engine runs the kinds' native ``COPY``; PostgreSQL goes through ``engine_io``
-    (server-side cursor, batches into a private DuckDB, the same ``COPY``). The parquet
-    files must be byte-identical;
+    (``COPY ... TO STDOUT`` as CSV into a local file, then the same DuckDB ``COPY``). Wall
+    time, the CPU time of the exporting process (user + system, all its threads) and, on
+    PostgreSQL, of the server backend that ran the COPY. The parquet files must be
+    byte-identical. With ``--baseline DIR`` (a directory holding another version's
+    ``sqlmesh_osaa`` package, e.g. ``git archive main sqlmesh_osaa | tar -x -C DIR``) that
+    version's PostgreSQL export runs too, interleaved round by round with the others, so
+    an A/B comparison sees the same load;
 (b) peak memory of the PostgreSQL export (VmHWM minus the RSS just before it) for several
     table sizes: on the COPY path (scalar columns) and on the batched-cursor path (the same
     rows plus a TIMESTAMPTZ column, which CSV does not carry exactly) at two batch sizes.
 
-Run: ``.venv/bin/python bench/engines.py [--rows N] [--rounds K]``. Figures are medians over
-K rounds; targets are in docs/performance.md.
+Run: ``.venv/bin/python bench/engines.py [--rows N] [--rounds K] [--baseline DIR] [--no-memory]``.
+Figures are medians over K rounds, with the load average before and after; targets are in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -80,36 +87,60 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process (the PostgreSQL backend), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def child(args: argparse.Namespace) -> None:
-    """One export in this process; prints seconds, peak memory above the start and the file's MD5."""
+    """One export in this process; prints seconds, CPU, peak memory above the start and the file's MD5."""
     from sqlglot import exp
 
     from sqlmesh_osaa.integration import engine_io
 
     adapter = _postgres_adapter(args.port, args.database) if args.engine == "postgres" else _duckdb_adapter(args.database)
-    adapter.fetchall("SELECT 1")
+    backend = adapter.fetchone("SELECT pg_backend_pid()")[0] if args.engine == "postgres" else None
+    server_cpu = (lambda: _process_cpu_seconds(backend)) if backend else (lambda: 0.0)
     columns = TZ_COLUMNS if args.shape == "tz" else COLUMNS
     types = {name: exp.DataType.build(dtype, dialect="duckdb") for name, dtype in columns.items()}
     with tempfile.TemporaryDirectory(prefix="osaa-bench-") as workdir:
         target = Path(workdir) / "export.parquet"
         before = _rss_kb("VmRSS")
+        cpu, server = _cpu_seconds(), server_cpu()
         started = time.perf_counter()
         if args.engine == "postgres":
             engine_io.export_parquet(adapter, _table(args.rows, args.shape), types, target, batch_rows=args.batch_rows)
         else:
             adapter.execute(engine_io.sorted_parquet_copy(_table(args.rows, args.shape), target))
         seconds = time.perf_counter() - started
+        cpu, server = _cpu_seconds() - cpu, server_cpu() - server
         peak = _rss_kb("VmHWM") - before
         md5 = hashlib.md5(target.read_bytes()).hexdigest()
     adapter.close()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "md5": md5}))
+    result = {"seconds": seconds, "cpu": cpu, "server_cpu": server, "peak_mb": peak / 1024, "md5": md5}
+    print(json.dumps({**result, "module": engine_io.__file__}))
 
 
 def _run_child(
-    engine: str, database: str, rows: int, batch_rows: int, port: int, env: dict[str, str], shape: str = "scalar"
+    engine: str,
+    database: str,
+    rows: int,
+    batch_rows: int,
+    port: int,
+    env: dict[str, str],
+    shape: str = "scalar",
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", engine, "--database", database, "--rows", str(rows),
                "--batch-rows", str(batch_rows), "--port", str(port), "--shape", shape]  # fmt: skip
+    if baseline is not None:
+        env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(baseline), env.get("PYTHONPATH", "")]))}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         out, _ = process.communicate(timeout=600)
@@ -119,7 +150,10 @@ def _run_child(
             process.wait()
     if process.returncode != 0:
         raise RuntimeError(f"{engine} export of {rows} rows failed (exit {process.returncode})")
-    return json.loads(out.strip().splitlines()[-1])
+    result = json.loads(out.strip().splitlines()[-1])
+    if baseline is not None and not Path(result["module"]).is_relative_to(baseline):
+        raise RuntimeError(f"the baseline run imported {result['module']}, not the package under {baseline}")
+    return result
 
 
 def main() -> None:
@@ -131,6 +165,8 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--shape", choices=["scalar", "tz"], default="scalar")
+    parser.add_argument("--baseline", type=Path, help="a directory holding another version's sqlmesh_osaa package")
+    parser.add_argument("--no-memory", action="store_true", help="skip (b), the peak-memory runs")
     args = parser.parse_args()
     if args.child:
         args.engine = args.child
@@ -138,10 +174,13 @@ def main() -> None:
         return
     from sqlmesh_osaa.integration.engine_io import BATCH_ROWS
 
+    baseline = args.baseline.resolve() if args.baseline else None
     small = args.rows // 4
+    load_before = os.getloadavg()
     server = PostgresServer().start()
     env = {**os.environ, "PGPASSFILE": str(server.passfile)}
     os.environ["PGPASSFILE"] = str(server.passfile)
+    memory: dict[str, dict[str, Any]] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="osaa-bench-engines-") as workdir:
             database = server.create_database().split("dbname=")[1].split()[0]
@@ -154,31 +193,54 @@ def main() -> None:
             postgres.execute("ANALYZE")
             postgres.close()
             duck.close()
-            runs: dict[str, list[dict[str, Any]]] = {"duckdb": [], "postgres": []}
+            pg = {"database": database, "port": server.port, "env": env}
+            runs: dict[str, list[dict[str, Any]]] = {"duckdb": [], "postgres": [], "baseline": []}
             for _ in range(args.rounds):
                 runs["duckdb"].append(_run_child("duckdb", duck_path, args.rows, BATCH_ROWS, 0, env))
-                runs["postgres"].append(_run_child("postgres", database, args.rows, BATCH_ROWS, server.port, env))
-            pg = {"database": database, "port": server.port, "env": env}
-            memory = {
-                f"COPY path, {small} rows": _run_child("postgres", rows=small, batch_rows=BATCH_ROWS, **pg),
-                f"COPY path, {args.rows} rows": runs["postgres"][0],
-                f"cursor path, {small} rows, batch {BATCH_ROWS}": _run_child(
-                    "postgres", rows=small, batch_rows=BATCH_ROWS, shape="tz", **pg
-                ),
-                f"cursor path, {args.rows} rows, batch {BATCH_ROWS}": _run_child(
-                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS, shape="tz", **pg
-                ),
-                f"cursor path, {args.rows} rows, batch {BATCH_ROWS * 4}": _run_child(
-                    "postgres", rows=args.rows, batch_rows=BATCH_ROWS * 4, shape="tz", **pg
-                ),
-            }
+                if baseline is not None:
+                    runs["baseline"].append(_run_child("postgres", rows=args.rows, batch_rows=BATCH_ROWS, baseline=baseline, **pg))
+                runs["postgres"].append(_run_child("postgres", rows=args.rows, batch_rows=BATCH_ROWS, **pg))
+            if not args.no_memory:
+                memory = {
+                    f"COPY path, {small} rows": _run_child("postgres", rows=small, batch_rows=BATCH_ROWS, **pg),
+                    f"COPY path, {args.rows} rows": runs["postgres"][0],
+                    f"cursor path, {small} rows, batch {BATCH_ROWS}": _run_child(
+                        "postgres", rows=small, batch_rows=BATCH_ROWS, shape="tz", **pg
+                    ),
+                    f"cursor path, {args.rows} rows, batch {BATCH_ROWS}": _run_child(
+                        "postgres", rows=args.rows, batch_rows=BATCH_ROWS, shape="tz", **pg
+                    ),
+                    f"cursor path, {args.rows} rows, batch {BATCH_ROWS * 4}": _run_child(
+                        "postgres", rows=args.rows, batch_rows=BATCH_ROWS * 4, shape="tz", **pg
+                    ),
+                }
     finally:
         server.stop()
-    duck_s = statistics.median(r["seconds"] for r in runs["duckdb"])
-    pg_s = statistics.median(r["seconds"] for r in runs["postgres"])
-    identical = {r["md5"] for r in runs["duckdb"] + runs["postgres"]}
-    print(f"(a) export of {args.rows} rows: DuckDB engine {duck_s:.2f} s, PostgreSQL {pg_s:.2f} s, "
-          f"ratio {pg_s / duck_s:.2f}x (target <= 2x); byte-identical: {len(identical) == 1}")  # fmt: skip
+    _report(args.rows, runs, memory, load_before)
+
+
+def _median(results: list[dict[str, Any]], field: str) -> float:
+    return statistics.median(result[field] for result in results)
+
+
+def _report(rows: int, runs: dict[str, list[dict[str, Any]]], memory: dict[str, dict[str, Any]], load_before: tuple) -> None:
+    duck_s, duck_cpu = _median(runs["duckdb"], "seconds"), _median(runs["duckdb"], "cpu")
+    identical = {r["md5"] for results in runs.values() for r in results}
+    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; {len(runs['duckdb'])} rounds")
+    print(f"(a) export of {rows} rows: DuckDB engine {duck_s:.2f} s (CPU {duck_cpu:.2f} s); "
+          f"byte-identical: {len(identical) == 1}")  # fmt: skip
+    for label in ("baseline", "postgres"):
+        if not runs[label]:
+            continue
+        seconds, cpu, server = (_median(runs[label], field) for field in ("seconds", "cpu", "server_cpu"))
+        name = "PostgreSQL" if label == "postgres" else "PostgreSQL, baseline"
+        print(f"    {name}: {seconds:.2f} s, ratio {seconds / duck_s:.2f}x (target <= 2x); CPU {cpu:.2f} s "
+              f"({cpu / duck_cpu:.2f}x the DuckDB engine's) plus the server's {server:.2f} s")  # fmt: skip
+    if runs["baseline"]:
+        pairs = [new["seconds"] / old["seconds"] for new, old in zip(runs["postgres"], runs["baseline"])]
+        cpu_pairs = [new["cpu"] / old["cpu"] for new, old in zip(runs["postgres"], runs["baseline"])]
+        print(f"    this version / baseline, per round (median): wall {statistics.median(pairs):.3f}, "
+              f"CPU {statistics.median(cpu_pairs):.3f}")  # fmt: skip
     for label, result in memory.items():
         print(f"(b) PostgreSQL export, {label}: peak {result['peak_mb']:.0f} MB above the start, "
               f"{result['seconds']:.2f} s")  # fmt: skip

@@ -42,7 +42,8 @@ BATCH_ROWS = 50_000
 # The private DuckDB that sorts and writes an export spills to disk beyond this.
 DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
-_COPY_CHUNK_BYTES = 1 << 20
+# The COPY hands every row to the file's write: a large buffer makes that a memcpy and one write(2) per MiB.
+_COPY_BUFFER_BYTES = 1 << 20
 # Types whose PostgreSQL CSV text DuckDB reads back to the identical value (floats: shortest exact digits).
 _CSV_EXACT_TYPES = frozenset(
     getattr(exp.DataType.Type, name)
@@ -117,10 +118,10 @@ def _postgres_copy_csv(adapter: t.Any, table_name: str, names: list[str], target
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
     sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT csv)"
-    with adapter.transaction(), target.open("wb") as out:
+    with adapter.transaction(), target.open("wb", buffering=_COPY_BUFFER_BYTES) as out:
         cursor = adapter.connection.cursor()
         try:
-            cursor.copy_expert(sql, out, size=_COPY_CHUNK_BYTES)
+            cursor.copy_expert(sql, out)
         finally:
             cursor.close()
 

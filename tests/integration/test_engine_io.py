@@ -41,6 +41,19 @@ ROWS = [
     "('b', 2, NULL, NULL, NULL, NULL, NULL, NULL)",
 ]
 
+# Strings with backslashes, quotes, commas and control characters, or that look like a NULL of COPY.
+ESCAPED_COLUMNS = {"s": "VARCHAR", "n": "INTEGER"}
+ESCAPED_ROWS = [
+    f"({value}, {i})"
+    for i, value in enumerate(
+        [
+            r"'a\b'", r"'\\'", r"'\N'", r"'\'", r"'x\'", r"'\t'", r"'\\n'", "'N'", "''", "NULL",
+            "'tab' || chr(9) || 'x'", "chr(10)", "chr(13) || chr(10)", "chr(8) || chr(12) || chr(11)",
+            r"'\' || chr(10)", r"chr(10) || '\'", r"'\' || chr(9) || '\\'", "chr(1)", r"'é\ü,\"q\"'",
+        ]
+    )
+]
+
 # Types PostgreSQL's CSV cannot carry exactly: these take the server-side cursor and Arrow batches.
 NESTED_COLUMNS = {"name": "VARCHAR", "tags": "VARCHAR[]", "at": "TIMESTAMPTZ"}
 NESTED_ROWS = [
@@ -101,6 +114,22 @@ def test_postgres_export_is_byte_identical_to_duckdbs_native_copy(
     adapter: Any, tmp_path: Path, batch_rows: int
 ) -> None:
     assert _postgres_export(adapter, tmp_path, ROWS, batch_rows) == _native_export(tmp_path, ROWS)
+
+
+def test_postgres_export_of_strings_with_escapes_and_control_characters_is_byte_identical_to_duckdbs(
+    adapter: Any, tmp_path: Path
+) -> None:
+    exported = _postgres_export(adapter, tmp_path, ESCAPED_ROWS, 50_000, ESCAPED_COLUMNS)
+    assert exported == _native_export(tmp_path, ESCAPED_ROWS, ESCAPED_COLUMNS)
+
+
+def test_postgres_export_gives_back_every_escaped_string_as_postgresql_holds_it(adapter: Any, tmp_path: Path) -> None:
+    _postgres_export(adapter, tmp_path, ESCAPED_ROWS, 50_000, ESCAPED_COLUMNS)
+    held = dict((n, s) for s, n in adapter.fetchall('SELECT s, n FROM s.t'))
+    with duckdb.connect() as db:
+        exported = dict((n, s) for s, n in db.execute(f"SELECT s, n FROM '{tmp_path / 'engine.parquet'}'").fetchall())
+    assert exported == held
+    assert held[3] == chr(92) and held[9] is None and held[8] == ""
 
 
 @pytest.mark.parametrize("batch_rows", [1, 50_000])
