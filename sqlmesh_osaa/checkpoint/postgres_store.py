@@ -275,12 +275,16 @@ class PostgresStore(CheckpointStore):
                 return events
         self._versions.clear()
         with self._transaction() as connection:
+            names = ROW_COLUMNS
             if isinstance(target, Keys):
                 if not target.keys:
                     return []
+                if target.columns is not None and len(target.keys) >= _COPY_FROM:
+                    # A bulk write reads only what its plan reads (its small path writes whole rows).
+                    names = ("key", *(c for c in target.columns if c != "key"))
                 found = connection.execute(
-                    f"""SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)
-                        ORDER BY key FOR UPDATE""",
+                    f"""SELECT {", ".join(f'"{c}"' for c in names)} FROM checkpoints
+                        WHERE pipeline = %s AND scope = %s AND key = ANY(%s) ORDER BY key FOR UPDATE""",
                     [pipeline, target.scope, list(target.keys)],
                 ).fetchall()
             else:
@@ -289,7 +293,8 @@ class PostgresStore(CheckpointStore):
                     f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition.replace('?', '%s')} ORDER BY key FOR UPDATE",
                     params,
                 ).fetchall()
-            rows = {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
+            index = names.index("key")
+            rows = {values[index]: dict(zip(names, values)) for values in found}
             events = plan(rows)
             if events:
                 self._write(connection, pipeline, rows, events)
@@ -487,43 +492,54 @@ class PostgresStore(CheckpointStore):
         Returns (rows inserted, rows meant to be inserted, keys deleted).
         """
         columns, deleted = batch_columns(rows, events)
-        constant, varying = split_constant(columns)
+        constant, varying, stored = split_constant(columns)
         connection.execute(_BATCH_TABLE_SQL)
         self._copy(connection, f"osaa_batch_items ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in varying)})", varying)
         connection.execute("ANALYZE osaa_batch_items")
 
         def values(names: Sequence[str]) -> tuple[list[str], list[Any]]:
-            """SQL of each column (from the table, or a parameter when constant) and the parameters."""
+            """SQL of each column (from the table, the stored row, or a parameter when constant) and the parameters."""
             sql, params = [], []
             for name in names:
                 if name in varying:
                     sql.append(f'b."{name}"')
+                elif name in stored:
+                    sql.append(f'c."{_EVENT_FROM_ROW.get(name, name)}"')
                 else:
                     sql.append(f"%s::{_SQL_TYPES.get(name, 'text')}")
                     params.append(constant[name])
             return sql, params
 
+        key_sql, key_params = values(_ROW_KEY)
+        matches = " AND ".join(f"c.{column} = {sql}" for column, sql in zip(_ROW_KEY, key_sql))
         event_sql, event_params = values(_EVENT_COLUMNS)
+        source = "osaa_batch_items b"
+        if stored:
+            # Columns the batch left as stored are read from the rows, before they are written.
+            source += f" JOIN checkpoints c ON {matches}"
+            event_params += key_params
         connection.execute(
-            f"INSERT INTO checkpoint_events ({_EVENT_NAMES}) SELECT {', '.join(event_sql)} FROM osaa_batch_items b",
-            event_params,
+            f"INSERT INTO checkpoint_events ({_EVENT_NAMES}) SELECT {', '.join(event_sql)} FROM {source}", event_params
         )
-        row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
         (write_sql,), write_params = values([WRITE])
         writes = columns[WRITE]
+        if stored and set(writes) != {UPDATE}:
+            raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
         expected, count = writes.count(INSERT), 0
         if expected:
+            row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
             count = connection.execute(
                 f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {', '.join(row_sql)} FROM osaa_batch_items b "
                 f"WHERE {write_sql} = '{INSERT}' ON CONFLICT DO NOTHING",
                 row_params + write_params,
             ).rowcount
         if UPDATE in writes:
-            key_sql, key_params = values(_ROW_KEY)
-            matches = " AND ".join(f"c.{column} = {sql}" for column, sql in zip(_ROW_KEY, key_sql))
+            # Set what the batch changes: not the key (it matched), not what it left as stored.
+            changed = [c for c in ROW_COLUMNS if c not in _ROW_KEY and ROW_FROM_EVENT.get(c, c) not in stored]
+            row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in changed])
             connection.execute(
-                f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(row_sql)}) FROM osaa_batch_items b "
-                f"WHERE {matches} AND {write_sql} = '{UPDATE}'",
+                f"UPDATE checkpoints c SET ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in changed)}) = "
+                f"ROW({', '.join(row_sql)}) FROM osaa_batch_items b WHERE {matches} AND {write_sql} = '{UPDATE}'",
                 row_params + key_params + write_params,
             )
         return count, expected, deleted
