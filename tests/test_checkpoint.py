@@ -386,6 +386,21 @@ def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wr
     assert store.get(FILE, "k")["run_id"] == other.run_id
 
 
+def test_a_first_mark_of_a_key_another_writer_stored_is_planned_on_that_row(
+    store: PipelineCheckpoint, where: dict[str, Any]
+) -> None:
+    with PipelineCheckpoint("test", **where) as other:
+        other.mark_started(FILE, "k")
+        with pytest.raises(CheckpointError, match=f"run {other.run_id} .* is still working on it"):
+            store.mark_started(FILE, "k")
+        other.mark_completed(FILE, "k")
+
+    store.mark_started(FILE, "k", force=True)
+
+    assert transitions(store, "k") == [("pending", "in_progress"), ("in_progress", "completed"), ("completed", "in_progress")]
+    assert store.get(FILE, "k")["attempt"] == 2
+
+
 def test_prune_keeps_the_last_event_of_every_row_it_keeps(store: PipelineCheckpoint) -> None:
     fail(store, "broken")
     store.mark_started(FILE, "running")

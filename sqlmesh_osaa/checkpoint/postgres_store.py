@@ -136,10 +136,11 @@ _SINGLE_WRITE_SQL = {
 }
 # One statement, so one round trip and one (durable) commit: the row written only if it is
 # still the version read, the events appended only if it was.
-_SINGLE_MARK_SQL = (
+_MARK_CTE = (
     f"WITH w AS ({{write}}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) "
-    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w)) SELECT * FROM w"
+    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w))"
 )
+_SINGLE_MARK_SQL = _MARK_CTE + " SELECT * FROM w"
 # The events of a single mark: one that leaves a row is that row (row_after) plus what only an
 # event holds, taken from the row written, so its values are sent once; more travel as arrays.
 _EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
@@ -150,6 +151,13 @@ _ONE_EVENT = (
     + " FROM w) AS one"
 )
 _EVENTS = _unnest(_EVENT_COLUMNS)
+# The first mark of a key, planned on no row: the row and its event are inserted if there is
+# still no row, else the stored row comes back (planned on at once): one round trip either way.
+_FIRST_MARK_SQL = (
+    _MARK_CTE.format(write=_SINGLE_WRITE_SQL[INSERT], events=_ONE_EVENT)
+    + f" SELECT true, * FROM w UNION ALL SELECT false, xmin::text, {_ROW_SELECT} FROM checkpoints "
+    "WHERE pipeline = %s AND scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM w)"
+)
 # Rows (and their versions) single marks of this store last wrote; at most this many.
 _MAX_CACHED_ROWS = 4096
 _LIVE_LOCKS_SQL = """
@@ -314,7 +322,12 @@ class PostgresStore(CheckpointStore):
         identity = (pipeline, scope, key)
         with self._lock:
             recalled = self._versions.pop(identity, None)
-            row, version = recalled if recalled is not None else self._read_versioned(identity)
+            if recalled is None:
+                inserted, row, version = self._insert_first(identity, plan)
+                if inserted is not None:
+                    return inserted
+            else:
+                row, version = recalled
             try:
                 events = plan({} if row is None else {key: row})
             except Exception:
@@ -346,6 +359,34 @@ class PostgresStore(CheckpointStore):
             if left is not None:
                 self._remember(identity, left, written[0][0])
             return events
+
+    def _insert_first(
+        self, identity: tuple[str, str, str], plan: Plan
+    ) -> tuple[Sequence[Event] | None, Row | None, str | None]:
+        """A mark of a key this store does not recall: plan it on no row and insert it (:data:`_FIRST_MARK_SQL`).
+
+        Returns the events when the row was inserted, else (None, the stored row, its version)
+        to plan on. A plan that no row refuses (a completion) or that inserts nothing reads
+        the row first, as does a row another writer inserts in the same moment.
+        """
+        try:
+            events = plan({})
+        except Exception:
+            return None, *self._read_versioned(identity)
+        left = row_after(events[-1]) if len(events) == 1 else None
+        if left is None:
+            return None, *self._read_versioned(identity)
+        columns = event_columns(events, _EVENT_ONLY)
+        params = [*(left[column] for column in ROW_COLUMNS), *(columns[column][0] for column in _EVENT_ONLY), *identity]
+        with self._errors():
+            found = self._live_connection().execute(_FIRST_MARK_SQL, params).fetchall()
+        if not found:
+            return None, *self._read_versioned(identity)
+        inserted, version, *values = found[0]
+        if inserted:
+            self._remember(identity, left, version)
+            return events, None, None
+        return None, dict(zip(ROW_COLUMNS, values)), version
 
     def _read_versioned(self, identity: tuple[str, str, str]) -> tuple[Row | None, str | None]:
         with self._errors():
