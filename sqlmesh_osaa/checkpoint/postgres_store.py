@@ -117,7 +117,9 @@ _ROW_UPDATE_SQL = (
 # From this many events a write goes through COPY (PostgresStore._write).
 _COPY_FROM = 16
 # A bulk write's varying columns are copied here (the constant ones are parameters of the INSERTs).
-_BATCH_COLUMNS = (*_EVENT_COLUMNS, WRITE)
+# The version (xmin) of the row each item's change was planned on: a bulk write of keys checks it.
+VERSION = "version"
+_BATCH_COLUMNS = (*_EVENT_COLUMNS, WRITE, VERSION)
 _BATCH_TABLE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS osaa_batch_items ("
     + ", ".join(f'"{c}" {_SQL_TYPES.get(c, "text")}' for c in _BATCH_COLUMNS)
@@ -282,17 +284,15 @@ class PostgresStore(CheckpointStore):
             if events is not None:
                 return events
         self._versions.clear()
+        if isinstance(target, Keys) and len(target.keys) >= _COPY_FROM:
+            return self._apply_bulk(pipeline, target, plan)
         with self._transaction() as connection:
-            names = ROW_COLUMNS
             if isinstance(target, Keys):
                 if not target.keys:
                     return []
-                if target.columns is not None and len(target.keys) >= _COPY_FROM:
-                    # A bulk write reads only what its plan reads (its small path writes whole rows).
-                    names = ("key", *(c for c in target.columns if c != "key"))
                 found = connection.execute(
-                    f"""SELECT {", ".join(f'"{c}"' for c in names)} FROM checkpoints
-                        WHERE pipeline = %s AND scope = %s AND key = ANY(%s) ORDER BY key FOR UPDATE""",
+                    f"""SELECT {_ROW_SELECT} FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)
+                        ORDER BY key FOR UPDATE""",
                     [pipeline, target.scope, list(target.keys)],
                 ).fetchall()
             else:
@@ -301,11 +301,34 @@ class PostgresStore(CheckpointStore):
                     f"SELECT {_ROW_SELECT} FROM checkpoints WHERE {condition.replace('?', '%s')} ORDER BY key FOR UPDATE",
                     params,
                 ).fetchall()
-            index = names.index("key")
-            rows = {values[index]: dict(zip(names, values)) for values in found}
+            rows = {values[2]: dict(zip(ROW_COLUMNS, values)) for values in found}
             events = plan(rows)
             if events:
                 self._write(connection, pipeline, rows, events)
+            return events
+
+    def _apply_bulk(self, pipeline: str, target: Keys, plan: Plan) -> Sequence[Event]:
+        """:meth:`apply` of many keys without locking them: read the rows with their versions, plan, write if unchanged.
+
+        Locking 100k rows (``FOR UPDATE``) writes a lock into each and logs it (5 MB of WAL,
+        a second of the server's time, docs/performance.md); instead the writes check each
+        row's ``xmin`` against the version read, and a row another writer changed meanwhile
+        rolls the whole transaction back and the plan runs again (:class:`ConcurrentChange`).
+        Only the columns the plan reads are read (``target.columns``).
+        """
+        names = ROW_COLUMNS if target.columns is None else ("key", *(c for c in target.columns if c != "key"))
+        index = names.index("key")
+        with self._transaction() as connection:
+            found = connection.execute(
+                f"""SELECT xmin::text, {", ".join(f'"{c}"' for c in names)} FROM checkpoints
+                    WHERE pipeline = %s AND scope = %s AND key = ANY(%s)""",
+                [pipeline, target.scope, list(target.keys)],
+            ).fetchall()
+            versions = {values[index + 1]: values[0] for values in found}
+            rows = {values[index + 1]: dict(zip(names, values[1:])) for values in found}
+            events = plan(rows)
+            if events:
+                self._write(connection, pipeline, rows, events, versions)
             return events
 
     def _apply_single(self, pipeline: str, scope: str, key: str, plan: Plan) -> Sequence[Event] | None:
@@ -499,13 +522,22 @@ class PostgresStore(CheckpointStore):
             with connection.transaction():
                 yield connection
 
-    def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> None:
+    def _write(
+        self,
+        connection: Any,
+        pipeline: str,
+        rows: dict[str, Row],
+        events: Sequence[Event],
+        versions: dict[str, str] | None = None,
+    ) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction.
 
         A few rows travel as array parameters of one statement each; a batch is copied into
         temporary tables first (COPY is several times faster than arrays of 100k values).
+        With ``versions`` (rows read unlocked, by key), a row whose version changed is not
+        written and the transaction is planned again.
         """
-        if len(events) < _COPY_FROM:
+        if versions is None and len(events) < _COPY_FROM:
             inserted, updated, deleted = written_rows(rows, events)
             connection.execute(_EVENT_INSERT_SQL, [[event[c] for event in events] for c in _EVENT_COLUMNS])
             count = 0
@@ -515,24 +547,37 @@ class PostgresStore(CheckpointStore):
                 connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
             expected = len(inserted)
         else:
-            count, expected, deleted = self._write_batch(connection, rows, events)
+            count, expected, deleted = self._write_batch(connection, rows, events, versions)
         if count != expected:
-            raise ConcurrentChange(f"{expected - count} rows were inserted by another writer")
-        if deleted:
+            raise ConcurrentChange(f"{expected - count} rows were written by another writer")
+        if deleted and versions is not None:
+            kept = connection.execute(
+                "DELETE FROM checkpoints c USING unnest(%s::text[], %s::text[]) AS d(key, version) "
+                "WHERE c.pipeline = %s AND c.scope = %s AND c.key = d.key AND c.xmin = d.version::xid",
+                [deleted, [versions[key] for key in deleted], pipeline, events[0]["scope"]],
+            ).rowcount
+            if kept != len(deleted):
+                raise ConcurrentChange(f"{len(deleted) - kept} rows to clear were written by another writer")
+        elif deleted:
             connection.execute(
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
 
-    def _write_batch(self, connection: Any, rows: dict[str, Row], events: Sequence[Event]) -> tuple[int, int, list[str]]:
+    def _write_batch(
+        self, connection: Any, rows: dict[str, Row], events: Sequence[Event], versions: dict[str, str] | None
+    ) -> tuple[int, int, list[str]]:
         """A bulk write: one COPY of the varying columns, then set-based INSERTs and UPDATE from it.
 
         The columns with one value for the batch are parameters of those statements, not COPY
         data. The table is analyzed once loaded, so the planner joins 100k rows by hash rather
         than by a nested loop the statistics of a small ``checkpoints`` table would suggest.
-        Returns (rows inserted, rows meant to be inserted, keys deleted).
+        With ``versions`` the UPDATE writes only rows still at the version read. Returns (rows
+        written, rows meant to be written, keys deleted).
         """
         columns, deleted = batch_columns(rows, events)
+        if versions is not None:
+            columns[VERSION] = [versions.get(key) for key in columns["key"]]
         constant, varying, stored = split_constant(columns)
         connection.execute(_BATCH_TABLE_SQL)
         self._copy(connection, f"osaa_batch_items ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in varying)})", varying)
@@ -566,8 +611,9 @@ class PostgresStore(CheckpointStore):
         writes = columns[WRITE]
         if stored and set(writes) != {UPDATE}:
             raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
-        expected, count = writes.count(INSERT), 0
-        if expected:
+        inserts = expected = writes.count(INSERT)
+        count = 0
+        if inserts:
             row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
             count = connection.execute(
                 f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {', '.join(row_sql)} FROM osaa_batch_items b "
@@ -578,11 +624,18 @@ class PostgresStore(CheckpointStore):
             # Set what the batch changes: not the key (it matched), not what it left as stored.
             changed = [c for c in ROW_COLUMNS if c not in _ROW_KEY and ROW_FROM_EVENT.get(c, c) not in stored]
             row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in changed])
-            connection.execute(
+            unchanged, version_params = "", []
+            if versions is not None:
+                (version_sql,), version_params = values([VERSION])
+                unchanged = f" AND c.xmin = ({version_sql})::xid"
+            updated = connection.execute(
                 f"UPDATE checkpoints c SET ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in changed)}) = "
-                f"ROW({', '.join(row_sql)}) FROM osaa_batch_items b WHERE {matches} AND {write_sql} = '{UPDATE}'",
-                row_params + key_params + write_params,
-            )
+                f"ROW({', '.join(row_sql)}) FROM osaa_batch_items b WHERE {matches} AND {write_sql} = '{UPDATE}'"
+                + unchanged,
+                row_params + key_params + write_params + version_params,
+            ).rowcount
+            if versions is not None:
+                count, expected = count + updated, expected + writes.count(UPDATE)
         return count, expected, deleted
 
     @staticmethod
