@@ -330,6 +330,47 @@ def test_a_batch_of_new_and_existing_items_writes_each_row_and_the_log_rebuilds_
     assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
 
 
+@pytest.mark.parametrize("metadata", [None, {"store": "landing"}], ids=["metadata-kept", "metadata-merged"])
+def test_a_bulk_completion_writes_the_rows_and_events_the_same_completions_one_by_one_write(
+    store: PipelineCheckpoint, raw_file: Path, metadata: dict[str, str] | None
+) -> None:
+    """A bulk completion reads only some columns of the rows and leaves the rest as stored in SQL."""
+
+    def item(group: str, i: int) -> str:
+        return f"{group}/{i}"
+
+    for group in ("bulk", "single"):
+        for i in range(0, 20, 4):
+            fail(store, item(group, i))
+    store.mark_started_many(FILE, [(item(g, i), raw_file if i % 2 else None) for g in ("bulk", "single") for i in range(20)])
+    for group in ("bulk", "single"):
+        for i in range(20):
+            store.update_metadata(FILE, item(group, i), {"phase": str(i % 3)})
+
+    def completion(group: str, i: int) -> tuple[str, Path | None, str | None]:
+        return item(group, i), raw_file if i % 3 == 0 else None, "0" * 32 if i % 5 == 0 else None
+
+    store.mark_completed_many(FILE, [completion("bulk", i) for i in range(20)], metadata=metadata)
+    for i in range(20):
+        key, path, checksum = completion("single", i)
+        store.mark_completed(FILE, key, path, metadata=metadata, checksum=checksum)
+
+    varying = {"key", "updated_at", "completed_at", "seq", "at"}
+
+    def state(group: str, i: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        row = store.get(FILE, item(group, i))
+        event = store.store.scan_events(key=item(group, i))[-1]
+        return (
+            {column: value for column, value in row.items() if column not in varying},
+            {column: value for column, value in event.items() if column not in varying},
+        )
+
+    for i in range(20):
+        assert state("bulk", i) == state("single", i)
+    assert {store.get(FILE, item("bulk", i))["status"] for i in range(20)} == {"completed"}
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
+
+
 def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wrote_it(
     store: PipelineCheckpoint, where: dict[str, Any]
 ) -> None:
@@ -343,6 +384,21 @@ def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wr
 
     assert transitions(store, "k") == [("pending", "in_progress"), ("in_progress", "in_progress"), ("in_progress", "completed")]
     assert store.get(FILE, "k")["run_id"] == other.run_id
+
+
+def test_a_first_mark_of_a_key_another_writer_stored_is_planned_on_that_row(
+    store: PipelineCheckpoint, where: dict[str, Any]
+) -> None:
+    with PipelineCheckpoint("test", **where) as other:
+        other.mark_started(FILE, "k")
+        with pytest.raises(CheckpointError, match=f"run {other.run_id} .* is still working on it"):
+            store.mark_started(FILE, "k")
+        other.mark_completed(FILE, "k")
+
+    store.mark_started(FILE, "k", force=True)
+
+    assert transitions(store, "k") == [("pending", "in_progress"), ("in_progress", "completed"), ("completed", "in_progress")]
+    assert store.get(FILE, "k")["attempt"] == 2
 
 
 def test_prune_keeps_the_last_event_of_every_row_it_keeps(store: PipelineCheckpoint) -> None:

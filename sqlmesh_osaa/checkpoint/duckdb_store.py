@@ -165,9 +165,9 @@ _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
 # Keys joined to the rows by a hash join over the id column alone, then the wanted rows
 # fetched by rowid: joining the whole rows scanned every column of every row (docs/performance.md).
-_ROWS_OF_KEYS_SQL = f"""
-    SELECT {_ROW_SELECT} FROM checkpoints WHERE rowid IN (
-        SELECT c.rowid FROM (SELECT {{prefix}} || unnest(from_json({{keys}}, '["VARCHAR"]')) AS item_id) k
+_ROWS_OF_KEYS_SQL = """
+    SELECT {columns} FROM checkpoints WHERE rowid IN (
+        SELECT c.rowid FROM (SELECT {prefix} || unnest(from_json({keys}, '["VARCHAR"]')) AS item_id) k
         JOIN checkpoints c ON c.item_id = k.item_id)
 """
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
@@ -181,12 +181,35 @@ _ROW_BULK_INSERT_SQL = (
     f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
     f"WHERE {WRITE} = '{INSERT}'"
 )
-_ROW_BULK_UPDATE_SQL = (
-    "UPDATE checkpoints AS c SET "
-    + ", ".join(f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
-    + f" FROM {{frame}} AS b WHERE c.item_id = b.item_id AND b.{WRITE} = '{UPDATE}'"
-)
-_EVENT_BULK_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {{frame}}"
+_EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
+# An UPDATE by item_id never changes these.
+_IDENTITY = ("pipeline", "scope", "key")
+
+
+def _bulk_update_sql(frame: str, stored: Collection[str]) -> str:
+    """Set each row from the batch, except its identity and the columns the batch left as stored."""
+    assignments = ", ".join(
+        f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"'
+        for column in ROW_COLUMNS
+        if column not in _IDENTITY and ROW_FROM_EVENT.get(column, column) not in stored
+    )
+    return f"UPDATE checkpoints AS c SET {assignments} FROM {frame} AS b WHERE c.item_id = b.item_id AND b.{WRITE} = '{UPDATE}'"
+
+
+def _bulk_event_sql(frame: str, stored: Collection[str]) -> str:
+    """Append the batch's events; the columns it left as stored are read from the rows (before they are written)."""
+    if not stored:
+        return f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {frame}"
+    selected = ", ".join(
+        f'c."{_EVENT_FROM_ROW.get(column, column)}"' if column in stored else f'b."{column}"'
+        for column in EVENT_LOG_COLUMNS[1:]
+    )
+    return (
+        f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {selected} FROM {frame} AS b "
+        "JOIN checkpoints AS c ON c.item_id = b.item_id"
+    )
+
+
 _DELETE_BULK_SQL = "DELETE FROM checkpoints WHERE item_id IN (SELECT unnest(from_json($ids, '[\"VARCHAR\"]')))"
 
 # A process holding the file, or (PID -1) a compaction swapping a fresh copy in (DuckDBStore.reclaim_space).
@@ -432,7 +455,7 @@ class DuckDBStore(CheckpointStore):
     def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         with self._transaction() as connection:
             if isinstance(target, Keys):
-                rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, cached=True)
+                rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, True, target.columns)
             else:
                 rows = self._rows_of_filter(connection, pipeline, target)
             events = plan(rows)
@@ -598,12 +621,20 @@ class DuckDBStore(CheckpointStore):
                 raise self._error(exc) from exc
 
     def _rows_of_keys(
-        self, connection: duckdb.DuckDBPyConnection, pipeline: str, scope: str, keys: Sequence[str], cached: bool
+        self,
+        connection: duckdb.DuckDBPyConnection,
+        pipeline: str,
+        scope: str,
+        keys: Sequence[str],
+        cached: bool,
+        columns: Sequence[str] | None = None,
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
         The keys travel as one JSON literal joined to the rows (docs/performance.md, "Store
-        growth"): the cost follows the number of keys, not the number of rows stored.
+        growth"): the cost follows the number of keys, not the number of rows stored. A bulk
+        write's read takes only ``columns`` (those its plan reads); a small one reads whole
+        rows, which its row writes and the row cache need.
         """
         if not keys:
             return {}
@@ -615,8 +646,14 @@ class DuckDBStore(CheckpointStore):
                 found = connection.execute(_ROW_BY_ID_SQL.format(id=sql_literal(identity))).fetchall()
                 row = dict(zip(ROW_COLUMNS, found[0])) if found else None
             return {} if row is None else {key: dict(row)}
-        sql = _ROWS_OF_KEYS_SQL.format(prefix=sql_literal(item_id(pipeline, scope, "")), keys=sql_literal(json.dumps(list(keys))))
-        return {values[2]: dict(zip(ROW_COLUMNS, values)) for values in connection.execute(sql).fetchall()}
+        names = ROW_COLUMNS if columns is None or len(keys) < _BULK_FROM else ("key", *(c for c in columns if c != "key"))
+        sql = _ROWS_OF_KEYS_SQL.format(
+            columns=", ".join(names),
+            prefix=sql_literal(item_id(pipeline, scope, "")),
+            keys=sql_literal(json.dumps(list(keys))),
+        )
+        index = names.index("key")
+        return {values[index]: dict(zip(names, values)) for values in connection.execute(sql).fetchall()}
 
     def _rows_of_filter(self, connection: duckdb.DuckDBPyConnection, pipeline: str, where: RowFilter) -> dict[str, Row]:
         if where.scope is None:
@@ -639,14 +676,16 @@ class DuckDBStore(CheckpointStore):
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
             columns, deleted = batch_columns(rows, events)
-            constant, varying = split_constant(columns)
+            constant, varying, stored = split_constant(columns)
             writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
+            if stored and writes != {UPDATE}:
+                raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
             with _batch_table(connection, constant, varying) as name:
-                connection.execute(_EVENT_BULK_SQL.format(frame=name))
+                connection.execute(_bulk_event_sql(name, stored))
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    connection.execute(_ROW_BULK_UPDATE_SQL.format(frame=name))
+                    connection.execute(_bulk_update_sql(name, stored))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

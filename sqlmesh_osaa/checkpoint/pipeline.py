@@ -54,6 +54,7 @@ from sqlmesh_osaa.checkpoint.transitions import (
     Row,
     RunIdentity,
     advance,
+    completion_reads,
     fold,
     refusal,
     row_after,
@@ -101,6 +102,9 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def _completion_item(item: CompletionItem) -> tuple[str, str | None, str | Fingerprint | None]:
+    if type(item) is tuple and len(item) == 3 and type(item[0]) is str and type(item[1]) is str:
+        # The common shape, (key, path, checksum), taken as it is.
+        return item  # type: ignore[return-value]
     if isinstance(item, str):
         return item, None, None
     key, file_path, known = (*item, None, None)[:3]
@@ -677,7 +681,8 @@ class PipelineCheckpoint:
             olds = [rows.get(key) for key in keys]
             return fold(self.pipeline_name, scope.value, keys, olds, change, paths, prints)
 
-        store.apply(self.pipeline_name, Keys(scope.value, keys), plan)
+        reads = completion_reads(paths, metadata) if to_status == COMPLETED else None
+        store.apply(self.pipeline_name, Keys(scope.value, keys, reads), plan)
         if len(keys) == 1:
             logger.debug("%s %r -> %s", scope.value, keys[0], to_status)
         else:

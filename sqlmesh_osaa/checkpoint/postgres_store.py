@@ -117,7 +117,9 @@ _ROW_UPDATE_SQL = (
 # From this many events a write goes through COPY (PostgresStore._write).
 _COPY_FROM = 16
 # A bulk write's varying columns are copied here (the constant ones are parameters of the INSERTs).
-_BATCH_COLUMNS = (*_EVENT_COLUMNS, WRITE)
+# The version (xmin) of the row each item's change was planned on: a bulk write of keys checks it.
+VERSION = "version"
+_BATCH_COLUMNS = (*_EVENT_COLUMNS, WRITE, VERSION)
 _BATCH_TABLE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS osaa_batch_items ("
     + ", ".join(f'"{c}" {_SQL_TYPES.get(c, "text")}' for c in _BATCH_COLUMNS)
@@ -136,10 +138,11 @@ _SINGLE_WRITE_SQL = {
 }
 # One statement, so one round trip and one (durable) commit: the row written only if it is
 # still the version read, the events appended only if it was.
-_SINGLE_MARK_SQL = (
+_MARK_CTE = (
     f"WITH w AS ({{write}}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) "
-    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w)) SELECT * FROM w"
+    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w))"
 )
+_SINGLE_MARK_SQL = _MARK_CTE + " SELECT * FROM w"
 # The events of a single mark: one that leaves a row is that row (row_after) plus what only an
 # event holds, taken from the row written, so its values are sent once; more travel as arrays.
 _EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
@@ -150,6 +153,13 @@ _ONE_EVENT = (
     + " FROM w) AS one"
 )
 _EVENTS = _unnest(_EVENT_COLUMNS)
+# The first mark of a key, planned on no row: the row and its event are inserted if there is
+# still no row, else the stored row comes back (planned on at once): one round trip either way.
+_FIRST_MARK_SQL = (
+    _MARK_CTE.format(write=_SINGLE_WRITE_SQL[INSERT], events=_ONE_EVENT)
+    + f" SELECT true, * FROM w UNION ALL SELECT false, xmin::text, {_ROW_SELECT} FROM checkpoints "
+    "WHERE pipeline = %s AND scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM w)"
+)
 # Rows (and their versions) single marks of this store last wrote; at most this many.
 _MAX_CACHED_ROWS = 4096
 _LIVE_LOCKS_SQL = """
@@ -274,6 +284,8 @@ class PostgresStore(CheckpointStore):
             if events is not None:
                 return events
         self._versions.clear()
+        if isinstance(target, Keys) and len(target.keys) >= _COPY_FROM:
+            return self._apply_bulk(pipeline, target, plan)
         with self._transaction() as connection:
             if isinstance(target, Keys):
                 if not target.keys:
@@ -295,6 +307,30 @@ class PostgresStore(CheckpointStore):
                 self._write(connection, pipeline, rows, events)
             return events
 
+    def _apply_bulk(self, pipeline: str, target: Keys, plan: Plan) -> Sequence[Event]:
+        """:meth:`apply` of many keys without locking them: read the rows with their versions, plan, write if unchanged.
+
+        Locking 100k rows (``FOR UPDATE``) writes a lock into each and logs it (5 MB of WAL,
+        a second of the server's time, docs/performance.md); instead the writes check each
+        row's ``xmin`` against the version read, and a row another writer changed meanwhile
+        rolls the whole transaction back and the plan runs again (:class:`ConcurrentChange`).
+        Only the columns the plan reads are read (``target.columns``).
+        """
+        names = ROW_COLUMNS if target.columns is None else ("key", *(c for c in target.columns if c != "key"))
+        index = names.index("key")
+        with self._transaction() as connection:
+            found = connection.execute(
+                f"""SELECT xmin::text, {", ".join(f'"{c}"' for c in names)} FROM checkpoints
+                    WHERE pipeline = %s AND scope = %s AND key = ANY(%s)""",
+                [pipeline, target.scope, list(target.keys)],
+            ).fetchall()
+            versions = {values[index + 1]: values[0] for values in found}
+            rows = {values[index + 1]: dict(zip(names, values[1:])) for values in found}
+            events = plan(rows)
+            if events:
+                self._write(connection, pipeline, rows, events, versions)
+            return events
+
     def _apply_single(self, pipeline: str, scope: str, key: str, plan: Plan) -> Sequence[Event] | None:
         """:meth:`apply` of one key without a lock: read its row (or recall it), plan, write it if unchanged.
 
@@ -309,7 +345,12 @@ class PostgresStore(CheckpointStore):
         identity = (pipeline, scope, key)
         with self._lock:
             recalled = self._versions.pop(identity, None)
-            row, version = recalled if recalled is not None else self._read_versioned(identity)
+            if recalled is None:
+                inserted, row, version = self._insert_first(identity, plan)
+                if inserted is not None:
+                    return inserted
+            else:
+                row, version = recalled
             try:
                 events = plan({} if row is None else {key: row})
             except Exception:
@@ -341,6 +382,34 @@ class PostgresStore(CheckpointStore):
             if left is not None:
                 self._remember(identity, left, written[0][0])
             return events
+
+    def _insert_first(
+        self, identity: tuple[str, str, str], plan: Plan
+    ) -> tuple[Sequence[Event] | None, Row | None, str | None]:
+        """A mark of a key this store does not recall: plan it on no row and insert it (:data:`_FIRST_MARK_SQL`).
+
+        Returns the events when the row was inserted, else (None, the stored row, its version)
+        to plan on. A plan that no row refuses (a completion) or that inserts nothing reads
+        the row first, as does a row another writer inserts in the same moment.
+        """
+        try:
+            events = plan({})
+        except Exception:
+            return None, *self._read_versioned(identity)
+        left = row_after(events[-1]) if len(events) == 1 else None
+        if left is None:
+            return None, *self._read_versioned(identity)
+        columns = event_columns(events, _EVENT_ONLY)
+        params = [*(left[column] for column in ROW_COLUMNS), *(columns[column][0] for column in _EVENT_ONLY), *identity]
+        with self._errors():
+            found = self._live_connection().execute(_FIRST_MARK_SQL, params).fetchall()
+        if not found:
+            return None, *self._read_versioned(identity)
+        inserted, version, *values = found[0]
+        if inserted:
+            self._remember(identity, left, version)
+            return events, None, None
+        return None, dict(zip(ROW_COLUMNS, values)), version
 
     def _read_versioned(self, identity: tuple[str, str, str]) -> tuple[Row | None, str | None]:
         with self._errors():
@@ -453,13 +522,22 @@ class PostgresStore(CheckpointStore):
             with connection.transaction():
                 yield connection
 
-    def _write(self, connection: Any, pipeline: str, rows: dict[str, Row], events: Sequence[Event]) -> None:
+    def _write(
+        self,
+        connection: Any,
+        pipeline: str,
+        rows: dict[str, Row],
+        events: Sequence[Event],
+        versions: dict[str, str] | None = None,
+    ) -> None:
         """Append ``events`` and write the rows they leave, in the caller's transaction.
 
         A few rows travel as array parameters of one statement each; a batch is copied into
         temporary tables first (COPY is several times faster than arrays of 100k values).
+        With ``versions`` (rows read unlocked, by key), a row whose version changed is not
+        written and the transaction is planned again.
         """
-        if len(events) < _COPY_FROM:
+        if versions is None and len(events) < _COPY_FROM:
             inserted, updated, deleted = written_rows(rows, events)
             connection.execute(_EVENT_INSERT_SQL, [[event[c] for event in events] for c in _EVENT_COLUMNS])
             count = 0
@@ -469,63 +547,95 @@ class PostgresStore(CheckpointStore):
                 connection.execute(_ROW_UPDATE_SQL, [[row[c] for row in updated] for c in ROW_COLUMNS])
             expected = len(inserted)
         else:
-            count, expected, deleted = self._write_batch(connection, rows, events)
+            count, expected, deleted = self._write_batch(connection, rows, events, versions)
         if count != expected:
-            raise ConcurrentChange(f"{expected - count} rows were inserted by another writer")
-        if deleted:
+            raise ConcurrentChange(f"{expected - count} rows were written by another writer")
+        if deleted and versions is not None:
+            kept = connection.execute(
+                "DELETE FROM checkpoints c USING unnest(%s::text[], %s::text[]) AS d(key, version) "
+                "WHERE c.pipeline = %s AND c.scope = %s AND c.key = d.key AND c.xmin = d.version::xid",
+                [deleted, [versions[key] for key in deleted], pipeline, events[0]["scope"]],
+            ).rowcount
+            if kept != len(deleted):
+                raise ConcurrentChange(f"{len(deleted) - kept} rows to clear were written by another writer")
+        elif deleted:
             connection.execute(
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
 
-    def _write_batch(self, connection: Any, rows: dict[str, Row], events: Sequence[Event]) -> tuple[int, int, list[str]]:
+    def _write_batch(
+        self, connection: Any, rows: dict[str, Row], events: Sequence[Event], versions: dict[str, str] | None
+    ) -> tuple[int, int, list[str]]:
         """A bulk write: one COPY of the varying columns, then set-based INSERTs and UPDATE from it.
 
         The columns with one value for the batch are parameters of those statements, not COPY
         data. The table is analyzed once loaded, so the planner joins 100k rows by hash rather
         than by a nested loop the statistics of a small ``checkpoints`` table would suggest.
-        Returns (rows inserted, rows meant to be inserted, keys deleted).
+        With ``versions`` the UPDATE writes only rows still at the version read. Returns (rows
+        written, rows meant to be written, keys deleted).
         """
         columns, deleted = batch_columns(rows, events)
-        constant, varying = split_constant(columns)
+        if versions is not None:
+            columns[VERSION] = [versions.get(key) for key in columns["key"]]
+        constant, varying, stored = split_constant(columns)
         connection.execute(_BATCH_TABLE_SQL)
         self._copy(connection, f"osaa_batch_items ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in varying)})", varying)
         connection.execute("ANALYZE osaa_batch_items")
 
         def values(names: Sequence[str]) -> tuple[list[str], list[Any]]:
-            """SQL of each column (from the table, or a parameter when constant) and the parameters."""
+            """SQL of each column (from the table, the stored row, or a parameter when constant) and the parameters."""
             sql, params = [], []
             for name in names:
                 if name in varying:
                     sql.append(f'b."{name}"')
+                elif name in stored:
+                    sql.append(f'c."{_EVENT_FROM_ROW.get(name, name)}"')
                 else:
                     sql.append(f"%s::{_SQL_TYPES.get(name, 'text')}")
                     params.append(constant[name])
             return sql, params
 
+        key_sql, key_params = values(_ROW_KEY)
+        matches = " AND ".join(f"c.{column} = {sql}" for column, sql in zip(_ROW_KEY, key_sql))
         event_sql, event_params = values(_EVENT_COLUMNS)
+        source = "osaa_batch_items b"
+        if stored:
+            # Columns the batch left as stored are read from the rows, before they are written.
+            source += f" JOIN checkpoints c ON {matches}"
+            event_params += key_params
         connection.execute(
-            f"INSERT INTO checkpoint_events ({_EVENT_NAMES}) SELECT {', '.join(event_sql)} FROM osaa_batch_items b",
-            event_params,
+            f"INSERT INTO checkpoint_events ({_EVENT_NAMES}) SELECT {', '.join(event_sql)} FROM {source}", event_params
         )
-        row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
         (write_sql,), write_params = values([WRITE])
         writes = columns[WRITE]
-        expected, count = writes.count(INSERT), 0
-        if expected:
+        if stored and set(writes) != {UPDATE}:
+            raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
+        inserts = expected = writes.count(INSERT)
+        count = 0
+        if inserts:
+            row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in ROW_COLUMNS])
             count = connection.execute(
                 f"INSERT INTO checkpoints ({_ROW_SELECT}) SELECT {', '.join(row_sql)} FROM osaa_batch_items b "
                 f"WHERE {write_sql} = '{INSERT}' ON CONFLICT DO NOTHING",
                 row_params + write_params,
             ).rowcount
         if UPDATE in writes:
-            key_sql, key_params = values(_ROW_KEY)
-            matches = " AND ".join(f"c.{column} = {sql}" for column, sql in zip(_ROW_KEY, key_sql))
-            connection.execute(
-                f"UPDATE checkpoints c SET ({_ROW_SELECT}) = ({', '.join(row_sql)}) FROM osaa_batch_items b "
-                f"WHERE {matches} AND {write_sql} = '{UPDATE}'",
-                row_params + key_params + write_params,
-            )
+            # Set what the batch changes: not the key (it matched), not what it left as stored.
+            changed = [c for c in ROW_COLUMNS if c not in _ROW_KEY and ROW_FROM_EVENT.get(c, c) not in stored]
+            row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in changed])
+            unchanged, version_params = "", []
+            if versions is not None:
+                (version_sql,), version_params = values([VERSION])
+                unchanged = f" AND c.xmin = ({version_sql})::xid"
+            updated = connection.execute(
+                f"UPDATE checkpoints c SET ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in changed)}) = "
+                f"ROW({', '.join(row_sql)}) FROM osaa_batch_items b WHERE {matches} AND {write_sql} = '{UPDATE}'"
+                + unchanged,
+                row_params + key_params + write_params + version_params,
+            ).rowcount
+            if versions is not None:
+                count, expected = count + updated, expected + writes.count(UPDATE)
         return count, expected, deleted
 
     @staticmethod

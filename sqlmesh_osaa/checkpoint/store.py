@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS, TRANSITION
-from sqlmesh_osaa.checkpoint.transitions import Event, Row, RunIdentity, event_columns, row_after
+from sqlmesh_osaa.checkpoint.transitions import STORED, Event, Row, RunIdentity, event_columns, row_after
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,15 @@ MAX_APPLY_ATTEMPTS = 20
 
 @dataclass(frozen=True)
 class Keys:
-    """The rows of these keys of one scope (absent keys are pending items)."""
+    """The rows of these keys of one scope (absent keys are pending items).
+
+    ``columns``: the only row columns the plan reads (None: all). A backend may read more;
+    its bulk path reads only those, and the fold leaves the others :data:`STORED`.
+    """
 
     scope: str
     keys: Sequence[str]
+    columns: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,20 +275,23 @@ def batch_columns(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[dic
     return columns, deleted
 
 
-def split_constant(columns: Mapping[str, list[Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """(columns with one value for the whole batch, columns that vary): only the latter travel per row.
+def split_constant(columns: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]], list[str]]:
+    """(columns with one value for the whole batch, columns that vary, :data:`STORED` columns).
 
     In a batch most columns are one value (the same change, time and run), so a bulk load
-    sends those once, in its SQL, and loads only keys, paths and fingerprints row by row.
-    The key always varies, so a load is never of zero columns.
+    sends those once, in its SQL, and loads only keys, paths and fingerprints row by row;
+    a STORED column is not sent at all (the SQL takes it from the stored row). The key
+    always varies, so a load is never of zero columns.
     """
-    constant, varying = {}, {}
+    constant, varying, stored = {}, {}, []
     for name, values in columns.items():
-        if name != "key" and values.count(values[0]) == len(values):
+        if values is STORED:
+            stored.append(name)
+        elif name != "key" and values.count(values[0]) == len(values):
             constant[name] = values[0]
         else:
             varying[name] = values
-    return constant, varying
+    return constant, varying, stored
 
 
 PRUNE_ROWS_SQL = f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?"

@@ -86,11 +86,25 @@ _NO_ROW: Row = {
 }
 
 
+class _Stored:
+    """The type of :data:`STORED`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "STORED"
+
+
+# An event column that is, for every item of a fold, what the item's stored row holds: the
+# plan did not read it (:func:`completion_reads`), so a bulk write takes it from the row in SQL.
+STORED = _Stored()
+
+
 class Events(Sequence[Event]):
     """The events of one fold, held column by column (a list of dicts on demand).
 
     A batch of 100k items reaches a backend's bulk load as columns, with no per-item
-    event object on the way.
+    event object on the way. A column may be :data:`STORED` (not read, left as stored).
     """
 
     __slots__ = ("columns",)
@@ -110,7 +124,7 @@ class Events(Sequence[Event]):
     def __getitem__(self, index: int | slice) -> Event | list[Event]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return {column: values[index] for column, values in self.columns.items()}
+        return {column: values if values is STORED else values[index] for column, values in self.columns.items()}
 
 
 def event_columns(events: Sequence[Event], columns: Sequence[str]) -> dict[str, list[Any]]:
@@ -118,6 +132,22 @@ def event_columns(events: Sequence[Event], columns: Sequence[str]) -> dict[str, 
     if isinstance(events, Events):
         return {column: events.columns[column] for column in columns}
     return {column: [event[column] for event in events] for column in columns}
+
+
+def completion_reads(file_paths: Sequence[str | None], metadata: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The row columns :func:`fold` reads to complete items: the rest of an event is set or :data:`STORED`.
+
+    A completion sets the fingerprint, times, owner and error fields and carries the rest
+    (attempt, start time, metadata without a merge) unchanged, so a batch of completions
+    need not read those from the store: only the status (to check the transition), the
+    recorded path of items completed without one, and the metadata when some is merged.
+    """
+    columns = ["key", "status"]
+    if None in file_paths:
+        columns.append("file_path")
+    if metadata:
+        columns.append("metadata")
+    return tuple(columns)
 
 
 def fold(
@@ -134,12 +164,21 @@ def fold(
     The one fold: a single mark is a batch of one (:func:`advance`). Each event carries the
     state its item is left in (the row is :func:`row_after` of it); ``file_paths`` and
     ``prints`` (the fingerprints of a completion) vary per item, the rest of ``change`` is
-    shared. Computed column by column, so a batch builds no object per item.
+    shared. Computed column by column, so a batch builds no object per item. Rows read
+    with only some columns (a bulk read of :func:`completion_reads`) leave the columns the
+    change carries from them :data:`STORED`.
     """
     count = len(keys)
     bases = [_NO_ROW if old is None else old for old in olds]
+    # Rows read without some columns (completion_reads): those are carried as STORED.
+    sample = next((base for base in bases if base is not _NO_ROW), _NO_ROW)
+    partial = not _NO_ROW.keys() <= sample.keys()
 
-    def carried(column: str) -> list[Any]:
+    def carried(column: str) -> list[Any] | _Stored:
+        if partial and column not in sample:
+            if any(base is _NO_ROW for base in bases):
+                raise ValueError(f"a fold of rows read without {column!r} includes items without a row")
+            return STORED
         return [base[column] for base in bases]
 
     def same(value: Any) -> list[Any]:
@@ -153,12 +192,16 @@ def fold(
         status, to_status = None, from_status
         run_id, pid, host = carried("run_id"), carried("owner_pid"), carried("owner_host")
     paths = same(change.file_path) if file_paths is None else file_paths
-    columns: dict[str, list[Any]] = {
+    columns: dict[str, list[Any] | _Stored] = {
         "pipeline": same(pipeline),
         "scope": same(scope),
         "key": list(keys),
         "kind": same(change.kind),
-        "file_path": [path if path is not None else base["file_path"] for path, base in zip(paths, bases)],
+        "file_path": (
+            list(paths)
+            if None not in paths
+            else [path if path is not None else base["file_path"] for path, base in zip(paths, bases)]
+        ),
         "from_status": from_status,
         "to_status": to_status,
         "at": same(change.at),
@@ -198,8 +241,12 @@ def fold(
     return Events(columns)
 
 
-def _merged_column(old: list[str | None], new: Mapping[str, Any] | None) -> list[str]:
-    """:func:`merged_metadata` of each stored value, computed once per distinct value."""
+def _merged_column(old: list[str | None] | _Stored, new: Mapping[str, Any] | None) -> list[str] | _Stored:
+    """:func:`merged_metadata` of each stored value, computed once per distinct value (unread: left as stored)."""
+    if old is STORED:
+        if new:
+            raise ValueError("metadata is merged into rows read without it")
+        return STORED
     merged: dict[str | None, str] = {}
     return [merged[value] if value in merged else merged.setdefault(value, merged_metadata(value, new)) for value in old]
 
