@@ -144,7 +144,7 @@ class CheckpointSettings(Section):
     retention_days: int = setting(30, ge=1)
     sync: SyncSettings = setting(default_factory=SyncSettings)
     # SQLMesh integration: how long a MODEL checkpoint may wait in memory for its batch commit.
-    model_flush_seconds: float = setting(10.0, ge=0)
+    model_flush_seconds: float = setting(60.0, ge=0)
 
     def _check(self) -> None:
         if self.backend == "postgres" and not self.dsn:

@@ -27,6 +27,7 @@ from sqlmesh.core.config.connection import BaseDuckDBConnectionConfig
 from sqlmesh_osaa.duckdb_storage import configure_object_storage
 from sqlmesh_osaa.exceptions import PipelineBaseError
 from sqlmesh_osaa.integration import runtime
+from sqlmesh_osaa.integration.sqlmesh_patches import uses_extension
 from sqlmesh_osaa.settings import StorageSettings
 
 _log = logging.getLogger(__name__)
@@ -79,10 +80,16 @@ def configure_adapter(engine_adapter: t.Any, storage: StorageSettings) -> None:
 
 
 def _project_storage() -> StorageSettings | None:
-    """The active runtime's storage settings, or the CLI project's; None outside a project using the package."""
+    """The active runtime's storage settings, or the CLI project's; None outside a project using the package.
+
+    A project whose ``before_all`` does not enable the extension gets no settings read at all.
+    """
     rt = runtime.current()
     if rt is not None:
         return rt.settings.storage
+    context = runtime.sqlmesh_cli_context_object()
+    if context is None or not uses_extension(context):
+        return None
     variables, project_dir, _ = runtime.sqlmesh_cli_context()
     if project_dir is None:
         return None

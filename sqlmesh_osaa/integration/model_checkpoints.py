@@ -30,7 +30,7 @@ When the integration is not active in the process the wrapper only calls through
 durable commit on the evaluation path: it is buffered (``runtime.Runtime.model_changes``)
 and written in one transaction by :func:`make_durable`, which runs before publication
 (``@osaa_after_all()``, the catch-up after the command), at the end of the command, at exit,
-and whenever a change has waited ``DEFAULT_MAX_DELAY_SECONDS``. A failure is made durable at
+and whenever a change has waited ``checkpoint.model_flush_seconds`` (60 s). A failure is made durable at
 once (rare, and what operators list). A process killed before a flush loses the buffered
 starts and completions only: SQLMesh re-evaluates an interval it did not record, and the
 next command's reconciliation rebuilds the completion of each interval the dead run recorded

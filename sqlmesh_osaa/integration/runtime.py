@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,18 +153,17 @@ def project_settings(variables: Mapping[str, Any] | None, project_dir: str | Pat
 def _load(variables: Mapping[str, Any] | None, project_dir: Path) -> OsaaSettings:
     """Settings from the project's variables, never reading the project's config.yaml as a settings file.
 
-    ``load_settings`` reads ``config.yaml`` in the working directory, which here is the SQLMesh
-    project's own config: SQLMesh renders it with Jinja before parsing, so it need not be plain
-    YAML, and its ``variables: osaa:`` arrive already parsed in ``variables``. An empty
-    settings file stands in for it; ``OSAA_CONFIG`` still names a real one.
+    ``load_settings`` reads ``config.yaml`` in the working directory only when it gets no
+    variables; here that file is the SQLMesh project's own config: SQLMesh renders it with
+    Jinja before parsing, so it need not be plain YAML, and its ``variables: osaa:`` arrive
+    already parsed in ``variables``. So inside the project the variables are passed even
+    when empty (no file is read, PyYAML is not imported); ``OSAA_CONFIG`` still names a real
+    settings file.
     """
     in_project = Path.cwd().resolve() == project_dir.resolve()
     if os.environ.get(CONFIG_ENV_VAR) or not in_project or not (Path.cwd() / DEFAULT_CONFIG_FILE).exists():
         return load_settings(variables)
-    with tempfile.TemporaryDirectory(prefix="osaa-settings-") as workdir:
-        empty = Path(workdir) / "settings.yaml"
-        empty.write_text("{}\n", encoding="utf-8")
-        return load_settings(variables, config_path=empty)
+    return load_settings(variables or {})
 
 
 def resolve_paths(settings: OsaaSettings, project_dir: Path) -> OsaaSettings:
