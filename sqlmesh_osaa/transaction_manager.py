@@ -140,6 +140,10 @@ class UploadOutcome:
     error: BaseException | None = None
 
 
+def _md5_and_size(path: str | Path) -> tuple[str, int]:
+    return file_md5(path), Path(path).stat().st_size
+
+
 def _store_for(bucket_name: str | None, settings: OsaaSettings) -> ObjectStore:
     """A bare bucket name means S3 through boto3's standard configuration, as in the seed."""
     if bucket_name is None:
@@ -407,16 +411,15 @@ class TransactionManager:
         """
         common = {"source_path": upload.tracked_path, "fingerprint": upload.fingerprint}
         try:
-            if not accepting or upload.key in self._base:
-                md5, size = file_md5(upload.local_path), Path(upload.local_path).stat().st_size
-                if not accepting:
-                    return UploadOutcome(upload, StagedPut(upload.key, None, md5, size, **common))
+            if not accepting:
+                return UploadOutcome(upload, StagedPut(upload.key, None, *_md5_and_size(upload.local_path), **common))
+            md5 = None
+            if upload.key in self._base:
+                md5, size = _md5_and_size(upload.local_path)
                 version = self._unchanged(upload.key, md5, self._production_md5(upload.key))
                 if version is not None:
                     put = StagedPut(upload.key, None, md5, size, version=version, **common)
                     return UploadOutcome(upload, self._add(put))
-            else:
-                md5 = None
             staged_key = self.staging_root + upload.key
             info = self._retry(
                 lambda: self.store.put_file(

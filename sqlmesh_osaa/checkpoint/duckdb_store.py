@@ -59,10 +59,11 @@ from sqlmesh_osaa.checkpoint.store import (
     RowFilter,
     Target,
     batch_columns,
+    check_stored,
     split_constant,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity
+from sqlmesh_osaa.checkpoint.transitions import EVENT_FROM_ROW, ROW_FROM_EVENT, Event, Row, RunIdentity
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory, categorize_error
 from sqlmesh_osaa.fault_points import fault_point
 
@@ -181,7 +182,6 @@ _ROW_BULK_INSERT_SQL = (
     f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
     f"WHERE {WRITE} = '{INSERT}'"
 )
-_EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
 # An UPDATE by item_id never changes these.
 _IDENTITY = ("pipeline", "scope", "key")
 
@@ -201,7 +201,7 @@ def _bulk_event_sql(frame: str, stored: Collection[str]) -> str:
     if not stored:
         return f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) SELECT {_EVENT_INSERT} FROM {frame}"
     selected = ", ".join(
-        f'c."{_EVENT_FROM_ROW.get(column, column)}"' if column in stored else f'b."{column}"'
+        f'c."{EVENT_FROM_ROW.get(column, column)}"' if column in stored else f'b."{column}"'
         for column in EVENT_LOG_COLUMNS[1:]
     )
     return (
@@ -455,7 +455,7 @@ class DuckDBStore(CheckpointStore):
     def _apply_once(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         with self._transaction() as connection:
             if isinstance(target, Keys):
-                rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, True, target.columns)
+                rows = self._rows_of_keys(connection, pipeline, target.scope, target.keys, True, target.read_columns())
             else:
                 rows = self._rows_of_filter(connection, pipeline, target)
             events = plan(rows)
@@ -627,7 +627,7 @@ class DuckDBStore(CheckpointStore):
         scope: str,
         keys: Sequence[str],
         cached: bool,
-        columns: Sequence[str] | None = None,
+        columns: Sequence[str] = ROW_COLUMNS,
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
@@ -646,7 +646,7 @@ class DuckDBStore(CheckpointStore):
                 found = connection.execute(_ROW_BY_ID_SQL.format(id=sql_literal(identity))).fetchall()
                 row = dict(zip(ROW_COLUMNS, found[0])) if found else None
             return {} if row is None else {key: dict(row)}
-        names = ROW_COLUMNS if columns is None or len(keys) < _BULK_FROM else ("key", *(c for c in columns if c != "key"))
+        names = ROW_COLUMNS if len(keys) < _BULK_FROM else columns
         sql = _ROWS_OF_KEYS_SQL.format(
             columns=", ".join(names),
             prefix=sql_literal(item_id(pipeline, scope, "")),
@@ -678,8 +678,7 @@ class DuckDBStore(CheckpointStore):
             columns, deleted = batch_columns(rows, events)
             constant, varying, stored = split_constant(columns)
             writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
-            if stored and writes != {UPDATE}:
-                raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
+            check_stored(stored, writes)
             with _batch_table(connection, constant, varying) as name:
                 connection.execute(_bulk_event_sql(name, stored))
                 if INSERT in writes:

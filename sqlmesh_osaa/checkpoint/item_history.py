@@ -237,6 +237,7 @@ def _matching_by_other_rules(
     ]
     return [tuple(values) for values in store.read(sql, params)]
 
+
 def newest_completion(store: CheckpointStore, pipeline: str) -> datetime | None:
     """``completed_at`` of the pipeline's most recently updated completed row (ties: the first by scope, key)."""
     completed = f"pipeline = ? AND status = '{COMPLETED}'"

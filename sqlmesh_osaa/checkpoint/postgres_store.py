@@ -41,11 +41,20 @@ from sqlmesh_osaa.checkpoint.store import (
     RowFilter,
     Target,
     batch_columns,
+    check_stored,
     refuse_if_forked,
     split_constant,
     written_rows,
 )
-from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, Event, Row, RunIdentity, event_columns, row_after
+from sqlmesh_osaa.checkpoint.transitions import (
+    EVENT_FROM_ROW,
+    ROW_FROM_EVENT,
+    Event,
+    Row,
+    RunIdentity,
+    event_columns,
+    row_after,
+)
 from sqlmesh_osaa.exceptions import CheckpointError, ConfigurationError, ErrorCategory, categorize_error
 from sqlmesh_osaa.settings import describe_dsn, dsn_password_problem
 
@@ -146,10 +155,9 @@ _SINGLE_MARK_SQL = _MARK_CTE + " SELECT * FROM w"
 # The events of a single mark: one that leaves a row is that row (row_after) plus what only an
 # event holds, taken from the row written, so its values are sent once; more travel as arrays.
 _EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
-_EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
 _ONE_EVENT = (
     "(SELECT "
-    + ", ".join("%s::text" if c in _EVENT_ONLY else f'w."{_EVENT_FROM_ROW.get(c, c)}"' for c in _EVENT_COLUMNS)
+    + ", ".join("%s::text" if c in _EVENT_ONLY else f'w."{EVENT_FROM_ROW.get(c, c)}"' for c in _EVENT_COLUMNS)
     + " FROM w) AS one"
 )
 _EVENTS = _unnest(_EVENT_COLUMNS)
@@ -316,7 +324,7 @@ class PostgresStore(CheckpointStore):
         rolls the whole transaction back and the plan runs again (:class:`ConcurrentChange`).
         Only the columns the plan reads are read (``target.columns``).
         """
-        names = ROW_COLUMNS if target.columns is None else ("key", *(c for c in target.columns if c != "key"))
+        names = target.read_columns()
         index = names.index("key")
         with self._transaction() as connection:
             found = connection.execute(
@@ -590,7 +598,7 @@ class PostgresStore(CheckpointStore):
                 if name in varying:
                     sql.append(f'b."{name}"')
                 elif name in stored:
-                    sql.append(f'c."{_EVENT_FROM_ROW.get(name, name)}"')
+                    sql.append(f'c."{EVENT_FROM_ROW.get(name, name)}"')
                 else:
                     sql.append(f"%s::{_SQL_TYPES.get(name, 'text')}")
                     params.append(constant[name])
@@ -609,8 +617,7 @@ class PostgresStore(CheckpointStore):
         )
         (write_sql,), write_params = values([WRITE])
         writes = columns[WRITE]
-        if stored and set(writes) != {UPDATE}:
-            raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
+        check_stored(stored, writes)
         inserts = expected = writes.count(INSERT)
         count = 0
         if inserts:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,12 @@ class Keys:
     scope: str
     keys: Sequence[str]
     columns: Sequence[str] | None = None
+
+    def read_columns(self) -> tuple[str, ...]:
+        """The row columns a bulk read of these keys selects: ``columns``, key first, else every column."""
+        if self.columns is None:
+            return ROW_COLUMNS
+        return ("key", *(column for column in self.columns if column != "key"))
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,12 @@ def split_constant(columns: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
         else:
             varying[name] = values
     return constant, varying, stored
+
+
+def check_stored(stored: Sequence[str], writes: Iterable[str]) -> None:
+    """A STORED column is read from the row an UPDATE writes: a batch that inserts or deletes has none."""
+    if stored and set(writes) != {UPDATE}:
+        raise ValueError(f"a batch leaves {stored} as stored but writes rows that are not stored")
 
 
 PRUNE_ROWS_SQL = f"DELETE FROM checkpoints WHERE pipeline = ? AND status = '{COMPLETED}' AND updated_at < ?"

@@ -258,6 +258,8 @@ def advance(pipeline: str, scope: str, key: str, old: Row | None, change: Change
 
 # How a row's columns are named in the event that leaves it (the others have the same name).
 ROW_FROM_EVENT = {"status": "to_status", "owner_pid": "pid", "owner_host": "host", "updated_at": "at"}
+# The row column each of those event columns is written to.
+EVENT_FROM_ROW = {event: row for row, event in ROW_FROM_EVENT.items()}
 
 
 def row_after(event: Mapping[str, Any]) -> Row | None:
