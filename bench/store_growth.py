@@ -64,12 +64,12 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
         f"""INSERT INTO checkpoint_events (pipeline, scope, key, file_path, from_status, to_status, "at", attempt, run_id, pid,
                 host, error_message, error_category, kind, checksum, file_size, file_mtime_ns, metadata, started_at, completed_at)
         SELECT '{PIPELINE}', 'file', {key}, NULL,
-               CASE WHEN j = 0 THEN 'pending' WHEN j % 2 = 1 THEN 'in_progress' WHEN (j / 2) % 2 = 1 THEN 'failed' ELSE 'completed' END,
+               CASE WHEN j = 0 THEN 'pending' WHEN j % 2 = 1 THEN 'in_progress' WHEN (j // 2) % 2 = 1 THEN 'failed' ELSE 'completed' END,
                CASE WHEN j % 2 = 0 THEN 'in_progress'
                     WHEN j = {events_per_item - 1} THEN CASE WHEN {failed} THEN 'failed' ELSE 'completed' END
-                    WHEN (j / 2) % 2 = 0 THEN 'failed' ELSE 'completed' END,
-               {at}, j / 2 + 1, 'run-' || (j / 2)::VARCHAR, 4242, 'bench-host',
-               CASE WHEN j % 2 = 1 AND ((j = {events_per_item - 1} AND {failed}) OR (j < {events_per_item - 1} AND (j / 2) % 2 = 0))
+                    WHEN (j // 2) % 2 = 0 THEN 'failed' ELSE 'completed' END,
+               {at}, j // 2 + 1, 'run-' || (j // 2)::VARCHAR, 4242, 'bench-host',
+               CASE WHEN j % 2 = 1 AND ((j = {events_per_item - 1} AND {failed}) OR (j < {events_per_item - 1} AND (j // 2) % 2 = 0))
                     THEN 'HTTP 503: service unavailable' END,
                NULL, 'transition', md5(i::VARCHAR), 1000 + i, 1700000000000000000 + i, {metadata}, {at}, NULL
         FROM range({items}) r(i), range({events_per_item}) e(j) ORDER BY i, j"""

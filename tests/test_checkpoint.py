@@ -921,3 +921,12 @@ def test_a_batch_keeps_awkward_values_and_nulls_exactly(store: PipelineCheckpoin
         assert row is not None
         assert (row["status"], row["file_path"], row["checksum"]) == ("completed", path, f"md5-{key}")
         assert row["error_message"] is None
+
+
+def test_the_duckdb_store_uses_the_objects_the_duckdb_package_exports() -> None:
+    """The store imports DuckDB's extension module itself (start-up): the package must re-export its objects."""
+    import _duckdb
+    import duckdb
+
+    for name in ("connect", "DuckDBPyConnection", "Error", "IOException", "CatalogException"):
+        assert getattr(duckdb, name) is getattr(_duckdb, name), name

@@ -42,7 +42,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
+# DuckDB's extension module, which the ``duckdb`` package re-exports: every name used here
+# is the same object there. The package adds Python wrappers this store does not use and, at
+# import, looks up its own version through importlib.metadata (the email package, zipfile,
+# a scan of site-packages): about 70 ms of every command's start (docs/performance.md,
+# "Store growth"). tests/test_checkpoint.py checks that the package exports these objects.
+import _duckdb as duckdb
 
 from sqlmesh_osaa import skip_index
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
@@ -569,6 +574,8 @@ class DuckDBStore(CheckpointStore):
         # Checkpoint statements are small: a second DuckDB thread only added scheduling
         # overhead when measured (docs/performance.md) and competes with the pipeline's work.
         connection.execute("SET threads = 1")
+        if self._layout_is_current(connection):
+            return
         connection.begin()
         try:
             columns = {
@@ -595,6 +602,19 @@ class DuckDBStore(CheckpointStore):
                 self.db_path,
                 SCHEMA_VERSION,
             )
+
+    @staticmethod
+    def _layout_is_current(connection: duckdb.DuckDBPyConnection) -> bool:
+        """One cheap read instead of the schema statements: the version row is written with the tables.
+
+        A file without ``checkpoint_schema`` is new or of layout 1; asking ``information_schema``
+        and running the statements on every open cost a read-only command about 30 ms.
+        """
+        try:
+            found = connection.execute("SELECT max(version) FROM checkpoint_schema").fetchone()
+        except duckdb.CatalogException:
+            return False
+        return found is not None and found[0] == SCHEMA_VERSION
 
     def _live_connection(self) -> duckdb.DuckDBPyConnection:
         if self._connection is None:

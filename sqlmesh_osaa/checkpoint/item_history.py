@@ -9,7 +9,7 @@ whatever the number of items), in SQL both backends run:
   failure after its last completion);
 - :func:`recovery_spells`: spells that ended in a completion (failure -> completion), the
   longest first; :func:`superseded_failures`: items a later success superseded, with their
-  last such spell;
+  last such spell (the rows are asked first: when none was superseded the log is not read);
 - :func:`events_of`: every event of a set of items, oldest first;
 - :func:`matching_items`: the items a ``--key`` names (whole key, model name, file path or
   key prefix), the first rule that matches winning per pipeline;
@@ -140,6 +140,9 @@ def superseded_failures(store: CheckpointStore, pipelines: Sequence[str], scope:
     if not pipelines:
         return []
     condition, params = _completed_items(pipelines, scope, _resolved(store, "c.metadata"))
+    # Usually no item was superseded: a look at the rows alone then spares the scan of the log.
+    if not store.read(f"SELECT 1 FROM checkpoints c WHERE {condition} LIMIT 1", params):
+        return []
     resolved = store.metadata_field("c.metadata", "resolved_by")
     items = f"""SELECT c.pipeline, c.scope, c.key, c.updated_at, c.completed_at, {resolved} AS resolved_by
                 FROM checkpoints c WHERE {condition} ORDER BY c.updated_at DESC, c.pipeline, c.scope, c.key LIMIT ?"""

@@ -234,7 +234,7 @@ def _is_damaged_database(error: BaseException | None) -> bool:
     Without DuckDB imported no error can be DuckDB's: a command that never opened the file
     (click's exit included, which passes through here) does not import it to find out.
     """
-    duckdb = sys.modules.get("duckdb")
+    duckdb = sys.modules.get("_duckdb")  # DuckDB's extension module, loaded by the checkpoint store and the package alike
     return duckdb is not None and isinstance(error, duckdb.IOException) and "lock" not in str(error).lower()
 
 

@@ -28,7 +28,17 @@ sys.argv = ["{prog}", *sys.argv[1:]]
 """
 
 NEVER = ("pandas", "numpy", "pyarrow", "boto3", "botocore", "sqlmesh", "pydantic", "yaml")
-NOT_FOR_READS = ("tenacity", "rich", "sqlmesh_osaa.storage", "sqlmesh_osaa.error_handler", "sqlmesh_osaa.ingest")
+# The checkpoint store loads DuckDB's extension module (_duckdb), not the package around it,
+# whose import looks up its version through importlib.metadata.
+NOT_FOR_READS = (
+    "tenacity",
+    "rich",
+    "sqlmesh_osaa.storage",
+    "sqlmesh_osaa.error_handler",
+    "sqlmesh_osaa.ingest",
+    "duckdb",
+    "importlib.metadata",
+)
 NOT_FOR_UNCHANGED = (
     "tenacity",
     "rich",
@@ -104,7 +114,7 @@ def test_an_unchanged_rerun_answered_by_the_skip_index_loads_neither_duckdb_nor_
     [["list-failed", "--json"], ["stats", "--json"], ["history", "--key", "prod/landing/sdg/series_0.parquet", "--json"]],
     ids=lambda args: args[0],
 )
-def test_recovery_reads_load_no_settings_library_storage_or_retries(
+def test_recovery_reads_load_no_settings_library_storage_retries_or_duckdb_package(
     args: list[str], environ: dict[str, str], raw_dir: Path, tmp_path: Path
 ) -> None:
     command("ingest_main", "osaa-ingest", [str(raw_dir), "--json"], environ, tmp_path)
