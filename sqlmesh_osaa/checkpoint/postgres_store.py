@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
@@ -174,6 +175,8 @@ _FIRST_MARK_SQL = _mark_sql(
     f"UNION ALL SELECT false, xmin::text, {_ROW_SELECT} FROM checkpoints "
     "WHERE pipeline = %s AND scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM w)",
 )
+# A row's values in the order of ROW_COLUMNS, the single marks' parameters.
+_ROW_VALUES_OF = itemgetter(*ROW_COLUMNS)
 # Rows (and their versions) single marks of this store last wrote; at most this many.
 _MAX_CACHED_ROWS = 4096
 _LIVE_LOCKS_SQL = """
@@ -381,7 +384,7 @@ class PostgresStore(CheckpointStore):
             if row is None and left is None:
                 return None
             write = NO_WRITE if left is None else (UPDATE if row is not None else INSERT)
-            params = [] if left is None else [left[column] for column in ROW_COLUMNS]
+            params = [] if left is None else [*_ROW_VALUES_OF(left)]
             if row is not None:
                 params += [*identity, version]
             one = len(events) == 1 and left is not None
@@ -411,7 +414,7 @@ class PostgresStore(CheckpointStore):
         if left is None:
             return None, *self._read_versioned(identity)
         columns = event_columns(events, _EVENT_ONLY)
-        params = [*(left[column] for column in ROW_COLUMNS), *(columns[column][0] for column in _EVENT_ONLY), *identity]
+        params = [*_ROW_VALUES_OF(left), *[values[0] for values in columns.values()], *identity]
         found = self._run_mark(_FIRST_MARK_SQL, params)
         if not found:
             return None, *self._read_versioned(identity)
@@ -427,12 +430,14 @@ class PostgresStore(CheckpointStore):
         The server then neither parses nor plans it again, and a cursor that runs the same
         query object again keeps its adapters (docs/performance.md).
         """
-        with self._errors():
-            connection = self._live_connection()
+        connection = self._live_connection()
+        try:
             cursor = self._cursors.get(sql)
             if cursor is None or cursor.connection is not connection:
                 cursor = self._cursors[sql] = connection.cursor()
             return cursor.execute(sql, params, prepare=True).fetchall()
+        except self._psycopg.Error as exc:
+            raise self._replan_or_error(exc) from exc
 
     def _read_versioned(self, identity: tuple[str, str, str]) -> tuple[Row | None, str | None]:
         found = self._run_mark(_VERSIONED_ROW_SQL, identity)
@@ -526,23 +531,22 @@ class PostgresStore(CheckpointStore):
             except self._psycopg.Error as exc:
                 raise self._error(exc) from exc
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _replan_or_error(self, exc: Exception) -> Exception:
         """Serialization failures and deadlocks as :class:`ConcurrentChange` (plan again), other errors named."""
-        try:
-            yield
-        except self._psycopg.Error as exc:
-            if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
-                raise ConcurrentChange(str(exc)) from exc
-            raise self._error(exc) from exc
+        if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
+            return ConcurrentChange(str(exc))
+        return self._error(exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """One PostgreSQL transaction on this store's connection; durable when the block returns."""
-        with self._lock, self._errors():
-            connection = self._live_connection()
-            with connection.transaction():
-                yield connection
+        with self._lock:
+            try:
+                connection = self._live_connection()
+                with connection.transaction():
+                    yield connection
+            except self._psycopg.Error as exc:
+                raise self._replan_or_error(exc) from exc
 
     def _write(
         self,
