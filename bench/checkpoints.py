@@ -40,6 +40,8 @@ from support.pgserver import PostgresServer  # noqa: E402
 FILE = CheckpointScope.FILE
 Figure = tuple[float, float | None]
 RUNNERS = 4
+# A runner opens its store before the window (imports, connection, lease), marks in it, and
+# reports when it began and ended (CLOCK_MONOTONIC, one clock for all processes) and its CPU.
 RUNNER = textwrap.dedent(
     """
     import sys, time
@@ -47,15 +49,24 @@ RUNNER = textwrap.dedent(
     dsn, name, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3])
     with PipelineCheckpoint("bench-runners", dsn=dsn) as store:
         store.completed_keys("file", ["warm-up"])
-        print("ready", flush=True)
+        (backend,) = store.store.read("SELECT pg_backend_pid()")[0]
+        print("ready", backend, flush=True)
         sys.stdin.readline()
-        began = time.perf_counter()
+        began, cpu = time.monotonic(), time.process_time()
         for i in range(pairs):
             store.mark_started("file", f"{name}/{i}")
             store.mark_completed("file", f"{name}/{i}")
-        print(time.perf_counter() - began, flush=True)
+        print(began, time.monotonic(), time.process_time() - cpu, flush=True)
+        sys.stdin.readline()  # the session (and its backend's CPU figures) stays until read
     """
 )
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far, from /proc (a server backend too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def timed(action: Callable[[], Any]) -> Figure:
@@ -146,9 +157,13 @@ def commit_latency(dsn: str, samples: int = 300) -> Figure:
 
 
 def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
-    """Marks per second of one runner process alone, then of RUNNERS processes at once, on one store."""
+    """Marks per second of one runner process alone, then of RUNNERS processes at once, on one store.
 
-    def run(count: int, tag: str) -> float:
+    Beside it, per mark: the runners' CPU, their server backends' CPU, and how much of the
+    window every runner was marking (1.0: they all began and ended together).
+    """
+
+    def run(count: int, tag: str) -> dict[str, float]:
         processes = [
             subprocess.Popen(
                 [sys.executable, "-c", RUNNER, dsn, f"{tag}-{i}", str(pairs)],
@@ -160,24 +175,39 @@ def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
             for i in range(count)
         ]
         try:
+            backends = []
             for process in processes:
-                assert process.stdout.readline().strip() == "ready"
+                word, backend = process.stdout.readline().split()
+                assert word == "ready"
+                backends.append(int(backend))
+            served = [process_cpu(backend) for backend in backends]
             began = time.perf_counter()
             for process in processes:
                 process.stdin.write("go\n")
                 process.stdin.flush()
-            for process in processes:
-                process.stdout.readline()
+            windows = [[float(value) for value in process.stdout.readline().split()] for process in processes]
             elapsed = time.perf_counter() - began
+            served = [process_cpu(backend) - before for backend, before in zip(backends, served)]
         finally:
             for process in processes:
                 process.kill()
                 process.wait()
-        return 2 * pairs * count / elapsed
+        marks = 2 * pairs * count
+        together = min(end for _, end, _ in windows) - max(start for start, _, _ in windows)
+        span = max(end for _, end, _ in windows) - min(start for start, _, _ in windows)
+        return {
+            "marks/s": marks / elapsed,
+            "client CPU ms/mark": 1000 * sum(cpu for _, _, cpu in windows) / marks,
+            "backend CPU ms/mark": 1000 * sum(served) / marks,
+            "all marking": together / span,
+        }
 
     alone = run(1, "alone")
     together = run(RUNNERS, "together")
-    return {"one runner, marks/s": alone, f"{RUNNERS} runners, marks/s": together, "ratio": together / alone}
+    figures = {f"one runner, {name}": value for name, value in alone.items() if name != "all marking"}
+    figures |= {f"{RUNNERS} runners, {name}": value for name, value in together.items()}
+    figures["ratio"] = together["marks/s"] / alone["marks/s"]
+    return figures
 
 
 def report(title: str, figures: dict[str, Figure], unit: str = "s") -> None:
@@ -232,7 +262,7 @@ def main() -> None:
         runners = bench_runners(server.create_database(), args.runner_marks // 2)
         print(f"\npostgres: {RUNNERS} runner processes on one store, {args.runner_marks} marks each (target: ratio >= 2.5)")
         for name, value in runners.items():
-            print(f"  {name:<50} {value:9.2f}")
+            print(f"  {name:<50} {value:9.3f}")
     finally:
         server.stop()
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

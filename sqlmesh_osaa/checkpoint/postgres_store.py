@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
@@ -139,35 +140,43 @@ _VERSIONED_ROW_SQL = f"SELECT xmin::text, {_ROW_SELECT} FROM checkpoints WHERE p
 _ROW_VALUES = ", ".join(f"%s::{_SQL_TYPES.get(c, 'text')}" for c in ROW_COLUMNS)
 _KEY_MATCHES = "pipeline = %s AND scope = %s AND key = %s AND xmin = %s::xid"
 _SINGLE_WRITE_SQL = {
-    INSERT: (
-        f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING RETURNING xmin::text, *"
-    ),
-    UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text, *",
-    NO_WRITE: f"DELETE FROM checkpoints WHERE {_KEY_MATCHES} RETURNING NULL::text",
+    INSERT: f"INSERT INTO checkpoints ({_ROW_SELECT}) VALUES ({_ROW_VALUES}) ON CONFLICT DO NOTHING "
+    "RETURNING xmin::text AS version, *",
+    UPDATE: f"UPDATE checkpoints SET ({_ROW_SELECT}) = ({_ROW_VALUES}) WHERE {_KEY_MATCHES} RETURNING xmin::text AS version, *",
+    NO_WRITE: f"DELETE FROM checkpoints WHERE {_KEY_MATCHES} RETURNING NULL::text AS version",
 }
-# One statement, so one round trip and one (durable) commit: the row written only if it is
-# still the version read, the events appended only if it was.
-_MARK_CTE = (
-    f"WITH w AS ({{write}}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) "
-    "SELECT * FROM {events} WHERE EXISTS (SELECT 1 FROM w))"
-)
-_SINGLE_MARK_SQL = _MARK_CTE + " SELECT * FROM w"
 # The events of a single mark: one that leaves a row is that row (row_after) plus what only an
 # event holds, taken from the row written, so its values are sent once; more travel as arrays.
 _EVENT_ONLY = tuple(c for c in _EVENT_COLUMNS if c not in ROW_COLUMNS and c not in ROW_FROM_EVENT.values())
 _ONE_EVENT = (
-    "(SELECT "
+    "SELECT "
     + ", ".join("%s::text" if c in _EVENT_ONLY else f'w."{EVENT_FROM_ROW.get(c, c)}"' for c in _EVENT_COLUMNS)
-    + " FROM w) AS one"
+    + " FROM w"
 )
-_EVENTS = _unnest(_EVENT_COLUMNS)
+_EVENTS = f"SELECT * FROM {_unnest(_EVENT_COLUMNS)} WHERE EXISTS (SELECT 1 FROM w)"
+
+
+def _mark_sql(write: str, events: str, result: str = "SELECT version FROM w") -> str:
+    """One statement, so one round trip and one (durable) commit: the row written only if it is still
+    the version read, the events appended only if it was; by default only the new version comes back."""
+    return f"WITH w AS ({_SINGLE_WRITE_SQL[write]}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) {events}) {result}"
+
+
+# Built once: psycopg prepares a statement it has run a few times, keyed by its text.
+_SINGLE_MARK_SQL = {(write, True): _mark_sql(write, _ONE_EVENT) for write in (INSERT, UPDATE)} | {
+    (write, False): _mark_sql(write, _EVENTS) for write in (INSERT, UPDATE, NO_WRITE)
+}
 # The first mark of a key, planned on no row: the row and its event are inserted if there is
 # still no row, else the stored row comes back (planned on at once): one round trip either way.
-_FIRST_MARK_SQL = (
-    _MARK_CTE.format(write=_SINGLE_WRITE_SQL[INSERT], events=_ONE_EVENT)
-    + f" SELECT true, * FROM w UNION ALL SELECT false, xmin::text, {_ROW_SELECT} FROM checkpoints "
-    "WHERE pipeline = %s AND scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM w)"
+_FIRST_MARK_SQL = _mark_sql(
+    INSERT,
+    _ONE_EVENT,
+    f"SELECT true, version, {', '.join(['NULL'] * len(ROW_COLUMNS))} FROM w "
+    f"UNION ALL SELECT false, xmin::text, {_ROW_SELECT} FROM checkpoints "
+    "WHERE pipeline = %s AND scope = %s AND key = %s AND NOT EXISTS (SELECT 1 FROM w)",
 )
+# A row's values in the order of ROW_COLUMNS, the single marks' parameters.
+_ROW_VALUES_OF = itemgetter(*ROW_COLUMNS)
 # Rows (and their versions) single marks of this store last wrote; at most this many.
 _MAX_CACHED_ROWS = 4096
 _LIVE_LOCKS_SQL = """
@@ -215,6 +224,8 @@ class PostgresStore(CheckpointStore):
         self._runs: set[str] = set()
         # (pipeline, scope, key) -> (row, xmin) of rows single marks last read or wrote (_apply_single).
         self._versions: dict[tuple[str, str, str], tuple[Row, str | None]] = {}
+        # One cursor per single-mark statement (_run_mark), of the current connection.
+        self._cursors: dict[str, Any] = {}
         self._opened_in = os.getpid()
         self._closed = False
         self._connection = self._connect()
@@ -373,18 +384,13 @@ class PostgresStore(CheckpointStore):
             if row is None and left is None:
                 return None
             write = NO_WRITE if left is None else (UPDATE if row is not None else INSERT)
-            params = [] if left is None else [left[column] for column in ROW_COLUMNS]
+            params = [] if left is None else [*_ROW_VALUES_OF(left)]
             if row is not None:
                 params += [*identity, version]
-            columns = event_columns(events, _EVENT_COLUMNS)
-            if len(events) == 1 and left is not None:
-                sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_ONE_EVENT)
-                params += [columns[column][0] for column in _EVENT_ONLY]
-            else:
-                sql = _SINGLE_MARK_SQL.format(write=_SINGLE_WRITE_SQL[write], events=_EVENTS)
-                params += list(columns.values())
-            with self._errors():
-                written = self._live_connection().execute(sql, params).fetchall()
+            one = len(events) == 1 and left is not None
+            columns = event_columns(events, _EVENT_ONLY if one else _EVENT_COLUMNS)
+            params += [values[0] for values in columns.values()] if one else list(columns.values())
+            written = self._run_mark(_SINGLE_MARK_SQL[write, one], params)
             if not written:
                 raise ConcurrentChange(f"checkpoint row {key!r} changed since it was read")
             if left is not None:
@@ -408,9 +414,8 @@ class PostgresStore(CheckpointStore):
         if left is None:
             return None, *self._read_versioned(identity)
         columns = event_columns(events, _EVENT_ONLY)
-        params = [*(left[column] for column in ROW_COLUMNS), *(columns[column][0] for column in _EVENT_ONLY), *identity]
-        with self._errors():
-            found = self._live_connection().execute(_FIRST_MARK_SQL, params).fetchall()
+        params = [*_ROW_VALUES_OF(left), *[values[0] for values in columns.values()], *identity]
+        found = self._run_mark(_FIRST_MARK_SQL, params)
         if not found:
             return None, *self._read_versioned(identity)
         inserted, version, *values = found[0]
@@ -419,9 +424,23 @@ class PostgresStore(CheckpointStore):
             return events, None, None
         return None, dict(zip(ROW_COLUMNS, values)), version
 
+    def _run_mark(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A single-mark statement on a cursor of its own, prepared on the server the first time it runs.
+
+        The server then neither parses nor plans it again, and a cursor that runs the same
+        query object again keeps its adapters (docs/performance.md).
+        """
+        connection = self._live_connection()
+        try:
+            cursor = self._cursors.get(sql)
+            if cursor is None or cursor.connection is not connection:
+                cursor = self._cursors[sql] = connection.cursor()
+            return cursor.execute(sql, params, prepare=True).fetchall()
+        except self._psycopg.Error as exc:
+            raise self._replan_or_error(exc) from exc
+
     def _read_versioned(self, identity: tuple[str, str, str]) -> tuple[Row | None, str | None]:
-        with self._errors():
-            found = self._live_connection().execute(_VERSIONED_ROW_SQL, list(identity)).fetchall()
+        found = self._run_mark(_VERSIONED_ROW_SQL, identity)
         if not found:
             return None, None
         version, *values = found[0]
@@ -512,23 +531,22 @@ class PostgresStore(CheckpointStore):
             except self._psycopg.Error as exc:
                 raise self._error(exc) from exc
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _replan_or_error(self, exc: Exception) -> Exception:
         """Serialization failures and deadlocks as :class:`ConcurrentChange` (plan again), other errors named."""
-        try:
-            yield
-        except self._psycopg.Error as exc:
-            if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
-                raise ConcurrentChange(str(exc)) from exc
-            raise self._error(exc) from exc
+        if getattr(exc, "sqlstate", None) in _REPLAN_SQLSTATES:
+            return ConcurrentChange(str(exc))
+        return self._error(exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
         """One PostgreSQL transaction on this store's connection; durable when the block returns."""
-        with self._lock, self._errors():
-            connection = self._live_connection()
-            with connection.transaction():
-                yield connection
+        with self._lock:
+            try:
+                connection = self._live_connection()
+                with connection.transaction():
+                    yield connection
+            except self._psycopg.Error as exc:
+                raise self._replan_or_error(exc) from exc
 
     def _write(
         self,

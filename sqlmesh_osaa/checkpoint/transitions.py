@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, overload
@@ -83,6 +84,9 @@ _NO_ROW: Row = {
     "metadata": None,
     "started_at": None,
     "completed_at": None,
+    "run_id": None,
+    "owner_pid": None,
+    "owner_host": None,
 }
 
 
@@ -150,6 +154,23 @@ def completion_reads(file_paths: Sequence[str | None], metadata: Mapping[str, An
     return tuple(columns)
 
 
+# The row columns a fold reads from each item's row (what a change carries, or starts from).
+_CARRIED = (
+    "status", "attempt", "error_message", "error_category", "checksum", "file_size", "file_mtime_ns", "metadata",
+    "started_at", "completed_at", "run_id", "owner_pid", "owner_host",
+)  # fmt: skip
+_CARRY = itemgetter(*_CARRIED)
+
+
+def _carried_unless_unread(column: str, sample: Row, bases: Sequence[Row]) -> list[Any] | _Stored:
+    """A column of rows read with only some columns: the values, or STORED when it was not read."""
+    if column in sample:
+        return [base[column] for base in bases]
+    if any(base is _NO_ROW for base in bases):
+        raise ValueError(f"a fold of rows read without {column!r} includes items without a row")
+    return STORED
+
+
 def fold(
     pipeline: str,
     scope: str,
@@ -172,31 +193,26 @@ def fold(
     bases = [_NO_ROW if old is None else old for old in olds]
     # Rows read without some columns (completion_reads): those are carried as STORED.
     sample = next((base for base in bases if base is not _NO_ROW), _NO_ROW)
-    partial = not _NO_ROW.keys() <= sample.keys()
-
-    def carried(column: str) -> list[Any] | _Stored:
-        if partial and column not in sample:
-            if any(base is _NO_ROW for base in bases):
-                raise ValueError(f"a fold of rows read without {column!r} includes items without a row")
-            return STORED
-        return [base[column] for base in bases]
-
-    def same(value: Any) -> list[Any]:
-        return [value] * count
-
-    from_status = carried("status")
+    if not _NO_ROW.keys() <= sample.keys():
+        old = {column: _carried_unless_unread(column, sample, bases) for column in _CARRIED}
+    elif bases:
+        # Every carried column of every row in one pass of C loops (a single mark pays no call per column).
+        old = dict(zip(_CARRIED, map(list, zip(*map(_CARRY, bases)))))
+    else:
+        old = {column: [] for column in _CARRIED}
+    from_status = old["status"]
     if change.kind == TRANSITION:
         status, owner = change.to_status, change.run
-        to_status, run_id, pid, host = same(status), same(owner.run_id), same(owner.pid), same(owner.host)
+        to_status, run_id, pid, host = [status] * count, [owner.run_id] * count, [owner.pid] * count, [owner.host] * count
     else:
         status, to_status = None, from_status
-        run_id, pid, host = carried("run_id"), carried("owner_pid"), carried("owner_host")
-    paths = same(change.file_path) if file_paths is None else file_paths
+        run_id, pid, host = old["run_id"], old["owner_pid"], old["owner_host"]
+    paths = [change.file_path] * count if file_paths is None else file_paths
     columns: dict[str, list[Any] | _Stored] = {
-        "pipeline": same(pipeline),
-        "scope": same(scope),
+        "pipeline": [pipeline] * count,
+        "scope": [scope] * count,
         "key": list(keys),
-        "kind": same(change.kind),
+        "kind": [change.kind] * count,
         "file_path": (
             list(paths)
             if None not in paths
@@ -204,40 +220,40 @@ def fold(
         ),
         "from_status": from_status,
         "to_status": to_status,
-        "at": same(change.at),
-        "attempt": carried("attempt"),
+        "at": [change.at] * count,
+        "attempt": old["attempt"],
         "run_id": run_id,
         "pid": pid,
         "host": host,
-        "error_message": carried("error_message"),
-        "error_category": carried("error_category"),
-        "checksum": carried("checksum"),
-        "file_size": carried("file_size"),
-        "file_mtime_ns": carried("file_mtime_ns"),
-        "metadata": _merged_column(carried("metadata"), change.metadata),
-        "started_at": carried("started_at"),
-        "completed_at": carried("completed_at"),
+        "error_message": old["error_message"],
+        "error_category": old["error_category"],
+        "checksum": old["checksum"],
+        "file_size": old["file_size"],
+        "file_mtime_ns": old["file_mtime_ns"],
+        "metadata": _merged_column(old["metadata"], change.metadata),
+        "started_at": old["started_at"],
+        "completed_at": old["completed_at"],
     }
     if status == IN_PROGRESS:
         columns.update(
             attempt=[attempt + 1 for attempt in columns["attempt"]],
-            started_at=same(change.at),
-            error_message=same(None),
-            error_category=same(None),
+            started_at=[change.at] * count,
+            error_message=[None] * count,
+            error_category=[None] * count,
         )
     elif status == COMPLETED:
-        given = same(change.fingerprint) if prints is None else prints
+        given = [change.fingerprint] * count if prints is None else prints
         taken = [NO_FINGERPRINT if fingerprint is None else fingerprint for fingerprint in given]
         columns.update(
             checksum=[fingerprint.checksum for fingerprint in taken],
             file_size=[fingerprint.size for fingerprint in taken],
             file_mtime_ns=[fingerprint.mtime_ns for fingerprint in taken],
-            completed_at=same(change.at),
-            error_message=same(None),
-            error_category=same(None),
+            completed_at=[change.at] * count,
+            error_message=[None] * count,
+            error_category=[None] * count,
         )
     elif status == FAILED:
-        columns.update(error_message=same(change.error_message), error_category=same(change.error_category))
+        columns.update(error_message=[change.error_message] * count, error_category=[change.error_category] * count)
     return Events(columns)
 
 
