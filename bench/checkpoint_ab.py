@@ -78,17 +78,34 @@ def run_variant(variant: str, raw: Path, work: Path, count: int) -> dict[str, tu
     return {**figures, "process": (sample.wall, sample.cpu)}
 
 
+def report(samples: dict[str, list[dict[str, tuple[float, float]]]], names: list[str], files: int, loads: list[float]) -> None:
+    """Medians per call and variant, and the CPU ratio of the last variant to the first."""
+    print(f"\n{files:,} FILE items, {len(samples[names[0]])} rounds, load average {min(loads):.2f}-{max(loads):.2f}; medians")
+    print("| call | " + " | ".join(f"{name} wall / CPU" for name in names) + f" | CPU {names[-1]}/{names[0]} |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for call in (*CALLS, "process"):
+        medians = {
+            name: [statistics.median(sample[call][i] for sample in samples[name]) for i in (0, 1)] for name in names
+        }
+        ratio = medians[names[-1]][1] / medians[names[0]][1]
+        cells = " | ".join(f"{wall:.3f} / {cpu:.3f} s" for wall, cpu in medians.values())
+        print(f"| {call} | {cells} | {ratio:.2f} |")
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+", help="NAME=PATH: a directory holding a sqlmesh_osaa package")
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--raw", type=Path, help="keep the raw files in this directory (made once, reused by later runs)")
     args = parser.parse_args()
     names = [variant.partition("=")[0] for variant in args.variants]
     samples: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="osaa-ckpt-ab-") as tmp:
-        raw, work = Path(tmp) / "raw", Path(tmp)
-        make_files(raw, args.files)
+        raw, work = args.raw or Path(tmp) / "raw", Path(tmp)
+        if not (raw / f"src{(args.files - 1) % 100:02d}/file_{args.files - 1:06d}.csv").exists():
+            make_files(raw, args.files)
         loads = [os.getloadavg()[0]]
         for round_ in range(args.rounds):
             order = args.variants if round_ % 2 == 0 else args.variants[::-1]
@@ -100,17 +117,7 @@ def main() -> None:
                 + ", ".join(f"{name} completion {s[-1]['mark_completed_many'][1]:.3f} s CPU" for name, s in samples.items()),
                 flush=True,
             )
-    print(f"\n{args.files:,} FILE items, {args.rounds} rounds, load average {min(loads):.2f}-{max(loads):.2f}; medians")
-    print("| call | " + " | ".join(f"{name} wall / CPU" for name in names) + f" | CPU {names[-1]}/{names[0]} |")
-    print("|---|" + "---|" * (len(names) + 1))
-    for call in (*CALLS, "process"):
-        medians = {
-            name: [statistics.median(sample[call][i] for sample in samples[name]) for i in (0, 1)] for name in names
-        }
-        ratio = medians[names[-1]][1] / medians[names[0]][1]
-        cells = " | ".join(f"{wall:.3f} / {cpu:.3f} s" for wall, cpu in medians.values())
-        print(f"| {call} | {cells} | {ratio:.2f} |")
-    sys.stdout.flush()
+        report(samples, names, args.files, loads)
 
 
 if __name__ == "__main__":
