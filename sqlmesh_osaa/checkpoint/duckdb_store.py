@@ -170,8 +170,15 @@ _KEYS_JOINED = "(SELECT {prefix} || unnest(keys) AS item_id FROM {keys}) k JOIN 
 _ROWS_OF_KEYS_SQL = f"SELECT {{columns}} FROM checkpoints WHERE rowid IN (SELECT c.rowid FROM {_KEYS_JOINED})"
 # A bulk read of the status alone is first asked as one aggregate: a batch's items usually
 # share one status (all in_progress when they are completed), and then no row need be fetched.
+# The aggregate also returns these columns when they hold one value for every key (a store may
+# read more than asked): a completion then carries them as constants, not from the rows in SQL.
 _STATUS_ONLY = ("key", "status")
-_STATUS_OF_KEYS_SQL = f"SELECT count(*), min(c.status), max(c.status) FROM {_KEYS_JOINED}"
+_UNIFORM_EXTRAS = ("attempt", "started_at", "metadata")
+_STATUS_OF_KEYS_SQL = (
+    "SELECT count(*), min(c.status), max(c.status), "
+    + ", ".join(f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS)
+    + f" FROM {_KEYS_JOINED}"
+)
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
@@ -401,6 +408,16 @@ def _batch_table(
         yield name
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _shared_values(status: str, found: int, extras: Sequence[Any]) -> Row:
+    """The status and each of ``_UNIFORM_EXTRAS`` that one value holds for all ``found`` rows (all NULL: None)."""
+    shared: Row = {"status": status}
+    for index, column in enumerate(_UNIFORM_EXTRAS):
+        counted, lowest, highest = extras[3 * index : 3 * index + 3]
+        if counted == 0 or (counted == found and lowest == highest):
+            shared[column] = lowest
+    return shared
 
 
 class DuckDBStore(CheckpointStore):
@@ -668,10 +685,10 @@ class DuckDBStore(CheckpointStore):
         with _json_relation({"keys": list(keys)}) as relation:
             if names == _STATUS_ONLY:
                 sql = _STATUS_OF_KEYS_SQL.format(prefix=prefix, keys=relation)
-                found, status, highest = connection.execute(sql).fetchone()
+                found, status, highest, *extras = connection.execute(sql).fetchone()
                 if found == len(keys) and status == highest:
                     # Every key has a row (ids are unique, so each key matched one) and all share this status.
-                    return {key: {"key": key, "status": status} for key in keys}
+                    return {key: {"key": key, **shared} for shared in [_shared_values(status, found, extras)] for key in keys}
             sql = _ROWS_OF_KEYS_SQL.format(columns=", ".join(names), prefix=prefix, keys=relation)
             found_rows = connection.execute(sql).fetchall()
         index = names.index("key")
