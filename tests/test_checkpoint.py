@@ -371,6 +371,32 @@ def test_a_bulk_completion_writes_the_rows_and_events_the_same_completions_one_b
     assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
 
 
+@pytest.mark.parametrize("uniform", [True, False], ids=["started-together", "started-apart"])
+def test_a_bulk_completion_with_every_path_given_keeps_each_items_start_and_attempt_and_the_log_rebuilds_them(
+    store: PipelineCheckpoint, raw_file: Path, uniform: bool
+) -> None:
+    """The uniform case: every item in_progress and named with its path (one aggregate read on DuckDB)."""
+    keys = [f"item/{i}" for i in range(40)]
+    if not uniform:
+        fail(store, keys[0])
+        store.update_metadata(FILE, keys[0], {"phase": "retried"})
+    store.mark_started_many(FILE, [(key, raw_file) for key in (keys if uniform else keys[:20])])
+    if not uniform:
+        store.mark_started_many(FILE, [(key, raw_file) for key in keys[20:]])
+    before = {key: store.get(FILE, key) for key in keys}
+
+    store.mark_completed_many(FILE, [(key, str(raw_file), "0" * 32) for key in keys])
+
+    for key in keys:
+        row, old = store.get(FILE, key), before[key]
+        assert (row["status"], row["checksum"], row["file_path"]) == ("completed", "0" * 32, str(raw_file))
+        assert (row["attempt"], row["started_at"], row["metadata"], row["run_id"]) == (
+            old["attempt"], old["started_at"], old["metadata"], old["run_id"]
+        )
+        assert row["file_size"] == raw_file.stat().st_size
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
+
+
 def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wrote_it(
     store: PipelineCheckpoint, where: dict[str, Any]
 ) -> None:

@@ -22,7 +22,6 @@ docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when ope
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import logging
@@ -50,7 +49,7 @@ from typing import Any
 import _duckdb as duckdb
 
 from sqlmesh_osaa import skip_index
-from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal
+from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal, sql_timestamp
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -78,7 +77,7 @@ SCHEMA_VERSION = 2
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 ID_SEPARATOR = "\x1f"
-# Up to this many rows or events a write binds parameters; more travel as one CSV file (_batch_csv).
+# Up to this many rows or events a write binds parameters; more travel as one JSON file (_batch_json).
 _BULK_FROM = 16
 # Compaction (DuckDBStore.reclaim_space): files from this size, when a fresh copy takes at
 # most this share of it (so a file is never more than 1/0.75 = 1.33x what a copy would take).
@@ -171,17 +170,26 @@ _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
 # Keys joined to the rows by a hash join over the id column alone, then the wanted rows
 # fetched by rowid: joining the whole rows scanned every column of every row (docs/performance.md).
-_ROWS_OF_KEYS_SQL = """
-    SELECT {columns} FROM checkpoints WHERE rowid IN (
-        SELECT c.rowid FROM (SELECT {prefix} || unnest(from_json({keys}, '["VARCHAR"]')) AS item_id) k
-        JOIN checkpoints c ON c.item_id = k.item_id)
-"""
+# ``{keys}`` is a relation with one row and a ``keys`` list column (_json_relation).
+_KEYS_JOINED = "(SELECT {prefix} || unnest(keys) AS item_id FROM {keys}) k JOIN checkpoints c ON c.item_id = k.item_id"
+_ROWS_OF_KEYS_SQL = f"SELECT {{columns}} FROM checkpoints WHERE rowid IN (SELECT c.rowid FROM {_KEYS_JOINED})"
+# A bulk read of the status alone is first asked as one aggregate: a batch's items usually
+# share one status (all in_progress when they are completed), and then no row need be fetched.
+# The aggregate also returns these columns when they hold one value for every key (a store may
+# read more than asked): a completion then carries them as constants, not from the rows in SQL.
+_STATUS_ONLY = ("key", "status")
+_UNIFORM_EXTRAS = ("attempt", "started_at", "metadata")
+_STATUS_OF_KEYS_SQL = (
+    "SELECT count(*), min(c.status), max(c.status), "
+    + ", ".join(f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS)
+    + f" FROM {_KEYS_JOINED}"
+)
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
 _ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
 
 
-_BATCH_TYPES = {**{column: _EVENT_TYPES[column] for column in EVENT_LOG_COLUMNS[1:]}, WRITE: "VARCHAR"}
+_BATCH_TYPES = {**{column: _EVENT_TYPES[column] for column in EVENT_LOG_COLUMNS[1:]}, WRITE: "VARCHAR", "keys": "VARCHAR"}
 _ROW_FROM_BATCH = ", ".join(f'"{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
 _ROW_BULK_INSERT_SQL = (
     f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
@@ -191,13 +199,20 @@ _ROW_BULK_INSERT_SQL = (
 _IDENTITY = ("pipeline", "scope", "key")
 
 
-def _bulk_update_sql(frame: str, stored: Collection[str]) -> str:
-    """Set each row from the batch, except its identity and the columns the batch left as stored."""
-    assignments = ", ".join(
-        f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"'
-        for column in ROW_COLUMNS
-        if column not in _IDENTITY and ROW_FROM_EVENT.get(column, column) not in stored
-    )
+def _settable(stored: Collection[str]) -> list[str]:
+    """The row columns a bulk UPDATE may set: all but the identity and those the batch left as stored."""
+    return [column for column in ROW_COLUMNS if column not in _IDENTITY and ROW_FROM_EVENT.get(column, column) not in stored]
+
+
+def _changed_sql(frame: str, columns: Sequence[str]) -> str:
+    """Whether any updated row gets another value in each of ``columns``."""
+    checks = ", ".join(f'bool_or(c.{column} IS DISTINCT FROM b."{ROW_FROM_EVENT.get(column, column)}")' for column in columns)
+    return f"SELECT {checks} FROM {frame} AS b JOIN checkpoints AS c ON c.item_id = b.item_id WHERE b.{WRITE} = '{UPDATE}'"
+
+
+def _bulk_update_sql(frame: str, columns: Sequence[str]) -> str:
+    """Set ``columns`` of each updated row from the batch."""
+    assignments = ", ".join(f'{column} = b."{ROW_FROM_EVENT.get(column, column)}"' for column in columns)
     return f"UPDATE checkpoints AS c SET {assignments} FROM {frame} AS b WHERE c.item_id = b.item_id AND b.{WRITE} = '{UPDATE}'"
 
 
@@ -345,34 +360,44 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
             ) from exc
 
 
-def _batch_csv(varying: Mapping[str, list[Any]], null: str) -> str:
-    """The varying columns of a batch as a temporary CSV file: how a batch reaches DuckDB without pandas.
+@contextmanager
+def _json_relation(columns: Mapping[str, list[Any]]) -> Iterator[str]:
+    """A relation of one row holding each of ``columns`` as a list, read from a temporary JSON file.
 
-    ``null`` is a token unique to the batch that stands for NULL (docs/performance.md, "Ingest").
+    This is how many values reach DuckDB without pandas: one ``json.dumps`` (C) writes them
+    and DuckDB's JSON reader takes them back column by column. A CSV writer converted and
+    quoted each value in Python, and the same arrays as SQL literals cost DuckDB's parser
+    more than the load (docs/performance.md). JSON's null is NULL and its escapes keep every
+    string exact; times travel as ISO text (naive UTC, as the store keeps them), which DuckDB
+    casts to TIMESTAMP. The file is removed when the block ends.
     """
-    cells = [
-        [null if value is None else value for value in values] if None in values else values
-        for values in varying.values()
-    ]
-    descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".csv")
-    with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(zip(*cells))
-    return path
+    document = {
+        column: [None if value is None else sql_timestamp(value) for value in values]
+        if _BATCH_TYPES[column] == "TIMESTAMP"
+        else values
+        for column, values in columns.items()
+    }
+    data = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    descriptor, path = tempfile.mkstemp(prefix="osaa-batch-", suffix=".json")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        types = ", ".join(f"'{column}': '{_BATCH_TYPES[column]}[]'" for column in columns)
+        yield (
+            f"read_json({sql_literal(path)}, format = 'unstructured', records = true, "
+            f"maximum_object_size = {len(data) + 1}, columns = {{{types}}})"
+        )
+    finally:
+        os.unlink(path)
 
 
-def _batch_load_sql(table: str, path: str, null: str, constant: Mapping[str, Any], varying: Collection[str]) -> str:
-    """A temporary table of a batch: its varying columns read from the CSV, its constant ones as literals."""
-    read = (
-        f"read_csv({sql_literal(path)}, header = false, auto_detect = false, delim = ',', quote = '\"', "
-        f"escape = '\"', nullstr = {sql_literal(null)}, columns = {{"
-        + ", ".join(f"'{column}': '{_BATCH_TYPES[column]}'" for column in varying)
-        + "})"
-    )
-    selected = [f'"{column}"' for column in varying] + [
+def _batch_load_sql(table: str, relation: str, constant: Mapping[str, Any], varying: Collection[str]) -> str:
+    """A temporary table of a batch: its varying columns unnested side by side from ``relation``, its constant ones as literals."""
+    selected = [f'unnest("{column}") AS "{column}"' for column in varying] + [
         f'CAST({sql_literal(value)} AS {_BATCH_TYPES[column]}) AS "{column}"' for column, value in constant.items()
     ]
     identity = f'"pipeline" || chr({ord(ID_SEPARATOR)}) || "scope" || chr({ord(ID_SEPARATOR)}) || "key"'
-    inner = f"SELECT {', '.join(selected)} FROM {read}"
+    inner = f"SELECT {', '.join(selected)} FROM {relation}"
     return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM ({inner})"
 
 
@@ -381,15 +406,23 @@ def _batch_table(
     connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]
 ) -> Iterator[str]:
     """A temporary table of the batch (:func:`_batch_load_sql`), loaded in one statement."""
-    null = f"osaa-null-{uuid.uuid4().hex}"
-    path = _batch_csv(varying, null)
     name = f"osaa_batch_{uuid.uuid4().hex}"
     try:
-        connection.execute(_batch_load_sql(name, path, null, constant, varying))
+        with _json_relation(varying) as relation:
+            connection.execute(_batch_load_sql(name, relation, constant, varying))
         yield name
     finally:
-        os.unlink(path)
         connection.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _shared_values(status: str, found: int, extras: Sequence[Any]) -> Row:
+    """The status and each of ``_UNIFORM_EXTRAS`` that one value holds for all ``found`` rows (all NULL: None)."""
+    shared: Row = {"status": status}
+    for index, column in enumerate(_UNIFORM_EXTRAS):
+        counted, lowest, highest = extras[3 * index : 3 * index + 3]
+        if counted == 0 or (counted == found and lowest == highest):
+            shared[column] = lowest
+    return shared
 
 
 class DuckDBStore(CheckpointStore):
@@ -651,10 +684,11 @@ class DuckDBStore(CheckpointStore):
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
-        The keys travel as one JSON literal joined to the rows (docs/performance.md, "Store
+        The keys travel as one JSON file joined to the rows (docs/performance.md, "Store
         growth"): the cost follows the number of keys, not the number of rows stored. A bulk
         write's read takes only ``columns`` (those its plan reads); a small one reads whole
-        rows, which its row writes and the row cache need.
+        rows, which its row writes and the row cache need. A bulk read of the status alone
+        that finds every key with one status fetches no row: one aggregate says so.
         """
         if not keys:
             return {}
@@ -666,14 +700,19 @@ class DuckDBStore(CheckpointStore):
                 found = connection.execute(_ROW_BY_ID_SQL.format(id=sql_literal(identity))).fetchall()
                 row = dict(zip(ROW_COLUMNS, found[0])) if found else None
             return {} if row is None else {key: dict(row)}
-        names = ROW_COLUMNS if len(keys) < _BULK_FROM else columns
-        sql = _ROWS_OF_KEYS_SQL.format(
-            columns=", ".join(names),
-            prefix=sql_literal(item_id(pipeline, scope, "")),
-            keys=sql_literal(json.dumps(list(keys))),
-        )
+        names = ROW_COLUMNS if len(keys) < _BULK_FROM else tuple(columns)
+        prefix = sql_literal(item_id(pipeline, scope, ""))
+        with _json_relation({"keys": list(keys)}) as relation:
+            if names == _STATUS_ONLY:
+                sql = _STATUS_OF_KEYS_SQL.format(prefix=prefix, keys=relation)
+                found, status, highest, *extras = connection.execute(sql).fetchone()
+                if found == len(keys) and status == highest:
+                    # Every key has a row (ids are unique, so each key matched one) and all share this status.
+                    return {key: {"key": key, **shared} for shared in [_shared_values(status, found, extras)] for key in keys}
+            sql = _ROWS_OF_KEYS_SQL.format(columns=", ".join(names), prefix=prefix, keys=relation)
+            found_rows = connection.execute(sql).fetchall()
         index = names.index("key")
-        return {values[index]: dict(zip(names, values)) for values in connection.execute(sql).fetchall()}
+        return {values[index]: dict(zip(names, values)) for values in found_rows}
 
     def _rows_of_filter(self, connection: duckdb.DuckDBPyConnection, pipeline: str, where: RowFilter) -> dict[str, Row]:
         if where.scope is None:
@@ -704,10 +743,24 @@ class DuckDBStore(CheckpointStore):
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    connection.execute(_bulk_update_sql(name, stored))
+                    self._update_rows(connection, name, _settable(stored))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
+
+    @staticmethod
+    def _update_rows(connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str]) -> None:
+        """Update the batch's rows, setting only the columns some row changes.
+
+        DuckDB's cost of an UPDATE, and of the commit that logs and checkpoints it, grows with
+        the columns it sets; a completion by the run that started the items leaves half of
+        them as they are (path, owner, error fields). One aggregate over the batch joined to
+        the rows finds them, for less than writing them would cost (docs/performance.md).
+        """
+        flags = connection.execute(_changed_sql(frame, settable)).fetchone()
+        changed = [column for column, differs in zip(settable, flags) if differs]
+        if changed:
+            connection.execute(_bulk_update_sql(frame, changed))
 
     @staticmethod
     def _update_row(connection: duckdb.DuckDBPyConnection, pipeline: str, old: Row, new: Row) -> None:

@@ -27,9 +27,7 @@ def sql_literal(value: Any) -> str:
     if isinstance(value, float):
         return f"CAST('{value!r}' AS DOUBLE)"
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+        return f"TIMESTAMP '{sql_timestamp(value)}'"
     if isinstance(value, date):
         return f"DATE '{value.isoformat()}'"
     if isinstance(value, str):
@@ -37,6 +35,13 @@ def sql_literal(value: Any) -> str:
             raise ValueError("a checkpoint query parameter holds a NUL character")
         return "'" + value.replace("'", "''") + "'"
     raise TypeError(f"no SQL literal for a {type(value).__name__} checkpoint query parameter")
+
+
+def sql_timestamp(value: datetime) -> str:
+    """The text DuckDB casts to the TIMESTAMP the store keeps: naive UTC (an aware datetime converted)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(sep=" ")
 
 
 def inline_parameters(sql: str, params: Sequence[Any]) -> str:
