@@ -212,10 +212,10 @@ def _dumps(value: Any) -> str:
 
 def _write_value(write: Callable[[bytes], Any], value: Any) -> None:
     """``json.dumps(value, sort_keys=True)`` into ``write``, a list element or dict item at a time."""
-    if isinstance(value, Sequence) and not isinstance(value, str) and value:
+    if isinstance(value, Sequence) and not isinstance(value, str):
         for index, item in enumerate(value):
             write(f"{', ' if index else '['}{_dumps(item)}".encode())
-        write(b"]")
+        write(b"]" if value else b"[]")
     elif isinstance(value, dict) and value:
         for index, name in enumerate(sorted(value)):
             write(f"{', ' if index else '{'}{_dumps(name)}: {_dumps(value[name])}".encode())

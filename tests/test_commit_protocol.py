@@ -314,6 +314,8 @@ def test_a_log_entry_is_stored_as_the_gzipped_sorted_json_of_its_fields() -> Non
 
 def test_a_decision_built_from_the_staged_puts_stores_the_bytes_of_their_records() -> None:
     """The decision reads each put's record when it writes it: the bytes are those of the records as a list."""
+    import gzip
+
     from sqlmesh_osaa.checkpoint import Fingerprint
     from sqlmesh_osaa.commit_log import Entry, new_entry
     from sqlmesh_osaa.commit_protocol import PutRecords, StagedPut
@@ -329,3 +331,5 @@ def test_a_decision_built_from_the_staged_puts_stores_the_bytes_of_their_records
     assert lazy.to_bytes() == eager.to_bytes()
     assert Entry.from_bytes(lazy.to_bytes()) == lazy
     assert lazy.snapshot == new_entry(2, "txn", {}, records, []).snapshot
+    empty = new_entry(3, "txn", {}, PutRecords([]), ["prod/0.parquet"])
+    assert json.loads(gzip.decompress(empty.to_bytes()))["puts"] == []
