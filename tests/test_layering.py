@@ -16,7 +16,6 @@ LAYERS = {
     "redaction": -1,
     "sections": -1,
     "lean_imports": -1,
-    "native_memory": -1,
     "skip_index": -1,
     "exceptions": 0,
     "settings": 1,

@@ -17,13 +17,10 @@ def recover_main() -> None:
 
 
 def ingest_main() -> None:
-    """Console script ``osaa-ingest``: a process of the core alone, so pandas stays out (lean_imports)
-    and DuckDB's allocator returns what it frees (native_memory)."""
+    """Console script ``osaa-ingest``: a process of the core alone, so pandas stays out (lean_imports)."""
     from sqlmesh_osaa.lean_imports import keep_pandas_out
-    from sqlmesh_osaa.native_memory import return_freed_memory
 
     keep_pandas_out()
-    return_freed_memory()
     from sqlmesh_osaa.cli.ingest import ingest
 
     ingest(prog_name="osaa-ingest")
