@@ -4,7 +4,8 @@ Each round runs, in an order that alternates between rounds, a first ingest of t
 by every variant, each a fresh process (empty HOME, settings from ``OSAA_*`` variables) reaped with
 ``wait4``: wall time, CPU of the child (user + system) and its peak RSS. A variant is
 ``NAME=PATH``, a directory holding a ``sqlmesh_osaa`` package put first on ``PYTHONPATH`` (for
-example ``git archive main sqlmesh_osaa | tar -x -C /tmp/main``), or ``plain`` for
+example ``git archive main sqlmesh_osaa | tar -x -C /tmp/main``), optionally followed by
+``@VAR=VALUE``, one more environment variable for that variant's process, or ``plain`` for
 ``bench/ingest_baselines.py copy``. On a shared machine, read the CPU medians and the load average.
 
 Run: ``.venv/bin/python bench/ingest_ab.py --files 1000 --rounds 3 main=/tmp/main this=. plain``.
@@ -30,8 +31,10 @@ def run_variant(bench: Bench, variant: str, raw: Path) -> Sample:
     try:
         if variant == "plain":
             return run_child([sys.executable, BASELINES, "copy", str(raw), str(work / "out")], bench.env, bench.cwd)
-        path = Path(variant.partition("=")[2]).resolve()
-        env = {**bench.ours_env(work), "PYTHONPATH": str(path)}
+        location, _, variable = variant.partition("=")[2].partition("@")
+        env = {**bench.ours_env(work), "PYTHONPATH": str(Path(location).resolve())}
+        if variable:
+            env.update([variable.split("=", 1)])
         return run_child([str(BIN / "python"), "-c", _INGEST, str(raw), "--json"], env, bench.cwd)
     finally:
         shutil.rmtree(work)

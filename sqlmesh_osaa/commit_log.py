@@ -30,9 +30,10 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.exceptions import PreconditionFailedError
@@ -167,7 +168,7 @@ class Entry:
     position: int
     kind: str
     transaction_id: str
-    puts: list[dict[str, Any]]
+    puts: Sequence[Mapping[str, Any]]
     deletes: list[str]
     snapshot: dict[str, dict[str, Any]]
     replaced: list[str]
@@ -211,10 +212,10 @@ def _dumps(value: Any) -> str:
 
 def _write_value(write: Callable[[bytes], Any], value: Any) -> None:
     """``json.dumps(value, sort_keys=True)`` into ``write``, a list element or dict item at a time."""
-    if isinstance(value, list) and value:
+    if isinstance(value, Sequence) and not isinstance(value, str):
         for index, item in enumerate(value):
             write(f"{', ' if index else '['}{_dumps(item)}".encode())
-        write(b"]")
+        write(b"]" if value else b"[]")
     elif isinstance(value, dict) and value:
         for index, name in enumerate(sorted(value)):
             write(f"{', ' if index else '{'}{_dumps(name)}: {_dumps(value[name])}".encode())
@@ -406,7 +407,7 @@ def new_entry(
     position: int,
     transaction_id: str,
     base: Mapping[str, dict[str, Any]],
-    puts: list[dict[str, Any]],
+    puts: Sequence[Mapping[str, Any]],
     deletes: list[str],
     *,
     kind: str = "commit",

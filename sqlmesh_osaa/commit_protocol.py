@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, overload
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
 from sqlmesh_osaa.commit_log import (
@@ -100,6 +101,47 @@ class StagedPut:
         return cls(**{**data, "fingerprint": Fingerprint(**fingerprint) if fingerprint else None})
 
 
+class PutRecords(Sequence[dict[str, Any]]):
+    """A manifest's puts as its log entry holds them, each record built when it is read.
+
+    A decision of every ingested file would otherwise hold a dict per put (and one per
+    fingerprint) from the decision to the end of the commit, beside the puts themselves
+    (docs/performance.md, "Ingest"). Equal to any sequence of the same records.
+    """
+
+    __slots__ = ("_puts",)
+
+    def __init__(self, puts: Sequence[StagedPut]) -> None:
+        self._puts = tuple(puts)
+
+    def __len__(self) -> int:
+        return len(self._puts)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [put.to_json() for put in self._puts[index]]
+        return self._puts[index].to_json()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (put.to_json() for put in self._puts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(mine == theirs for mine, theirs in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PutRecords({len(self)} puts)"
+
+
 @dataclass
 class Manifest:
     """What a transaction will do to production once decided."""
@@ -118,7 +160,7 @@ class Manifest:
 def decide(log: CommitLog, transaction_id: str, begin: int, manifest: Manifest) -> Entry:
     """Take the next free log position after ``begin``, or raise when an overlapping commit won one."""
     position, base = begin + 1, log.snapshot(begin)
-    puts = [put.to_json() for put in manifest.puts]
+    puts = PutRecords(manifest.puts)
     while True:
         entry = new_entry(position, transaction_id, base, puts, list(manifest.deletes))
         holder = log.try_append(entry)
@@ -191,8 +233,8 @@ def apply_entry(
     skipped = set(skip)
     deletes = [key for key in entry.deletes if key not in skipped]
 
-    def apply(data: Mapping[str, Any]) -> None:
-        put = StagedPut.from_json(data)
+    def apply(index: int) -> None:
+        put = StagedPut.from_json(entry.puts[index])
         assert put.staged_key is not None
         source = ObjectInfo(put.staged_key, put.size, put.md5, None)
         if resuming:
@@ -203,8 +245,10 @@ def apply_entry(
         handler.execute(store.copy, put.staged_key, put.key, source, operation="CopyObject")
         fault_point(AFTER_PRODUCTION_COPY)
 
-    # The entry's own puts, one StagedPut at a time: a manifest of every file is not copied again.
-    pending = [put for put in entry.puts if put.get("staged_key") is not None and put["key"] not in skipped]
+    # The entry's puts by position, each read when applied: a manifest of every file is not copied again.
+    pending = [
+        index for index, put in enumerate(entry.puts) if put.get("staged_key") is not None and put["key"] not in skipped
+    ]
     # The copies are flushed together before finish() deletes the versions they came from.
     with store.deferred_durability():
         map_requests(store, apply, pending, max_workers, "osaa-apply")
@@ -232,17 +276,24 @@ def _verified_version(store: ObjectStore, handler: ErrorHandler, put: StagedPut,
     return staged
 
 
-def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Iterable[Mapping[str, Any]]) -> None:
+def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Sequence[Mapping[str, Any]]) -> None:
     """FILE checkpoints completed with the fingerprint of the content production now holds, and its store.
 
-    ``puts`` is the manifest as its log entry holds it. The rows are completed a batch at a
-    time: production holds every object already, so a crash between batches leaves completed
-    rows that are all true, and recovery completes the rest from the same entry.
+    ``puts`` is the manifest as its log entry holds it; a key put twice completes with its last
+    put. The rows are completed a batch at a time, and only a batch's records are held at once:
+    production holds every object already, so a crash between batches leaves completed rows that
+    are all true, and recovery completes the rest from the same entry.
     """
-    tracked = list({put["key"]: put for put in puts if put.get("source_path") is not None}.values())
+    last = {put["key"]: index for index, put in enumerate(puts) if put.get("source_path") is not None}
     where = store_metadata(store)
-    for start in range(0, len(tracked), COMPLETION_BATCH):
-        _complete_batch(checkpoint, where, tracked[start : start + COMPLETION_BATCH])
+    batch: list[Mapping[str, Any]] = []
+    for index in sorted(last.values()):
+        batch.append(puts[index])
+        if len(batch) == COMPLETION_BATCH:
+            _complete_batch(checkpoint, where, batch)
+            batch = []
+    if batch:
+        _complete_batch(checkpoint, where, batch)
 
 
 def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], puts: Sequence[Mapping[str, Any]]) -> None:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import duckdb
 
@@ -155,6 +155,8 @@ def _ingest(
         "Ingest of %s: %d file(s), %d unchanged, %d to convert, %d refused",
         discovery.root, len(todo) + len(skipped), len(skipped), len(todo), len(discovery.refused),
     )
+    # From here on ``todo`` is the only reference to the files, so each is let go once staged.
+    del discovery
     if todo:
         _convert_and_commit(request, todo, checkpoint, store, settings, error_handler, collector, result, progress, transaction_id)
     result.failures = list(collector.failures)
@@ -197,8 +199,7 @@ def _convert_and_commit(
             return
         result.transaction_id = txn.transaction_id
         txn.prefetch_production(landing_prefix(request.env_prefix))
-        for start in range(0, len(todo), CHUNK_SIZE):
-            chunk = todo[start : start + CHUNK_SIZE]
+        for start, chunk in _taken_in_chunks(todo):
             uploads = _convert_chunk(chunk, start, Path(workdir), connection, checkpoint, collector)
             for outcome in txn.upload_many(uploads):
                 relative = str(outcome.upload.metadata["source-file"])
@@ -226,6 +227,20 @@ def _convert_and_commit(
         for relative, key in staged:
             collector.add_success(relative, key)
             result.landed.append(key)
+
+
+def _taken_in_chunks(todo: list[tuple[RawFile, str]]) -> Iterator[tuple[int, list[tuple[RawFile, str]]]]:
+    """``(offset, chunk)`` of ``todo`` in order, each chunk removed from the list as it is taken.
+
+    Staged files need only their key and relative name from then on: a first ingest of
+    many files holds the discovery of each only until it is staged, not until the commit.
+    """
+    todo.reverse()
+    start = 0
+    while todo:
+        chunk = [todo.pop() for _ in range(min(CHUNK_SIZE, len(todo)))]
+        yield start, chunk
+        start += len(chunk)
 
 
 def _fail_all(

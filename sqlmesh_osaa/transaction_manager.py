@@ -46,6 +46,7 @@ from sqlmesh_osaa.commit_protocol import (
     JOURNAL_PREFIX,
     Fingerprint,
     Manifest,
+    PutRecords,
     RecoveryReport,
     StagedPut,
     apply_entry,
@@ -524,14 +525,12 @@ class TransactionManager:
     def _end_unchanged(self) -> None:
         """Nothing to write: no log entry; the FILE checkpoints complete, the marker goes."""
         self._release()
-        complete_files(self.checkpoint, self.store, (put.to_json() for put in self.manifest.puts))
+        puts = PutRecords(self.manifest.puts)
+        complete_files(self.checkpoint, self.store, puts)
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),
-            metadata={
-                "phase": TransactionPhase.COMMITTED.value,
-                "manifest": row_manifest((put.to_json() for put in self.manifest.puts), self.manifest.deletes),
-            },
+            metadata={"phase": TransactionPhase.COMMITTED.value, "manifest": row_manifest(puts, self.manifest.deletes)},
         )
         self.phase = TransactionPhase.COMMITTED
         _log.info("Transaction %s changed nothing: %d object(s) already in production", self.transaction_id,

@@ -310,3 +310,26 @@ def test_a_log_entry_is_stored_as_the_gzipped_sorted_json_of_its_fields() -> Non
         expected = json.dumps({"format": FORMAT, **fields}, sort_keys=True, ensure_ascii=False)
         assert gzip.decompress(entry.to_bytes()).decode("utf-8") == expected
         assert Entry.from_bytes(entry.to_bytes()) == entry
+
+
+def test_a_decision_built_from_the_staged_puts_stores_the_bytes_of_their_records() -> None:
+    """The decision reads each put's record when it writes it: the bytes are those of the records as a list."""
+    import gzip
+
+    from sqlmesh_osaa.checkpoint import Fingerprint
+    from sqlmesh_osaa.commit_log import Entry, new_entry
+    from sqlmesh_osaa.commit_protocol import PutRecords, StagedPut
+
+    staged = [
+        StagedPut(f"prod/{i}.parquet", f"v/{i}", "cd" * 16, i, f"raw/{i}.csv", f"v/{i}", Fingerprint("ab" * 16, i, 7))
+        for i in range(5)
+    ]
+    records = [put.to_json() for put in staged]
+    lazy = new_entry(2, "txn", {}, PutRecords(staged), [])
+    eager = Entry(**{**{name: getattr(lazy, name) for name in lazy.__dataclass_fields__}, "puts": records})
+
+    assert lazy.to_bytes() == eager.to_bytes()
+    assert Entry.from_bytes(lazy.to_bytes()) == lazy
+    assert lazy.snapshot == new_entry(2, "txn", {}, records, []).snapshot
+    empty = new_entry(3, "txn", {}, PutRecords([]), ["prod/0.parquet"])
+    assert json.loads(gzip.decompress(empty.to_bytes()))["puts"] == []

@@ -1,0 +1,129 @@
+"""Where the memory of a first ``osaa-ingest`` goes: resident size per step of one whole process.
+
+A first ingest of a generated raw tree (``ingest_scale.make_small_tree``) runs as a fresh
+``osaa-ingest`` process (empty HOME, settings from ``OSAA_*``) with a sampler thread started
+before the command: every ``--interval`` seconds it reads the process's VmRSS from
+``/proc/self/status`` and names the step the main thread is in (the innermost frame of the
+package whose function is one of ``STEPS``). The table gives, per step in the order first
+seen, the resident size when it was first seen and the most seen during it; the last line is
+the kernel's peak (VmHWM) at exit. ``--tracemalloc`` adds the Python heap (traced current and
+peak) per step, at the cost of a slower and larger process: read it for the Python part only;
+``--detail`` splits each step by the innermost function of the package running in it.
+
+Run: ``.venv/bin/python bench/ingest_memory.py --files 3000 [--tracemalloc] [--code PATH]``
+(``--code``: a directory holding another ``sqlmesh_osaa``, put first on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ingest_scale import BIN, Bench, make_small_tree, run_child
+
+STEPS = (
+    "_discover",
+    "_split_unchanged",
+    "begin",
+    "prefetch_production",
+    "_convert_chunk",
+    "upload_many",
+    "_validate",
+    "decide",
+    "update_metadata",
+    "apply_entry",
+    "complete_files",
+    "_end_row",
+    "finish",
+    "_record_index",
+    "commit",
+    "_convert_and_commit",
+    "run_ingest",
+    "command_run",
+)
+
+# Runs in the child: the sampler, then the console script's own entry point.
+_CHILD = r"""
+import atexit, json, os, sys, threading, time
+steps, interval, out = set(sys.argv[1].split(",")), float(sys.argv[2]), sys.argv[3]
+traced, detail = sys.argv[4][0] == "1", sys.argv[4][1] == "1"
+if traced:
+    import tracemalloc
+    tracemalloc.start()
+seen, main, stop = {}, threading.main_thread().ident, threading.Event()
+def rss(field="VmRSS"):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+def step():
+    frame, innermost = sys._current_frames().get(main), None
+    while frame is not None:
+        code = frame.f_code
+        if "sqlmesh_osaa" in code.co_filename:
+            innermost = innermost or code.co_name
+            if code.co_name in steps:
+                return code.co_name if not detail or innermost == code.co_name else f"{code.co_name}: {innermost}"
+        frame = frame.f_back
+    return "start-up and exit"
+def sample():
+    name, now = step(), rss()
+    python = tracemalloc.get_traced_memory() if traced else (0, 0)
+    first = seen.setdefault(name, [now, now, python[0], python[1], len(seen)])
+    first[1] = max(first[1], now)
+    first[3] = max(first[3], python[1])
+def loop():
+    while not stop.wait(interval):
+        sample()
+def report():
+    stop.set()
+    sample()
+    with open(out, "w") as handle:
+        json.dump({"steps": seen, "peak": rss("VmHWM")}, handle)
+atexit.register(report)
+threading.Thread(target=loop, daemon=True).start()
+sys.argv = ["osaa-ingest", *sys.argv[5:]]
+from sqlmesh_osaa.cli import ingest_main
+ingest_main()
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--rows", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.02)
+    parser.add_argument("--tracemalloc", action="store_true")
+    parser.add_argument("--detail", action="store_true", help="name the innermost function of the package too")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the command's environment")
+    parser.add_argument("--code", type=Path, help="a directory holding the sqlmesh_osaa to measure")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="osaa-memory-") as tmp:
+        bench = Bench(Path(tmp), None)
+        raw = make_small_tree(bench.fresh("raw"), args.files, args.rows)
+        work = bench.fresh("work")
+        env = bench.ours_env(work)
+        env.update(variable.split("=", 1) for variable in args.env)
+        if args.code is not None:
+            env["PYTHONPATH"] = str(args.code.resolve())
+        out = work / "memory.json"
+        command = [str(BIN / "python"), "-c", _CHILD, ",".join(STEPS), str(args.interval), str(out),
+                   f"{int(args.tracemalloc)}{int(args.detail)}", str(raw), "--json"]
+        sample = run_child(command, env, bench.cwd)
+        found = json.loads(out.read_text())
+        shutil.rmtree(work)
+    print(f"{args.files:,} files, load average {os.getloadavg()[0]:.1f}; CPU {sample.cpu:.2f} s, wall {sample.wall:.2f} s")
+    print("| step | VmRSS first seen | VmRSS max | Python heap first seen | Python heap peak |")
+    print("|---|---|---|---|---|")
+    for name, (first, most, heap, heap_peak, _) in sorted(found["steps"].items(), key=lambda item: item[1][4]):
+        print(f"| {name} | {first:.1f} MB | {most:.1f} MB | {heap / 2**20:.1f} MB | {heap_peak / 2**20:.1f} MB |")
+    print(f"peak (VmHWM) {found['peak']:.1f} MB; ru_maxrss {sample.rss_mb:.1f} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
