@@ -196,6 +196,7 @@ class TransactionManager:
         self._already_committed = False
         self._known_production: dict[str, dict[str, str | None]] = {}
         self._lock = threading.Lock()
+        self._put_positions: dict[str, int] = {}
         self._marker: Marker | None = None
         self._base: dict[str, dict[str, Any]] = {}
         self._heartbeat_stop = threading.Event()
@@ -343,6 +344,7 @@ class TransactionManager:
         """
         accepting = self._accepting_work()
         refused = {index: error for index, upload in enumerate(uploads) if (error := self._refused(upload.key))}
+        refused.update(self._given_twice(uploads))
         staging = [upload for index, upload in enumerate(uploads) if index not in refused]
         if accepting and staging:
             self.checkpoint.mark_started_many(
@@ -370,6 +372,30 @@ class TransactionManager:
             category=ErrorCategory.PERMANENT,
             transaction_id=self.transaction_id,
         )
+
+    def _given_twice(self, uploads: Sequence[Upload]) -> dict[int, TransactionError]:
+        """Refusals of every upload whose key another upload of the batch also names.
+
+        Both would be staged at once under one staged key, so which bytes it ends up holding
+        is a race: none of them is staged, and each failure names all the files.
+        """
+        indexes: dict[str, list[int]] = {}
+        for index, upload in enumerate(uploads):
+            indexes.setdefault(upload.key, []).append(index)
+        refused = {}
+        for key, shared in indexes.items():
+            if len(shared) < 2:
+                continue
+            files = ", ".join(repr(str(uploads[index].tracked_path)) for index in shared)
+            error = TransactionError(
+                f"Object key {key!r} is given for {len(shared)} files of one batch ({files}); none of them "
+                "was staged. Give each file its own key, or stage them one after the other (the last one wins)",
+                category=ErrorCategory.PERMANENT,
+                transaction_id=self.transaction_id,
+                key=key,
+            )
+            refused.update((index, error) for index in shared)
+        return refused
 
     def _check_key(self, key: str) -> None:
         if (error := self._refused(key)) is not None:
@@ -436,8 +462,18 @@ class TransactionManager:
         return UploadOutcome(upload, put)
 
     def _add(self, put: StagedPut) -> StagedPut:
+        """Record ``put``; a later staging of a key replaces the earlier one, as a later write would.
+
+        Both were staged under the same staged key, so the earlier record no longer describes
+        what that object holds: keeping it would make the apply find the wrong MD5.
+        """
         with self._lock:
-            self.manifest.puts.append(put)
+            position = self._put_positions.get(put.key)
+            if position is None:
+                self._put_positions[put.key] = len(self.manifest.puts)
+                self.manifest.puts.append(put)
+            else:
+                self.manifest.puts[position] = put
         return put
 
     def stage_copy(self, source_key: str, s3_key: str) -> StagedPut:

@@ -203,6 +203,32 @@ def test_a_refused_key_in_a_batch_is_its_own_failure_and_the_good_files_commit(s
     assert checkpoint.get(CheckpointScope.FILE, "prod/good.parquet")["status"] == "completed"
 
 
+def test_a_key_staged_again_in_one_transaction_publishes_the_later_file(store, checkpoint, tmp_path):
+    first, second = write(tmp_path / "first.csv", "first"), write(tmp_path / "second.csv", "second, longer")
+    with txn(store, checkpoint) as t:
+        t.upload_file(first, "prod/a.parquet", source_path=first)
+        t.upload_file(second, "prod/a.parquet", source_path=second)
+    assert keys(store) == ["prod/a.parquet"]
+    assert store.get_bytes("prod/a.parquet")[0] == b"second, longer"
+    manifest = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]["manifest"]
+    assert [put["key"] for put in manifest["puts"]] == ["prod/a.parquet"]
+    assert checkpoint.is_completed(CheckpointScope.FILE, "prod/a.parquet", str(second))
+
+
+def test_one_key_given_twice_in_a_batch_stages_neither_file_and_names_both(store, checkpoint, tmp_path):
+    one, two, good = (write(tmp_path / f"{name}.csv", name) for name in ("one", "two", "good"))
+    with txn(store, checkpoint) as t:
+        outcomes = t.upload_many(
+            [Upload(one, "prod/same.parquet"), Upload(good, "prod/good.parquet"), Upload(two, "prod/same.parquet")]
+        )
+    assert outcomes[1].error is None
+    for outcome in (outcomes[0], outcomes[2]):
+        message = str(outcome.error)
+        assert "'prod/same.parquet'" in message and str(one) in message and str(two) in message
+    assert keys(store) == ["prod/good.parquet"]
+    assert checkpoint.get(CheckpointScope.FILE, "prod/same.parquet") is None
+
+
 @pytest.mark.parametrize("stage", ["delete", "stage_copy"])
 def test_a_refused_destination_of_a_delete_or_copy_is_refused_before_the_commit(stage, store, checkpoint, tmp_path):
     with txn(store, checkpoint) as t:
