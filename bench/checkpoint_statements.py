@@ -17,7 +17,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import re
 import signal
 import subprocess
 import sys

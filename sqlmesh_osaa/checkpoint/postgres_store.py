@@ -111,8 +111,8 @@ _MIGRATION_TO_3 = (
     f"UPDATE checkpoint_schema SET version = {SCHEMA_VERSION}",
 )
 _ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
-# The rows of many keys: a join with the keys unnested (``key = ANY(array)`` sorts the array and
-# estimates each of its elements, which took seconds at 100k keys).
+# The rows of many keys: a join with the keys unnested. ``key = ANY(array)`` was planned with the
+# 100k-element constant and filtered every row of the scope against it: 1.6 s against 0.36 s.
 _C_ROW_SELECT = ", ".join(f'c."{c}"' for c in ROW_COLUMNS)
 _BY_KEYS = "FROM unnest(%s::text[]) AS k(key) JOIN checkpoints c ON c.pipeline = %s AND c.scope = %s AND c.key = k.key"
 
@@ -280,7 +280,7 @@ class PostgresStore(CheckpointStore):
         return self._execute(sql.replace("?", "%s"), list(params))
 
     def read_rows(self, pipeline: str, scope: str, keys: Sequence[str]) -> dict[str, Row]:
-        """Rows of ``keys``: index lookups on the primary key, as many as keys whatever the table's size."""
+        """Rows of ``keys``: a join of the keys with the rows (index lookups for a few, a hash join for many)."""
         if not keys:
             return {}
         found = self._execute(f"SELECT {_C_ROW_SELECT} {_BY_KEYS}", [list(keys), pipeline, scope])
