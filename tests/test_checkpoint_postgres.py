@@ -261,3 +261,41 @@ def test_a_bulk_write_of_rows_another_writer_changed_after_they_were_read_is_pla
             ("failed", "completed"),
         ]
         assert {store.get("file", key)["status"] for key in keys} == {"completed"}
+
+
+def layout(dsn: str) -> tuple[int, list[str], list[str]]:
+    """(recorded layout, the storage options of ``checkpoints``, the indexes of ``checkpoint_events``)."""
+    with psycopg.connect(dsn) as connection:
+        (version,) = connection.execute("SELECT version FROM checkpoint_schema").fetchone()
+        (options,) = connection.execute("SELECT reloptions FROM pg_class WHERE relname = 'checkpoints'").fetchone()
+        indexes = [name for (name,) in connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'checkpoint_events' ORDER BY 1"
+        )]  # fmt: skip
+    return version, options, indexes
+
+
+def test_a_layout_2_store_is_migrated_when_opened_and_keeps_its_rows_and_history(pg_dsn: str) -> None:
+    with PipelineCheckpoint("team", dsn=pg_dsn) as store:
+        store.mark_started_many(FILE, [f"old/{i}" for i in range(20)])
+        store.mark_completed(FILE, "old/3")
+        rows_before = {key: store.get(FILE, key)["status"] for key in (f"old/{i}" for i in range(20))}
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        # Layout 2 as the previous version created it.
+        connection.execute("ALTER TABLE checkpoints SET (fillfactor = 70)")
+        connection.execute("ALTER TABLE checkpoint_events ADD PRIMARY KEY (seq)")
+        connection.execute("UPDATE checkpoint_schema SET version = 2")
+    assert layout(pg_dsn) == (2, ["fillfactor=70"], ["checkpoint_events_key", "checkpoint_events_pkey"])
+
+    with PipelineCheckpoint("team", dsn=pg_dsn) as store:
+        assert layout(pg_dsn) == (3, ["fillfactor=50"], ["checkpoint_events_key"])
+        assert {key: store.get(FILE, key)["status"] for key in rows_before} == rows_before
+        assert [e["to_status"] for e in store.history(FILE, "old/3")] == ["in_progress", "completed"]
+        store.mark_completed_many(FILE, [f"old/{i}" for i in range(20) if i != 3])
+        assert {store.get(FILE, f"old/{i}")["status"] for i in range(20)} == {"completed"}
+
+
+def test_a_new_store_is_created_in_the_current_layout(pg_dsn: str) -> None:
+    with PipelineCheckpoint("team", dsn=pg_dsn):
+        pass
+
+    assert layout(pg_dsn) == (3, ["fillfactor=50"], ["checkpoint_events_key"])

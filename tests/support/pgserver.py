@@ -45,7 +45,7 @@ class PostgresServer:
 
     def __init__(self, *, durable: bool = False, settings: dict[str, str] | None = None) -> None:
         self.durable = durable
-        # Extra server settings (``-c name=value``), e.g. pg_stat_statements for a profile.
+        # Extra server settings (``-c name=value``), e.g. the contrib modules a profile loads.
         self.settings = dict(settings or {})
         self.port = _free_port()
         self.password = uuid.uuid4().hex
@@ -72,9 +72,11 @@ class PostgresServer:
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
         )
-        options = ["-c", "max_connections=200", "-c", "shared_buffers=64MB"]
+        options = ["-c", "max_connections=200"]
         if not self.durable:
-            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            # Many test servers at once: half PostgreSQL's default buffers, and no flushes.
+            options += ["-c", "shared_buffers=64MB", "-c", "fsync=off", "-c", "synchronous_commit=off"]
+            options += ["-c", "full_page_writes=off"]
         for name, value in self.settings.items():
             options += ["-c", f"{name}={value}"]
         self._process = subprocess.Popen(
