@@ -149,11 +149,11 @@ _BATCH_TABLE_SQL = (
     + ", ".join(f'"{c}" {_SQL_TYPES.get(c, "text")}' for c in _BATCH_COLUMNS)
     + ") ON COMMIT DELETE ROWS"
 )
-# Set for the session at connect: a batch's temporary table (100k rows: ~18 MB) stays in memory
-# (the default 8 MB is written out and read back; memory is taken only as the table grows).
-# synchronous_commit off, when asked: a commit returns before its WAL reaches the server's disk
-# (a server crash, not a client crash, may lose the last fraction of a second of marks).
-_SESSION_OPTIONS = "-c temp_buffers=32MB"
+# Set for the session once connected (before any temporary table, as the server requires): a
+# batch's temporary table (100k rows: ~18 MB) stays in memory (the default 8 MB is written out
+# and read back; memory is taken only as the table grows). A SET rather than a startup option,
+# which connection poolers such as PgBouncer refuse unless told to ignore it.
+_SESSION_SQL = "SET temp_buffers = '32MB'"
 # A bulk transaction's hash joins of 100k rows fit in memory, and its statements are not JIT-compiled
 # (compiling them costs more than the few passes it would speed up).
 _BATCH_SETTINGS_SQL = "SELECT set_config('work_mem', '64MB', true), set_config('jit', 'off', true)"
@@ -484,7 +484,7 @@ class PostgresStore(CheckpointStore):
 
     def _connect(self) -> Any:
         try:
-            return self._psycopg.connect(
+            connection = self._psycopg.connect(
                 self._dsn,
                 autocommit=True,
                 connect_timeout=max(1, round(self.connect_timeout)),
@@ -493,8 +493,16 @@ class PostgresStore(CheckpointStore):
                 keepalives_idle=30,
                 keepalives_interval=10,
                 keepalives_count=3,
-                options=_SESSION_OPTIONS + ("" if self.synchronous_commit else " -c synchronous_commit=off"),
+                # Off: a commit returns before its WAL reaches the server's disk (a server crash,
+                # not a client crash, may lose the last fraction of a second of marks).
+                options="" if self.synchronous_commit else "-c synchronous_commit=off",
             )
+            try:
+                connection.execute(_SESSION_SQL)
+            except BaseException:
+                connection.close()
+                raise
+            return connection
         except self._psycopg.Error as exc:
             raise CheckpointError(
                 f"Cannot connect to the checkpoint database ({self.location}): {exc}".strip(),
