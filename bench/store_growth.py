@@ -207,7 +207,12 @@ def main() -> None:
     print(f"load average after: {os.getloadavg()}")
 
 
-ENV = {**os.environ, "HOME": tempfile.mkdtemp(prefix="osaa-bench-home-")}
+# As on an installed system: with Python's bytecode cache (an inherited PYTHONDONTWRITEBYTECODE
+# would make every command compile the package again, which a wheel install never does).
+ENV = {
+    **{name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"},
+    "HOME": tempfile.mkdtemp(prefix="osaa-bench-home-"),
+}
 
 if __name__ == "__main__":
     main()
