@@ -64,6 +64,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Target,
     batch_columns,
     check_stored,
+    settable_columns,
     split_constant,
     written_rows,
 )
@@ -195,13 +196,6 @@ _ROW_BULK_INSERT_SQL = (
     f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
     f"WHERE {WRITE} = '{INSERT}'"
 )
-# An UPDATE by item_id never changes these.
-_IDENTITY = ("pipeline", "scope", "key")
-
-
-def _settable(stored: Collection[str]) -> list[str]:
-    """The row columns a bulk UPDATE may set: all but the identity and those the batch left as stored."""
-    return [column for column in ROW_COLUMNS if column not in _IDENTITY and ROW_FROM_EVENT.get(column, column) not in stored]
 
 
 def _changed_sql(frame: str, columns: Sequence[str]) -> str:
@@ -743,7 +737,7 @@ class DuckDBStore(CheckpointStore):
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    self._update_rows(connection, name, _settable(stored))
+                    self._update_rows(connection, name, settable_columns(stored))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

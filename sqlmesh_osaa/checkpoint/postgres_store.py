@@ -44,6 +44,7 @@ from sqlmesh_osaa.checkpoint.store import (
     batch_columns,
     check_stored,
     refuse_if_forked,
+    settable_columns,
     split_constant,
     written_rows,
 )
@@ -666,7 +667,7 @@ class PostgresStore(CheckpointStore):
         def update(returning: str = "", returning_params: Sequence[Any] = ()) -> tuple[str, list[Any]]:
             """The UPDATE of the batch's rows: what it changes only, and only rows still at the version read."""
             # Set what the batch changes: not the key (it matched), not what it left as stored.
-            changed = [c for c in ROW_COLUMNS if c not in _ROW_KEY and ROW_FROM_EVENT.get(c, c) not in stored]
+            changed = settable_columns(stored)
             row_sql, row_params = values([ROW_FROM_EVENT.get(column, column) for column in changed])
             condition, params = f"{write_sql} = '{UPDATE}'", write_params
             if updates == len(writes):

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_LOG_COLUMNS, PENDING, ROW_COLUMNS, TRANSITION
-from sqlmesh_osaa.checkpoint.transitions import STORED, Event, Row, RunIdentity, event_columns, row_after
+from sqlmesh_osaa.checkpoint.transitions import ROW_FROM_EVENT, STORED, Event, Row, RunIdentity, event_columns, row_after
 from sqlmesh_osaa.exceptions import CheckpointError, ErrorCategory
 
 logger = logging.getLogger(__name__)
@@ -298,6 +298,15 @@ def split_constant(columns: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
         else:
             varying[name] = values
     return constant, varying, stored
+
+
+def settable_columns(stored: Collection[str]) -> list[str]:
+    """The row columns a bulk UPDATE may set: all but the row's identity and those the batch left as stored."""
+    return [
+        column
+        for column in ROW_COLUMNS
+        if column not in ("pipeline", "scope", "key") and ROW_FROM_EVENT.get(column, column) not in stored
+    ]
 
 
 def check_stored(stored: Sequence[str], writes: Iterable[str]) -> None:
