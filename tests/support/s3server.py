@@ -18,6 +18,7 @@ from typing import Any
 from sqlmesh_osaa.storage import make_s3_client
 from support import processes
 
+ATOMIC_SERVER = Path(__file__).with_name("moto_atomic.py")
 # Fake credentials: moto accepts any, and a real endpoint would reject these.
 FAKE_ACCESS_KEY = "testing"
 FAKE_SECRET_KEY = "testing"
@@ -31,7 +32,10 @@ def free_port() -> int:
 
 
 class MotoServer:
-    """Start/stop ``python -m moto.server``; its output goes to a log file shown when it fails to start."""
+    """Start/stop moto's S3 server (with atomic conditional writes: ``moto_atomic.py``).
+
+    Its output goes to a log file shown when it fails to start.
+    """
 
     def __init__(self, startup_timeout: float = 30.0) -> None:
         self.port = free_port()
@@ -43,7 +47,7 @@ class MotoServer:
     def start(self) -> MotoServer:
         with open(self._log, "wb") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, str(ATOMIC_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
