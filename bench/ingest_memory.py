@@ -6,9 +6,10 @@ before the command: every ``--interval`` seconds it reads the process's VmRSS fr
 ``/proc/self/status`` and names the step the main thread is in (the innermost frame of the
 package whose function is one of ``STEPS``). The table gives, per step in the order first
 seen, the resident size when it was first seen and the most seen during it; the last line is
-the kernel's peak (VmHWM) at exit; the resident size is split into anonymous memory (heaps) and
-file-backed pages (the code of DuckDB and Python's extensions, mapped and touched). ``--tracemalloc`` adds the Python heap (traced current and
-peak) per step, at the cost of a slower and larger process: read it for the Python part only;
+the kernel's peak (VmHWM) at exit. The most seen is also split into anonymous memory (the heaps)
+and file-backed pages (the code of DuckDB and of Python's extensions, mapped and touched).
+``--tracemalloc`` adds the Python heap (traced current and peak) per step, at the cost of a
+slower and larger process: read it for the Python part only;
 ``--detail`` splits each step by the innermost function of the package running in it.
 
 Run: ``.venv/bin/python bench/ingest_memory.py --files 3000 [--tracemalloc] [--code PATH]``
