@@ -6,8 +6,10 @@ before the command: every ``--interval`` seconds it reads the process's VmRSS fr
 ``/proc/self/status`` and names the step the main thread is in (the innermost frame of the
 package whose function is one of ``STEPS``). The table gives, per step in the order first
 seen, the resident size when it was first seen and the most seen during it; the last line is
-the kernel's peak (VmHWM) at exit. ``--tracemalloc`` adds the Python heap (traced current and
-peak) per step, at the cost of a slower and larger process: read it for the Python part only;
+the kernel's peak (VmHWM) at exit. The most seen is also split into anonymous memory (the heaps)
+and file-backed pages (the code of DuckDB and of Python's extensions, mapped and touched).
+``--tracemalloc`` adds the Python heap (traced current and peak) per step, at the cost of a
+slower and larger process: read it for the Python part only;
 ``--detail`` splits each step by the innermost function of the package running in it.
 
 Run: ``.venv/bin/python bench/ingest_memory.py --files 3000 [--tracemalloc] [--code PATH]``
@@ -49,20 +51,29 @@ STEPS = (
 
 # Runs in the child: the sampler, then the console script's own entry point.
 _CHILD = r"""
-import atexit, json, os, sys, threading, time
+import atexit, gc, json, os, sys, threading, time
 steps, interval, out = set(sys.argv[1].split(",")), float(sys.argv[2]), sys.argv[3]
 traced, detail = sys.argv[4][0] == "1", sys.argv[4][1] == "1"
 if traced:
     import tracemalloc
     tracemalloc.start()
 seen, main, stop = {}, threading.main_thread().ident, threading.Event()
-def rss(field="VmRSS"):
+def rss(fields=("VmRSS", "RssAnon", "RssFile")):
     with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
+        found = dict(line.split(":", 1) for line in status if line.startswith(fields))
+    return [int(found[field].split()[0]) / 1024 for field in fields]
+def frames():
+    # CPython 3.11 holds its thread-list lock while sys._current_frames() builds its dict; a
+    # collection starting there that frees a threading.local takes that lock again: deadlock.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if enabled:
+            gc.enable()
 def step():
-    frame, innermost = sys._current_frames().get(main), None
+    frame, innermost = frames().get(main), None
     while frame is not None:
         code = frame.f_code
         if "sqlmesh_osaa" in code.co_filename:
@@ -72,11 +83,13 @@ def step():
         frame = frame.f_back
     return "start-up and exit"
 def sample():
-    name, now = step(), rss()
+    name, (now, anon, mapped) = step(), rss()
     python = tracemalloc.get_traced_memory() if traced else (0, 0)
-    first = seen.setdefault(name, [now, now, python[0], python[1], len(seen)])
+    first = seen.setdefault(name, [now, now, python[0], python[1], len(seen), anon, mapped])
     first[1] = max(first[1], now)
     first[3] = max(first[3], python[1])
+    first[5] = max(first[5], anon)
+    first[6] = max(first[6], mapped)
 def loop():
     while not stop.wait(interval):
         sample()
@@ -84,7 +97,7 @@ def report():
     stop.set()
     sample()
     with open(out, "w") as handle:
-        json.dump({"steps": seen, "peak": rss("VmHWM")}, handle)
+        json.dump({"steps": seen, "peak": rss(("VmHWM",))[0]}, handle)
 atexit.register(report)
 threading.Thread(target=loop, daemon=True).start()
 sys.argv = ["osaa-ingest", *sys.argv[5:]]
@@ -118,10 +131,11 @@ def main() -> None:
         found = json.loads(out.read_text())
         shutil.rmtree(work)
     print(f"{args.files:,} files, load average {os.getloadavg()[0]:.1f}; CPU {sample.cpu:.2f} s, wall {sample.wall:.2f} s")
-    print("| step | VmRSS first seen | VmRSS max | Python heap first seen | Python heap peak |")
-    print("|---|---|---|---|---|")
-    for name, (first, most, heap, heap_peak, _) in sorted(found["steps"].items(), key=lambda item: item[1][4]):
-        print(f"| {name} | {first:.1f} MB | {most:.1f} MB | {heap / 2**20:.1f} MB | {heap_peak / 2**20:.1f} MB |")
+    print("| step | VmRSS first seen | VmRSS max | anonymous max | file-backed max | Python heap first seen | Python heap peak |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (first, most, heap, heap_peak, _, anon, mapped) in sorted(found["steps"].items(), key=lambda item: item[1][4]):
+        print(f"| {name} | {first:.1f} MB | {most:.1f} MB | {anon:.1f} MB | {mapped:.1f} MB | {heap / 2**20:.1f} MB "
+              f"| {heap_peak / 2**20:.1f} MB |")
     print(f"peak (VmHWM) {found['peak']:.1f} MB; ru_maxrss {sample.rss_mb:.1f} MB")
 
 

@@ -344,22 +344,39 @@ def _end_row(checkpoint: PipelineCheckpoint, transaction_id: str, entry: Entry |
     if row is None or row["interrupted"]:
         checkpoint.mark_started(CheckpointScope.OPERATION, key, force=True)
     if entry is not None:
-        metadata = {"phase": "committed", "position": entry.position, "manifest": _manifest_json(entry)}
-        checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=metadata)
+        checkpoint.mark_completed(CheckpointScope.OPERATION, key, metadata=committed_row(entry))
     else:
         checkpoint.mark_failed(CheckpointScope.OPERATION, key, reason, metadata={"phase": "rolled_back"})
 
 
-def _manifest_json(entry: Entry) -> dict[str, Any]:
-    return row_manifest(entry.puts, entry.deletes)
+def committed_row(entry: Entry) -> dict[str, Any]:
+    """What a decided transaction's checkpoint row keeps: the log position of its decision and its counts.
+
+    The decision's entry at ``position`` holds the manifest (each key with its version, MD5
+    and size), and log entries are never deleted, so the row does not repeat it: a manifest
+    of every ingested file written into a row and its event was the peak of a first ingest
+    (docs/performance.md, "Ingest"). Its readers (``osaa-recover verify`` and
+    ``transactions``, failure notifications) read the entry or the counts; a row written
+    before this still holds ``manifest`` and is read as before.
+    """
+    return {"phase": "committed", "position": entry.position, "puts": len(entry.puts), "deletes": len(entry.deletes)}
+
+
+def row_puts(metadata: Mapping[str, Any], log: CommitLog) -> Iterable[Mapping[str, Any]]:
+    """The puts of a committed transaction's row (key, MD5, size): its ``manifest``, else its decision's entry."""
+    manifest = metadata.get("manifest")
+    if manifest is not None:
+        return manifest.get("puts", [])
+    position = metadata.get("position")
+    entry = log.entry(int(position)) if position else None
+    return entry.puts if entry is not None and entry.kind == "commit" else []
 
 
 def row_manifest(puts: Iterable[Mapping[str, Any]], deletes: Iterable[str]) -> dict[str, Any]:
-    """What a transaction's checkpoint row keeps of its manifest: each key with its MD5 and size.
+    """What the row of a transaction that changed nothing keeps of its manifest: each key with its MD5 and size.
 
-    That is what its readers use (``osaa-recover verify`` and ``transactions``, failure
-    notifications); the full manifest (versions, sources, fingerprints) is the log entry at
-    the row's ``position``. A row holding every field cost memory in proportion to the files.
+    Such a transaction writes no log entry for its row to name (a decided one keeps
+    :func:`committed_row`); its readers are those of :func:`row_puts`.
     """
     return {"puts": [{name: put[name] for name in _ROW_PUT_FIELDS} for put in puts], "deletes": list(deletes)}
 

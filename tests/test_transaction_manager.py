@@ -11,7 +11,8 @@ from support import jobs
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
 from sqlmesh_osaa.exceptions import TransactionError, ValidationError
-from sqlmesh_osaa.commit_log import MARKER_PREFIX, PROTOCOL_ROOT, VERSIONS_PREFIX
+from sqlmesh_osaa.commit_log import MARKER_PREFIX, PROTOCOL_ROOT, VERSIONS_PREFIX, CommitLog
+from sqlmesh_osaa.commit_protocol import row_puts
 from sqlmesh_osaa.fault_points import AFTER_STAGING
 from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import (
@@ -55,17 +56,25 @@ def test_commit_publishes_every_object_and_empties_staging(store, checkpoint, tm
     assert row["metadata"]["phase"] == "committed"
 
 
-def test_the_committed_row_lists_each_key_with_its_md5_and_size_and_names_the_log_position(store, checkpoint, tmp_path):
+def test_the_committed_row_names_the_log_entry_holding_its_manifest_and_counts_its_puts_and_deletes(
+    store, checkpoint, tmp_path
+):
     with txn(store, checkpoint) as t:
         t.upload_file(write(tmp_path / "a.csv", "abc"), "prod/a.parquet")
         t.delete("prod/old.parquet")
 
     metadata = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]
-    assert metadata["manifest"] == {
-        "puts": [{"key": "prod/a.parquet", "md5": store.head("prod/a.parquet").md5, "size": 3}],
-        "deletes": ["prod/old.parquet"],
-    }
-    assert metadata["position"] >= 1
+    assert "manifest" not in metadata
+    assert (metadata["puts"], metadata["deletes"]) == (1, 1)
+    puts = row_puts(metadata, CommitLog(store, FAST))
+    assert [(put["key"], put["md5"], put["size"]) for put in puts] == [
+        ("prod/a.parquet", store.head("prod/a.parquet").md5, 3)
+    ]
+
+
+def test_a_row_written_with_its_manifest_is_read_from_it(store):
+    metadata = {"phase": "committed", "position": 7, "manifest": {"puts": [{"key": "k", "md5": "m", "size": 1}], "deletes": []}}
+    assert list(row_puts(metadata, CommitLog(store, FAST))) == [{"key": "k", "md5": "m", "size": 1}]
 
 
 def test_nothing_reaches_production_before_commit(store, checkpoint, tmp_path):
@@ -210,8 +219,8 @@ def test_a_key_staged_again_in_one_transaction_publishes_the_later_file(store, c
         t.upload_file(second, "prod/a.parquet", source_path=second)
     assert keys(store) == ["prod/a.parquet"]
     assert store.get_bytes("prod/a.parquet")[0] == b"second, longer"
-    manifest = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]["manifest"]
-    assert [put["key"] for put in manifest["puts"]] == ["prod/a.parquet"]
+    metadata = checkpoint.get(CheckpointScope.OPERATION, journal_key(t.transaction_id))["metadata"]
+    assert [put["key"] for put in row_puts(metadata, CommitLog(store, FAST))] == ["prod/a.parquet"]
     assert checkpoint.is_completed(CheckpointScope.FILE, "prod/a.parquet", str(second))
 
 

@@ -47,8 +47,8 @@ def _transaction(row: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": row["started_at"],
         "updated_at": row["updated_at"],
         "staging": metadata.get("staging"),
-        "puts": len(manifest["puts"]) if manifest else None,
-        "deletes": len(manifest["deletes"]) if manifest else None,
+        "puts": len(manifest["puts"]) if manifest else metadata.get("puts"),
+        "deletes": len(manifest["deletes"]) if manifest else metadata.get("deletes"),
         "error_message": row["error_message"],
     }
 

@@ -2,7 +2,8 @@
 
 For each completed FILE item three things are compared: the source file's MD5 now, the MD5
 its checkpoint recorded, and the object in storage (size and content MD5 from its metadata or
-ETag) against what the committed transaction that wrote it recorded in its manifest. The
+ETag) against what the committed transaction that wrote it recorded in its manifest (its log
+entry, which its checkpoint row names). The
 recorded source checksum is of the raw file, the object is its converted parquet, so the
 object is checked against the transaction's manifest, never against the raw checksum.
 """
@@ -14,6 +15,8 @@ from typing import Any, Iterable, Mapping
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.cli.database import CheckpointSession
+from sqlmesh_osaa.commit_log import CommitLog
+from sqlmesh_osaa.commit_protocol import row_puts
 from sqlmesh_osaa.error_handler import ErrorHandler
 from sqlmesh_osaa.storage import ObjectStore, file_md5
 from sqlmesh_osaa.transaction_manager import JOURNAL_PREFIX, iter_transactions
@@ -23,12 +26,19 @@ PROBLEMS = ("source_changed", "object_missing", "object_mismatch", "object_unrea
 NOTICES = ("source_missing", "object_unrecorded")
 
 
-def _expected_objects(checkpoint: PipelineCheckpoint) -> dict[str, dict[str, Any]]:
-    """Key -> size, MD5 and transaction of its newest committed write, from the journal manifests."""
+def _expected_objects(checkpoint: PipelineCheckpoint, log: CommitLog, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    """Key -> size, MD5 and transaction of its newest committed write, for the ``wanted`` keys.
+
+    Each committed transaction's puts come from its row (:func:`row_puts`: the decision's log
+    entry, one GET each, cached); the newest rows are read first and the reading stops once
+    every wanted key is found.
+    """
     expected: dict[str, dict[str, Any]] = {}
     for row in iter_transactions(checkpoint, CheckpointStatus.COMPLETED):
-        for put in ((row.get("metadata") or {}).get("manifest") or {}).get("puts", []):
-            if put["key"] not in expected:
+        if wanted <= expected.keys():
+            break
+        for put in row_puts(row.get("metadata") or {}, log):
+            if put["key"] in wanted and put["key"] not in expected:
                 expected[put["key"]] = {
                     "size": put.get("size"),
                     "md5": put.get("md5") or None,
@@ -97,7 +107,11 @@ def verify(
     ]
     rows.sort(key=lambda row: row["updated_at"], reverse=True)
     rows = rows[:limit] if limit else rows
-    expected = {name: _expected_objects(session.checkpoint(name)) for name in {row["pipeline"] for row in rows}}
+    log = CommitLog(store, handler)
+    expected = {
+        name: _expected_objects(session.checkpoint(name), log, {row["key"] for row in rows if row["pipeline"] == name})
+        for name in {row["pipeline"] for row in rows}
+    }
     items = [verify_item(row, store, handler, expected[row["pipeline"]].get(row["key"])) for row in rows]
     problems = sum(1 for entry in items if not entry["ok"])
     return {"bucket": store.bucket, "checked": len(items), "problems": problems, "items": items}
