@@ -117,8 +117,9 @@ _MIGRATION_TO_3 = (
 _ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
 # The rows of many keys: a join with the keys unnested. ``key = ANY(array)`` was planned with the
 # 100k-element constant and filtered every row of the scope against it: 1.6 s against 0.36 s.
+# The keys travel in binary (%b): psycopg dumps 100k strings as a text array in 0.39 s, in 0.09 s so.
 _C_ROW_SELECT = ", ".join(f'c."{c}"' for c in ROW_COLUMNS)
-_BY_KEYS = "FROM unnest(%s::text[]) AS k(key) JOIN checkpoints c ON c.pipeline = %s AND c.scope = %s AND c.key = k.key"
+_BY_KEYS = "FROM unnest(%b::text[]) AS k(key) JOIN checkpoints c ON c.pipeline = %s AND c.scope = %s AND c.key = k.key"
 
 
 def _unnest(columns: Sequence[str]) -> str:
