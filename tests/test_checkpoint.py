@@ -956,3 +956,39 @@ def test_the_duckdb_store_uses_the_objects_the_duckdb_package_exports() -> None:
 
     for name in ("connect", "DuckDBPyConnection", "Error", "IOException", "CatalogException"):
         assert getattr(duckdb, name) is getattr(_duckdb, name), name
+
+
+def test_a_batch_of_many_files_records_each_files_own_size_and_mtime(store: PipelineCheckpoint, tmp_path: Path) -> None:
+    """From 1,000 files the batch fingerprints them on a thread while the rows are read."""
+    paths = []
+    for index in range(1200):
+        path = tmp_path / f"raw/{index:04d}.csv"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x" * index)
+        paths.append(path)
+    items = [(f"many/{index:04d}", str(path)) for index, path in enumerate(paths)]
+    store.mark_started_many(FILE, items)
+    store.mark_completed_many(FILE, [(key, path, f"md5-{key}") for key, path in items])
+    for key, path in items[::97]:
+        row = store.get(FILE, key)
+        stat = os.stat(path)
+        assert (row["status"], row["file_size"], row["checksum"]) == ("completed", stat.st_size, f"md5-{key}")
+        assert store.file_unchanged(FILE, key, path)
+
+
+def test_a_batch_of_many_files_one_of_which_cannot_be_read_writes_nothing(
+    store: PipelineCheckpoint, tmp_path: Path
+) -> None:
+    items = []
+    for index in range(1100):
+        path = tmp_path / f"raw/{index:04d}.csv"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+        items.append((f"many/{index:04d}", str(path)))
+    unreadable = tmp_path / "raw/a-directory"
+    unreadable.mkdir()
+    items.append(("many/unreadable", str(unreadable)))
+    store.mark_started_many(FILE, items)
+    with pytest.raises(IsADirectoryError):
+        store.mark_completed_many(FILE, items)  # no checksum given: each file is read for its MD5
+    assert store.completed_keys(FILE, [key for key, _ in items]) == set()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,42 @@ def fingerprints(files: Iterable[tuple[str | Path | None, str | Fingerprint | No
             ", ".join(missing[:_MAX_LISTED]),
         )
     return result
+
+
+# From this many files a batch is fingerprinted on a thread of its own (fingerprints_meanwhile).
+_BACKGROUND_FROM = 1000
+
+
+def fingerprints_meanwhile(
+    files: Sequence[tuple[str | Path | None, str | Fingerprint | None]],
+) -> Callable[[], list[Fingerprint]]:
+    """:func:`fingerprints` of many files started on a thread; the returned call waits for them.
+
+    A batch's stat calls (0.5 s for 100k files) then run while its store reads the rows
+    (the server works, the connection's thread waits with the GIL released). The call
+    returns the same list, or raises the same error, every time it is made.
+    """
+    if len(files) < _BACKGROUND_FROM:
+        result = fingerprints(files)
+        return lambda: result
+    outcome: list[Any] = []
+
+    def take() -> None:
+        try:
+            outcome.append(fingerprints(files))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=take, name="osaa-fingerprints", daemon=True)
+    thread.start()
+
+    def wait() -> list[Fingerprint]:
+        thread.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return outcome[0]
+
+    return wait
 
 
 def file_matches(

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints
+from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints, fingerprints_meanwhile
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
     EVENT_COLUMNS,
@@ -662,20 +662,20 @@ class PipelineCheckpoint:
         if not keys:
             return
         store = self._require_open()
-        # Files named by the caller are fingerprinted before the transaction (the stat and MD5
-        # are the slow part); files recorded at start are fingerprinted once the rows are read.
-        given = None
+        # Files named by the caller are fingerprinted while the store reads the rows (the stat
+        # and MD5 are the slow part); files recorded at start once the rows are read.
         if to_status == COMPLETED:
             known = known or [None] * len(keys)
             named = [i for i, path in enumerate(paths) if path is not None or isinstance(known[i], Fingerprint)]
-            given = [None] * len(keys)
-            for index, fingerprint in zip(named, fingerprints((paths[i], known[i]) for i in named)):
-                given[index] = fingerprint
+            taken = fingerprints_meanwhile([(paths[i], known[i]) for i in named])
 
         def plan(rows: dict[str, Row]) -> Sequence[Event]:
             self._check(scope, rows, keys, paths, to_status, force)
-            prints = given
+            prints = None
             if to_status == COMPLETED:
+                given: list[Fingerprint | None] = [None] * len(keys)
+                for index, fingerprint in zip(named, taken()):
+                    given[index] = fingerprint
                 prints = self._fingerprint_recorded(rows, keys, known, given)
             change = Change(to_status, _utcnow(), self._run, metadata=metadata, error_message=error[0], error_category=error[1])
             olds = [rows.get(key) for key in keys]
