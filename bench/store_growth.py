@@ -80,7 +80,7 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
                CASE WHEN {failed} THEN 'failed' ELSE 'completed' END, {pairs},
                CASE WHEN {failed} THEN 'HTTP 503: service unavailable' END, CASE WHEN {failed} THEN 'transient' END,
                md5(i::VARCHAR), 1000 + i, 1700000000000000000 + i, {metadata}, 'run-{pairs - 1}', 4242, 'bench-host',
-               ts, ts, CASE WHEN {failed} THEN NULL ELSE ts END
+               ts, ts, CASE WHEN {failed} THEN NULL ELSE ts END, hash('{PIPELINE}' || chr(31) || 'file' || chr(31) || {key})
         FROM (SELECT i, {at.replace("(j)", f"({events_per_item - 1})")} AS ts FROM range({items}) r(i))"""
     )
     connection.execute("CHECKPOINT")

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from support import processes
 
@@ -956,3 +957,38 @@ def test_the_duckdb_store_uses_the_objects_the_duckdb_package_exports() -> None:
 
     for name in ("connect", "DuckDBPyConnection", "Error", "IOException", "CatalogException"):
         assert getattr(duckdb, name) is getattr(_duckdb, name), name
+
+
+def test_a_row_whose_id_hash_equals_another_keys_is_not_returned_for_that_key(tmp_path: Path) -> None:
+    """Lookups of many keys find rows by a 64-bit hash of the id; the id itself decides (a collision is harmless)."""
+    db = tmp_path / "checkpoints.duckdb"
+    keys = [f"k/{i}" for i in range(20)]
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        checkpoint.mark_started_many(FILE, keys + ["other"])
+        checkpoint.mark_completed_many(FILE, keys)
+    with duckdb.connect(str(db)) as database:
+        database.execute(
+            "UPDATE checkpoints SET id_hash = (SELECT id_hash FROM checkpoints WHERE key = 'k/0') WHERE key = 'other'"
+        )
+
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        assert checkpoint.completed_keys(FILE, ["k/0", "k/1"]) == {"k/0", "k/1"}
+        assert checkpoint.statuses(FILE, keys) == dict.fromkeys(keys, "completed")
+        assert checkpoint.statuses(FILE, ["k/0", "other"]) == {"k/0": "completed", "other": "in_progress"}
+
+
+def test_a_file_whose_recorded_hash_differs_from_duckdbs_has_its_id_hashes_recomputed_at_open(tmp_path: Path) -> None:
+    """DuckDB does not promise hash() across releases: a file written by another one still answers lookups."""
+    db = tmp_path / "checkpoints.duckdb"
+    keys = [f"k/{i}" for i in range(20)]
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        checkpoint.mark_started_many(FILE, keys)
+        checkpoint.mark_completed_many(FILE, keys)
+    with duckdb.connect(str(db)) as database:
+        database.execute("UPDATE checkpoints SET id_hash = id_hash + 1")
+        database.execute("UPDATE checkpoint_id_hash SET probe = probe + 1")
+
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        assert checkpoint.completed_keys(FILE, keys) == set(keys)
+    with duckdb.connect(str(db), read_only=True) as database:
+        assert database.execute("SELECT bool_and(id_hash = hash(item_id)) FROM checkpoints").fetchone()[0]
