@@ -989,6 +989,6 @@ def test_a_file_whose_recorded_hash_differs_from_duckdbs_has_its_id_hashes_recom
         database.execute("UPDATE checkpoint_id_hash SET probe = probe + 1")
 
     with PipelineCheckpoint("ingest", db) as checkpoint:
-        assert checkpoint.completed_keys(FILE, keys) == set(keys)
+        assert checkpoint.completed_keys(FILE, keys[:2]) == set(keys[:2])
     with duckdb.connect(str(db), read_only=True) as database:
         assert database.execute("SELECT bool_and(id_hash = hash(item_id)) FROM checkpoints").fetchone()[0]

@@ -135,6 +135,7 @@ def test_a_migrated_layout_2_file_answers_lookups_and_keeps_working(v2_database:
             *batch,
             "prod/landing/wdi/a.parquet",
         }
+        assert checkpoint.completed_keys(FILE, ["batch/3", "prod/landing/wdi/b.parquet"]) == {"batch/3"}
         checkpoint.mark_started_many(FILE, [f"new/{i}" for i in range(20)])
         checkpoint.mark_completed_many(FILE, [f"new/{i}" for i in range(20)])
         assert checkpoint.completed_keys(FILE, [f"new/{i}" for i in range(20)]) == {f"new/{i}" for i in range(20)}

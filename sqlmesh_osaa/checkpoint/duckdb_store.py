@@ -195,29 +195,41 @@ _LAYOUT_SQL = (
 
 _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
-# The rows of many keys in two steps (docs/performance.md, "Store growth"): the rows whose
-# id_hash is the hash of an asked id, found by a hash join that reads one BIGINT per stored row
-# (the ids themselves cost DuckDB 8-10x more to scan, and its ART index is no faster for
-# thousands of keys); then those rows fetched by rowid and kept only where the id is asked,
-# so a hash shared by two ids never returns the wrong row.
+# The rows of many keys, in one of two plans (docs/performance.md, "Store growth"). Keys of a
+# small share of the rows: the rows whose id_hash is the hash of an asked id, found by a hash
+# join that reads one BIGINT per stored row (scanning the ids themselves costs DuckDB 8-10x
+# more, and its ART index is slower still for thousands of keys), then fetched by rowid and kept
+# only where the id is asked, so a hash shared by two ids never returns the wrong row. Keys of
+# a large share of the rows (a batch completing what it started): the ids joined directly,
+# which then costs less than the two steps.
 # ``{keys}`` is a relation with one row and a ``keys`` list column (_json_relation).
 _KEY_IDS = "WITH k AS (SELECT {prefix} || unnest(keys) AS item_id FROM {keys}) "
-_ROWS_OF_IDS = (
+_ROWS_BY_HASH = (
     "FROM checkpoints c WHERE c.rowid IN (SELECT h.rowid FROM k JOIN checkpoints h ON h.id_hash = hash(k.item_id)) "
     "AND c.item_id IN (SELECT item_id FROM k)"
 )
-_ROWS_OF_KEYS_SQL = f"{_KEY_IDS}SELECT {{columns}} {_ROWS_OF_IDS}"
+_ROWS_BY_ID = "FROM checkpoints c WHERE c.rowid IN (SELECT h.rowid FROM k JOIN checkpoints h ON h.item_id = k.item_id)"
+_JOINED_BY_ID = "FROM k JOIN checkpoints c ON c.item_id = k.item_id"
+# The hash plan serves keys fewer than this share of the rows (measured: equal costs at 1/10).
+_BY_HASH_BELOW = 1 / 8
+_ROWS_OF_KEYS_SQL = {True: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_HASH}", False: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_ID}"}
 # A bulk read of the status alone is first asked as one aggregate: a batch's items usually
 # share one status (all in_progress when they are completed), and then no row need be fetched.
 # The aggregate also returns these columns when they hold one value for every key (a store may
-# read more than asked): a completion then carries them as constants, not from the rows in SQL.
+# read more than asked): a completion then carries them as constants, not from the rows in SQL,
+# and its UPDATE knows without a query whether it changes them (_UniformRows).
 _STATUS_ONLY = ("key", "status")
-_UNIFORM_EXTRAS = ("attempt", "started_at", "metadata")
-_STATUS_OF_KEYS_SQL = (
-    f"{_KEY_IDS}SELECT count(*), min(c.status), max(c.status), "
-    + ", ".join(f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS)
-    + f" {_ROWS_OF_IDS}"
+_UNIFORM_EXTRAS = (
+    "attempt", "started_at", "metadata", "run_id", "owner_pid", "owner_host", "error_message", "error_category",
+    "checksum", "file_size", "file_mtime_ns", "completed_at", "updated_at",
+)  # fmt: skip
+_STATUS_AGGREGATE = "SELECT count(*), min(c.status), max(c.status), " + ", ".join(
+    f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS
 )
+_STATUS_OF_KEYS_SQL = {
+    True: f"{_KEY_IDS}{_STATUS_AGGREGATE} {_ROWS_BY_HASH}",
+    False: f"{_KEY_IDS}{_STATUS_AGGREGATE} {_JOINED_BY_ID}",
+}
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
 # The id is bound twice: once as itself, once hashed.
@@ -441,6 +453,39 @@ def _batch_table(
         yield name
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+class _UniformRows(dict):
+    """The rows of a bulk status read whose keys all share ``shared`` (one row object, without the key).
+
+    A batch of 100k keys then costs one dict, not one per key; the plan only reads rows.
+    """
+
+    def __init__(self, keys: Sequence[str], shared: Row) -> None:
+        super().__init__(dict.fromkeys(keys, shared))
+        self.shared = shared
+
+
+def _known_changes(
+    settable: Sequence[str], constant: Mapping[str, Any], varying: Mapping[str, list[Any]], rows: Mapping[str, Row]
+) -> dict[str, bool]:
+    """Whether each of ``settable`` changes, where the batch and a uniform read tell without a query.
+
+    A column is known when every stored row holds one value (``_UniformRows``) and the batch
+    sets one value (changed when they differ), or sets values none of which is NULL where every
+    stored one is (changed). Any other column is left to the changed-columns aggregate.
+    """
+    shared = rows.shared if isinstance(rows, _UniformRows) else {}
+    known = {}
+    for column in settable:
+        if column not in shared:
+            continue
+        name = ROW_FROM_EVENT.get(column, column)
+        if name in constant:
+            known[column] = constant[name] != shared[column]
+        elif shared[column] is None and None not in varying[name]:
+            known[column] = True
+    return known
 
 
 def _shared_values(status: str, found: int, extras: Sequence[Any]) -> Row:
@@ -738,8 +783,9 @@ class DuckDBStore(CheckpointStore):
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
-        The keys travel as one JSON file joined to the rows (docs/performance.md, "Store
-        growth"): the cost follows the number of keys, not the number of rows stored. A bulk
+        The keys travel as one JSON file joined to the rows by the id hash when they are few
+        of the rows stored, else by the id (docs/performance.md, "Store growth"): the cost
+        follows the number of keys, barely the number of rows stored. A bulk
         write's read takes only ``columns`` (those its plan reads); a small one reads whole
         rows, which its row writes and the row cache need. A bulk read of the status alone
         that finds every key with one status fetches no row: one aggregate says so.
@@ -756,14 +802,16 @@ class DuckDBStore(CheckpointStore):
             return {} if row is None else {key: dict(row)}
         names = ROW_COLUMNS if len(keys) < _BULK_FROM else tuple(columns)
         prefix = sql_literal(item_id(pipeline, scope, ""))
+        (stored,) = connection.execute("SELECT count(*) FROM checkpoints").fetchone()
+        by_hash = len(keys) < stored * _BY_HASH_BELOW
         with _json_relation({"keys": list(keys)}) as relation:
             if names == _STATUS_ONLY:
-                sql = _STATUS_OF_KEYS_SQL.format(prefix=prefix, keys=relation)
+                sql = _STATUS_OF_KEYS_SQL[by_hash].format(prefix=prefix, keys=relation)
                 found, status, highest, *extras = connection.execute(sql).fetchone()
                 if found == len(keys) and status == highest:
                     # Every key has a row (ids are unique, so each key matched one) and all share this status.
-                    return {key: {"key": key, **shared} for shared in [_shared_values(status, found, extras)] for key in keys}
-            sql = _ROWS_OF_KEYS_SQL.format(columns=", ".join(names), prefix=prefix, keys=relation)
+                    return _UniformRows(keys, _shared_values(status, found, extras))
+            sql = _ROWS_OF_KEYS_SQL[by_hash].format(columns=", ".join(names), prefix=prefix, keys=relation)
             found_rows = connection.execute(sql).fetchall()
         index = names.index("key")
         return {values[index]: dict(zip(names, values)) for values in found_rows}
@@ -798,22 +846,28 @@ class DuckDBStore(CheckpointStore):
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    self._update_rows(connection, name, settable_columns(stored))
+                    known = _known_changes(settable_columns(stored), constant, varying, rows)
+                    self._update_rows(connection, name, settable_columns(stored), known)
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
 
     @staticmethod
-    def _update_rows(connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str]) -> None:
+    def _update_rows(
+        connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str], known: Mapping[str, bool]
+    ) -> None:
         """Update the batch's rows, setting only the columns some row changes.
 
         DuckDB's cost of an UPDATE, and of the commit that logs and checkpoints it, grows with
         the columns it sets; a completion by the run that started the items leaves half of
-        them as they are (path, owner, error fields). One aggregate over the batch joined to
-        the rows finds them, for less than writing them would cost (docs/performance.md).
+        them as they are (path, owner, error fields). ``known`` says for some columns (from
+        the read, :func:`_known_changes`); one aggregate over the batch joined to the rows
+        finds the others, for less than writing them would cost (docs/performance.md).
         """
-        flags = connection.execute(_changed_sql(frame, settable)).fetchone()
-        changed = [column for column, differs in zip(settable, flags) if differs]
+        unknown = [column for column in settable if column not in known]
+        flags = connection.execute(_changed_sql(frame, unknown)).fetchone() if unknown else ()
+        differs = {**dict(zip(unknown, flags)), **known}
+        changed = [column for column in settable if differs[column]]
         if changed:
             connection.execute(_bulk_update_sql(frame, changed))
 
