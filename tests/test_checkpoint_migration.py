@@ -17,13 +17,16 @@ FILE = CheckpointScope.FILE
 V1_FILE = Path(__file__).parent / "data" / "checkpoints-v1.duckdb.gz"
 
 
+def unpacked(archive: Path, path: Path) -> Path:
+    with gzip.open(archive) as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    return path
+
+
 @pytest.fixture
 def v1_database(tmp_path: Path) -> Path:
     """A copy of the version 1 file (tests/data/README.md says what it holds)."""
-    path = tmp_path / "checkpoints.duckdb"
-    with gzip.open(V1_FILE) as source, path.open("wb") as target:
-        shutil.copyfileobj(source, target)
-    return path
+    return unpacked(V1_FILE, tmp_path / "checkpoints.duckdb")
 
 
 def raw_rows(path: Path) -> dict[tuple[str, str, str], dict]:
@@ -93,10 +96,7 @@ V2_FILE = Path(__file__).parent / "data" / "checkpoints-v2.duckdb.gz"
 @pytest.fixture
 def v2_database(tmp_path: Path) -> Path:
     """A copy of the layout 2 file (tests/data/README.md says what it holds)."""
-    path = tmp_path / "checkpoints-v2.duckdb"
-    with gzip.open(V2_FILE) as source, path.open("wb") as target:
-        shutil.copyfileobj(source, target)
-    return path
+    return unpacked(V2_FILE, tmp_path / "checkpoints-v2.duckdb")
 
 
 def raw_events(path: Path) -> list[tuple]:
