@@ -713,6 +713,30 @@ def test_prune_keeps_what_is_younger_than_the_age(store: PipelineCheckpoint) -> 
 # -- batches -------------------------------------------------------------------------------
 
 
+def test_a_uniform_bulk_completion_by_another_run_sets_its_owner_paths_and_fingerprints(
+    where: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a uniform read tells the bulk UPDATE (one owner, no fingerprint yet) must not hide a change it makes."""
+    keys = [f"item/{i}" for i in range(40)]
+    files = [tmp_path / f"{i}.csv" for i in range(40)]
+    for i, path in enumerate(files):
+        path.write_text("x" * i)
+    first = PipelineCheckpoint("test", **where)
+    first.mark_started_many(FILE, [(key, f"old/{key}") for key in keys])
+    first.close()
+
+    with PipelineCheckpoint("test", **where) as second:
+        second.mark_completed_many(FILE, [(key, str(path), f"{i:032d}") for i, (key, path) in enumerate(zip(keys, files))])
+        rows = {key: second.get(FILE, key) for key in keys}
+        assert {(row["status"], row["run_id"], row["owner_pid"]) for row in rows.values()} == {
+            ("completed", second.run_id, os.getpid())
+        }
+        assert [(row["file_path"], row["checksum"], row["file_size"]) for row in rows.values()] == [
+            (str(path), f"{i:032d}", i) for i, path in enumerate(files)
+        ]
+        assert replay(second.store.scan_events(all_kinds=True)) == stored_rows(second)
+
+
 def test_batch_marking_completes_every_item(store: PipelineCheckpoint) -> None:
     keys = [f"landing/{i}.parquet" for i in range(500)]
     store.mark_started_many(FILE, keys)
