@@ -77,7 +77,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
 # ``checkpoints.id_hash`` is DuckDB's ``hash(item_id)``: a BIGINT a lookup of many keys scans
-# instead of the ids themselves (_CANDIDATES_SQL). DuckDB does not promise that hash() stays
+# instead of the ids themselves (_ROWS_BY_HASH). DuckDB does not promise that hash() stays
 # the same across its releases, so the file records what it gave for this text
 # (``checkpoint_id_hash``): a DuckDB that answers otherwise has every id_hash recomputed at open.
 _HASH_PROBE = "osaa-checkpoint-id-hash"
@@ -212,7 +212,10 @@ _ROWS_BY_ID = "FROM checkpoints c WHERE c.rowid IN (SELECT h.rowid FROM k JOIN c
 _JOINED_BY_ID = "FROM k JOIN checkpoints c ON c.item_id = k.item_id"
 # The hash plan serves keys fewer than this share of the rows (measured: equal costs at 1/10).
 _BY_HASH_BELOW = 1 / 8
-_ROWS_OF_KEYS_SQL = {True: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_HASH}", False: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_ID}"}
+_ROWS_OF_KEYS_SQL = {
+    True: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_HASH}",
+    False: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_ID}",
+}
 # A bulk read of the status alone is first asked as one aggregate: a batch's items usually
 # share one status (all in_progress when they are completed), and then no row need be fetched.
 # The aggregate also returns these columns when they hold one value for every key (a store may
