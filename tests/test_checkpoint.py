@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from support import processes
 
@@ -712,6 +713,30 @@ def test_prune_keeps_what_is_younger_than_the_age(store: PipelineCheckpoint) -> 
 # -- batches -------------------------------------------------------------------------------
 
 
+def test_a_uniform_bulk_completion_by_another_run_sets_its_owner_paths_and_fingerprints(
+    where: dict[str, Any], tmp_path: Path
+) -> None:
+    """What a uniform read tells the bulk UPDATE (one owner, no fingerprint yet) must not hide a change it makes."""
+    keys = [f"item/{i}" for i in range(40)]
+    files = [tmp_path / f"{i}.csv" for i in range(40)]
+    for i, path in enumerate(files):
+        path.write_text("x" * i)
+    first = PipelineCheckpoint("test", **where)
+    first.mark_started_many(FILE, [(key, f"old/{key}") for key in keys])
+    first.close()
+
+    with PipelineCheckpoint("test", **where) as second:
+        second.mark_completed_many(FILE, [(key, str(path), f"{i:032d}") for i, (key, path) in enumerate(zip(keys, files))])
+        rows = {key: second.get(FILE, key) for key in keys}
+        assert {(row["status"], row["run_id"], row["owner_pid"]) for row in rows.values()} == {
+            ("completed", second.run_id, os.getpid())
+        }
+        assert [(row["file_path"], row["checksum"], row["file_size"]) for row in rows.values()] == [
+            (str(path), f"{i:032d}", i) for i, path in enumerate(files)
+        ]
+        assert replay(second.store.scan_events(all_kinds=True)) == stored_rows(second)
+
+
 def test_batch_marking_completes_every_item(store: PipelineCheckpoint) -> None:
     keys = [f"landing/{i}.parquet" for i in range(500)]
     store.mark_started_many(FILE, keys)
@@ -992,3 +1017,38 @@ def test_a_batch_of_many_files_one_of_which_cannot_be_read_writes_nothing(
     with pytest.raises(IsADirectoryError):
         store.mark_completed_many(FILE, items)  # no checksum given: each file is read for its MD5
     assert store.completed_keys(FILE, [key for key, _ in items]) == set()
+
+
+def test_a_row_whose_id_hash_equals_another_keys_is_not_returned_for_that_key(tmp_path: Path) -> None:
+    """Lookups of many keys find rows by a 64-bit hash of the id; the id itself decides (a collision is harmless)."""
+    db = tmp_path / "checkpoints.duckdb"
+    keys = [f"k/{i}" for i in range(20)]
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        checkpoint.mark_started_many(FILE, keys + ["other"])
+        checkpoint.mark_completed_many(FILE, keys)
+    with duckdb.connect(str(db)) as database:
+        database.execute(
+            "UPDATE checkpoints SET id_hash = (SELECT id_hash FROM checkpoints WHERE key = 'k/0') WHERE key = 'other'"
+        )
+
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        assert checkpoint.completed_keys(FILE, ["k/0", "k/1"]) == {"k/0", "k/1"}
+        assert checkpoint.statuses(FILE, keys) == dict.fromkeys(keys, "completed")
+        assert checkpoint.statuses(FILE, ["k/0", "other"]) == {"k/0": "completed", "other": "in_progress"}
+
+
+def test_a_file_whose_recorded_hash_differs_from_duckdbs_has_its_id_hashes_recomputed_at_open(tmp_path: Path) -> None:
+    """DuckDB does not promise hash() across releases: a file written by another one still answers lookups."""
+    db = tmp_path / "checkpoints.duckdb"
+    keys = [f"k/{i}" for i in range(20)]
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        checkpoint.mark_started_many(FILE, keys)
+        checkpoint.mark_completed_many(FILE, keys)
+    with duckdb.connect(str(db)) as database:
+        database.execute("UPDATE checkpoints SET id_hash = id_hash + 1")
+        database.execute("UPDATE checkpoint_id_hash SET probe = probe + 1")
+
+    with PipelineCheckpoint("ingest", db) as checkpoint:
+        assert checkpoint.completed_keys(FILE, keys[:2]) == set(keys[:2])
+    with duckdb.connect(str(db), read_only=True) as database:
+        assert database.execute("SELECT bool_and(id_hash = hash(item_id)) FROM checkpoints").fetchone()[0]

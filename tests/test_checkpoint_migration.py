@@ -10,19 +10,23 @@ import duckdb
 import pytest
 
 from sqlmesh_osaa.checkpoint import ROW_COLUMNS, CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint.duckdb_store import SCHEMA_VERSION
 from sqlmesh_osaa.checkpoint.transitions import replay
 
 FILE = CheckpointScope.FILE
 V1_FILE = Path(__file__).parent / "data" / "checkpoints-v1.duckdb.gz"
 
 
+def unpacked(archive: Path, path: Path) -> Path:
+    with gzip.open(archive) as source, path.open("wb") as target:
+        shutil.copyfileobj(source, target)
+    return path
+
+
 @pytest.fixture
 def v1_database(tmp_path: Path) -> Path:
     """A copy of the version 1 file (tests/data/README.md says what it holds)."""
-    path = tmp_path / "checkpoints.duckdb"
-    with gzip.open(V1_FILE) as source, path.open("wb") as target:
-        shutil.copyfileobj(source, target)
-    return path
+    return unpacked(V1_FILE, tmp_path / "checkpoints.duckdb")
 
 
 def raw_rows(path: Path) -> dict[tuple[str, str, str], dict]:
@@ -83,4 +87,70 @@ def test_a_migrated_file_is_migrated_once(v1_database: Path) -> None:
     with duckdb.connect(str(v1_database), read_only=True) as database:
         snapshots = database.execute("SELECT count(*) FROM checkpoint_events WHERE kind = 'snapshot'").fetchone()[0]
         version = database.execute("SELECT version FROM checkpoint_schema").fetchall()
-    assert (snapshots, version) == (5, [(2,)])
+    assert (snapshots, version) == (5, [(SCHEMA_VERSION,)])
+
+
+V2_FILE = Path(__file__).parent / "data" / "checkpoints-v2.duckdb.gz"
+
+
+@pytest.fixture
+def v2_database(tmp_path: Path) -> Path:
+    """A copy of the layout 2 file (tests/data/README.md says what it holds)."""
+    return unpacked(V2_FILE, tmp_path / "checkpoints-v2.duckdb")
+
+
+def raw_events(path: Path) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as database:
+        return database.execute("SELECT * FROM checkpoint_events ORDER BY seq").fetchall()
+
+
+def id_hashes_hold(path: Path) -> bool:
+    with duckdb.connect(str(path), read_only=True) as database:
+        return database.execute("SELECT bool_and(id_hash = hash(item_id)) FROM checkpoints").fetchone()[0]
+
+
+def test_a_layout_2_file_opened_by_this_code_keeps_every_row_and_event(v2_database: Path) -> None:
+    rows, events = raw_rows(v2_database), raw_events(v2_database)
+
+    with PipelineCheckpoint("ingest", v2_database):
+        pass
+
+    assert (raw_rows(v2_database), raw_events(v2_database)) == (rows, events)
+    assert len(rows) == 25 and len(events) == 48
+
+
+def test_a_migrated_layout_2_file_has_the_id_hash_of_every_row_and_the_current_version(v2_database: Path) -> None:
+    with PipelineCheckpoint("ingest", v2_database):
+        pass
+
+    with duckdb.connect(str(v2_database), read_only=True) as database:
+        version = database.execute("SELECT version FROM checkpoint_schema").fetchall()
+    assert id_hashes_hold(v2_database) and version == [(SCHEMA_VERSION,)]
+
+
+def test_a_migrated_layout_2_file_answers_lookups_and_keeps_working(v2_database: Path) -> None:
+    batch = [f"batch/{i}" for i in range(20)]
+    with PipelineCheckpoint("ingest", v2_database) as checkpoint:
+        assert checkpoint.completed_keys(FILE, [*batch, "prod/landing/wdi/a.parquet", "prod/landing/wdi/b.parquet"]) == {
+            *batch,
+            "prod/landing/wdi/a.parquet",
+        }
+        assert checkpoint.completed_keys(FILE, ["batch/3", "prod/landing/wdi/b.parquet"]) == {"batch/3"}
+        checkpoint.mark_started_many(FILE, [f"new/{i}" for i in range(20)])
+        checkpoint.mark_completed_many(FILE, [f"new/{i}" for i in range(20)])
+        assert checkpoint.completed_keys(FILE, [f"new/{i}" for i in range(20)]) == {f"new/{i}" for i in range(20)}
+        rebuilt = replay(checkpoint.store.scan_events(all_kinds=True))
+
+    assert rebuilt == raw_rows(v2_database)
+
+
+def test_a_row_written_without_its_id_hash_is_refused_after_the_migration(v2_database: Path) -> None:
+    """What the previous code would write into a migrated file fails loudly instead of hiding the row from lookups."""
+    with PipelineCheckpoint("ingest", v2_database):
+        pass
+
+    with duckdb.connect(str(v2_database)) as database, pytest.raises(duckdb.ConstraintException, match="id_hash"):
+        database.execute(
+            "INSERT INTO checkpoints (item_id, pipeline, scope, key, status, attempt, metadata, run_id, owner_pid, "
+            "owner_host, updated_at) VALUES ('x', 'ingest', 'file', 'x', 'completed', 1, '{}', 'r', 1, 'h', now())"
+        )

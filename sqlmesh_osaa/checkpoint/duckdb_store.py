@@ -16,8 +16,9 @@ A forked child inherits DuckDB's in-process database but not the file lock, so w
 made through it could be lost or corrupt the file: a child cannot open (or use) a file its
 parent had open when it forked, and is told so at once (:class:`CheckpointError`).
 
-File layout: version 2 adds the row state to ``checkpoint_events`` (see
-docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when opened.
+File layout: version 2 adds the row state to ``checkpoint_events``, version 3 the
+``id_hash`` of every row (see docs/checkpoints.md); a file of an older layout is migrated
+when opened.
 """
 
 from __future__ import annotations
@@ -74,7 +75,12 @@ from sqlmesh_osaa.fault_points import fault_point
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# ``checkpoints.id_hash`` is DuckDB's ``hash(item_id)``: a BIGINT a lookup of many keys scans
+# instead of the ids themselves (_ROWS_BY_HASH). DuckDB does not promise that hash() stays
+# the same across its releases, so the file records what it gave for this text
+# (``checkpoint_id_hash``): a DuckDB that answers otherwise has every id_hash recomputed at open.
+_HASH_PROBE = "osaa-checkpoint-id-hash"
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 ID_SEPARATOR = "\x1f"
@@ -149,8 +155,10 @@ _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS checkpoint_events (
         seq BIGINT NOT NULL DEFAULT nextval('checkpoint_event_seq'),
         {_column_ddl(_EVENT_TYPES, _NOT_NULL_EVENT, skip=("seq",))})""",
-    f"CREATE TABLE IF NOT EXISTS checkpoints (item_id VARCHAR PRIMARY KEY, {_column_ddl(_ROW_TYPES, _NOT_NULL_ROW)})",
+    f"CREATE TABLE IF NOT EXISTS checkpoints (item_id VARCHAR PRIMARY KEY, {_column_ddl(_ROW_TYPES, _NOT_NULL_ROW)}, "
+    "id_hash UBIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoint_schema (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS checkpoint_id_hash (probe UBIGINT NOT NULL)",
 )
 # Version 1 -> 2: the event log gains the row state; each row gets one "snapshot" event
 # holding its current state, so the log rebuilds every row from then on.
@@ -166,34 +174,75 @@ _MIGRATE_V1 = (
                started_at, completed_at
         FROM checkpoints ORDER BY updated_at, item_id""",
 )
+# Version 2 -> 3: every row gets its id_hash. DuckDB refuses NOT NULL in the transaction that
+# filled the column ("outstanding updates"), so that constraint comes in a second one
+# (_MIGRATE_V2_CONSTRAINT, with the version); a crash between them leaves a version 2 file
+# whose next open runs both again.
+_MIGRATE_V2 = (
+    "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS id_hash UBIGINT",
+    "UPDATE checkpoints SET id_hash = hash(item_id) WHERE id_hash IS NULL",
+)
+_MIGRATE_V2_CONSTRAINT = ("ALTER TABLE checkpoints ALTER COLUMN id_hash SET NOT NULL",)
+_REHASH = (
+    "UPDATE checkpoints SET id_hash = hash(item_id)",
+    "DELETE FROM checkpoint_id_hash",
+    f"INSERT INTO checkpoint_id_hash VALUES (hash('{_HASH_PROBE}'))",
+)
+_LAYOUT_SQL = (
+    "SELECT (SELECT max(version) FROM checkpoint_schema), "
+    f"(SELECT bool_and(probe = hash('{_HASH_PROBE}')) FROM checkpoint_id_hash)"
+)
 
 _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
-# Keys joined to the rows by a hash join over the id column alone, then the wanted rows
-# fetched by rowid: joining the whole rows scanned every column of every row (docs/performance.md).
+# The rows of many keys, in one of two plans (docs/performance.md, "Store growth"). Keys of a
+# small share of the rows: the rows whose id_hash is the hash of an asked id, found by a hash
+# join that reads one BIGINT per stored row (scanning the ids themselves costs DuckDB 8-10x
+# more, and its ART index is slower still for thousands of keys), then fetched by rowid and kept
+# only where the id is asked, so a hash shared by two ids never returns the wrong row. Keys of
+# a large share of the rows (a batch completing what it started): the ids joined directly,
+# which then costs less than the two steps.
 # ``{keys}`` is a relation with one row and a ``keys`` list column (_json_relation).
-_KEYS_JOINED = "(SELECT {prefix} || unnest(keys) AS item_id FROM {keys}) k JOIN checkpoints c ON c.item_id = k.item_id"
-_ROWS_OF_KEYS_SQL = f"SELECT {{columns}} FROM checkpoints WHERE rowid IN (SELECT c.rowid FROM {_KEYS_JOINED})"
+_KEY_IDS = "WITH k AS (SELECT {prefix} || unnest(keys) AS item_id FROM {keys}) "
+_ROWS_BY_HASH = (
+    "FROM checkpoints c WHERE c.rowid IN (SELECT h.rowid FROM k JOIN checkpoints h ON h.id_hash = hash(k.item_id)) "
+    "AND c.item_id IN (SELECT item_id FROM k)"
+)
+_ROWS_BY_ID = "FROM checkpoints c WHERE c.rowid IN (SELECT h.rowid FROM k JOIN checkpoints h ON h.item_id = k.item_id)"
+_JOINED_BY_ID = "FROM k JOIN checkpoints c ON c.item_id = k.item_id"
+# The hash plan serves keys fewer than this share of the rows (measured: equal costs at 1/10).
+_BY_HASH_BELOW = 1 / 8
+_ROWS_OF_KEYS_SQL = {
+    True: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_HASH}",
+    False: f"{_KEY_IDS}SELECT {{columns}} {_ROWS_BY_ID}",
+}
 # A bulk read of the status alone is first asked as one aggregate: a batch's items usually
 # share one status (all in_progress when they are completed), and then no row need be fetched.
 # The aggregate also returns these columns when they hold one value for every key (a store may
-# read more than asked): a completion then carries them as constants, not from the rows in SQL.
+# read more than asked): a completion then carries them as constants, not from the rows in SQL,
+# and its UPDATE knows without a query whether it changes them (_UniformRows).
 _STATUS_ONLY = ("key", "status")
-_UNIFORM_EXTRAS = ("attempt", "started_at", "metadata")
-_STATUS_OF_KEYS_SQL = (
-    "SELECT count(*), min(c.status), max(c.status), "
-    + ", ".join(f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS)
-    + f" FROM {_KEYS_JOINED}"
+_UNIFORM_EXTRAS = (
+    "attempt", "started_at", "metadata", "run_id", "owner_pid", "owner_host", "error_message", "error_category",
+    "checksum", "file_size", "file_mtime_ns", "completed_at", "updated_at",
+)  # fmt: skip
+_STATUS_AGGREGATE = "SELECT count(*), min(c.status), max(c.status), " + ", ".join(
+    f"count(c.{column}), min(c.{column}), max(c.{column})" for column in _UNIFORM_EXTRAS
 )
+_STATUS_OF_KEYS_SQL = {
+    True: f"{_KEY_IDS}{_STATUS_AGGREGATE} {_ROWS_BY_HASH}",
+    False: f"{_KEY_IDS}{_STATUS_AGGREGATE} {_JOINED_BY_ID}",
+}
 _EVENT_INSERT = ", ".join(f'"{c}"' for c in EVENT_LOG_COLUMNS[1:])
 _EVENT_INSERT_SQL = f"INSERT INTO checkpoint_events ({_EVENT_INSERT}) VALUES ({', '.join('?' * (len(EVENT_LOG_COLUMNS) - 1))})"
-_ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) VALUES (?{', ?' * len(ROW_COLUMNS)})"
+# The id is bound twice: once as itself, once hashed.
+_ROW_INSERT_SQL = f"INSERT INTO checkpoints (item_id, id_hash, {_ROW_SELECT}) VALUES (?, hash(?){', ?' * len(ROW_COLUMNS)})"
 
 
 _BATCH_TYPES = {**{column: _EVENT_TYPES[column] for column in EVENT_LOG_COLUMNS[1:]}, WRITE: "VARCHAR", "keys": "VARCHAR"}
 _ROW_FROM_BATCH = ", ".join(f'"{ROW_FROM_EVENT.get(column, column)}"' for column in ROW_COLUMNS)
 _ROW_BULK_INSERT_SQL = (
-    f"INSERT INTO checkpoints (item_id, {_ROW_SELECT}) SELECT item_id, {_ROW_FROM_BATCH} FROM {{frame}} "
+    f"INSERT INTO checkpoints (item_id, id_hash, {_ROW_SELECT}) SELECT item_id, hash(item_id), {_ROW_FROM_BATCH} FROM {{frame}} "
     f"WHERE {WRITE} = '{INSERT}'"
 )
 
@@ -409,6 +458,39 @@ def _batch_table(
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
 
+class _UniformRows(dict):
+    """The rows of a bulk status read whose keys all share ``shared`` (one row object, without the key).
+
+    A batch of 100k keys then costs one dict, not one per key; the plan only reads rows.
+    """
+
+    def __init__(self, keys: Sequence[str], shared: Row) -> None:
+        super().__init__(dict.fromkeys(keys, shared))
+        self.shared = shared
+
+
+def _known_changes(
+    settable: Sequence[str], constant: Mapping[str, Any], varying: Mapping[str, list[Any]], rows: Mapping[str, Row]
+) -> dict[str, bool]:
+    """Whether each of ``settable`` changes, where the batch and a uniform read tell without a query.
+
+    A column is known when every stored row holds one value (``_UniformRows``) and the batch
+    sets one value (changed when they differ), or sets values none of which is NULL where every
+    stored one is (changed). Any other column is left to the changed-columns aggregate.
+    """
+    shared = rows.shared if isinstance(rows, _UniformRows) else {}
+    known = {}
+    for column in settable:
+        if column not in shared:
+            continue
+        name = ROW_FROM_EVENT.get(column, column)
+        if name in constant:
+            known[column] = constant[name] != shared[column]
+        elif shared[column] is None and None not in varying[name]:
+            known[column] = True
+    return known
+
+
 def _shared_values(status: str, found: int, extras: Sequence[Any]) -> Row:
     """The status and each of ``_UNIFORM_EXTRAS`` that one value holds for all ``found`` rows (all NULL: None)."""
     shared: Row = {"status": status}
@@ -601,47 +683,73 @@ class DuckDBStore(CheckpointStore):
         # Checkpoint statements are small: a second DuckDB thread only added scheduling
         # overhead when measured (docs/performance.md) and competes with the pipeline's work.
         connection.execute("SET threads = 1")
-        if self._layout_is_current(connection):
+        version, hash_holds = self._layout(connection)
+        if version == SCHEMA_VERSION:
+            if not hash_holds:
+                self._rehash(connection)
             return
-        connection.begin()
-        try:
-            columns = {
-                name
-                for (name,) in connection.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name = 'checkpoint_events'"
-                ).fetchall()
-            }
-            migrate = bool(columns) and "kind" not in columns
+        columns: dict[str, set[str]] = {"checkpoint_events": set(), "checkpoints": set()}
+        with self._schema_transaction(connection):
+            for table, column in connection.execute(
+                "SELECT table_name, column_name FROM information_schema.columns "
+                "WHERE table_name IN ('checkpoint_events', 'checkpoints')"
+            ).fetchall():
+                columns[table].add(column)
+            from_v1 = bool(columns["checkpoint_events"]) and "kind" not in columns["checkpoint_events"]
+            migrate = bool(columns["checkpoints"])
             for statement in _SCHEMA:
                 connection.execute(statement)
-            if migrate:
-                for statement in _MIGRATE_V1:
-                    connection.execute(statement)
+            for statement in (_MIGRATE_V1 if from_v1 else ()) + (_MIGRATE_V2 if migrate else ()):
+                connection.execute(statement)
+            if not connection.execute("SELECT count(*) FROM checkpoint_id_hash").fetchone()[0]:
+                connection.execute(f"INSERT INTO checkpoint_id_hash VALUES (hash('{_HASH_PROBE}'))")
             if not connection.execute("SELECT count(*) FROM checkpoint_schema").fetchone()[0]:
-                connection.execute("INSERT INTO checkpoint_schema VALUES (?)", [SCHEMA_VERSION])
+                # A file migrated from layout 1 or 2 says 2 until its constraint is in place.
+                connection.execute("INSERT INTO checkpoint_schema VALUES (?)", [2 if migrate else SCHEMA_VERSION])
+        if not migrate:
+            return
+        with self._schema_transaction(connection):
+            for statement in _MIGRATE_V2_CONSTRAINT:
+                connection.execute(statement)
+            connection.execute("UPDATE checkpoint_schema SET version = ? WHERE version < ?", [SCHEMA_VERSION] * 2)
+        logger.warning(
+            "Migrated checkpoint database %s from layout %d to %d (%s)",
+            self.db_path,
+            1 if from_v1 else 2,
+            SCHEMA_VERSION,
+            "events carry the row state, rows an id hash" if from_v1 else "rows carry an id hash",
+        )
+
+    @staticmethod
+    @contextmanager
+    def _schema_transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        connection.begin()
+        try:
+            yield
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        if migrate:
-            logger.warning(
-                "Migrated checkpoint database %s from layout 1 to %d (events now carry the row state)",
-                self.db_path,
-                SCHEMA_VERSION,
-            )
+
+    def _rehash(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Recompute every id_hash: this DuckDB's hash() is not the one the file was written with."""
+        with self._schema_transaction(connection):
+            for statement in _REHASH:
+                connection.execute(statement)
+        logger.warning("Recomputed the id hashes of checkpoint database %s (DuckDB's hash() changed)", self.db_path)
 
     @staticmethod
-    def _layout_is_current(connection: duckdb.DuckDBPyConnection) -> bool:
-        """One cheap read instead of the schema statements: the version row is written with the tables.
+    def _layout(connection: duckdb.DuckDBPyConnection) -> tuple[int | None, bool | None]:
+        """(layout version, whether DuckDB's hash() is the file's) in one cheap read, not the schema statements.
 
-        A file without ``checkpoint_schema`` is new or of layout 1; asking ``information_schema``
+        A file without the tables is new or of an older layout; asking ``information_schema``
         and running the statements on every open cost a read-only command about 30 ms.
         """
         try:
-            found = connection.execute("SELECT max(version) FROM checkpoint_schema").fetchone()
+            version, hash_holds = connection.execute(_LAYOUT_SQL).fetchone()
         except duckdb.CatalogException:
-            return False
-        return found is not None and found[0] == SCHEMA_VERSION
+            return None, None
+        return version, hash_holds
 
     def _live_connection(self) -> duckdb.DuckDBPyConnection:
         if self._connection is None:
@@ -678,8 +786,9 @@ class DuckDBStore(CheckpointStore):
     ) -> dict[str, Row]:
         """Rows of ``keys``: one from memory when this process wrote it last, else in one query.
 
-        The keys travel as one JSON file joined to the rows (docs/performance.md, "Store
-        growth"): the cost follows the number of keys, not the number of rows stored. A bulk
+        The keys travel as one JSON file joined to the rows by the id hash when they are few
+        of the rows stored, else by the id (docs/performance.md, "Store growth"): the cost
+        follows the number of keys, barely the number of rows stored. A bulk
         write's read takes only ``columns`` (those its plan reads); a small one reads whole
         rows, which its row writes and the row cache need. A bulk read of the status alone
         that finds every key with one status fetches no row: one aggregate says so.
@@ -696,14 +805,16 @@ class DuckDBStore(CheckpointStore):
             return {} if row is None else {key: dict(row)}
         names = ROW_COLUMNS if len(keys) < _BULK_FROM else tuple(columns)
         prefix = sql_literal(item_id(pipeline, scope, ""))
+        (stored,) = connection.execute("SELECT count(*) FROM checkpoints").fetchone()
+        by_hash = len(keys) < stored * _BY_HASH_BELOW
         with _json_relation({"keys": list(keys)}) as relation:
             if names == _STATUS_ONLY:
-                sql = _STATUS_OF_KEYS_SQL.format(prefix=prefix, keys=relation)
+                sql = _STATUS_OF_KEYS_SQL[by_hash].format(prefix=prefix, keys=relation)
                 found, status, highest, *extras = connection.execute(sql).fetchone()
                 if found == len(keys) and status == highest:
                     # Every key has a row (ids are unique, so each key matched one) and all share this status.
-                    return {key: {"key": key, **shared} for shared in [_shared_values(status, found, extras)] for key in keys}
-            sql = _ROWS_OF_KEYS_SQL.format(columns=", ".join(names), prefix=prefix, keys=relation)
+                    return _UniformRows(keys, _shared_values(status, found, extras))
+            sql = _ROWS_OF_KEYS_SQL[by_hash].format(columns=", ".join(names), prefix=prefix, keys=relation)
             found_rows = connection.execute(sql).fetchall()
         index = names.index("key")
         return {values[index]: dict(zip(names, values)) for values in found_rows}
@@ -724,7 +835,8 @@ class DuckDBStore(CheckpointStore):
             for event in events:
                 connection.execute(_EVENT_INSERT_SQL, [event[c] for c in EVENT_LOG_COLUMNS[1:]])
             for row in inserted:
-                connection.execute(_ROW_INSERT_SQL, [item_id(pipeline, row["scope"], row["key"]), *row.values()])
+                identity = item_id(pipeline, row["scope"], row["key"])
+                connection.execute(_ROW_INSERT_SQL, [identity, identity, *row.values()])
             for row in updated:
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
@@ -737,22 +849,28 @@ class DuckDBStore(CheckpointStore):
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    self._update_rows(connection, name, settable_columns(stored))
+                    known = _known_changes(settable_columns(stored), constant, varying, rows)
+                    self._update_rows(connection, name, settable_columns(stored), known)
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
 
     @staticmethod
-    def _update_rows(connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str]) -> None:
+    def _update_rows(
+        connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str], known: Mapping[str, bool]
+    ) -> None:
         """Update the batch's rows, setting only the columns some row changes.
 
         DuckDB's cost of an UPDATE, and of the commit that logs and checkpoints it, grows with
         the columns it sets; a completion by the run that started the items leaves half of
-        them as they are (path, owner, error fields). One aggregate over the batch joined to
-        the rows finds them, for less than writing them would cost (docs/performance.md).
+        them as they are (path, owner, error fields). ``known`` says for some columns (from
+        the read, :func:`_known_changes`); one aggregate over the batch joined to the rows
+        finds the others, for less than writing them would cost (docs/performance.md).
         """
-        flags = connection.execute(_changed_sql(frame, settable)).fetchone()
-        changed = [column for column, differs in zip(settable, flags) if differs]
+        unknown = [column for column in settable if column not in known]
+        flags = connection.execute(_changed_sql(frame, unknown)).fetchone() if unknown else ()
+        differs = {**dict(zip(unknown, flags)), **known}
+        changed = [column for column in settable if differs[column]]
         if changed:
             connection.execute(_bulk_update_sql(frame, changed))
 

@@ -162,11 +162,14 @@ _CARRIED = (
 _CARRY = itemgetter(*_CARRIED)
 
 
-def _carried_unless_unread(column: str, sample: Row, bases: Sequence[Row]) -> list[Any] | _Stored:
-    """A column of rows read with only some columns: the values, or STORED when it was not read."""
+def _carried_unless_unread(column: str, sample: Row, bases: Sequence[Row], uniform: bool) -> list[Any] | _Stored:
+    """A column of rows read with only some columns: the values, or STORED when it was not read.
+
+    ``uniform``: every base is ``sample`` (a backend's bulk read found one row for all items).
+    """
     if column in sample:
-        return [base[column] for base in bases]
-    if any(base is _NO_ROW for base in bases):
+        return [sample[column]] * len(bases) if uniform else [base[column] for base in bases]
+    if not uniform and any(base is _NO_ROW for base in bases):
         raise ValueError(f"a fold of rows read without {column!r} includes items without a row")
     return STORED
 
@@ -194,7 +197,8 @@ def fold(
     # Rows read without some columns (completion_reads): those are carried as STORED.
     sample = next((base for base in bases if base is not _NO_ROW), _NO_ROW)
     if not _NO_ROW.keys() <= sample.keys():
-        old = {column: _carried_unless_unread(column, sample, bases) for column in _CARRIED}
+        uniform = all(base is sample for base in bases)
+        old = {column: _carried_unless_unread(column, sample, bases, uniform) for column in _CARRIED}
     elif bases:
         # Every carried column of every row in one pass of C loops (a single mark pays no call per column).
         old = dict(zip(_CARRIED, map(list, zip(*map(_CARRY, bases)))))
