@@ -6,7 +6,7 @@ peak memory is its own:
 
 (a) time of the export step (table on the engine -> sorted parquet on local disk): the
     DuckDB engine runs the kinds' native ``COPY``; PostgreSQL goes through ``engine_io``
-    (``COPY ... TO STDOUT`` as CSV into a local file, then the same DuckDB ``COPY``). Wall
+    (``COPY ... TO STDOUT`` in the text format into a local file, then the same DuckDB ``COPY``). Wall
     time, the CPU time of the exporting process (user + system, all its threads) and, on
     PostgreSQL, of the server backend that ran the COPY. The parquet files must be
     byte-identical. With ``--baseline DIR`` (a directory holding another version's
