@@ -89,7 +89,7 @@ def export_parquet(
     # The COPY's file holds the rows, so DuckDB needs no database file of its own; the row path does.
     with _scratch_duckdb(target.parent, in_memory=copies_text) as (db, scratch):
         if copies_text:
-            rows = scratch / "rows.tsv"
+            rows = scratch / "rows.txt"
             _postgres_copy_text(adapter, table_name, list(columns), rows)
             db.execute(f"CREATE VIEW {staging} AS {_read_copy_text(rows, columns)}")
         else:

@@ -52,7 +52,7 @@ ESCAPED_ROWS = [
             "'tab' || chr(9) || 'x'", "chr(10)", "chr(13) || chr(10)", "chr(8) || chr(12) || chr(11)",
             r"'\' || chr(10)", r"chr(10) || '\'", r"'\' || chr(9) || '\\'", "chr(1)", r"'é\ü,\"q\"'",
             r"'\.'", "chr(13)", "' padded '", "'\"'", r"'a longer string than twelve bytes \n with \\ escapes'",
-            r"'\b\f\n\r\t\v'", "chr(8) || chr(12) || chr(10) || chr(13) || chr(9) || chr(11)",
+            r"'\b\f\n\r\t\v'", "',,'", r"'a,\,b'", "chr(8) || chr(12) || chr(10) || chr(13) || chr(9) || chr(11)",
         ]
     )
 ]
