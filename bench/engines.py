@@ -6,7 +6,7 @@ peak memory is its own:
 
 (a) time of the export step (table on the engine -> sorted parquet on local disk): the
     DuckDB engine runs the kinds' native ``COPY``; PostgreSQL goes through ``engine_io``
-    (``COPY ... TO STDOUT`` as CSV into a local file, then the same DuckDB ``COPY``). Wall
+    (``COPY ... TO STDOUT`` in the text format into a local file, then the same DuckDB ``COPY``). Wall
     time, the CPU time of the exporting process (user + system, all its threads) and, on
     PostgreSQL, of the server backend that ran the COPY. The parquet files must be
     byte-identical. With ``--baseline DIR`` (a directory holding another version's
@@ -236,6 +236,11 @@ def _report(rows: int, runs: dict[str, list[dict[str, Any]]], memory: dict[str, 
         name = "PostgreSQL" if label == "postgres" else "PostgreSQL, baseline"
         print(f"    {name}: {seconds:.2f} s, ratio {seconds / duck_s:.2f}x (target <= 2x); CPU {cpu:.2f} s "
               f"({cpu / duck_cpu:.2f}x the DuckDB engine's) plus the server's {server:.2f} s")  # fmt: skip
+    for number, rounds in enumerate(zip(runs["duckdb"], runs["postgres"], runs["baseline"] or runs["postgres"]), 1):
+        duck, new, old = rounds
+        against = f"; baseline {old['seconds']:.2f} s, CPU {old['cpu']:.2f} + {old['server_cpu']:.2f} s" if runs["baseline"] else ""
+        print(f"    round {number}: DuckDB engine {duck['seconds']:.2f} s, PostgreSQL {new['seconds']:.2f} s "
+              f"({new['seconds'] / duck['seconds']:.2f}x), CPU {new['cpu']:.2f} + server {new['server_cpu']:.2f} s{against}")  # fmt: skip
     if runs["baseline"]:
         pairs = [new["seconds"] / old["seconds"] for new, old in zip(runs["postgres"], runs["baseline"])]
         cpu_pairs = [new["cpu"] / old["cpu"] for new, old in zip(runs["postgres"], runs["baseline"])]

@@ -4,8 +4,8 @@ The kinds keep a native path on DuckDB (one ``COPY``, one ``read_parquet`` view)
 other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
 - **export**: the model's table is read through the adapter: on PostgreSQL with
-  ``COPY ... TO STDOUT`` as CSV into a local file when every column is a scalar type whose
-  text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
+  ``COPY ... TO STDOUT`` in the text format into a local file when every column is a scalar
+  type whose text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
   on PostgreSQL, a local iterator over the partitions on Spark, ``fetchmany`` elsewhere),
   each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
   rows with the model's column types and writes them with :func:`sorted_parquet_copy`, the
@@ -44,12 +44,20 @@ DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
 # The COPY hands every row to the file's write: a large buffer makes that a memcpy and one write(2) per MiB.
 _COPY_BUFFER_BYTES = 1 << 20
-# Types whose PostgreSQL CSV text DuckDB reads back to the identical value (floats: shortest exact digits).
-_CSV_EXACT_TYPES = frozenset(
-    getattr(exp.DataType.Type, name)
-    for name in ("VARCHAR", "TEXT", "CHAR", "TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL")
-    + ("DATE", "TIMESTAMP", "TIMESTAMPNTZ", "BOOLEAN")
+
+
+def _types(*names: str) -> frozenset[exp.DataType.Type]:
+    return frozenset(getattr(exp.DataType.Type, name) for name in names)
+
+
+# Types whose text from PostgreSQL's COPY DuckDB reads back to the identical value (floats: shortest exact
+# digits); only the string types' text can hold a backslash escape (the others print digits, signs, dates, t/f).
+_ESCAPED_TYPES = _types("VARCHAR", "TEXT", "CHAR")
+_TEXT_EXACT_TYPES = _ESCAPED_TYPES | _types(
+    "TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL", "DATE", "TIMESTAMP", "TIMESTAMPNTZ", "BOOLEAN"
 )
+# COPY's text format writes these control characters as a backslash and a letter (and a backslash as two).
+_TEXT_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 
 
 def is_native(adapter: t.Any) -> bool:
@@ -77,13 +85,13 @@ def export_parquet(
     """
     select = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(exp.to_table(table_name))
     staging = exp.to_identifier(_STAGING_TABLE).sql(dialect=NATIVE_DIALECT)
-    copies_csv = _copies_csv(adapter, columns)
-    # The CSV file holds the rows, so DuckDB needs no database file of its own; the row path does.
-    with _scratch_duckdb(target.parent, in_memory=copies_csv) as (db, scratch):
-        if copies_csv:
-            csv = scratch / "rows.csv"
-            _postgres_copy_csv(adapter, table_name, list(columns), csv)
-            db.execute(f"CREATE VIEW {staging} AS SELECT * FROM {_read_csv(csv, columns)}")
+    copies_text = _copies_text(adapter, columns)
+    # The COPY's file holds the rows, so DuckDB needs no database file of its own; the row path does.
+    with _scratch_duckdb(target.parent, in_memory=copies_text) as (db, scratch):
+        if copies_text:
+            rows = scratch / "rows.txt"
+            _postgres_copy_text(adapter, table_name, list(columns), rows)
+            db.execute(f"CREATE VIEW {staging} AS {_read_copy_text(rows, columns)}")
         else:
             db.execute(f"CREATE TABLE {staging} ({_definition(columns)})")
             for batch in fetch_batches(adapter, select, batch_rows):
@@ -99,9 +107,9 @@ def _definition(columns: t.Mapping[str, exp.DataType]) -> str:
     )
 
 
-def _copies_csv(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
-    """Whether PostgreSQL's ``COPY ... TO STDOUT`` CSV carries every column exactly (scalar types only)."""
-    return _is_psycopg2(adapter) and all(dtype.this in _CSV_EXACT_TYPES for dtype in columns.values())
+def _copies_text(adapter: t.Any, columns: t.Mapping[str, exp.DataType]) -> bool:
+    """Whether PostgreSQL's ``COPY ... TO STDOUT`` text carries every column exactly (scalar types only)."""
+    return _is_psycopg2(adapter) and all(dtype.this in _TEXT_EXACT_TYPES for dtype in columns.values())
 
 
 def _is_psycopg2(adapter: t.Any) -> bool:
@@ -109,15 +117,16 @@ def _is_psycopg2(adapter: t.Any) -> bool:
     return adapter.dialect == "postgres" and type(adapter.connection).__module__.startswith("psycopg2")
 
 
-def _postgres_copy_csv(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
-    """Stream the table's rows to a local CSV file with PostgreSQL's COPY: no row passes through Python.
+def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
+    """Stream the table's rows to a local file with PostgreSQL's COPY: no row passes through Python.
 
     Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
-    table the same evaluation just wrote. The table form of COPY (not a query) is the fastest.
+    table the same evaluation just wrote. The table form of COPY (not a query) is the fastest,
+    and its text format costs the server and the client less than CSV (docs/decisions.md).
     """
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
-    sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT csv)"
+    sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT text)"
     with adapter.transaction(), target.open("wb", buffering=_COPY_BUFFER_BYTES) as out:
         cursor = adapter.connection.cursor()
         try:
@@ -126,14 +135,37 @@ def _postgres_copy_csv(adapter: t.Any, table_name: str, names: list[str], target
             cursor.close()
 
 
-def _read_csv(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
-    """DuckDB's reader of PostgreSQL's CSV: NULL is an unquoted empty field, ``""`` an empty string."""
+def _read_copy_text(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
+    """DuckDB's query of a COPY text file: tab-separated, no quoting, NULL as ``\\N``, strings unescaped.
+
+    Only a string holding a backslash pays for the unescaping (a ``contains`` test for the rest).
+    """
     literal = lambda text: exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)  # noqa: E731
     types = ", ".join(f"{literal(name)}: {literal(dtype.sql(dialect=NATIVE_DIALECT))}" for name, dtype in columns.items())
-    return (
-        f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = ',', quote = '\"', "
-        "escape = '\"', nullstr = '', allow_quoted_nulls = false, auto_detect = false)"
+    reader = (
+        f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = '\t', quote = '', "
+        "escape = '', nullstr = '\\N', auto_detect = false)"
     )
+    selected = ", ".join(
+        _unescaped(exp.to_identifier(name, quoted=True).sql(dialect=NATIVE_DIALECT), dtype.this in _ESCAPED_TYPES)
+        for name, dtype in columns.items()
+    )
+    return f"SELECT {selected} FROM {reader}"
+
+
+def _unescaped(column: str, escaped: bool) -> str:
+    """``column`` with COPY's backslash escapes undone: split at each ``\\\\``, replace the letter escapes, join.
+
+    In COPY's text every backslash of the data is doubled and every other backslash starts a
+    letter escape, so the pieces between doubled backslashes hold letter escapes only.
+    """
+    if not escaped:
+        return column
+    piece = "p"
+    for letter, code in _TEXT_ESCAPES.items():
+        piece = f"replace({piece}, '\\{letter}', chr({code}))"
+    undone = f"array_to_string(list_transform(string_split({column}, '\\\\'), lambda p: {piece}), '\\')"
+    return f"CASE WHEN contains({column}, '\\') THEN {undone} ELSE {column} END AS {column}"
 
 
 def fetch_batches(adapter: t.Any, query: exp.Select, batch_rows: int) -> t.Iterator[list[tuple[t.Any, ...]]]:

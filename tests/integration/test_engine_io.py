@@ -41,7 +41,8 @@ ROWS = [
     "('b', 2, NULL, NULL, NULL, NULL, NULL, NULL)",
 ]
 
-# Strings with backslashes, quotes, commas and control characters, or that look like a NULL of COPY.
+# Strings with backslashes, quotes, commas and control characters, or that look like a NULL, an escape or
+# the end-of-data marker of COPY's text format.
 ESCAPED_COLUMNS = {"s": "VARCHAR", "n": "INTEGER"}
 ESCAPED_ROWS = [
     f"({value}, {i})"
@@ -50,6 +51,8 @@ ESCAPED_ROWS = [
             r"'a\b'", r"'\\'", r"'\N'", r"'\'", r"'x\'", r"'\t'", r"'\\n'", "'N'", "''", "NULL",
             "'tab' || chr(9) || 'x'", "chr(10)", "chr(13) || chr(10)", "chr(8) || chr(12) || chr(11)",
             r"'\' || chr(10)", r"chr(10) || '\'", r"'\' || chr(9) || '\\'", "chr(1)", r"'é\ü,\"q\"'",
+            r"'\.'", "chr(13)", "' padded '", "'\"'", r"'a longer string than twelve bytes \n with \\ escapes'",
+            r"'\b\f\n\r\t\v'", "',,'", r"'a,\,b'", "chr(8) || chr(12) || chr(10) || chr(13) || chr(9) || chr(11)",
         ]
     )
 ]
