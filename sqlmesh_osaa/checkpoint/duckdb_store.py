@@ -16,8 +16,8 @@ A forked child inherits DuckDB's in-process database but not the file lock, so w
 made through it could be lost or corrupt the file: a child cannot open (or use) a file its
 parent had open when it forked, and is told so at once (:class:`CheckpointError`).
 
-File layout: version 2 adds the row state to ``checkpoint_events`` (see
-docs/checkpoints.md); a version 1 file (no ``kind`` column) is migrated when opened.
+File layout: version 2 adds the row state to ``checkpoint_events``, version 3 the table of
+failure episodes (see docs/checkpoints.md); older files are migrated when opened.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from typing import Any
 import _duckdb as duckdb
 
 from sqlmesh_osaa import skip_index
+from sqlmesh_osaa.checkpoint import episodes
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal, sql_timestamp
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
@@ -74,7 +75,7 @@ from sqlmesh_osaa.fault_points import fault_point
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Separates pipeline, scope and key in ``item_id``, the one-column primary key that lets
 # DuckDB answer a single-item lookup from its index (it does not for a compound key).
 ID_SEPARATOR = "\x1f"
@@ -151,6 +152,7 @@ _SCHEMA = (
         {_column_ddl(_EVENT_TYPES, _NOT_NULL_EVENT, skip=("seq",))})""",
     f"CREATE TABLE IF NOT EXISTS checkpoints (item_id VARCHAR PRIMARY KEY, {_column_ddl(_ROW_TYPES, _NOT_NULL_ROW)})",
     "CREATE TABLE IF NOT EXISTS checkpoint_schema (version INTEGER NOT NULL)",
+    episodes.CREATE_SQL,
 )
 # Version 1 -> 2: the event log gains the row state; each row gets one "snapshot" event
 # holding its current state, so the log rebuilds every row from then on.
@@ -166,6 +168,8 @@ _MIGRATE_V1 = (
                started_at, completed_at
         FROM checkpoints ORDER BY updated_at, item_id""",
 )
+# Version 2 -> 3: the failure episodes, built from the log (the table itself is in _SCHEMA).
+_MIGRATE_V2 = (f"DELETE FROM {episodes.TABLE}", episodes.REBUILD_SQL)
 
 _ROW_SELECT = ", ".join(ROW_COLUMNS)
 _ROW_BY_ID_SQL = f"SELECT {_ROW_SELECT} FROM checkpoints WHERE item_id = {{id}}"
@@ -501,6 +505,7 @@ class DuckDBStore(CheckpointStore):
             self._shared.rows.clear()
             (rows,) = connection.execute(PRUNE_ROWS_SQL, [pipeline, cutoff]).fetchone()
             (events,) = connection.execute(PRUNE_EVENTS_SQL, [pipeline, cutoff]).fetchone()
+            connection.execute(inline_parameters(episodes.PRUNE_SQL, [pipeline, cutoff]))
         return rows, events
 
     def reclaim_space(self) -> dict[str, Any]:
@@ -614,20 +619,28 @@ class DuckDBStore(CheckpointStore):
             migrate = bool(columns) and "kind" not in columns
             for statement in _SCHEMA:
                 connection.execute(statement)
+            (recorded,) = connection.execute("SELECT max(version) FROM checkpoint_schema").fetchone()
+            # An existing file of an older layout (1 has no version row, 2 records it); a newer one is left alone.
+            older = bool(columns) and (recorded or 1) < SCHEMA_VERSION
             if migrate:
                 for statement in _MIGRATE_V1:
                     connection.execute(statement)
-            if not connection.execute("SELECT count(*) FROM checkpoint_schema").fetchone()[0]:
-                connection.execute("INSERT INTO checkpoint_schema VALUES (?)", [SCHEMA_VERSION])
+            if older:
+                for statement in _MIGRATE_V2:
+                    connection.execute(statement)
+            if recorded is None or older:
+                connection.execute("DELETE FROM checkpoint_schema")
+                connection.execute(f"INSERT INTO checkpoint_schema VALUES ({SCHEMA_VERSION})")
             connection.commit()
         except BaseException:
             connection.rollback()
             raise
-        if migrate:
+        if older:
             logger.warning(
-                "Migrated checkpoint database %s from layout 1 to %d (events now carry the row state)",
+                "Migrated checkpoint database %s to layout %d (%sfailure episodes built from the log)",
                 self.db_path,
                 SCHEMA_VERSION,
+                "events now carry the row state; " if migrate else "",
             )
 
     @staticmethod
@@ -741,6 +754,11 @@ class DuckDBStore(CheckpointStore):
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
+        episodes.write(
+            events,
+            lambda sql, params: connection.execute(inline_parameters(sql, params)).fetchall(),
+            lambda sql, params: connection.execute(inline_parameters(sql, params)),
+        )
 
     @staticmethod
     def _update_rows(connection: duckdb.DuckDBPyConnection, frame: str, settable: Sequence[str]) -> None:
