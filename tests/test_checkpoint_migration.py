@@ -83,4 +83,4 @@ def test_a_migrated_file_is_migrated_once(v1_database: Path) -> None:
     with duckdb.connect(str(v1_database), read_only=True) as database:
         snapshots = database.execute("SELECT count(*) FROM checkpoint_events WHERE kind = 'snapshot'").fetchone()[0]
         version = database.execute("SELECT version FROM checkpoint_schema").fetchall()
-    assert (snapshots, version) == (5, [(2,)])
+    assert (snapshots, version) == (5, [(3,)])

@@ -70,23 +70,33 @@ def _may_end_one(status: str, from_status: str, attempt: Any) -> bool:
     return from_status == FAILED or attempt is STORED or attempt is None or attempt >= 2
 
 
+def _distinct(values: list[Any]) -> set[Any]:
+    """The values of a column; a batch's column usually holds one object, which ``count`` finds by identity."""
+    if values and values.count(values[0]) == len(values):
+        return {values[0]}
+    return set(values)
+
+
 def touches(events: Sequence[Event]) -> bool:
-    """Whether ``events`` may open, close or add an episode (cheap: no query)."""
+    """Whether ``events`` may open, close or add an episode (cheap: no query, C loops over a batch's columns)."""
     columns = event_columns(events, ("kind", "to_status", "from_status", "attempt"))
-    statuses = columns["to_status"]
-    if FAILED not in statuses and COMPLETED not in statuses and PENDING not in statuses:
-        return False
-    if FAILED in statuses or (PENDING in statuses and FAILED in columns["from_status"]):
-        return True
     attempts = columns["attempt"]
+    if len(events) == 1:  # a single mark: no set to build
+        status, attempt = columns["to_status"][0], attempts if attempts is STORED else attempts[0]
+        return columns["kind"][0] == TRANSITION and (status == FAILED or _may_end_one(status, columns["from_status"][0], attempt))
+    statuses = _distinct(columns["to_status"])
+    if FAILED in statuses or (PENDING in statuses and FAILED in _distinct(columns["from_status"])):
+        return True
+    if COMPLETED not in statuses and PENDING not in statuses:
+        return False
     if attempts is STORED:
         return True
-    if len(attempts) >= _KEYS_LISTED and None not in attempts and STORED not in attempts:
-        # A bulk fold's column of ints: one C pass decides a batch of first attempts.
-        return max(attempts) >= 2
+    known = _distinct(attempts)
+    if not known & {None, STORED} and max(known) < 2:
+        return False
     return any(
         kind == TRANSITION and _may_end_one(status, old, attempt)
-        for kind, status, old, attempt in zip(columns["kind"], statuses, columns["from_status"], attempts)
+        for kind, status, old, attempt in zip(columns["kind"], columns["to_status"], columns["from_status"], attempts)
     )
 
 
