@@ -112,7 +112,7 @@ def write(events: Sequence[Event], read: Read, execute: Execute) -> None:
     columns = event_columns(events, ("kind", "key", "to_status", "at"))
     keys, statuses = columns["key"], columns["to_status"]
     open_keys = _open_keys(read, pipeline, scope, keys)
-    if FAILED in statuses:
+    if FAILED in _distinct(statuses):
         indices: Sequence[int] = range(len(keys))
     elif open_keys:
         indices = [index for index, key in enumerate(keys) if key in open_keys]
