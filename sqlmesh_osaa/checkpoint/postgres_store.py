@@ -389,7 +389,8 @@ class PostgresStore(CheckpointStore):
         changed meanwhile writes nothing and the plan runs again on the fresh row
         (:class:`ConcurrentChange`). A plan refused on a recalled row is tried once more on
         the row read afresh. None: the change writes no row (pending to pending), so there is
-        no version to check it against; the caller takes the locking path.
+        no version to check it against, or it changes a failure episode (a failure, a retried
+        item's completion), which one statement does not write; the caller takes the locking path.
         """
         identity = (pipeline, scope, key)
         with self._lock:
