@@ -111,7 +111,7 @@ def write(events: Sequence[Event], read: Read, execute: Execute) -> None:
     pipeline, scope = events[0]["pipeline"], events[0]["scope"]
     columns = event_columns(events, ("kind", "key", "to_status", "at"))
     keys, statuses = columns["key"], columns["to_status"]
-    open_keys = _open_keys(read, pipeline, scope, keys)
+    open_keys = _open_keys(read, pipeline, scope, keys) if _may_find_one_open(events) else set()
     if FAILED in _distinct(statuses):
         indices: Sequence[int] = range(len(keys))
     elif open_keys:
@@ -133,6 +133,20 @@ def write(events: Sequence[Event], read: Read, execute: Execute) -> None:
             f"INSERT INTO {TABLE} (pipeline, scope, key, failed_at, ended_at, recovered) VALUES {values}",
             [value for insert in inserts for value in (pipeline, scope, *insert)],
         )
+
+
+def _may_find_one_open(events: Sequence[Event]) -> bool:
+    """Whether an item of ``events`` may have had an episode open before them: a failed row, or a retry.
+
+    A row at its first attempt has not failed since it was created (or cleared): a single
+    failure at attempt 1 inserts its episode without a read.
+    """
+    columns = event_columns(events, ("from_status", "attempt"))
+    attempts = columns["attempt"]
+    if attempts is STORED or FAILED in _distinct(columns["from_status"]):
+        return True
+    known = _distinct(attempts)
+    return bool(known & {None, STORED}) or max(known) >= 2
 
 
 def _open_keys(read: Read, pipeline: str, scope: str, keys: Sequence[str]) -> set[str]:
