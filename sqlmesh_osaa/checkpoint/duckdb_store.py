@@ -17,8 +17,8 @@ made through it could be lost or corrupt the file: a child cannot open (or use) 
 parent had open when it forked, and is told so at once (:class:`CheckpointError`).
 
 File layout: version 2 adds the row state to ``checkpoint_events``, version 3 the
-``id_hash`` of every row (see docs/checkpoints.md); a file of an older layout is migrated
-when opened.
+``id_hash`` of every row and the table of failure episodes (see docs/checkpoints.md); a file
+of an older layout is migrated when opened.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from typing import Any
 import _duckdb as duckdb
 
 from sqlmesh_osaa import skip_index
+from sqlmesh_osaa.checkpoint import episodes
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal, sql_timestamp
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
@@ -159,6 +160,7 @@ _SCHEMA = (
     "id_hash UBIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoint_schema (version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoint_id_hash (probe UBIGINT NOT NULL)",
+    episodes.CREATE_SQL,
 )
 # Version 1 -> 2: the event log gains the row state; each row gets one "snapshot" event
 # holding its current state, so the log rebuilds every row from then on.
@@ -174,13 +176,16 @@ _MIGRATE_V1 = (
                started_at, completed_at
         FROM checkpoints ORDER BY updated_at, item_id""",
 )
-# Version 2 -> 3: every row gets its id_hash. DuckDB refuses NOT NULL in the transaction that
-# filled the column ("outstanding updates"), so that constraint comes in a second one
+# Version 2 -> 3: every row gets its id_hash, and the failure episodes are built from the log
+# (their table is in _SCHEMA). DuckDB refuses NOT NULL in the transaction that filled the
+# column ("outstanding updates"), so that constraint comes in a second one
 # (_MIGRATE_V2_CONSTRAINT, with the version); a crash between them leaves a version 2 file
-# whose next open runs both again.
+# whose next open runs both again (each statement is idempotent).
 _MIGRATE_V2 = (
     "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS id_hash UBIGINT",
     "UPDATE checkpoints SET id_hash = hash(item_id) WHERE id_hash IS NULL",
+    f"DELETE FROM {episodes.TABLE}",
+    episodes.REBUILD_SQL,
 )
 _MIGRATE_V2_CONSTRAINT = ("ALTER TABLE checkpoints ALTER COLUMN id_hash SET NOT NULL",)
 _REHASH = (
@@ -583,6 +588,7 @@ class DuckDBStore(CheckpointStore):
             self._shared.rows.clear()
             (rows,) = connection.execute(PRUNE_ROWS_SQL, [pipeline, cutoff]).fetchone()
             (events,) = connection.execute(PRUNE_EVENTS_SQL, [pipeline, cutoff]).fetchone()
+            connection.execute(inline_parameters(episodes.PRUNE_SQL, [pipeline, cutoff]))
         return rows, events
 
     def reclaim_space(self) -> dict[str, Any]:
@@ -684,6 +690,8 @@ class DuckDBStore(CheckpointStore):
         # overhead when measured (docs/performance.md) and competes with the pipeline's work.
         connection.execute("SET threads = 1")
         version, hash_holds = self._layout(connection)
+        if version is not None and version > SCHEMA_VERSION:
+            return  # a newer layout is left as it is
         if version == SCHEMA_VERSION:
             if not hash_holds:
                 self._rehash(connection)
@@ -717,7 +725,7 @@ class DuckDBStore(CheckpointStore):
             self.db_path,
             1 if from_v1 else 2,
             SCHEMA_VERSION,
-            "events carry the row state, rows an id hash" if from_v1 else "rows carry an id hash",
+            ("events carry the row state; " if from_v1 else "") + "rows an id hash; failure episodes built from the log",
         )
 
     @staticmethod
@@ -854,6 +862,11 @@ class DuckDBStore(CheckpointStore):
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
+        episodes.write(
+            events,
+            lambda sql, params: connection.execute(inline_parameters(sql, params)).fetchall(),
+            lambda sql, params: connection.execute(inline_parameters(sql, params)),
+        )
 
     @staticmethod
     def _update_rows(

@@ -2,14 +2,16 @@
 
 Walking one item's events per listed item scans the event log once per item: a store of
 100k items and 200k events made ``list-failed`` take seconds. Here every question is one
-query over the log joined to the rows it concerns (a hash join: one pass over the log
-whatever the number of items), in SQL both backends run:
+query, in SQL both backends run. Failure spells are the episodes the writes keep
+(:mod:`sqlmesh_osaa.checkpoint.episodes`, one row each), so those questions read neither the
+log nor anything that grows with an item's history; the others join the log to the rows they
+concern (a hash join: one pass over the log whatever the number of items):
 
-- :func:`failing_since`: when each failed item's current failure spell began (its first
-  failure after its last completion);
+- :func:`failing_since`: when each failed item's current failure spell began (its open
+  episode: its first failure since its last completion or clear);
 - :func:`recovery_spells`: spells that ended in a completion (failure -> completion), the
   longest first; :func:`superseded_failures`: items a later success superseded, with their
-  last such spell (the rows are asked first: when none was superseded the log is not read);
+  last such spell (the rows are asked first: when none was superseded nothing else is read);
 - :func:`events_of`: every event of a set of items, oldest first;
 - :func:`matching_items`: the items a ``--key`` names (whole key, model name, file path or
   key prefix), the first rule that matches winning per pipeline;
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlmesh_osaa.checkpoint import episodes
 from sqlmesh_osaa.checkpoint.states import COMPLETED, EVENT_COLUMNS, FAILED, TRANSITION, CheckpointScope
 from sqlmesh_osaa.checkpoint.store import CheckpointStore
 
@@ -50,45 +53,26 @@ def _in_pipelines(pipelines: Sequence[str], alias: str = "") -> str:
 
 
 def failing_since(store: CheckpointStore, pipelines: Sequence[str], scope: str | None = None) -> dict[Item, datetime | None]:
-    """Per failed item of ``pipelines``: its first failure after its last completion."""
+    """Per failed item of ``pipelines``: when its open episode began (its first failure since its last completion or clear)."""
     if not pipelines:
         return {}
     scope_filter, params = ("AND c.scope = ?", [scope]) if scope else ("", [])
     sql = f"""
-        WITH spells AS (
-            SELECT e.pipeline, e.scope, e.key, e.to_status, e."at",
-                   max(CASE WHEN e.to_status = '{COMPLETED}' THEN e.seq END) OVER (PARTITION BY e.pipeline, e.scope, e.key)
-                       AS completed_seq, e.seq
-            FROM checkpoint_events e
-            JOIN checkpoints c ON c.pipeline = e.pipeline AND c.scope = e.scope AND c.key = e.key
-            WHERE {_in_pipelines(pipelines, "c.")} AND c.status = '{FAILED}' {scope_filter} AND e.kind = '{TRANSITION}'
-        )
-        SELECT pipeline, scope, key, min("at") FROM spells
-        WHERE to_status = '{FAILED}' AND (completed_seq IS NULL OR seq > completed_seq)
-        GROUP BY pipeline, scope, key
+        SELECT c.pipeline, c.scope, c.key, e.failed_at FROM checkpoints c
+        JOIN {episodes.TABLE} e ON e.pipeline = c.pipeline AND e.scope = c.scope AND e.key = c.key AND e.ended_at IS NULL
+        WHERE {_in_pipelines(pipelines, "c.")} AND c.status = '{FAILED}' {scope_filter}
     """
     return {(p, s, k): aware(at) for p, s, k, at in store.read(sql, [*pipelines, *params])}
 
 
 def _spells(items: str) -> str:
-    """CTEs ``outcomes`` and ``spells`` (failed_at, recovered_at per spell) of the items the ``items`` CTE selects."""
+    """CTEs ``items`` and ``recovered`` (failed_at, recovered_at, seconds per recovered episode) of the items ``items`` selects."""
     return f"""
-        WITH items AS ({items}), outcomes AS (
-            SELECT e.pipeline, e.scope, e.key, e.to_status, e."at",
-                   coalesce(sum(CASE WHEN e.to_status = '{COMPLETED}' THEN 1 ELSE 0 END) OVER (
-                       PARTITION BY e.pipeline, e.scope, e.key ORDER BY e.seq
-                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS spell
-            FROM checkpoint_events e JOIN items i ON i.pipeline = e.pipeline AND i.scope = e.scope AND i.key = e.key
-            WHERE e.kind = '{TRANSITION}' AND e.to_status IN ('{FAILED}', '{COMPLETED}')
-        ), spells AS (
-            SELECT pipeline, scope, key,
-                   min("at") FILTER (WHERE to_status = '{FAILED}') AS failed_at,
-                   min("at") FILTER (WHERE to_status = '{COMPLETED}') AS recovered_at
-            FROM outcomes GROUP BY pipeline, scope, key, spell
-        ), recovered AS (
-            SELECT pipeline, scope, key, failed_at, recovered_at,
-                   CAST(extract(epoch FROM (recovered_at - failed_at)) AS DOUBLE PRECISION) AS seconds
-            FROM spells WHERE failed_at IS NOT NULL AND recovered_at IS NOT NULL
+        WITH items AS ({items}), recovered AS (
+            SELECT e.pipeline, e.scope, e.key, e.failed_at, e.ended_at AS recovered_at,
+                   {episodes.RECOVERY_SECONDS} AS seconds
+            FROM {episodes.TABLE} e JOIN items i ON i.pipeline = e.pipeline AND i.scope = e.scope AND i.key = e.key
+            WHERE e.recovered
         )"""
 
 
@@ -134,7 +118,7 @@ def recovery_spells(store: CheckpointStore, pipelines: Sequence[str], *, retried
 def superseded_failures(store: CheckpointStore, pipelines: Sequence[str], scope: str | None, limit: int) -> list[dict[str, Any]]:
     """The ``limit`` items a later success superseded (``resolved_by``), most recently updated first.
 
-    Each with when its last recovered spell began (``failed_at``, None when its events were
+    Each with when its last recovered spell began (``failed_at``, None when its episode was
     pruned) and its seconds to recovery.
     """
     if not pipelines:

@@ -27,6 +27,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
+from sqlmesh_osaa.checkpoint import episodes
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -97,7 +98,7 @@ def _ddl(columns: Sequence[str]) -> str:
 # Layout 3: room on each row page for a second version of every row, so a batch's UPDATE of rows
 # the previous batch wrote stays on their pages (a HOT update: no new primary-key entry), and one
 # index on the events (nothing looks an event up by seq; seq still orders the log).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _FILLFACTOR = 50
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS checkpoints ({_ddl(ROW_COLUMNS)}, PRIMARY KEY (pipeline, scope, key))
@@ -106,12 +107,21 @@ _SCHEMA = (
     # An item's history and prune's "last event of a row"; the key alone is selective enough.
     "CREATE INDEX IF NOT EXISTS checkpoint_events_key ON checkpoint_events (key)",
     "CREATE TABLE IF NOT EXISTS checkpoint_schema (version integer NOT NULL)",
+    # Layout 4: failure episodes (checkpoint/episodes.py); a write finds an item's open one by this index.
+    episodes.CREATE_SQL,
+    f"CREATE INDEX IF NOT EXISTS checkpoint_episodes_open ON {episodes.TABLE} (pipeline, scope, key) WHERE ended_at IS NULL",
 )
 # Layout 2 -> 3 when a store opens (docs/checkpoints.md): the new fill factor applies to pages
 # written from then on; dropping the index of seq takes an exclusive lock for a moment.
 _MIGRATION_TO_3 = (
     f"ALTER TABLE checkpoints SET (fillfactor = {_FILLFACTOR})",
     "ALTER TABLE checkpoint_events DROP CONSTRAINT IF EXISTS checkpoint_events_pkey",
+    "UPDATE checkpoint_schema SET version = 3",
+)
+# Layout 3 -> 4: the failure episodes, built from the log (the table and its index are in _SCHEMA).
+_MIGRATION_TO_4 = (
+    f"DELETE FROM {episodes.TABLE}",
+    episodes.REBUILD_SQL,
     f"UPDATE checkpoint_schema SET version = {SCHEMA_VERSION}",
 )
 _ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
@@ -390,7 +400,8 @@ class PostgresStore(CheckpointStore):
         changed meanwhile writes nothing and the plan runs again on the fresh row
         (:class:`ConcurrentChange`). A plan refused on a recalled row is tried once more on
         the row read afresh. None: the change writes no row (pending to pending), so there is
-        no version to check it against; the caller takes the locking path.
+        no version to check it against, or it changes a failure episode (a failure, a retried
+        item's completion), which one statement does not write; the caller takes the locking path.
         """
         identity = (pipeline, scope, key)
         with self._lock:
@@ -411,6 +422,9 @@ class PostgresStore(CheckpointStore):
             if not events:
                 self._remember(identity, row, version)
                 return events
+            if episodes.touches(events):
+                # A failure or a retried item's completion writes an episode too: the locking path does both.
+                return None
             left = row_after(events[-1])
             if row is None and left is None:
                 return None
@@ -490,6 +504,7 @@ class PostgresStore(CheckpointStore):
         with self._transaction() as connection:
             rows = connection.execute(PRUNE_ROWS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             events = connection.execute(PRUNE_EVENTS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
+            connection.execute(episodes.PRUNE_SQL.replace("?", "%s"), [pipeline, cutoff])
         return rows, events
 
     # -- internals ------------------------------------------------------------------------
@@ -532,7 +547,7 @@ class PostgresStore(CheckpointStore):
             if version is None:
                 connection.execute("INSERT INTO checkpoint_schema VALUES (%s)", [SCHEMA_VERSION])
             elif version < SCHEMA_VERSION:
-                for statement in _MIGRATION_TO_3:
+                for statement in (*(_MIGRATION_TO_3 if version < 3 else ()), *_MIGRATION_TO_4):
                     connection.execute(statement)
                 logger.warning("Migrated the checkpoint tables of %s from layout %d to %d", self.location, version, SCHEMA_VERSION)
 
@@ -633,6 +648,11 @@ class PostgresStore(CheckpointStore):
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
+        episodes.write(
+            events,
+            lambda sql, params: connection.execute(sql.replace("?", "%s"), params).fetchall(),
+            lambda sql, params: connection.execute(sql.replace("?", "%s"), params),
+        )
 
     def _write_batch(
         self, connection: Any, rows: dict[str, Row], events: Sequence[Event], versions: dict[str, str] | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlmesh_osaa.checkpoint import episodes
 from sqlmesh_osaa.checkpoint.states import COMPLETED, FAILED, IN_PROGRESS, TRANSITION, CheckpointStatus
 from sqlmesh_osaa.checkpoint.store import CheckpointStore
 
@@ -16,29 +17,12 @@ _RETRIES_SQL = f"""
            coalesce(max(attempt), 0)
     FROM checkpoint_events WHERE pipeline = ? AND kind = '{TRANSITION}' AND to_status = '{IN_PROGRESS}'
 """
-# An episode runs from an item's first failure to its next completion. Only items that ever
-# failed have one: the window runs over their events, not the whole log (docs/performance.md).
+# Episodes are kept as the events are written (checkpoint/episodes.py): this reads one row per
+# episode, whatever the length of the items' histories (docs/performance.md, "Store growth").
 _RECOVERY_SQL = f"""
-    WITH failed_items AS (
-        SELECT DISTINCT scope, key FROM checkpoint_events
-        WHERE pipeline = ? AND kind = '{TRANSITION}' AND to_status = '{FAILED}'
-    ), outcomes AS (
-        SELECT e.scope, e.key, e.to_status, e."at",
-               coalesce(sum(CASE WHEN e.to_status = '{COMPLETED}' THEN 1 ELSE 0 END) OVER (
-                   PARTITION BY e.scope, e.key ORDER BY e.seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS episode
-        FROM checkpoint_events e JOIN failed_items f ON f.scope = e.scope AND f.key = e.key
-        WHERE e.pipeline = ? AND e.kind = '{TRANSITION}' AND e.to_status IN ('{FAILED}', '{COMPLETED}')
-    ), episodes AS (
-        SELECT min("at") FILTER (WHERE to_status = '{FAILED}') AS failed_at,
-               min("at") FILTER (WHERE to_status = '{COMPLETED}') AS completed_at
-        FROM outcomes GROUP BY scope, key, episode
-    ), recoveries AS (
-        SELECT CAST(extract(epoch FROM (completed_at - failed_at)) AS DOUBLE PRECISION) AS seconds
-        FROM episodes WHERE failed_at IS NOT NULL
-    )
     SELECT count(seconds), count(*) - count(seconds), CAST(avg(seconds) AS DOUBLE PRECISION),
            CAST(percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS DOUBLE PRECISION), max(seconds)
-    FROM recoveries
+    FROM (SELECT {episodes.RECOVERY_SECONDS} AS seconds FROM {episodes.TABLE} WHERE pipeline = ?) AS recoveries
 """
 _ERRORS_SQL = f"""
     SELECT error_message, error_category, count(*) AS n FROM checkpoint_events
@@ -96,8 +80,8 @@ def _retries(store: CheckpointStore, pipeline: str) -> dict[str, int]:
 
 
 def _time_to_recovery(store: CheckpointStore, pipeline: str) -> dict[str, Any]:
-    """Seconds from an item's first failure to its next completion, over every such episode."""
-    (recovered, unrecovered, mean, median, longest) = store.read(_RECOVERY_SQL, [pipeline, pipeline])[0]
+    """Seconds from an item's first failure to its next completion, over every episode (cleared ones: unrecovered)."""
+    (recovered, unrecovered, mean, median, longest) = store.read(_RECOVERY_SQL, [pipeline])[0]
     return {
         "recovered": recovered,
         "unrecovered": unrecovered,

@@ -1,0 +1,185 @@
+"""Failure episodes are kept as the events are written, on both backends, and stores of the previous layout get them at open.
+
+``stats``' time to recovery and ``list-failed``'s "failing since" read the episodes
+(sqlmesh_osaa/checkpoint/episodes.py) instead of a window over the whole log: these tests pin
+that the table the writes keep is exactly what the log holds, whatever path wrote the events
+(single marks, bulk batches, several changes per key, clears, prune).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import _duckdb as duckdb
+import pytest
+
+from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, episodes, item_history
+
+FILE, MODEL = "file", "model"
+BULK = [f"bulk/{i:03d}" for i in range(40)]  # more than a bulk write's threshold (16)
+
+
+def _kept(checkpoint: PipelineCheckpoint) -> list[tuple[Any, ...]]:
+    return checkpoint.store.read(f"SELECT * FROM {episodes.TABLE} ORDER BY 1, 2, 3, 4")
+
+
+def _from_log(checkpoint: PipelineCheckpoint) -> list[tuple[Any, ...]]:
+    return checkpoint.store.read(f"SELECT * FROM ({episodes.LOG_EPISODES_SQL}) AS log ORDER BY 1, 2, 3, 4")
+
+
+def _history(checkpoint: PipelineCheckpoint) -> None:
+    """Every write path: single marks, bulk starts and completions, batches of several changes per key, clears."""
+    checkpoint.mark_started(FILE, "a")
+    checkpoint.mark_failed(FILE, "a", "boom")
+    checkpoint.mark_started(FILE, "a")
+    checkpoint.mark_failed(FILE, "a", "boom again")
+    checkpoint.mark_started(FILE, "a")
+    checkpoint.mark_completed(FILE, "a")
+    checkpoint.mark_started(FILE, "b")
+    checkpoint.mark_failed(FILE, "b", "down")
+    checkpoint.mark_started(FILE, "cleared")
+    checkpoint.mark_failed(FILE, "cleared", "gone")
+    checkpoint.clear_checkpoint(FILE, "cleared")
+    checkpoint.mark_started(FILE, "cleared")
+    checkpoint.mark_completed(FILE, "cleared")
+    checkpoint.mark_started_many(FILE, BULK)
+    for key in BULK[:5]:
+        checkpoint.mark_failed(FILE, key, "bulk failure")
+    checkpoint.mark_started_many(FILE, BULK[:5])
+    checkpoint.mark_completed_many(FILE, BULK)
+    checkpoint.mark_started_many(FILE, BULK, force=True)
+    checkpoint.mark_completed_many(FILE, BULK)
+    now = datetime.now(timezone.utc)
+    changes = []
+    for index in range(20):
+        key = f"model/{index}"
+        changes += [ItemChange(key, "in_progress", at=now), ItemChange(key, "failed", error_message="x", at=now + timedelta(seconds=1))]
+        if index % 2:
+            changes += [ItemChange(key, "in_progress", at=now + timedelta(seconds=2)), ItemChange(key, "completed", at=now + timedelta(seconds=5))]
+    checkpoint.record_changes(MODEL, changes)
+    checkpoint.record_changes(MODEL, [ItemChange("model/0", "in_progress", at=now + timedelta(seconds=9))])
+    checkpoint.record_changes(
+        MODEL, [ItemChange("model/0", "completed", at=now + timedelta(seconds=10)), ItemChange("model/1", "in_progress", force=True)]
+    )
+    checkpoint.clear_all_checkpoints(MODEL, status="failed")
+
+
+def test_the_episodes_the_writes_keep_are_the_ones_the_log_holds(checkpoint_target: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        _history(checkpoint)
+
+        kept, from_log = _kept(checkpoint), _from_log(checkpoint)
+
+    assert kept == from_log
+    open_keys = sorted(key for _, scope, key, _, ended_at, _ in kept if ended_at is None)
+    assert open_keys == ["b"]
+    assert len(kept) == 3 + 5 + 20
+
+
+def test_a_cleared_failure_is_not_recovered_and_the_next_run_of_the_key_starts_afresh(checkpoint_target: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        checkpoint.mark_started(FILE, "k")
+        checkpoint.mark_failed(FILE, "k", "first")
+        checkpoint.clear_checkpoint(FILE, "k")
+        checkpoint.mark_started(FILE, "k")
+        checkpoint.mark_failed(FILE, "k", "second")
+        (second,) = [e["at"] for e in checkpoint.history(FILE, "k") if e["error_message"] == "second"]
+
+        recovery = checkpoint.get_statistics()["time_to_recovery"]
+        since = item_history.failing_since(checkpoint.store, ["ingest"])
+
+    assert (recovery["recovered"], recovery["unrecovered"]) == (0, 2)
+    assert since == {("ingest", FILE, "k"): second}
+
+
+def test_time_to_recovery_is_read_from_the_episodes_with_the_same_figures(checkpoint_target: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        _history(checkpoint)
+        recovery = checkpoint.get_statistics()["time_to_recovery"]
+        seconds = sorted(
+            (ended_at - failed_at).total_seconds() for _, _, _, failed_at, ended_at, recovered in _from_log(checkpoint) if recovered
+        )
+
+    assert (recovery["recovered"], recovery["unrecovered"]) == (len(seconds), 1 + 1 + 9) == (17, 11)
+    assert recovery["max_seconds"] == pytest.approx(seconds[-1], abs=1e-3)
+    assert recovery["mean_seconds"] == pytest.approx(sum(seconds) / len(seconds), abs=1e-3)
+
+
+def test_prune_removes_the_episodes_that_ended_before_the_cutoff_and_keeps_the_open_ones(checkpoint_target: dict[str, Any]) -> None:
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        _history(checkpoint)
+        checkpoint.prune(timedelta(seconds=-3600))
+
+        kept = _kept(checkpoint)
+
+    assert [(key, ended_at) for _, _, key, _, ended_at, _ in kept] == [("b", None)]
+
+
+def _figures_of(stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics the log decides (not ``interrupted``: the run that wrote them has ended since)."""
+    recovery = stats["time_to_recovery"]
+    return {
+        **{name: value for name, value in stats.items() if name not in ("interrupted", "time_to_recovery")},
+        "time_to_recovery": {name: pytest.approx(value, abs=1e-6) for name, value in recovery.items()},
+    }
+
+
+def _figures(checkpoint: PipelineCheckpoint) -> dict[str, Any]:
+    return _figures_of(checkpoint.get_statistics())
+
+
+def _layout_2(db_path: Path) -> None:
+    """The file as the previous layout wrote it: no episode table, no id hashes, version 2."""
+    connection = duckdb.connect(str(db_path))
+    try:
+        connection.execute(f"DROP TABLE {episodes.TABLE}")
+        connection.execute("DROP TABLE checkpoint_id_hash")
+        connection.execute("ALTER TABLE checkpoints DROP COLUMN id_hash")
+        connection.execute("UPDATE checkpoint_schema SET version = 2")
+    finally:
+        connection.close()
+
+
+def test_a_layout_2_file_gets_its_episodes_from_the_log_when_opened_and_keeps_every_row_and_event(tmp_path: Path) -> None:
+    db_path = tmp_path / "checkpoints.duckdb"
+    with PipelineCheckpoint("ingest", db_path) as checkpoint:
+        _history(checkpoint)
+        expected = _kept(checkpoint)
+        stats = checkpoint.get_statistics()
+        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id")
+        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+    _layout_2(db_path)
+
+    with PipelineCheckpoint("ingest", db_path) as checkpoint:
+        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(3,)]
+        assert _kept(checkpoint) == expected
+        assert _figures(checkpoint) == _figures_of(stats)
+        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id") == rows
+        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        checkpoint.mark_started(FILE, "b")
+        checkpoint.mark_completed(FILE, "b")
+        assert checkpoint.get_statistics()["time_to_recovery"]["unrecovered"] == stats["time_to_recovery"]["unrecovered"] - 1
+
+
+@pytest.mark.postgres
+def test_a_layout_3_postgres_store_gets_its_episodes_from_the_log_when_opened(pg_dsn: str) -> None:
+    import psycopg
+
+    with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
+        _history(checkpoint)
+        expected = _kept(checkpoint)
+        stats = checkpoint.get_statistics()
+        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
+        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        connection.execute(f"DROP TABLE {episodes.TABLE}")
+        connection.execute("UPDATE checkpoint_schema SET version = 3")
+
+    with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
+        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(4,)]
+        assert _kept(checkpoint) == expected
+        assert _figures(checkpoint) == _figures_of(stats)
+        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key") == rows
+        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
