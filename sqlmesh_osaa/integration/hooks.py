@@ -70,8 +70,8 @@ def after_all(evaluator: Any) -> None:
         notifications.publication_failed(rt, environment, error, evaluator.snapshots.values())
         raise
     rt.note_publication(publication)
-    exports.record(rt, run, publication)
     if run is not None:
+        run.exports.update(exports.published(rt, publication))
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
         run.finish()
 
