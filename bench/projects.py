@@ -17,6 +17,11 @@ clock one day later (every model has a new interval). Variants alternate within 
 (A/B interleaved) after one untimed warm-up each, so machine noise hits both alike. Measured
 per process with ``wait4``: CPU (user + system), wall, peak RSS. Figures are medians; the
 load average before and after is printed, because the machine is shared.
+
+``--commands`` times only some of the commands (the others still run, untimed, so a daily
+run follows its plan); ``--baseline DIR`` adds ``hooked-base``: the hooked project with the
+package imported from DIR (an earlier commit's ``sqlmesh_osaa``, e.g. from ``git archive``,
+first on ``PYTHONPATH``), in the same alternation, for an A/B of a change.
 """
 
 from __future__ import annotations
@@ -155,7 +160,7 @@ def run_measured(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
 
 
-def commands_on_copy(template: Path, workdir: Path) -> dict[str, Sample]:
+def commands_on_copy(template: Path, workdir: Path, timed: list[str], extra_env: dict[str, str]) -> dict[str, Sample]:
     project = workdir / f"{template.name}-{time.monotonic_ns()}"
     shutil.copytree(template, project)
     samples = {}
@@ -164,51 +169,61 @@ def commands_on_copy(template: Path, workdir: Path) -> dict[str, Sample]:
             argv = [sys.executable, "-c", DAY_LATER, *args]
         else:
             argv = [str(BIN / "sqlmesh"), *args]
-        samples[label] = run_measured(argv, project, project / f"{label.replace(' ', '_')}.log")
+        sample = run_measured(argv, project, project / f"{label.replace(' ', '_')}.log", extra_env)
+        if label in timed:
+            samples[label] = sample
     shutil.rmtree(project)
     return samples
 
 
-def bench_size(size: int, repeats: int, workdir: Path) -> dict[str, dict[str, list[Sample]]]:
+def bench_size(
+    size: int, repeats: int, workdir: Path, timed: list[str], baseline: Path | None
+) -> dict[str, dict[str, list[Sample]]]:
     templates = {v: generate(workdir / f"{v}-{size}", size, v) for v in VARIANTS}
-    for variant in VARIANTS:
-        commands_on_copy(templates[variant], workdir)
-    samples: dict[str, dict[str, list[Sample]]] = {v: {c: [] for c in COMMANDS} for v in VARIANTS}
+    variants = {v: (templates[v], {}) for v in VARIANTS}
+    if baseline is not None:
+        variants["hooked-base"] = (templates["hooked"], {"PYTHONPATH": str(baseline)})
+    names = list(variants)
+    for template, extra_env in variants.values():
+        commands_on_copy(template, workdir, [], extra_env)
+    samples: dict[str, dict[str, list[Sample]]] = {v: {c: [] for c in timed} for v in names}
     for repeat in range(repeats):
-        order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
-            for label, sample in commands_on_copy(templates[variant], workdir).items():
+        # Rotated, so no variant always runs right after the same other one.
+        shift = repeat % len(names)
+        for variant in names[shift:] + names[:shift]:
+            template, extra_env = variants[variant]
+            for label, sample in commands_on_copy(template, workdir, timed, extra_env).items():
                 samples[variant][label].append(sample)
         print(f"{size} models: repeat {repeat + 1}/{repeats} done", file=sys.stderr)
     return samples
 
 
 def report(size: int, samples: dict[str, dict[str, list[Sample]]]) -> None:
-    print(f"\n{size} models, medians of {len(samples['stock']['plan'])} runs")
-    print(f"{'command':12} {'stock wall':>10} {'hooked':>8} {'ratio':>6} {'stock cpu':>10} {'hooked':>8} {'ratio':>6} "
-          f"{'rss MB s/h':>12}")
-    for label in COMMANDS:
-        median = {
-            (v, m): statistics.median(getattr(s, m) for s in samples[v][label])
-            for v in VARIANTS
-            for m in ("wall", "cpu", "rss_mb")
-        }
-        print(
-            f"{label:12} {median['stock', 'wall']:10.2f} {median['hooked', 'wall']:8.2f} "
-            f"{median['hooked', 'wall'] / median['stock', 'wall']:6.3f} {median['stock', 'cpu']:10.2f} "
-            f"{median['hooked', 'cpu']:8.2f} {median['hooked', 'cpu'] / median['stock', 'cpu']:6.3f} "
-            f"{median['stock', 'rss_mb']:5.0f}/{median['hooked', 'rss_mb']:<5.0f}"
-        )
+    timed = list(samples["stock"])
+    print(f"\n{size} models, medians of {len(samples['stock'][timed[0]])} runs")
+    print(f"{'command':12} {'variant':12} {'wall':>8} {'/stock':>7} {'cpu':>8} {'/stock':>7} {'rss MB':>7}")
+    for label in timed:
+        stock = {m: statistics.median(getattr(s, m) for s in samples["stock"][label]) for m in ("wall", "cpu")}
+        for variant, by_command in samples.items():
+            median = {m: statistics.median(getattr(s, m) for s in by_command[label]) for m in ("wall", "cpu", "rss_mb")}
+            print(
+                f"{label:12} {variant:12} {median['wall']:8.2f} {median['wall'] / stock['wall']:7.3f} "
+                f"{median['cpu']:8.2f} {median['cpu'] / stock['cpu']:7.3f} {median['rss_mb']:7.0f}"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
+    parser.add_argument("--baseline", type=Path, help="an earlier commit's package directory's parent, for hooked-base")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="osaa-bench-projects-") as tmp:
-        results = {size: bench_size(size, args.repeats, Path(tmp)) for size in args.sizes}
+        results = {
+            size: bench_size(size, args.repeats, Path(tmp), args.commands, args.baseline) for size in args.sizes
+        }
     print(f"load average after: {os.getloadavg()}")
     for size, samples in results.items():
         report(size, samples)

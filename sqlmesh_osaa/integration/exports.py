@@ -1,8 +1,9 @@
 """What an environment publishes, kept on the PIPELINE item of the plan/run that published it.
 
-``@osaa_after_all()`` calls :func:`record` after a publication: for every export the
-environment's publication wrote, its size, MD5, whether this run wrote
-it, and the staged evaluation it came from (``<model>/<table version>/<interval>``). Metrics
+``@osaa_after_all()`` calls :func:`published` after a publication: for every export the
+environment's publication wrote, its size, MD5, whether this run wrote it, and the staged
+evaluation it came from (``<model>/<table version>/<interval>``). The PIPELINE item's
+completion carries it (one durable write for both, instead of a metadata update first). Metrics
 (last success per export, bytes and objects published) and the HTML report read it back from
 the checkpoint, so they need neither SQLMesh state nor the object store.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.integration import runtime
 
 _log = logging.getLogger(__name__)
@@ -38,25 +38,23 @@ def _listed(rt: runtime.Runtime, prefix: str) -> dict[str, Any]:
     return rt.error_handler.execute(listing, operation="ListObjectsV2")
 
 
-def record(rt: runtime.Runtime, run: Any, publication: Any) -> None:
-    """Keep what ``publication`` left in the environment on ``run``'s PIPELINE item; never raises."""
-    if run is None:
-        return
+def published(rt: runtime.Runtime, publication: Any) -> dict[str, Any]:
+    """What ``publication`` wrote to its environment, per key; empty when it wrote nothing. Never raises."""
+    keys = list(publication.written)
+    if not keys:
+        return {}
     try:
-        keys = list(publication.written)
-        if not keys and not publication.deleted:
-            return
-        listed = _listed(rt, publication.prefix) if keys else {}
+        listed = _listed(rt, publication.prefix)
         exports = {}
-        written = set(publication.written)
         for key in keys:
             info = listed.get(key)
             exports[key] = {
                 "bytes": info.size if info else None,
                 "md5": info.md5 if info else None,
-                "written": key in written,
+                "written": True,
                 "evaluation": evaluation_of(publication.sources.get(key), rt.settings.storage.staging_prefix),
             }
-        rt.checkpoint.update_metadata(CheckpointScope.PIPELINE, run.key, {"exports": exports})
+        return exports
     except Exception:
-        _log.exception("sqlmesh-osaa could not record what %s published", publication.environment)
+        _log.exception("sqlmesh-osaa could not list what %s published", publication.environment)
+        return {}

@@ -26,6 +26,7 @@ from sqlmesh_osaa.integration import (
     runtime,
     state,
 )
+from sqlmesh_osaa.integration.sqlmesh_patches import environment_snapshots
 from sqlmesh_osaa.integration.ingest_kind import create_landing_schema
 from sqlmesh_osaa.integration.publication import publish_environment
 from sqlmesh_osaa.integration.reconciliation import reconcile_leftovers
@@ -41,7 +42,7 @@ def before_all(evaluator: Any) -> None:
     pipeline_runs.begin(rt, evaluator.this_env)
     duckdb_connections.configure_adapter(evaluator.engine_adapter, rt.settings.storage)
     notifications.watch_breaker(rt, evaluator.this_env)
-    if any(state.ingests(snapshot) for snapshot in evaluator.snapshots.values()):
+    if any(state.ingests(snapshot) for snapshot in environment_snapshots(evaluator).values()):
         create_landing_schema(evaluator.engine_adapter)
     if rt.reconciled:
         return
@@ -63,15 +64,15 @@ def after_all(evaluator: Any) -> None:
     fault_point(PUBLICATION_STARTED)
     try:
         publication = publish_environment(
-            rt, state.state_sync_for(), environment, evaluator.snapshots.values()
+            rt, state.state_sync_for(), environment, environment_snapshots(evaluator).values()
         )
     except Exception as error:
         pipeline_runs.finish_open_run(f"publication to {rt.env_prefix(environment)}/ failed: {error}")
-        notifications.publication_failed(rt, environment, error, evaluator.snapshots.values())
+        notifications.publication_failed(rt, environment, error, environment_snapshots(evaluator).values())
         raise
     rt.note_publication(publication)
-    exports.record(rt, run, publication)
     if run is not None:
+        run.exports.update(exports.published(rt, publication))
         run.published.extend(publication.written + [f"deleted {key}" for key in publication.deleted])
         run.finish()
 

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlmesh_osaa.checkpoint import CheckpointScope
 from sqlmesh_osaa.exceptions import ErrorCategory
@@ -39,6 +40,8 @@ class PipelineRun:
         self.evaluations = 0
         self.failures: list[str] = []
         self.published: list[str] = []
+        # What the command's publication wrote, per key (``exports.published``), kept with the outcome.
+        self.exports: dict[str, Any] = {}
         self.open = True
         rt.checkpoint.mark_started(
             CheckpointScope.PIPELINE,
@@ -68,6 +71,8 @@ class PipelineRun:
             "published": self.published[:_MAX_LISTED],
             "published_count": len(self.published),
         }
+        if self.exports:
+            metadata["exports"] = dict(self.exports)
         if error is None and not failures:
             self._rt.checkpoint.mark_completed(
                 CheckpointScope.PIPELINE, self.key, metadata={**metadata, "outcome": "completed"}

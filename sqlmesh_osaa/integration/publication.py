@@ -174,14 +174,11 @@ def publish_environment(
     publishing = [s for s in snapshots if state.publishes(s)]
     if not publishing and not records:
         return publication
-    env_snapshots = state.fresh(state_sync, snapshots)
-    index = state.deployability(environment, {s.snapshot_id: s for s in env_snapshots})
+    env_snapshots, index = state.fresh_publishing(state_sync, environment, snapshots)
     evidence = Evidence(rt, state_sync)
     changes: list[_Change] = []
     current: set[str] = set()
     for snapshot in sorted(env_snapshots, key=lambda s: s.name):
-        if not state.publishes(snapshot):
-            continue
         model = safe_name(snapshot.model.name)
         current.add(model)
         chosen, reason = audited_output(rt, snapshot, index.is_representative(snapshot), evidence)

@@ -1,6 +1,6 @@
 """Every patch of SQLMesh internals sqlmesh-osaa installs, in one module.
 
-SQLMesh 0.236 has no supported extension point for these five (``docs/sqlmesh-internals.md``
+SQLMesh 0.236 has no supported extension point for these (``docs/sqlmesh-internals.md``
 says why, per patch):
 
 - ``Scheduler.evaluate`` (evaluate -> audit -> record the interval): the only call that
@@ -15,7 +15,13 @@ says why, per patch):
   environment up afterwards (``commands.py``), and the hooks read state through the
   command's own state sync (``state_schema``/``state_connection``, also in the Python API);
 - ``BaseDuckDBConnectionConfig._cursor_init``: chained so every DuckDB cursor SQLMesh opens
-  gets httpfs and an S3 secret when the project's storage is S3 (``duckdb_connections.py``).
+  gets httpfs and an S3 secret when the project's storage is S3 (``duckdb_connections.py``);
+- ``execute_environment_statements`` as the scheduler and the plan evaluator call it: SQLMesh
+  renders ``before_all``/``after_all`` with every snapshot of the environment (the view and
+  schema name of each one, for ``@views``/``@schemas``), a cost that grows with the project.
+  When the environment's statements are only ``@osaa_before_all()``/``@osaa_after_all()``,
+  which read neither, they are rendered without the snapshots, and the hooks get them
+  from :func:`environment_snapshots`; any other statement keeps SQLMesh's rendering.
 
 Each wrapper passes straight through unless the integration is active (evaluate) or the
 project's ``before_all`` calls ``@osaa_before_all()`` (plan, run), so a project without the
@@ -28,10 +34,12 @@ an error is logged (``tests/integration/test_sqlmesh_patches.py`` fails on it to
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, Callable
 
 _log = logging.getLogger(__name__)
@@ -46,12 +54,18 @@ PATCHED = (
     ("sqlmesh.core.context", "GenericContext", "plan", ("environment", "explain")),
     ("sqlmesh.core.context", "GenericContext", "run", ("environment",)),
 )
+# (module, function, parameters the wrapper reads): where SQLMesh runs before_all/after_all.
+PATCHED_FUNCTIONS = (
+    ("sqlmesh.core.scheduler", "execute_environment_statements", ("environment_statements", "snapshots")),
+    ("sqlmesh.core.plan.evaluator", "execute_environment_statements", ("environment_statements", "snapshots")),
+)
+# Environment statements that read no snapshot: rendered without the environment's snapshots.
+SNAPSHOT_FREE_STATEMENTS = frozenset({"@osaa_before_all()", "@osaa_after_all()"})
+_environment_snapshots: ContextVar[dict[str, Any] | None] = ContextVar("osaa_environment_snapshots", default=None)
 
 
 def problems() -> list[str]:
     """What the patches rely on and the installed SQLMesh no longer offers (empty when all holds)."""
-    import importlib
-
     import sqlmesh
 
     found = []
@@ -68,6 +82,14 @@ def problems() -> list[str]:
         missing = [p for p in parameters if p not in inspect.signature(function).parameters]
         if missing:
             found.append(f"{class_name}.{method} lost parameter(s) {missing}")
+    for module_name, name, parameters in PATCHED_FUNCTIONS:
+        function = getattr(importlib.import_module(module_name), name, None)
+        if function is None:
+            found.append(f"{module_name}.{name} no longer exists")
+            continue
+        missing = [p for p in parameters if p not in inspect.signature(inspect.unwrap(function)).parameters]
+        if missing:
+            found.append(f"{module_name}.{name} lost parameter(s) {missing}")
     found.extend(_internals_read())
     return found
 
@@ -109,7 +131,7 @@ def _internals_read() -> list[str]:
 
 
 def install() -> None:
-    """Install the five patches once per process, unless the installed SQLMesh moved under them."""
+    """Install the patches once per process, unless the installed SQLMesh moved under them."""
     from sqlmesh.core.context import GenericContext
     from sqlmesh.core.scheduler import Scheduler
     from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
@@ -124,12 +146,14 @@ def install() -> None:
     _wrap(SnapshotEvaluator, "evaluate", _timed_evaluation)
     _wrap(GenericContext, "plan", _command("plan"))
     _wrap(GenericContext, "run", _command("run"))
+    for module_name, name, _ in PATCHED_FUNCTIONS:
+        _wrap(importlib.import_module(module_name), name, _snapshot_free_statements)
     from sqlmesh_osaa.integration import duckdb_connections
 
     duckdb_connections.install()
 
 
-def _wrap(owner: type, name: str, make: Callable[[Any], Any]) -> None:
+def _wrap(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
     original = getattr(owner, name)
     wrapper = functools.wraps(original)(make(original))
     setattr(wrapper, INSTALLED_MARKER, True)
@@ -164,6 +188,38 @@ def _timed_evaluation(original: Any) -> Any:
         return result
 
     return evaluate
+
+
+def _snapshot_free_statements(original: Any) -> Any:
+    signature = inspect.signature(original)
+
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        snapshots = bound.arguments.get("snapshots")
+        if not snapshots or not reads_no_snapshot(bound.arguments["environment_statements"]):
+            return original(*args, **kwargs)
+        bound.arguments["snapshots"] = None
+        token = _environment_snapshots.set(snapshots)
+        try:
+            return original(*bound.args, **bound.kwargs)
+        finally:
+            _environment_snapshots.reset(token)
+
+    return execute
+
+
+def reads_no_snapshot(environment_statements: Any) -> bool:
+    """Whether every before_all/after_all statement is one of the package's hooks (which read no snapshot)."""
+    return all(
+        statement.strip() in SNAPSHOT_FREE_STATEMENTS
+        for statements in environment_statements
+        for statement in (*statements.before_all, *statements.after_all)
+    )
+
+
+def environment_snapshots(evaluator: Any) -> dict[str, Any]:
+    """The snapshots of the environment whose statements ``evaluator`` renders, by name."""
+    return evaluator.snapshots or _environment_snapshots.get() or {}
 
 
 def uses_extension(context: Any) -> bool:

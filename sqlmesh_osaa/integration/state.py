@@ -8,9 +8,9 @@ carry the intervals as they were before the run.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
-from sqlmesh.core.snapshot import DeployabilityIndex, Snapshot, SnapshotId
+from sqlmesh.core.snapshot import DeployabilityIndex, Snapshot
 from sqlmesh.core.state_sync import StateSync
 
 from sqlmesh_osaa.integration.export_kind import NAME as EXPORT
@@ -80,11 +80,22 @@ def covered(interval: tuple[int, int], intervals: Iterable[tuple[int, int]]) -> 
     return any(low <= start and end <= high for low, high in intervals)
 
 
-def deployability(environment: str, snapshots: Mapping[SnapshotId, Snapshot]) -> DeployabilityIndex:
-    """Which table an environment's views read: prod always the deployable one."""
+def fresh_publishing(
+    state_sync: StateSync, environment: str, snapshots: Iterable[Snapshot]
+) -> tuple[list[Snapshot], DeployabilityIndex]:
+    """The environment's publishing snapshots with the intervals state records now, and which tables its views read.
+
+    Prod's views read every deployable table, so only the publishing snapshots are read
+    again (two of 300 in a typical project, instead of every one); a dev environment's
+    deployability follows every snapshot's intervals (``DeployabilityIndex.create``), so
+    there all of them are.
+    """
+    snapshots = list(snapshots)
     if environment == "prod":
-        return DeployabilityIndex.all_deployable()
-    return DeployabilityIndex.create(dict(snapshots))
+        return fresh(state_sync, [s for s in snapshots if publishes(s)]), DeployabilityIndex.all_deployable()
+    refreshed = fresh(state_sync, snapshots)
+    index = DeployabilityIndex.create({s.snapshot_id: s for s in refreshed})
+    return [s for s in refreshed if publishes(s)], index
 
 
 def environment_snapshots(state_sync: StateSync, environment: str) -> list[Snapshot]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlmesh.core.config import DuckDBConnectionConfig
+import sqlmesh.core.plan.evaluator as plan_evaluator
+import sqlmesh.core.scheduler as scheduler
 from sqlmesh.core.context import GenericContext
+from sqlmesh.core.environment import EnvironmentStatements
 from sqlmesh.core.scheduler import Scheduler
 from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
 from sqlmesh.core.state_sync.cache import CachingStateSync
@@ -24,8 +27,34 @@ def test_the_installed_sqlmesh_offers_everything_the_patches_rely_on() -> None:
 
 
 def test_importing_the_integration_installs_the_patched_methods() -> None:
-    for method in (Scheduler.evaluate, SnapshotEvaluator.evaluate, GenericContext.plan, GenericContext.run):
+    patched = (
+        Scheduler.evaluate,
+        SnapshotEvaluator.evaluate,
+        GenericContext.plan,
+        GenericContext.run,
+        scheduler.execute_environment_statements,
+        plan_evaluator.execute_environment_statements,
+    )
+    for method in patched:
         assert getattr(method, sqlmesh_patches.INSTALLED_MARKER, False), method
+
+
+def _statements(before_all: list[str], after_all: list[str]) -> list[EnvironmentStatements]:
+    return [EnvironmentStatements(before_all=before_all, after_all=after_all, python_env={})]
+
+
+def test_the_package_hooks_alone_are_rendered_without_the_environment_snapshots() -> None:
+    hooks_only = _statements([" @osaa_before_all() "], ["@osaa_after_all()"])
+
+    assert sqlmesh_patches.reads_no_snapshot(hooks_only)
+
+
+def test_any_other_environment_statement_keeps_sqlmesh_rendering_with_every_snapshot() -> None:
+    with_views = _statements(["@osaa_before_all()"], ["@osaa_after_all()", "CREATE TABLE seen AS SELECT @views AS v"])
+    with_schemas = _statements(["@osaa_before_all()", "SELECT @schemas"], ["@osaa_after_all()"])
+
+    assert not sqlmesh_patches.reads_no_snapshot(with_views)
+    assert not sqlmesh_patches.reads_no_snapshot(with_schemas)
 
 
 def test_interval_rows_are_read_through_a_caching_state_sync_in_its_own_schema(tmp_path: Path) -> None:
