@@ -13,7 +13,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlmesh_osaa.checkpoint import (
     ROW_COLUMNS,
     CheckpointScope,
     CheckpointStatus,
+    ItemChange,
     PipelineCheckpoint,
     calculate_checksum,
 )
@@ -1052,3 +1053,17 @@ def test_a_file_whose_recorded_hash_differs_from_duckdbs_has_its_id_hashes_recom
         assert checkpoint.completed_keys(FILE, keys[:2]) == set(keys[:2])
     with duckdb.connect(str(db), read_only=True) as database:
         assert database.execute("SELECT bool_and(id_hash = hash(item_id)) FROM checkpoints").fetchone()[0]
+
+
+def test_a_change_given_an_aware_time_is_kept_as_that_instant(store: PipelineCheckpoint) -> None:
+    """Batches of many rows travel to PostgreSQL by binary COPY of naive UTC times: an aware time is converted, not refused or shifted."""
+    plus_two = timezone(timedelta(hours=2))
+    started = datetime(2026, 3, 1, 12, 0, tzinfo=plus_two)
+    completed = datetime(2026, 3, 1, 12, 5, tzinfo=plus_two)
+    changes = [ItemChange(f"m{i}", "in_progress", at=started) for i in range(120)]
+    changes += [ItemChange(f"m{i}", "completed", at=completed) for i in range(120)]
+
+    store.record_changes(MODEL, changes)
+
+    row = store.get(MODEL, "m7")
+    assert (row["started_at"], row["completed_at"]) == (started, completed)

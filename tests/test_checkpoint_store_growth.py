@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint, item_history
+from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, item_history
 from sqlmesh_osaa.checkpoint.duckdb_store import COMPACTION_COPIED, COMPACTION_SWAPPED, DuckDBStore
 from sqlmesh_osaa.fault_points import FAULT_POINT_ENV
 from support.processes import run
@@ -142,8 +142,9 @@ def _store_with_history(checkpoint: PipelineCheckpoint) -> None:
     cut = ITEMS * 8 // 10
     checkpoint.mark_completed_many(FILE, keys[:cut], metadata={"store": "s3://bucket/dev", "note": "x" * 40})
     for start in range(cut, ITEMS, 1000):
-        for key in keys[start : start + 1000]:
-            checkpoint.mark_failed(FILE, key, "HTTP 503 from the endpoint")
+        checkpoint.record_changes(
+            FILE, [ItemChange(key, "failed", error_message="HTTP 503 from the endpoint") for key in keys[start : start + 1000]]
+        )
 
 
 def _contents(db_path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:

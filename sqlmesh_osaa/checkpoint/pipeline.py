@@ -85,6 +85,11 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def _stored_time(value: datetime) -> datetime:
+    """A caller's time as the stores keep it: naive UTC (an aware time is converted, a naive one is taken as UTC)."""
+    return value if value.tzinfo is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
 def _category_value(category: ErrorCategory | str | None) -> str | None:
     return None if category is None else ErrorCategory(category).value
 
@@ -542,7 +547,7 @@ class PipelineCheckpoint:
                     row,
                     Change(
                         status,
-                        change.at,
+                        _stored_time(change.at),
                         self._run,
                         metadata=change.metadata,
                         error_message=redact(change.error_message) if failed and change.error_message else None,
