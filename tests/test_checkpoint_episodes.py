@@ -117,6 +117,19 @@ def test_prune_removes_the_episodes_that_ended_before_the_cutoff_and_keeps_the_o
     assert [(key, ended_at) for _, _, key, _, ended_at, _ in kept] == [("b", None)]
 
 
+def test_a_batch_ending_more_episodes_than_one_statement_can_carry_keeps_them_all(checkpoint_target: dict[str, Any]) -> None:
+    """PostgreSQL takes at most 65,535 parameters a statement: 12,000 episodes of 6 values each go in several."""
+    keys = [f"file/{i:05d}" for i in range(12_000)]
+    with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
+        checkpoint.record_changes(FILE, [ItemChange(key, "in_progress") for key in keys])
+        checkpoint.record_changes(FILE, [ItemChange(key, "failed", error_message="HTTP 503") for key in keys])
+        checkpoint.record_changes(FILE, [ItemChange(key, "in_progress") for key in keys])
+        checkpoint.record_changes(FILE, [ItemChange(key, "completed") for key in keys])
+        kept = _kept(checkpoint)
+        assert kept == _from_log(checkpoint)
+    assert len(kept) == len(keys) and all(episode[-1] for episode in kept)
+
+
 def _figures_of(stats: dict[str, Any]) -> dict[str, Any]:
     """The statistics the log decides (not ``interrupted``: the run that wrote them has ended since)."""
     recovery = stats["time_to_recovery"]

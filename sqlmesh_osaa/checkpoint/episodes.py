@@ -58,6 +58,7 @@ _CLOSING = (COMPLETED, PENDING)
 # Up to this many keys, the open episodes are read by key; more read every open one of the scope.
 _KEYS_LISTED = 16
 _BEFORE = object()  # the key's episode was open before the batch
+_ROWS_PER_STATEMENT = 5_000
 
 Read = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 Execute = Callable[[str, Sequence[Any]], None]
@@ -119,20 +120,25 @@ def write(events: Sequence[Event], read: Read, execute: Execute) -> None:
     else:
         return
     closes, inserts = _changes(columns, indices, open_keys)
-    if closes:
-        values = ", ".join("(CAST(? AS VARCHAR), CAST(? AS TIMESTAMP), CAST(? AS BOOLEAN))" for _ in closes)
+    for chunk in _chunks(closes):
+        values = ", ".join("(CAST(? AS VARCHAR), CAST(? AS TIMESTAMP), CAST(? AS BOOLEAN))" for _ in chunk)
         execute(
             f"UPDATE {TABLE} AS e SET ended_at = v.ended_at, recovered = v.recovered "
             f"FROM (VALUES {values}) AS v(key, ended_at, recovered) "
             "WHERE e.pipeline = ? AND e.scope = ? AND e.key = v.key AND e.ended_at IS NULL",
-            [*(value for close in closes for value in close), pipeline, scope],
+            [*(value for close in chunk for value in close), pipeline, scope],
         )
-    if inserts:
-        values = ", ".join("(?, ?, ?, CAST(? AS TIMESTAMP), CAST(? AS TIMESTAMP), CAST(? AS BOOLEAN))" for _ in inserts)
+    for chunk in _chunks(inserts):
+        values = ", ".join("(?, ?, ?, CAST(? AS TIMESTAMP), CAST(? AS TIMESTAMP), CAST(? AS BOOLEAN))" for _ in chunk)
         execute(
             f"INSERT INTO {TABLE} (pipeline, scope, key, failed_at, ended_at, recovered) VALUES {values}",
-            [value for insert in inserts for value in (pipeline, scope, *insert)],
+            [value for insert in chunk for value in (pipeline, scope, *insert)],
         )
+
+
+def _chunks(rows: list[Any]) -> list[list[Any]]:
+    """``rows`` in runs a statement can carry: PostgreSQL takes at most 65,535 parameters (6 a row here)."""
+    return [rows[start : start + _ROWS_PER_STATEMENT] for start in range(0, len(rows), _ROWS_PER_STATEMENT)]
 
 
 def _may_find_one_open(events: Sequence[Event]) -> bool:
