@@ -857,8 +857,8 @@ class DuckDBStore(CheckpointStore):
                 if INSERT in writes:
                     connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
                 if UPDATE in writes:
-                    known = _known_changes(settable_columns(stored), constant, varying, rows)
-                    self._update_rows(connection, name, settable_columns(stored), known)
+                    settable = settable_columns(stored)
+                    self._update_rows(connection, name, settable, _known_changes(settable, constant, varying, rows))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
