@@ -65,9 +65,10 @@ _WAITS_SQL = (
 )
 
 
-def process_cpu(pid: int) -> float:
+def process_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds process ``pid`` (a runner or a server backend) has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
 
 
 def switches(pid: int) -> tuple[int, int]:
@@ -133,7 +134,7 @@ def phase(variant: str, dsn: str, count: int, pairs: int, sample: bool) -> dict[
         pids = [p.pid for p in processes] + backends
         sampler = WaitSampler(dsn) if sample else None
         wal_before, cpu_before = wal(dsn), machine_cpu()
-        served = [process_cpu(b) for b in backends]
+        served = [process_cpu(pid) for pid in pids]
         switched = [switches(pid) for pid in pids]
         if sampler:
             sampler.start()
@@ -143,7 +144,7 @@ def phase(variant: str, dsn: str, count: int, pairs: int, sample: bool) -> dict[
             process.stdin.flush()
         windows = [[float(v) for v in process.stdout.readline().split()] for process in processes]
         elapsed = time.perf_counter() - began
-        served = [process_cpu(b) - s for b, s in zip(backends, served)]
+        served = [tuple(a - b for a, b in zip(process_cpu(pid), before)) for pid, before in zip(pids, served)]
         switched = [tuple(a - b for a, b in zip(switches(pid), before)) for pid, before in zip(pids, switched)]
         busy, idle = (a - b for a, b in zip(machine_cpu(), cpu_before))
         if sampler:
@@ -160,7 +161,9 @@ def phase(variant: str, dsn: str, count: int, pairs: int, sample: bool) -> dict[
     figures = {
         "marks/s": marks / elapsed,
         "client CPU ms/mark": 1000 * sum(w[2] for w in windows) / marks,
-        "backend CPU ms/mark": 1000 * sum(served) / marks,
+        "backend CPU ms/mark": 1000 * sum(sum(cpu) for cpu in served[count:]) / marks,
+        "system share client / backend": "%.2f / %.2f"
+        % tuple(sum(c[1] for c in side) / max(sum(sum(c) for c in side), 1e-9) for side in (served[:count], served[count:])),
         "client vol/invol switches per mark": "%.2f / %.2f" % tuple(sum(s[i] for s in runners) / marks for i in (0, 1)),
         "backend vol/invol switches per mark": "%.2f / %.2f" % tuple(sum(s[i] for s in servers) / marks for i in (0, 1)),
         "machine idle share": idle / (busy + idle),
