@@ -182,11 +182,16 @@ def main() -> None:
     parser.add_argument("--marks", type=int, default=2000, help="marks each runner makes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sample", action="store_true", help="sample wait events (costs CPU)")
+    parser.add_argument(
+        "--client-only",
+        action="store_true",
+        help="one runner per variant on a server without flushes (fsync off): the code's own CPU per mark, many rounds",
+    )
     args = parser.parse_args()
     names = [variant.partition("=")[0] for variant in args.variants]
     ratios: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    server = PostgresServer(durable=True, settings={"track_wal_io_timing": "on"}).start()
+    server = PostgresServer(durable=not args.client_only, settings={"track_wal_io_timing": "on"}).start()
     os.environ["PGPASSFILE"] = str(server.passfile)
     try:
         for round_ in range(args.rounds):
@@ -194,6 +199,10 @@ def main() -> None:
             for variant in order:
                 name = variant.partition("=")[0]
                 load = os.getloadavg()[0]
+                if args.client_only:
+                    alone = phase(variant, server.create_database(), 1, args.marks // 2, False)
+                    cpu[name].append((alone["client CPU ms/mark"], alone["backend CPU ms/mark"]))
+                    continue
                 one = phase(variant, server.create_database(), 1, args.marks // 2, args.sample)
                 four = phase(variant, server.create_database(), RUNNERS, args.marks // 2, args.sample)
                 ratio = four["marks/s"] / one["marks/s"]
@@ -205,6 +214,16 @@ def main() -> None:
     finally:
         server.stop()
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    if args.client_only:
+        first = names[0]
+        for name in names:
+            client, backend = (statistics.median(sample[i] for sample in cpu[name]) for i in (0, 1))
+            ratios_ = [a[0] / b[0] for a, b in zip(cpu[name], cpu[first])]
+            print(
+                f"{name}: CPU ms/mark, medians of {len(cpu[name])}: client {client:.3f}, backend {backend:.3f}; "
+                f"client / {first}'s, round by round: {', '.join(f'{r:.2f}' for r in ratios_)}"
+            )
+        return
     for name in names:
         print(
             f"{name}: ratios {', '.join(f'{r:.2f}' for r in ratios[name])} (median {statistics.median(ratios[name]):.2f}); "
