@@ -9,7 +9,8 @@ put first on ``PYTHONPATH`` (``git archive main sqlmesh_osaa | tar -x -C /tmp/ma
 Printed per phase: marks per second, CPU per mark of the runners and of their backends,
 voluntary / involuntary context switches per mark of both (``/proc/<pid>/status``), the
 share of the window the machine's CPUs were idle (``/proc/stat``), and WAL records, bytes
-and syncs per mark (``pg_stat_wal``). With ``--sample`` a thread also samples the backends'
+and syncs per mark (``pg_stat_wal``, read once the runners' backends have exited: a backend
+reports its WAL figures at most once a second, and at exit). With ``--sample`` a thread also samples the backends'
 wait events from ``pg_stat_activity`` every 5 ms (it costs a little CPU: leave it off for
 the A/B figures). On a shared machine read the CPU per mark, the ratios and the load.
 
@@ -24,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -33,30 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from checkpoints import RUNNER, RUNNERS  # noqa: E402
 from support.pgserver import PostgresServer  # noqa: E402
 
-RUNNERS = 4
-RUNNER = textwrap.dedent(
-    """
-    import sys, time
-    import sqlmesh_osaa
-    from sqlmesh_osaa.checkpoint import PipelineCheckpoint
-    dsn, name, pairs, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    if not sqlmesh_osaa.__file__.startswith(expected):
-        sys.exit(f"imported {sqlmesh_osaa.__file__}, not the variant under {expected}")
-    with PipelineCheckpoint("bench-runners", dsn=dsn) as store:
-        store.completed_keys("file", ["warm-up"])
-        (backend,) = store.store.read("SELECT pg_backend_pid()")[0]
-        print("ready", backend, flush=True)
-        sys.stdin.readline()
-        began, cpu = time.monotonic(), time.process_time()
-        for i in range(pairs):
-            store.mark_started("file", f"{name}/{i}")
-            store.mark_completed("file", f"{name}/{i}")
-        print(began, time.monotonic(), time.process_time() - cpu, flush=True)
-        sys.stdin.readline()
-    """
-)
 _TICKS = os.sysconf("SC_CLK_TCK")
 _WAL_SQL = "SELECT wal_records, wal_bytes, wal_write, wal_sync FROM pg_stat_wal"
 _WAITS_SQL = (
@@ -150,6 +129,15 @@ def phase(variant: str, dsn: str, count: int, pairs: int, sample: bool) -> dict[
         if sampler:
             sampler.stop.set()
             sampler.join()
+        # A backend adds its WAL figures to pg_stat_wal at most once a second, and when it exits:
+        # the runners close their sessions, and the figures are read once every backend is gone.
+        for process in processes:
+            process.stdin.write("end\n")
+            process.stdin.flush()
+            process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{b}").exists() for b in backends) and time.monotonic() < deadline:
+            time.sleep(0.01)
         wal_after = wal(dsn)
     finally:
         for process in processes:
