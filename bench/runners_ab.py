@@ -160,7 +160,7 @@ def phase(variant: str, dsn: str, count: int, pairs: int, sample: bool) -> dict[
     }
     if sampler:
         total = sum(sampler.counts.values())
-        figures["waits"] = ", ".join(f"{event} {n / total:.0%}" for event, n in sampler.counts.most_common(8))
+        figures["waits"] = f"{total} samples: " + ", ".join(f"{event} {n / total:.1%}" for event, n in sampler.counts.most_common())
     return figures
 
 
