@@ -42,11 +42,15 @@ Figure = tuple[float, float | None]
 RUNNERS = 4
 # A runner opens its store before the window (imports, connection, lease), marks in it, and
 # reports when it began and ended (CLOCK_MONOTONIC, one clock for all processes) and its CPU.
+# A fourth argument is where its package must come from (bench/runners_ab.py's variants).
 RUNNER = textwrap.dedent(
     """
     import sys, time
+    import sqlmesh_osaa
     from sqlmesh_osaa.checkpoint import PipelineCheckpoint
     dsn, name, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if sys.argv[4:] and not sqlmesh_osaa.__file__.startswith(sys.argv[4]):
+        sys.exit(f"imported {sqlmesh_osaa.__file__}, not the variant under {sys.argv[4]}")
     with PipelineCheckpoint("bench-runners", dsn=dsn) as store:
         store.completed_keys("file", ["warm-up"])
         (backend,) = store.store.read("SELECT pg_backend_pid()")[0]

@@ -104,6 +104,23 @@ def test_a_lost_session_fails_one_call_as_transient_then_reconnects_with_its_lea
             assert other.get(FILE, "next")["interrupted"] is False
 
 
+def test_single_marks_go_on_after_the_session_dropped_its_prepared_statements(pg_dsn: str) -> None:
+    """psycopg runs DEALLOCATE ALL after a rollback: the single marks' own statements are prepared again."""
+    with PipelineCheckpoint("team", dsn=pg_dsn) as checkpoint:
+        checkpoint.mark_started(FILE, "before")
+        checkpoint.mark_completed(FILE, "before")
+        checkpoint.store._execute_command("DEALLOCATE ALL")
+
+        checkpoint.mark_started(FILE, "after")
+        checkpoint.mark_completed(FILE, "after")
+
+        assert checkpoint.is_completed(FILE, "before") and checkpoint.is_completed(FILE, "after")
+        assert [(e["from_status"], e["to_status"]) for e in checkpoint.history(FILE, "after")] == [
+            ("pending", "in_progress"),
+            ("in_progress", "completed"),
+        ]
+
+
 def test_a_dsn_holding_a_password_is_refused_without_showing_it(pg_server) -> None:
     for dsn in (
         f"host=127.0.0.1 port={pg_server.port} dbname=postgres user=osaa password=hunter2secret",

@@ -28,6 +28,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlmesh_osaa.checkpoint import episodes
+from sqlmesh_osaa.checkpoint.pg_prepared import PreparedStatements
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -266,8 +267,8 @@ class PostgresStore(CheckpointStore):
         self._runs: set[str] = set()
         # (pipeline, scope, key) -> (row, xmin) of rows single marks last read or wrote (_apply_single).
         self._versions: dict[tuple[str, str, str], tuple[Row, str | None]] = {}
-        # One cursor per single-mark statement (_run_mark), of the current connection.
-        self._cursors: dict[str, Any] = {}
+        # The single-mark statements prepared on the current connection (_run_mark).
+        self._statements: PreparedStatements | None = None
         self._opened_in = os.getpid()
         self._closed = False
         self._connection = self._connect()
@@ -470,17 +471,17 @@ class PostgresStore(CheckpointStore):
         return None, dict(zip(ROW_COLUMNS, values)), version
 
     def _run_mark(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A single-mark statement on a cursor of its own, prepared on the server the first time it runs.
+        """A single-mark statement, prepared on the server the first time it runs on this connection.
 
-        The server then neither parses nor plans it again, and a cursor that runs the same
-        query object again keeps its adapters (docs/performance.md).
+        The server then neither parses nor plans it again, and the client only dumps the
+        parameters and loads the result (checkpoint/pg_prepared.py, docs/performance.md).
         """
         connection = self._live_connection()
         try:
-            cursor = self._cursors.get(sql)
-            if cursor is None or cursor.connection is not connection:
-                cursor = self._cursors[sql] = connection.cursor()
-            return cursor.execute(sql, params, prepare=True).fetchall()
+            statements = self._statements
+            if statements is None or statements.connection is not connection:
+                statements = self._statements = PreparedStatements(connection)
+            return statements.run(sql, params)
         except self._psycopg.Error as exc:
             raise self._replan_or_error(exc) from exc
 

@@ -85,9 +85,22 @@ Target = Keys | RowFilter
 Plan = Callable[[dict[str, Row]], Sequence[Event]]
 
 
+# This process's id, set again in a forked child: the check below runs twice per single mark,
+# and ``os.getpid`` is a system call each time.
+_process_id = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _process_id
+    _process_id = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def refuse_if_forked(opened_in: int, what: str) -> None:
     """Raise at once when ``what``, opened by process ``opened_in``, is used in a forked child of it."""
-    if os.getpid() != opened_in:
+    if _process_id != opened_in:
         raise CheckpointError(
             f"{what} was opened by process {opened_in} and this process ({os.getpid()}) is a fork of it: it cannot "
             "write through its parent's store. Open a new PipelineCheckpoint in this process (on PostgreSQL), or "
