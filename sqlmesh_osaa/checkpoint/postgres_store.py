@@ -28,7 +28,6 @@ from operator import itemgetter
 from typing import Any
 
 from sqlmesh_osaa.checkpoint import episodes
-from sqlmesh_osaa.checkpoint.pg_prepared import PreparedStatements
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -267,8 +266,8 @@ class PostgresStore(CheckpointStore):
         self._runs: set[str] = set()
         # (pipeline, scope, key) -> (row, xmin) of rows single marks last read or wrote (_apply_single).
         self._versions: dict[tuple[str, str, str], tuple[Row, str | None]] = {}
-        # The single-mark statements prepared on the current connection (_run_mark).
-        self._statements: PreparedStatements | None = None
+        # One cursor per single-mark statement (_run_mark), of the current connection.
+        self._cursors: dict[str, Any] = {}
         self._opened_in = os.getpid()
         self._closed = False
         self._connection = self._connect()
@@ -471,17 +470,17 @@ class PostgresStore(CheckpointStore):
         return None, dict(zip(ROW_COLUMNS, values)), version
 
     def _run_mark(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A single-mark statement, prepared on the server the first time it runs on this connection.
+        """A single-mark statement on a cursor of its own, prepared on the server the first time it runs.
 
-        The server then neither parses nor plans it again, and the client only dumps the
-        parameters and loads the result (checkpoint/pg_prepared.py, docs/performance.md).
+        The server then neither parses nor plans it again, and a cursor that runs the same
+        query object again keeps its adapters (docs/performance.md).
         """
         connection = self._live_connection()
         try:
-            statements = self._statements
-            if statements is None or statements.connection is not connection:
-                statements = self._statements = PreparedStatements(connection)
-            return statements.run(sql, params)
+            cursor = self._cursors.get(sql)
+            if cursor is None or cursor.connection is not connection:
+                cursor = self._cursors[sql] = connection.cursor()
+            return cursor.execute(sql, params, prepare=True).fetchall()
         except self._psycopg.Error as exc:
             raise self._replan_or_error(exc) from exc
 
