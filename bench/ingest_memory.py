@@ -12,8 +12,17 @@ and file-backed pages (the code of DuckDB and of Python's extensions, mapped and
 slower and larger process: read it for the Python part only;
 ``--detail`` splits each step by the innermost function of the package running in it.
 
+``--checkpoint-writes`` runs, instead of the ingest, only its FILE checkpoint writes in a fresh
+process (rows started in chunks of ``CHUNK_SIZE``, completed in batches of ``COMPLETION_BATCH``
+after a status read, the fingerprints read back, then the ``CHECKPOINT`` the skip index takes)
+and prints, per phase, the resident size and DuckDB's own accounting (``duckdb_memory()``):
+what DuckDB holds live against what the process holds. ``--sql STATEMENT`` runs a statement on
+the store's connection first (a DuckDB setting to try); ``DUCKDB_JE_MALLOC_CONF`` in ``--env``
+configures DuckDB's allocator.
+
 Run: ``.venv/bin/python bench/ingest_memory.py --files 3000 [--tracemalloc] [--code PATH]``
-(``--code``: a directory holding another ``sqlmesh_osaa``, put first on ``PYTHONPATH``).
+(``--code``: a directory holding another ``sqlmesh_osaa``, put first on ``PYTHONPATH``), or
+``... --files 10000 --checkpoint-writes [--sql "SET ..."]``.
 """
 
 from __future__ import annotations
@@ -105,6 +114,69 @@ from sqlmesh_osaa.cli import ingest_main
 ingest_main()
 """
 
+# Runs in the child of --checkpoint-writes: the FILE writes of a first ingest of argv[1] files, nothing else.
+_WRITES = r"""
+import json, os, resource, sys
+count, database, statements = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+from sqlmesh_osaa.lean_imports import keep_pandas_out
+keep_pandas_out()
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint.states import Fingerprint
+from sqlmesh_osaa.commit_protocol import COMPLETION_BATCH
+from sqlmesh_osaa.ingest import CHUNK_SIZE
+def status(fields=("VmRSS", "RssAnon", "VmHWM")):
+    with open("/proc/self/status") as handle:
+        found = dict(line.split(":", 1) for line in handle if line.startswith(fields))
+    return [int(found[field].split()[0]) / 1024 for field in fields]
+def phase(name):
+    duckdb = dict(connection.execute(
+        "SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0").fetchall())
+    print(json.dumps([name, *status(), {tag: size / 2**20 for tag, size in duckdb.items()}]), flush=True)
+checkpoint = PipelineCheckpoint("ingest", db_path=database)
+connection = checkpoint.store._connection
+for statement in statements:
+    connection.execute(statement)
+phase("opened")
+keys = [f"dev/landing/{('wdi', 'sdg')[i % 2]}/part{i // 1000:03d}/series_{i:05d}.parquet" for i in range(count)]
+path = {key: f"{os.path.dirname(database)}/raw/{key[12:-8]}.csv" for key in keys}
+for start in range(0, count, CHUNK_SIZE):
+    checkpoint.mark_started_many(CheckpointScope.FILE, [(key, path[key]) for key in keys[start : start + CHUNK_SIZE]], force=True)
+phase(f"{count:,} started in chunks of {CHUNK_SIZE}")
+where = {"store": f"local:{os.path.dirname(database)}/store"}
+for start in range(0, count, COMPLETION_BATCH):
+    batch = keys[start : start + COMPLETION_BATCH]
+    checkpoint.statuses(CheckpointScope.FILE, batch, metadata=where)
+    fingerprints = [Fingerprint("0" * 32, 120 + n, 1_700_000_000_000_000_000 + n) for n in range(len(batch))]
+    checkpoint.mark_completed_many(
+        CheckpointScope.FILE, [(key, path[key], known) for key, known in zip(batch, fingerprints)], metadata=where
+    )
+phase(f"completed in batches of {COMPLETION_BATCH:,}")
+checkpoint.completed_fingerprints(CheckpointScope.FILE, "dev/landing/", metadata=where)
+phase("fingerprints read back")
+checkpoint.store.read("CHECKPOINT")
+phase("CHECKPOINT")
+checkpoint.close()
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps(["closed", *status(), {"cpu_s": usage.ru_utime + usage.ru_stime}]), flush=True)
+"""
+
+
+def checkpoint_writes(args: argparse.Namespace, env: dict[str, str], work: Path, cwd: Path) -> None:
+    """The FILE checkpoint writes of a first ingest alone: resident size and DuckDB's accounting per phase."""
+    import subprocess
+
+    command = [str(BIN / "python"), "-c", _WRITES, str(args.files), str(work / "db.duckdb"), json.dumps(args.sql)]
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=3600, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"checkpoint writes failed ({done.returncode}):\n{done.stderr}")
+    print(f"{args.files:,} FILE rows, load average {os.getloadavg()[0]:.1f}; settings: {args.sql or 'none'}")
+    print("| phase | VmRSS | anonymous | VmHWM so far | DuckDB's accounting (duckdb_memory, MB) |")
+    print("|---|---|---|---|---|")
+    for line in done.stdout.splitlines():
+        name, rss, anon, peak, duckdb = json.loads(line)
+        held = ", ".join(f"{tag} {size:.1f}" for tag, size in duckdb.items())
+        print(f"| {name} | {rss:.1f} MB | {anon:.1f} MB | {peak:.1f} MB | {held} |")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,9 +187,18 @@ def main() -> None:
     parser.add_argument("--detail", action="store_true", help="name the innermost function of the package too")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the command's environment")
     parser.add_argument("--code", type=Path, help="a directory holding the sqlmesh_osaa to measure")
+    parser.add_argument("--checkpoint-writes", action="store_true", help="only the FILE checkpoint writes of the ingest")
+    parser.add_argument("--sql", action="append", default=[], help="with --checkpoint-writes: a statement run first")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="osaa-memory-") as tmp:
         bench = Bench(Path(tmp), None)
+        if args.checkpoint_writes:
+            work = bench.fresh("work")
+            env = bench.ours_env(work)
+            env.update(variable.split("=", 1) for variable in args.env)
+            if args.code is not None:
+                env["PYTHONPATH"] = str(args.code.resolve())
+            return checkpoint_writes(args, env, work, bench.cwd)
         raw = make_small_tree(bench.fresh("raw"), args.files, args.rows)
         work = bench.fresh("work")
         env = bench.ours_env(work)
