@@ -27,7 +27,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import episodes
+from sqlmesh_osaa.checkpoint import episodes, tallies
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -98,7 +98,7 @@ def _ddl(columns: Sequence[str]) -> str:
 # Layout 3: room on each row page for a second version of every row, so a batch's UPDATE of rows
 # the previous batch wrote stays on their pages (a HOT update: no new primary-key entry), and one
 # index on the events (nothing looks an event up by seq; seq still orders the log).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _FILLFACTOR = 50
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS checkpoints ({_ddl(ROW_COLUMNS)}, PRIMARY KEY (pipeline, scope, key))
@@ -110,6 +110,8 @@ _SCHEMA = (
     # Layout 4: failure episodes (checkpoint/episodes.py); a write finds an item's open one by this index.
     episodes.CREATE_SQL,
     f"CREATE INDEX IF NOT EXISTS checkpoint_episodes_open ON {episodes.TABLE} (pipeline, scope, key) WHERE ended_at IS NULL",
+    # Layout 5: tallies of retries and failures (checkpoint/tallies.py), only ever inserted.
+    tallies.CREATE_SQL,
 )
 # Layout 2 -> 3 when a store opens (docs/checkpoints.md): the new fill factor applies to pages
 # written from then on; dropping the index of seq takes an exclusive lock for a moment.
@@ -122,6 +124,12 @@ _MIGRATION_TO_3 = (
 _MIGRATION_TO_4 = (
     f"DELETE FROM {episodes.TABLE}",
     episodes.REBUILD_SQL,
+    "UPDATE checkpoint_schema SET version = 4",
+)
+# Layout 4 -> 5: the tallies, built from the log (the table is in _SCHEMA).
+_MIGRATION_TO_5 = (
+    f"DELETE FROM {tallies.TABLE}",
+    tallies.REBUILD_SQL,
     f"UPDATE checkpoint_schema SET version = {SCHEMA_VERSION}",
 )
 _ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
@@ -422,8 +430,9 @@ class PostgresStore(CheckpointStore):
             if not events:
                 self._remember(identity, row, version)
                 return events
-            if episodes.touches(events):
-                # A failure or a retried item's completion writes an episode too: the locking path does both.
+            if episodes.touches(events) or tallies.counted(events):
+                # A failure, a restart or a retried item's completion writes an episode or a tally too:
+                # the locking path does both.
                 return None
             left = row_after(events[-1])
             if row is None and left is None:
@@ -505,6 +514,7 @@ class PostgresStore(CheckpointStore):
             rows = connection.execute(PRUNE_ROWS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             events = connection.execute(PRUNE_EVENTS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             connection.execute(episodes.PRUNE_SQL.replace("?", "%s"), [pipeline, cutoff])
+            connection.execute(tallies.PRUNE_ONE_SQL.replace("?", "%s"), [pipeline, pipeline])
         return rows, events
 
     # -- internals ------------------------------------------------------------------------
@@ -547,7 +557,8 @@ class PostgresStore(CheckpointStore):
             if version is None:
                 connection.execute("INSERT INTO checkpoint_schema VALUES (%s)", [SCHEMA_VERSION])
             elif version < SCHEMA_VERSION:
-                for statement in (*(_MIGRATION_TO_3 if version < 3 else ()), *_MIGRATION_TO_4):
+                older = (*(_MIGRATION_TO_3 if version < 3 else ()), *(_MIGRATION_TO_4 if version < 4 else ()))
+                for statement in (*older, *_MIGRATION_TO_5):
                     connection.execute(statement)
                 logger.warning("Migrated the checkpoint tables of %s from layout %d to %d", self.location, version, SCHEMA_VERSION)
 
@@ -648,11 +659,11 @@ class PostgresStore(CheckpointStore):
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
-        episodes.write(
-            events,
-            lambda sql, params: connection.execute(sql.replace("?", "%s"), params).fetchall(),
-            lambda sql, params: connection.execute(sql.replace("?", "%s"), params),
-        )
+        def execute(sql: str, params: Sequence[Any]) -> Any:
+            return connection.execute(sql.replace("?", "%s"), params)
+
+        episodes.write(events, lambda sql, params: execute(sql, params).fetchall(), execute)
+        tallies.write(events, execute)
 
     def _write_batch(
         self, connection: Any, rows: dict[str, Row], events: Sequence[Event], versions: dict[str, str] | None
