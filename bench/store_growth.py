@@ -51,8 +51,8 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
     Pairs of events start and end an attempt; the last outcome of every ``FAILED_EVERY``-th
     item is a failure, earlier outcomes alternate failed/completed. The first ``old_share``
     of the completed items were updated 60 days ago (for prune). The failure episodes are built
-    from the log by the package's own statement (the one a layout migration runs); the tallies
-    as one row per run and group, as runs that each wrote their items in one batch leave them.
+    from the log by the package's own statement (the one a layout migration runs); so are the
+    tallies (one row per group, as DuckDB's writes keep them).
     """
     PipelineCheckpoint(PIPELINE, path).close()
     connection = duckdb.connect(str(path))
@@ -87,14 +87,8 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
     )
     # The failure episodes the writes would have kept, derived from the log as a layout migration does.
     connection.execute(episodes.REBUILD_SQL)
-    # The tallies the writes would have kept if each run wrote its items in one batch: one row per
-    # run and group (a migration or prune would fold them into one per group).
-    connection.execute(
-        f"INSERT INTO {tallies.TABLE} SELECT pipeline, scope, from_status, to_status, error_message, error_category, count(*), "
-        "CASE WHEN to_status = 'in_progress' THEN max(attempt) END FROM checkpoint_events "
-        "WHERE kind = 'transition' AND ((to_status = 'in_progress' AND from_status <> 'pending') OR to_status = 'failed') "
-        "GROUP BY run_id, pipeline, scope, from_status, to_status, error_message, error_category"
-    )
+    # The tallies, one row per group as DuckDB's writes keep them, by the statement a migration runs.
+    connection.execute(tallies.REBUILD_SQL)
     connection.execute("CHECKPOINT")
     connection.close()
     return path

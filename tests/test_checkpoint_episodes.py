@@ -16,7 +16,7 @@ import _duckdb as duckdb
 import pytest
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, duckdb_store, episodes, item_history, postgres_store, tallies
-from support.histories import FILE, every_write_path
+from support.histories import FILE, every_write_path, rows_and_events
 
 
 
@@ -124,16 +124,14 @@ def test_a_layout_2_file_gets_its_episodes_from_the_log_when_opened_and_keeps_ev
         every_write_path(checkpoint)
         expected = _kept(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     _layout_2(db_path)
 
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
         assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(duckdb_store.SCHEMA_VERSION,)]
         assert _kept(checkpoint) == expected
         assert _figures(checkpoint) == _figures_of(stats)
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents
         checkpoint.mark_started(FILE, "b")
         checkpoint.mark_completed(FILE, "b")
         assert checkpoint.get_statistics()["time_to_recovery"]["unrecovered"] == stats["time_to_recovery"]["unrecovered"] - 1
@@ -147,8 +145,7 @@ def test_a_layout_3_postgres_store_gets_its_episodes_from_the_log_when_opened(pg
         every_write_path(checkpoint)
         expected = _kept(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     with psycopg.connect(pg_dsn, autocommit=True) as connection:
         connection.execute(f"DROP TABLE {episodes.TABLE}")
         connection.execute("UPDATE checkpoint_schema SET version = 3")
@@ -157,5 +154,4 @@ def test_a_layout_3_postgres_store_gets_its_episodes_from_the_log_when_opened(pg
         assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(postgres_store.SCHEMA_VERSION,)]
         assert _kept(checkpoint) == expected
         assert _figures(checkpoint) == _figures_of(stats)
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents

@@ -16,7 +16,7 @@ import _duckdb as duckdb
 import pytest
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, duckdb_store, postgres_store, tallies
-from support.histories import FILE, every_write_path
+from support.histories import FILE, every_write_path, rows_and_events
 
 RESUMED = [f"resumed/{i:02d}" for i in range(20)]
 # What stats reported before the tallies, counted on the log: the definition the sums must meet.
@@ -137,8 +137,7 @@ def test_a_layout_3_file_gets_its_tallies_from_the_log_when_opened_and_keeps_eve
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
         every_write_path(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     _layout_3(db_path)
 
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
@@ -146,8 +145,7 @@ def test_a_layout_3_file_gets_its_tallies_from_the_log_when_opened_and_keeps_eve
         assert _kept(checkpoint) == _from_log(checkpoint)
         assert checkpoint.get_statistics()["retries"] == stats["retries"]
         assert checkpoint.get_statistics()["most_common_errors"] == stats["most_common_errors"]
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents
 
 
 @pytest.mark.postgres
@@ -157,8 +155,7 @@ def test_a_layout_4_postgres_store_gets_its_tallies_from_the_log_when_opened(pg_
     with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
         every_write_path(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     with psycopg.connect(pg_dsn, autocommit=True) as connection:
         connection.execute(f"DROP TABLE {tallies.TABLE}")
         connection.execute("UPDATE checkpoint_schema SET version = 4")
@@ -168,5 +165,14 @@ def test_a_layout_4_postgres_store_gets_its_tallies_from_the_log_when_opened(pg_
         assert _kept(checkpoint) == _from_log(checkpoint)
         assert checkpoint.get_statistics()["retries"] == stats["retries"]
         assert checkpoint.get_statistics()["most_common_errors"] == stats["most_common_errors"]
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents
+
+
+def test_a_duckdb_file_keeps_one_tally_row_per_group_whatever_the_writes(tmp_path: Path) -> None:
+    with PipelineCheckpoint("ingest", tmp_path / "checkpoints.duckdb") as checkpoint:
+        for _ in range(30):
+            checkpoint.mark_started(FILE, "flaky")
+            checkpoint.mark_failed(FILE, "flaky", "HTTP 503")
+        rows = checkpoint.store.read(f"SELECT from_status, to_status, error_message, events, max_attempt FROM {tallies.TABLE} ORDER BY 1")
+
+    assert rows == [("failed", "in_progress", None, 29, 30), ("in_progress", "failed", "HTTP 503", 30, None)]

@@ -885,7 +885,7 @@ class DuckDBStore(CheckpointStore):
             return connection.execute(inline_parameters(sql, params))
 
         episodes.write(events, lambda sql, params: execute(sql, params).fetchall(), execute)
-        tallies.write(events, execute)
+        tallies.write(events, execute, merge=True)  # one process writes the file: one row per group
 
     @staticmethod
     def _update_rows(

@@ -3,17 +3,17 @@
 ``stats`` reports restarts by cause (after a failure, after an interruption, re-runs of
 completed items, the highest attempt), the most common errors and the calls an open circuit
 refused. Each was a count over the pipeline's event log, so its cost grew with the log's
-length (docs/performance.md, "Store growth"). The table ``checkpoint_tallies`` holds, per
-write, one row per group of the events those figures count (restarts by the status they left;
-failures by error message and category) with the number of events and the highest attempt;
-``stats`` sums them.
+length (docs/performance.md, "Store growth"). The table ``checkpoint_tallies`` holds rows of
+groups of the events those figures count (restarts by the status they left; failures by error
+message and category) with the number of events and the highest attempt; ``stats`` sums them.
 
-Rows are only inserted, so concurrent PostgreSQL runners never update a shared row. A write
-without such events (first attempts and their completions, single or in a batch of 100k)
-writes none, decided in C loops over the batch's columns. :data:`LOG_TALLIES_SQL` derives the
-same figures from the log: a layout migration builds the table with it, and ``prune``, after
-deleting events, rebuilds the pipeline's rows with it (which also folds the rows of many small
-writes into one per group).
+On DuckDB, whose file one process writes, a write updates its groups' rows (one per group);
+on PostgreSQL rows are only inserted, one per group and write, so concurrent runners never
+update a shared row. A write without such events (first attempts and their completions,
+single or in a batch of 100k) writes none, decided in C loops over the batch's columns.
+:data:`LOG_TALLIES_SQL` derives the same figures from the log: a layout migration builds the
+table with it, and ``prune``, after deleting events, rebuilds the pipeline's rows with it
+(which also folds PostgreSQL's rows of many writes into one per group).
 """
 
 from __future__ import annotations
@@ -69,6 +69,18 @@ FAILURES_WITH_PREFIX_SQL = f"""
 
 Execute = Callable[[str, Sequence[Any]], None]
 _GROUP = ("from_status", "to_status", "error_message", "error_category")
+_VALUE = "(CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS BIGINT), CAST(? AS INTEGER))"
+_NEW = "v(from_status, to_status, error_message, error_category, events, max_attempt)"
+_SAME_GROUP = (
+    "t.pipeline = ? AND t.scope = ? AND t.from_status = v.from_status AND t.to_status = v.to_status "
+    "AND t.error_message IS NOT DISTINCT FROM v.error_message AND t.error_category IS NOT DISTINCT FROM v.error_category"
+)
+_INSERT_SQL = f"INSERT INTO {TABLE} ({_COLUMNS}) SELECT CAST(? AS VARCHAR), CAST(? AS VARCHAR), v.* FROM (VALUES {{values}}) AS {_NEW}"
+_MERGE_SQL = (
+    f"UPDATE {TABLE} AS t SET events = t.events + v.events, max_attempt = greatest(t.max_attempt, v.max_attempt) "
+    f"FROM (VALUES {{values}}) AS {_NEW} WHERE {_SAME_GROUP}"
+)
+_INSERT_NEW_SQL = f"{_INSERT_SQL} WHERE NOT EXISTS (SELECT 1 FROM {TABLE} AS t WHERE {_SAME_GROUP})"
 
 
 def _one(values: list[Any]) -> bool:
@@ -90,15 +102,24 @@ def _counts(kind: str, status: str, old: str) -> bool:
     return kind == TRANSITION and (status == FAILED or (status == IN_PROGRESS and old != PENDING))
 
 
-def write(events: Sequence[Event], execute: Execute) -> None:
-    """Insert the tallies of ``events`` (one pipeline and scope) in the caller's transaction (``?`` placeholders)."""
+def write(events: Sequence[Event], execute: Execute, *, merge: bool = False) -> None:
+    """Add the tallies of ``events`` (one pipeline and scope) in the caller's transaction (``?`` placeholders).
+
+    With ``merge`` (a store whose writes one process makes, DuckDB) each group's one row is
+    updated, or inserted when the pipeline has none: the table keeps one row per group
+    whatever the writes. Without it (PostgreSQL, several writers) rows are only inserted.
+    """
     if not events or not counted(events):
         return
     pipeline, scope = events[0]["pipeline"], events[0]["scope"]
     groups = _groups(event_columns(events, ("kind", *_GROUP, "attempt")))
-    values = ", ".join("(?, ?, ?, ?, ?, ?, CAST(? AS BIGINT), CAST(? AS INTEGER))" for _ in groups)
-    params = [value for group, (n, attempt) in groups.items() for value in (pipeline, scope, *group, n, attempt)]
-    execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {values}", params)
+    values = ", ".join(_VALUE for _ in groups)
+    params = [value for group, (n, attempt) in groups.items() for value in (*group, n, attempt)]
+    if merge:
+        execute(_MERGE_SQL.format(values=values), [*params, pipeline, scope])
+        execute(_INSERT_NEW_SQL.format(values=values), [pipeline, scope, *params, pipeline, scope])
+    else:
+        execute(_INSERT_SQL.format(values=values), [pipeline, scope, *params])
 
 
 def _groups(columns: dict[str, Any]) -> dict[tuple[Any, ...], tuple[int, int | None]]:

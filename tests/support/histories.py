@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint
 
@@ -45,3 +46,9 @@ def every_write_path(checkpoint: PipelineCheckpoint) -> None:
         MODEL, [ItemChange("model/0", "completed", at=now + timedelta(seconds=10)), ItemChange("model/1", "in_progress", force=True)]
     )
     checkpoint.clear_all_checkpoints(MODEL, status="failed")
+
+
+def rows_and_events(checkpoint: PipelineCheckpoint) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every stored row and event, in a fixed order: what a layout migration must keep as it was."""
+    rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
+    return rows, checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
