@@ -206,16 +206,25 @@ _ONE_EVENT = (
 _EVENTS = f"SELECT * FROM {_unnest(_EVENT_COLUMNS)} WHERE EXISTS (SELECT 1 FROM w)"
 
 
-def _mark_sql(write: str, events: str, result: str = "SELECT version FROM w") -> str:
+def _mark_sql(write: str, events: str, result: str = "SELECT version FROM w", tally: str = "") -> str:
     """One statement, so one round trip and one (durable) commit: the row written only if it is still
-    the version read, the events appended only if it was; by default only the new version comes back."""
-    return f"WITH w AS ({_SINGLE_WRITE_SQL[write]}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) {events}) {result}"
+    the version read, the events appended only if it was (and ``tally``, a CTE, too); by default
+    only the new version comes back."""
+    return f"WITH w AS ({_SINGLE_WRITE_SQL[write]}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) {events}){tally} {result}"
 
 
 # Built once: psycopg prepares a statement it has run a few times, keyed by its text.
 _SINGLE_MARK_SQL = {(write, True): _mark_sql(write, _ONE_EVENT) for write in (INSERT, UPDATE)} | {
     (write, False): _mark_sql(write, _EVENTS) for write in (INSERT, UPDATE, NO_WRITE)
 }
+# A single restart (a start of a failed, interrupted or completed row) also adds its tally
+# (checkpoint/tallies.py) in the same statement, only if the row was written: one round trip.
+_RESTART_MARK_SQL = _mark_sql(
+    UPDATE,
+    _ONE_EVENT,
+    tally=f", t AS (INSERT INTO {tallies.TABLE} (pipeline, scope, from_status, to_status, events, max_attempt) "
+    "SELECT w.pipeline, w.scope, %s::text, w.status, 1, w.attempt FROM w)",
+)
 # The first mark of a key, planned on no row: the row and its event are inserted if there is
 # still no row, else the stored row comes back (planned on at once): one round trip either way.
 _FIRST_MARK_SQL = _mark_sql(
@@ -430,21 +439,26 @@ class PostgresStore(CheckpointStore):
             if not events:
                 self._remember(identity, row, version)
                 return events
-            if episodes.touches(events) or tallies.counted(events):
-                # A failure, a restart or a retried item's completion writes an episode or a tally too:
-                # the locking path does both.
+            if episodes.touches(events):
+                # A failure or a retried item's completion writes an episode too: the locking path does both.
                 return None
             left = row_after(events[-1])
             if row is None and left is None:
                 return None
             write = NO_WRITE if left is None else (UPDATE if row is not None else INSERT)
+            # What else episodes.touches lets through that is counted is a restart: its tally joins the statement.
+            restart = tallies.counted(events)
+            if restart and (len(events) != 1 or write != UPDATE):
+                return None
             params = [] if left is None else [*_ROW_VALUES_OF(left)]
             if row is not None:
                 params += [*identity, version]
             one = len(events) == 1 and left is not None
             columns = event_columns(events, _EVENT_ONLY if one else _EVENT_COLUMNS)
             params += [values[0] for values in columns.values()] if one else list(columns.values())
-            written = self._run_mark(_SINGLE_MARK_SQL[write, one], params)
+            if restart:
+                params.append(events[0]["from_status"])
+            written = self._run_mark(_RESTART_MARK_SQL if restart else _SINGLE_MARK_SQL[write, one], params)
             if not written:
                 raise ConcurrentChange(f"checkpoint row {key!r} changed since it was read")
             if left is not None:
