@@ -8,15 +8,14 @@ that the table the writes keep is exactly what the log holds, whatever path wrot
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import _duckdb as duckdb
 import pytest
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, duckdb_store, episodes, item_history, postgres_store, tallies
-from support.histories import FILE, every_write_path, rows_and_events
+from support.histories import FILE, every_write_path, on_closed_file, rows_and_events
 
 
 
@@ -107,15 +106,14 @@ def _figures(checkpoint: PipelineCheckpoint) -> dict[str, Any]:
 
 def _layout_2(db_path: Path) -> None:
     """The file as the previous layout wrote it: no episode table, no id hashes, version 2."""
-    connection = duckdb.connect(str(db_path))
-    try:
-        connection.execute(f"DROP TABLE {episodes.TABLE}")
-        connection.execute(f"DROP TABLE {tallies.TABLE}")
-        connection.execute("DROP TABLE checkpoint_id_hash")
-        connection.execute("ALTER TABLE checkpoints DROP COLUMN id_hash")
-        connection.execute("UPDATE checkpoint_schema SET version = 2")
-    finally:
-        connection.close()
+    on_closed_file(
+        db_path,
+        f"DROP TABLE {episodes.TABLE}",
+        f"DROP TABLE {tallies.TABLE}",
+        "DROP TABLE checkpoint_id_hash",
+        "ALTER TABLE checkpoints DROP COLUMN id_hash",
+        "UPDATE checkpoint_schema SET version = 2",
+    )
 
 
 def test_a_layout_2_file_gets_its_episodes_from_the_log_when_opened_and_keeps_every_row_and_event(tmp_path: Path) -> None:

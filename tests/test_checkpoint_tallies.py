@@ -12,11 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import _duckdb as duckdb
 import pytest
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, duckdb_store, postgres_store, tallies
-from support.histories import FILE, every_write_path, rows_and_events
+from support.histories import FILE, every_write_path, on_closed_file, rows_and_events
 
 RESUMED = [f"resumed/{i:02d}" for i in range(20)]
 # What stats reported before the tallies, counted on the log: the definition the sums must meet.
@@ -124,12 +123,7 @@ def test_a_batch_of_many_groups_keeps_each_group_once(checkpoint_target: dict[st
 
 def _layout_3(db_path: Path) -> None:
     """The file as the previous layout wrote it: no tallies, version 3."""
-    connection = duckdb.connect(str(db_path))
-    try:
-        connection.execute(f"DROP TABLE {tallies.TABLE}")
-        connection.execute("UPDATE checkpoint_schema SET version = 3")
-    finally:
-        connection.close()
+    on_closed_file(db_path, f"DROP TABLE {tallies.TABLE}", "UPDATE checkpoint_schema SET version = 3")
 
 
 def test_a_layout_3_file_gets_its_tallies_from_the_log_when_opened_and_keeps_every_row_and_event(tmp_path: Path) -> None:

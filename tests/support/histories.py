@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
+
+import _duckdb as duckdb
 
 from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint
 
@@ -52,3 +55,13 @@ def rows_and_events(checkpoint: PipelineCheckpoint) -> tuple[list[tuple[Any, ...
     """Every stored row and event, in a fixed order: what a layout migration must keep as it was."""
     rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
     return rows, checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+
+
+def on_closed_file(db_path: Path, *statements: str) -> None:
+    """Run ``statements`` on a DuckDB checkpoint file no store has open (to make it an older layout)."""
+    connection = duckdb.connect(str(db_path))
+    try:
+        for statement in statements:
+            connection.execute(statement)
+    finally:
+        connection.close()
