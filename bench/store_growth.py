@@ -37,7 +37,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlmesh_osaa.checkpoint import PipelineCheckpoint, episodes  # noqa: E402
+from sqlmesh_osaa.checkpoint import PipelineCheckpoint, episodes, tallies  # noqa: E402
 
 OSAA_RECOVER = str(Path(sys.executable).with_name("osaa-recover"))
 PIPELINE = "ingest"
@@ -51,7 +51,8 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
     Pairs of events start and end an attempt; the last outcome of every ``FAILED_EVERY``-th
     item is a failure, earlier outcomes alternate failed/completed. The first ``old_share``
     of the completed items were updated 60 days ago (for prune). The failure episodes are built
-    from the log by the package's own statement (the one a layout migration runs).
+    from the log by the package's own statement (the one a layout migration runs); so are the
+    tallies (one row per group, as DuckDB's writes keep them).
     """
     PipelineCheckpoint(PIPELINE, path).close()
     connection = duckdb.connect(str(path))
@@ -86,6 +87,8 @@ def build_store(path: Path, items: int, events_per_item: int, old_share: float =
     )
     # The failure episodes the writes would have kept, derived from the log as a layout migration does.
     connection.execute(episodes.REBUILD_SQL)
+    # The tallies, one row per group as DuckDB's writes keep them, by the statement a migration runs.
+    connection.execute(tallies.REBUILD_SQL)
     connection.execute("CHECKPOINT")
     connection.close()
     return path

@@ -8,17 +8,15 @@ that the table the writes keep is exactly what the log holds, whatever path wrot
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import _duckdb as duckdb
 import pytest
 
-from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, episodes, item_history
+from sqlmesh_osaa.checkpoint import ItemChange, PipelineCheckpoint, duckdb_store, episodes, item_history, postgres_store, tallies
+from support.histories import FILE, every_write_path, on_closed_file, rows_and_events
 
-FILE, MODEL = "file", "model"
-BULK = [f"bulk/{i:03d}" for i in range(40)]  # more than a bulk write's threshold (16)
 
 
 def _kept(checkpoint: PipelineCheckpoint) -> list[tuple[Any, ...]]:
@@ -29,46 +27,9 @@ def _from_log(checkpoint: PipelineCheckpoint) -> list[tuple[Any, ...]]:
     return checkpoint.store.read(f"SELECT * FROM ({episodes.LOG_EPISODES_SQL}) AS log ORDER BY 1, 2, 3, 4")
 
 
-def _history(checkpoint: PipelineCheckpoint) -> None:
-    """Every write path: single marks, bulk starts and completions, batches of several changes per key, clears."""
-    checkpoint.mark_started(FILE, "a")
-    checkpoint.mark_failed(FILE, "a", "boom")
-    checkpoint.mark_started(FILE, "a")
-    checkpoint.mark_failed(FILE, "a", "boom again")
-    checkpoint.mark_started(FILE, "a")
-    checkpoint.mark_completed(FILE, "a")
-    checkpoint.mark_started(FILE, "b")
-    checkpoint.mark_failed(FILE, "b", "down")
-    checkpoint.mark_started(FILE, "cleared")
-    checkpoint.mark_failed(FILE, "cleared", "gone")
-    checkpoint.clear_checkpoint(FILE, "cleared")
-    checkpoint.mark_started(FILE, "cleared")
-    checkpoint.mark_completed(FILE, "cleared")
-    checkpoint.mark_started_many(FILE, BULK)
-    for key in BULK[:5]:
-        checkpoint.mark_failed(FILE, key, "bulk failure")
-    checkpoint.mark_started_many(FILE, BULK[:5])
-    checkpoint.mark_completed_many(FILE, BULK)
-    checkpoint.mark_started_many(FILE, BULK, force=True)
-    checkpoint.mark_completed_many(FILE, BULK)
-    now = datetime.now(timezone.utc)
-    changes = []
-    for index in range(20):
-        key = f"model/{index}"
-        changes += [ItemChange(key, "in_progress", at=now), ItemChange(key, "failed", error_message="x", at=now + timedelta(seconds=1))]
-        if index % 2:
-            changes += [ItemChange(key, "in_progress", at=now + timedelta(seconds=2)), ItemChange(key, "completed", at=now + timedelta(seconds=5))]
-    checkpoint.record_changes(MODEL, changes)
-    checkpoint.record_changes(MODEL, [ItemChange("model/0", "in_progress", at=now + timedelta(seconds=9))])
-    checkpoint.record_changes(
-        MODEL, [ItemChange("model/0", "completed", at=now + timedelta(seconds=10)), ItemChange("model/1", "in_progress", force=True)]
-    )
-    checkpoint.clear_all_checkpoints(MODEL, status="failed")
-
-
 def test_the_episodes_the_writes_keep_are_the_ones_the_log_holds(checkpoint_target: dict[str, Any]) -> None:
     with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
-        _history(checkpoint)
+        every_write_path(checkpoint)
 
         kept, from_log = _kept(checkpoint), _from_log(checkpoint)
 
@@ -96,7 +57,7 @@ def test_a_cleared_failure_is_not_recovered_and_the_next_run_of_the_key_starts_a
 
 def test_time_to_recovery_is_read_from_the_episodes_with_the_same_figures(checkpoint_target: dict[str, Any]) -> None:
     with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
-        _history(checkpoint)
+        every_write_path(checkpoint)
         recovery = checkpoint.get_statistics()["time_to_recovery"]
         seconds = sorted(
             (ended_at - failed_at).total_seconds() for _, _, _, failed_at, ended_at, recovered in _from_log(checkpoint) if recovered
@@ -109,7 +70,7 @@ def test_time_to_recovery_is_read_from_the_episodes_with_the_same_figures(checkp
 
 def test_prune_removes_the_episodes_that_ended_before_the_cutoff_and_keeps_the_open_ones(checkpoint_target: dict[str, Any]) -> None:
     with PipelineCheckpoint("ingest", **checkpoint_target) as checkpoint:
-        _history(checkpoint)
+        every_write_path(checkpoint)
         checkpoint.prune(timedelta(seconds=-3600))
 
         kept = _kept(checkpoint)
@@ -145,32 +106,30 @@ def _figures(checkpoint: PipelineCheckpoint) -> dict[str, Any]:
 
 def _layout_2(db_path: Path) -> None:
     """The file as the previous layout wrote it: no episode table, no id hashes, version 2."""
-    connection = duckdb.connect(str(db_path))
-    try:
-        connection.execute(f"DROP TABLE {episodes.TABLE}")
-        connection.execute("DROP TABLE checkpoint_id_hash")
-        connection.execute("ALTER TABLE checkpoints DROP COLUMN id_hash")
-        connection.execute("UPDATE checkpoint_schema SET version = 2")
-    finally:
-        connection.close()
+    on_closed_file(
+        db_path,
+        f"DROP TABLE {episodes.TABLE}",
+        f"DROP TABLE {tallies.TABLE}",
+        "DROP TABLE checkpoint_id_hash",
+        "ALTER TABLE checkpoints DROP COLUMN id_hash",
+        "UPDATE checkpoint_schema SET version = 2",
+    )
 
 
 def test_a_layout_2_file_gets_its_episodes_from_the_log_when_opened_and_keeps_every_row_and_event(tmp_path: Path) -> None:
     db_path = tmp_path / "checkpoints.duckdb"
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
-        _history(checkpoint)
+        every_write_path(checkpoint)
         expected = _kept(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     _layout_2(db_path)
 
     with PipelineCheckpoint("ingest", db_path) as checkpoint:
-        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(3,)]
+        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(duckdb_store.SCHEMA_VERSION,)]
         assert _kept(checkpoint) == expected
         assert _figures(checkpoint) == _figures_of(stats)
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY item_id") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents
         checkpoint.mark_started(FILE, "b")
         checkpoint.mark_completed(FILE, "b")
         assert checkpoint.get_statistics()["time_to_recovery"]["unrecovered"] == stats["time_to_recovery"]["unrecovered"] - 1
@@ -181,18 +140,16 @@ def test_a_layout_3_postgres_store_gets_its_episodes_from_the_log_when_opened(pg
     import psycopg
 
     with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
-        _history(checkpoint)
+        every_write_path(checkpoint)
         expected = _kept(checkpoint)
         stats = checkpoint.get_statistics()
-        rows = checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key")
-        events = checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq")
+        contents = rows_and_events(checkpoint)
     with psycopg.connect(pg_dsn, autocommit=True) as connection:
         connection.execute(f"DROP TABLE {episodes.TABLE}")
         connection.execute("UPDATE checkpoint_schema SET version = 3")
 
     with PipelineCheckpoint("ingest", dsn=pg_dsn) as checkpoint:
-        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(4,)]
+        assert checkpoint.store.read("SELECT version FROM checkpoint_schema") == [(postgres_store.SCHEMA_VERSION,)]
         assert _kept(checkpoint) == expected
         assert _figures(checkpoint) == _figures_of(stats)
-        assert checkpoint.store.read("SELECT * FROM checkpoints ORDER BY pipeline, scope, key") == rows
-        assert checkpoint.store.read("SELECT * FROM checkpoint_events ORDER BY seq") == events
+        assert rows_and_events(checkpoint) == contents

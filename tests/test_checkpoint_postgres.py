@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint, postgres_store
 from sqlmesh_osaa.exceptions import CheckpointError, ConfigurationError, ErrorCategory, categorize_error
 
 pytestmark = pytest.mark.postgres
@@ -305,7 +305,7 @@ def test_a_layout_2_store_is_migrated_when_opened_and_keeps_its_rows_and_history
     assert layout(pg_dsn) == (2, ["fillfactor=70"], ["checkpoint_events_key", "checkpoint_events_pkey"])
 
     with PipelineCheckpoint("team", dsn=pg_dsn) as store:
-        assert layout(pg_dsn) == (4, ["fillfactor=50"], ["checkpoint_events_key"])
+        assert layout(pg_dsn) == (postgres_store.SCHEMA_VERSION, ["fillfactor=50"], ["checkpoint_events_key"])
         assert {key: store.get(FILE, key)["status"] for key in rows_before} == rows_before
         assert [e["to_status"] for e in store.history(FILE, "old/3")] == ["in_progress", "completed"]
         store.mark_completed_many(FILE, [f"old/{i}" for i in range(20) if i != 3])
@@ -316,4 +316,4 @@ def test_a_new_store_is_created_in_the_current_layout(pg_dsn: str) -> None:
     with PipelineCheckpoint("team", dsn=pg_dsn):
         pass
 
-    assert layout(pg_dsn) == (4, ["fillfactor=50"], ["checkpoint_events_key"])
+    assert layout(pg_dsn) == (postgres_store.SCHEMA_VERSION, ["fillfactor=50"], ["checkpoint_events_key"])

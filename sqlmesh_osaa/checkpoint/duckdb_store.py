@@ -17,8 +17,9 @@ made through it could be lost or corrupt the file: a child cannot open (or use) 
 parent had open when it forked, and is told so at once (:class:`CheckpointError`).
 
 File layout: version 2 adds the row state to ``checkpoint_events``, version 3 the
-``id_hash`` of every row and the table of failure episodes (see docs/checkpoints.md); a file
-of an older layout is migrated when opened.
+``id_hash`` of every row and the table of failure episodes, version 4 the tallies of
+retries and failures (see docs/checkpoints.md); a file of an older layout is migrated when
+opened.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Any
 import _duckdb as duckdb
 
 from sqlmesh_osaa import skip_index
-from sqlmesh_osaa.checkpoint import episodes
+from sqlmesh_osaa.checkpoint import episodes, tallies
 from sqlmesh_osaa.checkpoint.sql_literals import inline_parameters, sql_literal, sql_timestamp
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
@@ -76,7 +77,7 @@ from sqlmesh_osaa.fault_points import fault_point
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # ``checkpoints.id_hash`` is DuckDB's ``hash(item_id)``: a BIGINT a lookup of many keys scans
 # instead of the ids themselves (_ROWS_BY_HASH). DuckDB does not promise that hash() stays
 # the same across its releases, so the file records what it gave for this text
@@ -161,6 +162,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS checkpoint_schema (version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS checkpoint_id_hash (probe UBIGINT NOT NULL)",
     episodes.CREATE_SQL,
+    tallies.CREATE_SQL,
 )
 # Version 1 -> 2: the event log gains the row state; each row gets one "snapshot" event
 # holding its current state, so the log rebuilds every row from then on.
@@ -187,6 +189,9 @@ _MIGRATE_V2 = (
     f"DELETE FROM {episodes.TABLE}",
     episodes.REBUILD_SQL,
 )
+# Version 3 -> 4 (and any older file, after the steps above): the tallies of retries and
+# failures, built from the log (their table is in _SCHEMA).
+_MIGRATE_V3 = (f"DELETE FROM {tallies.TABLE}", tallies.REBUILD_SQL)
 _MIGRATE_V2_CONSTRAINT = ("ALTER TABLE checkpoints ALTER COLUMN id_hash SET NOT NULL",)
 _REHASH = (
     "UPDATE checkpoints SET id_hash = hash(item_id)",
@@ -589,6 +594,8 @@ class DuckDBStore(CheckpointStore):
             (rows,) = connection.execute(PRUNE_ROWS_SQL, [pipeline, cutoff]).fetchone()
             (events,) = connection.execute(PRUNE_EVENTS_SQL, [pipeline, cutoff]).fetchone()
             connection.execute(inline_parameters(episodes.PRUNE_SQL, [pipeline, cutoff]))
+            for statement in tallies.PRUNE_SQL:
+                connection.execute(inline_parameters(statement, [pipeline]))
         return rows, events
 
     def reclaim_space(self) -> dict[str, Any]:
@@ -692,6 +699,9 @@ class DuckDBStore(CheckpointStore):
         version, hash_holds = self._layout(connection)
         if version is not None and version > SCHEMA_VERSION:
             return  # a newer layout is left as it is
+        if version == SCHEMA_VERSION - 1:
+            self._migrate_v3(connection)
+            version = SCHEMA_VERSION
         if version == SCHEMA_VERSION:
             if not hash_holds:
                 self._rehash(connection)
@@ -707,7 +717,7 @@ class DuckDBStore(CheckpointStore):
             migrate = bool(columns["checkpoints"])
             for statement in _SCHEMA:
                 connection.execute(statement)
-            for statement in (_MIGRATE_V1 if from_v1 else ()) + (_MIGRATE_V2 if migrate else ()):
+            for statement in (_MIGRATE_V1 if from_v1 else ()) + ((*_MIGRATE_V2, *_MIGRATE_V3) if migrate else ()):
                 connection.execute(statement)
             if not connection.execute("SELECT count(*) FROM checkpoint_id_hash").fetchone()[0]:
                 connection.execute(f"INSERT INTO checkpoint_id_hash VALUES (hash('{_HASH_PROBE}'))")
@@ -725,8 +735,17 @@ class DuckDBStore(CheckpointStore):
             self.db_path,
             1 if from_v1 else 2,
             SCHEMA_VERSION,
-            ("events carry the row state; " if from_v1 else "") + "rows an id hash; failure episodes built from the log",
+            ("events carry the row state; " if from_v1 else "") + "rows an id hash; failure episodes and tallies built from the log",
         )
+
+    def _migrate_v3(self, connection: duckdb.DuckDBPyConnection) -> None:
+        """Layout 3 -> 4 in one transaction: the tallies table, filled from the log, and the version."""
+        with self._schema_transaction(connection):
+            connection.execute(tallies.CREATE_SQL)
+            for statement in _MIGRATE_V3:
+                connection.execute(statement)
+            connection.execute("UPDATE checkpoint_schema SET version = ? WHERE version < ?", [SCHEMA_VERSION] * 2)
+        logger.warning("Migrated checkpoint database %s from layout 3 to %d (tallies built from the log)", self.db_path, SCHEMA_VERSION)
 
     @staticmethod
     @contextmanager
@@ -862,11 +881,11 @@ class DuckDBStore(CheckpointStore):
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
-        episodes.write(
-            events,
-            lambda sql, params: connection.execute(inline_parameters(sql, params)).fetchall(),
-            lambda sql, params: connection.execute(inline_parameters(sql, params)),
-        )
+        def execute(sql: str, params: Sequence[Any]) -> duckdb.DuckDBPyConnection:
+            return connection.execute(inline_parameters(sql, params))
+
+        episodes.write(events, lambda sql, params: execute(sql, params).fetchall(), execute)
+        tallies.write(events, execute, merge=True)  # one process writes the file: one row per group
 
     @staticmethod
     def _update_rows(

@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlmesh_osaa.checkpoint import tallies
 from sqlmesh_osaa.checkpoint.files import file_matches, fingerprints, fingerprints_meanwhile
 from sqlmesh_osaa.checkpoint.states import (
     COMPLETED,
@@ -343,14 +344,10 @@ class PipelineCheckpoint:
     def count_failures(self, error_prefix: str) -> int:
         """How many failures of this pipeline's event log had an error starting with ``error_prefix``.
 
-        Monitoring counts failures by cause this way (calls refused by an open circuit)
-        without reading every item's history.
+        Monitoring counts failures by cause this way (calls refused by an open circuit); the
+        count is summed from the tallies the writes keep, not from the log.
         """
-        sql = (
-            f"SELECT count(*) FROM checkpoint_events WHERE pipeline = ? AND to_status = '{FAILED}' "
-            "AND substr(error_message, 1, length(?)) = ?"
-        )
-        (count,) = self._require_open().read(sql, [self.pipeline_name, error_prefix, error_prefix])[0]
+        (count,) = self._require_open().read(tallies.FAILURES_WITH_PREFIX_SQL, [self.pipeline_name, error_prefix, error_prefix])[0]
         return int(count)
 
     def clear_checkpoint(

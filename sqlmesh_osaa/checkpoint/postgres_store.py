@@ -27,7 +27,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import episodes
+from sqlmesh_osaa.checkpoint import episodes, tallies
 from sqlmesh_osaa.checkpoint.states import EVENT_LOG_COLUMNS, ROW_COLUMNS
 from sqlmesh_osaa.checkpoint.store import (
     INSERT,
@@ -98,7 +98,7 @@ def _ddl(columns: Sequence[str]) -> str:
 # Layout 3: room on each row page for a second version of every row, so a batch's UPDATE of rows
 # the previous batch wrote stays on their pages (a HOT update: no new primary-key entry), and one
 # index on the events (nothing looks an event up by seq; seq still orders the log).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _FILLFACTOR = 50
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS checkpoints ({_ddl(ROW_COLUMNS)}, PRIMARY KEY (pipeline, scope, key))
@@ -110,6 +110,8 @@ _SCHEMA = (
     # Layout 4: failure episodes (checkpoint/episodes.py); a write finds an item's open one by this index.
     episodes.CREATE_SQL,
     f"CREATE INDEX IF NOT EXISTS checkpoint_episodes_open ON {episodes.TABLE} (pipeline, scope, key) WHERE ended_at IS NULL",
+    # Layout 5: tallies of retries and failures (checkpoint/tallies.py), only ever inserted.
+    tallies.CREATE_SQL,
 )
 # Layout 2 -> 3 when a store opens (docs/checkpoints.md): the new fill factor applies to pages
 # written from then on; dropping the index of seq takes an exclusive lock for a moment.
@@ -122,6 +124,12 @@ _MIGRATION_TO_3 = (
 _MIGRATION_TO_4 = (
     f"DELETE FROM {episodes.TABLE}",
     episodes.REBUILD_SQL,
+    "UPDATE checkpoint_schema SET version = 4",
+)
+# Layout 4 -> 5: the tallies, built from the log (the table is in _SCHEMA).
+_MIGRATION_TO_5 = (
+    f"DELETE FROM {tallies.TABLE}",
+    tallies.REBUILD_SQL,
     f"UPDATE checkpoint_schema SET version = {SCHEMA_VERSION}",
 )
 _ROW_SELECT = ", ".join(f'"{c}"' for c in ROW_COLUMNS)
@@ -198,16 +206,25 @@ _ONE_EVENT = (
 _EVENTS = f"SELECT * FROM {_unnest(_EVENT_COLUMNS)} WHERE EXISTS (SELECT 1 FROM w)"
 
 
-def _mark_sql(write: str, events: str, result: str = "SELECT version FROM w") -> str:
+def _mark_sql(write: str, events: str, result: str = "SELECT version FROM w", tally: str = "") -> str:
     """One statement, so one round trip and one (durable) commit: the row written only if it is still
-    the version read, the events appended only if it was; by default only the new version comes back."""
-    return f"WITH w AS ({_SINGLE_WRITE_SQL[write]}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) {events}) {result}"
+    the version read, the events appended only if it was (and ``tally``, a CTE, too); by default
+    only the new version comes back."""
+    return f"WITH w AS ({_SINGLE_WRITE_SQL[write]}), e AS (INSERT INTO checkpoint_events ({_EVENT_NAMES}) {events}){tally} {result}"
 
 
 # Built once: psycopg prepares a statement it has run a few times, keyed by its text.
 _SINGLE_MARK_SQL = {(write, True): _mark_sql(write, _ONE_EVENT) for write in (INSERT, UPDATE)} | {
     (write, False): _mark_sql(write, _EVENTS) for write in (INSERT, UPDATE, NO_WRITE)
 }
+# A single restart (a start of a failed, interrupted or completed row) also adds its tally
+# (checkpoint/tallies.py) in the same statement, only if the row was written: one round trip.
+_RESTART_MARK_SQL = _mark_sql(
+    UPDATE,
+    _ONE_EVENT,
+    tally=f", t AS (INSERT INTO {tallies.TABLE} (pipeline, scope, from_status, to_status, events, max_attempt) "
+    "SELECT w.pipeline, w.scope, %s::text, w.status, 1, w.attempt FROM w)",
+)
 # The first mark of a key, planned on no row: the row and its event are inserted if there is
 # still no row, else the stored row comes back (planned on at once): one round trip either way.
 _FIRST_MARK_SQL = _mark_sql(
@@ -429,13 +446,19 @@ class PostgresStore(CheckpointStore):
             if row is None and left is None:
                 return None
             write = NO_WRITE if left is None else (UPDATE if row is not None else INSERT)
+            # What else episodes.touches lets through that is counted is a restart: its tally joins the statement.
+            restart = tallies.counted(events)
+            if restart and (len(events) != 1 or write != UPDATE):
+                return None
             params = [] if left is None else [*_ROW_VALUES_OF(left)]
             if row is not None:
                 params += [*identity, version]
             one = len(events) == 1 and left is not None
             columns = event_columns(events, _EVENT_ONLY if one else _EVENT_COLUMNS)
             params += [values[0] for values in columns.values()] if one else list(columns.values())
-            written = self._run_mark(_SINGLE_MARK_SQL[write, one], params)
+            if restart:
+                params.append(events[0]["from_status"])
+            written = self._run_mark(_RESTART_MARK_SQL if restart else _SINGLE_MARK_SQL[write, one], params)
             if not written:
                 raise ConcurrentChange(f"checkpoint row {key!r} changed since it was read")
             if left is not None:
@@ -505,6 +528,7 @@ class PostgresStore(CheckpointStore):
             rows = connection.execute(PRUNE_ROWS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             events = connection.execute(PRUNE_EVENTS_SQL.replace("?", "%s"), [pipeline, cutoff]).rowcount
             connection.execute(episodes.PRUNE_SQL.replace("?", "%s"), [pipeline, cutoff])
+            connection.execute(tallies.PRUNE_ONE_SQL.replace("?", "%s"), [pipeline, pipeline])
         return rows, events
 
     # -- internals ------------------------------------------------------------------------
@@ -547,7 +571,8 @@ class PostgresStore(CheckpointStore):
             if version is None:
                 connection.execute("INSERT INTO checkpoint_schema VALUES (%s)", [SCHEMA_VERSION])
             elif version < SCHEMA_VERSION:
-                for statement in (*(_MIGRATION_TO_3 if version < 3 else ()), *_MIGRATION_TO_4):
+                older = (*(_MIGRATION_TO_3 if version < 3 else ()), *(_MIGRATION_TO_4 if version < 4 else ()))
+                for statement in (*older, *_MIGRATION_TO_5):
                     connection.execute(statement)
                 logger.warning("Migrated the checkpoint tables of %s from layout %d to %d", self.location, version, SCHEMA_VERSION)
 
@@ -648,11 +673,11 @@ class PostgresStore(CheckpointStore):
                 "DELETE FROM checkpoints WHERE pipeline = %s AND scope = %s AND key = ANY(%s)",
                 [pipeline, events[0]["scope"], deleted],
             )
-        episodes.write(
-            events,
-            lambda sql, params: connection.execute(sql.replace("?", "%s"), params).fetchall(),
-            lambda sql, params: connection.execute(sql.replace("?", "%s"), params),
-        )
+        def execute(sql: str, params: Sequence[Any]) -> Any:
+            return connection.execute(sql.replace("?", "%s"), params)
+
+        episodes.write(events, lambda sql, params: execute(sql, params).fetchall(), execute)
+        tallies.write(events, execute)
 
     def _write_batch(
         self, connection: Any, rows: dict[str, Row], events: Sequence[Event], versions: dict[str, str] | None

@@ -1,33 +1,27 @@
-"""Statistics of a pipeline, derived from its rows and its event log in SQL both backends run."""
+"""Statistics of a pipeline, in SQL both backends run, from what the writes keep beside the log.
+
+Counts by status come from the rows; restarts and errors from the tallies
+(:mod:`~sqlmesh_osaa.checkpoint.tallies`), time to recovery from the failure episodes
+(:mod:`~sqlmesh_osaa.checkpoint.episodes`): none reads the event log, whose length grows with
+every item's history (docs/performance.md, "Store growth").
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlmesh_osaa.checkpoint import episodes
-from sqlmesh_osaa.checkpoint.states import COMPLETED, FAILED, IN_PROGRESS, TRANSITION, CheckpointStatus
+from sqlmesh_osaa.checkpoint import episodes, tallies
+from sqlmesh_osaa.checkpoint.states import FAILED, IN_PROGRESS, CheckpointStatus
 from sqlmesh_osaa.checkpoint.store import CheckpointStore
 
 _BY_SCOPE_SQL = "SELECT scope, status, count(*) FROM checkpoints WHERE pipeline = ? GROUP BY scope, status ORDER BY 1, 2"
 _RUNNING_SQL = f"SELECT run_id, count(*) FROM checkpoints WHERE pipeline = ? AND status = '{IN_PROGRESS}' GROUP BY run_id"
-_RETRIES_SQL = f"""
-    SELECT count(*) FILTER (WHERE from_status = '{FAILED}'),
-           count(*) FILTER (WHERE from_status = '{IN_PROGRESS}'),
-           count(*) FILTER (WHERE from_status = '{COMPLETED}'),
-           coalesce(max(attempt), 0)
-    FROM checkpoint_events WHERE pipeline = ? AND kind = '{TRANSITION}' AND to_status = '{IN_PROGRESS}'
-"""
 # Episodes are kept as the events are written (checkpoint/episodes.py): this reads one row per
 # episode, whatever the length of the items' histories (docs/performance.md, "Store growth").
 _RECOVERY_SQL = f"""
     SELECT count(seconds), count(*) - count(seconds), CAST(avg(seconds) AS DOUBLE PRECISION),
            CAST(percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS DOUBLE PRECISION), max(seconds)
     FROM (SELECT {episodes.RECOVERY_SECONDS} AS seconds FROM {episodes.TABLE} WHERE pipeline = ?) AS recoveries
-"""
-_ERRORS_SQL = f"""
-    SELECT error_message, error_category, count(*) AS n FROM checkpoint_events
-    WHERE pipeline = ? AND kind = '{TRANSITION}' AND to_status = '{FAILED}'
-    GROUP BY error_message, error_category ORDER BY n DESC, error_message LIMIT ?
 """
 
 
@@ -69,7 +63,7 @@ def _interrupted(store: CheckpointStore, pipeline: str) -> int:
 
 def _retries(store: CheckpointStore, pipeline: str) -> dict[str, int]:
     """Restarts by cause: after a failure, after an interruption, and re-runs of completed items."""
-    (after_failure, after_interruption, reruns, max_attempt) = store.read(_RETRIES_SQL, [pipeline])[0]
+    (after_failure, after_interruption, reruns, max_attempt) = store.read(tallies.RETRIES_SQL, [pipeline, pipeline])[0]
     return {
         "total": after_failure + after_interruption + reruns,
         "after_failure": after_failure,
@@ -92,5 +86,5 @@ def _time_to_recovery(store: CheckpointStore, pipeline: str) -> dict[str, Any]:
 
 
 def _most_common_errors(store: CheckpointStore, pipeline: str, limit: int = 10) -> list[dict[str, Any]]:
-    rows = store.read(_ERRORS_SQL, [pipeline, limit])
+    rows = store.read(tallies.ERRORS_SQL, [pipeline, limit])
     return [{"error_message": m, "error_category": c, "count": n} for m, c, n in rows]
