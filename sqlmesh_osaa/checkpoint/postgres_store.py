@@ -17,11 +17,12 @@ password is refused, so it cannot reach settings, logs or messages).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
@@ -677,8 +678,10 @@ class PostgresStore(CheckpointStore):
         writes = columns[WRITE]
         check_stored(stored, writes)
         connection.execute(_BATCH_SETTINGS_SQL)
+        encoded = None
         if not stored:
-            self._copy(connection, f"checkpoint_events ({_EVENT_NAMES})", {c: columns[c] for c in _EVENT_COLUMNS})
+            # Encoded on a thread while the server loads the batch and updates the rows; copied after.
+            encoded = _encode_meanwhile(connection, {c: columns[c] for c in _EVENT_COLUMNS})
             varying = {name: values for name, values in varying.items() if name in _BATCH_ROW_COLUMNS}
         connection.execute(_BATCH_TABLE_SQL)
         self._copy(connection, f"osaa_batch_items ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in varying)})", varying)
@@ -735,6 +738,11 @@ class PostgresStore(CheckpointStore):
             ).rowcount
             if versions is not None:
                 count, expected = count + updated, expected + updates
+        if encoded is not None:
+            data = encoded()
+            if count == expected:
+                with connection.cursor().copy(f"COPY checkpoint_events ({_EVENT_NAMES}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(data)
         return count, expected, deleted
 
     @staticmethod
@@ -750,3 +758,37 @@ class PostgresStore(CheckpointStore):
             copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
             for values in zip(*columns.values()):
                 copy.write_row(values)
+
+
+def _encode_meanwhile(connection: Any, columns: dict[str, list[Any]]) -> Callable[[], memoryview]:
+    """The binary COPY data of ``columns`` encoded on a thread; the returned call waits for it.
+
+    The encoding (client CPU, 0.5 s for 100k events) then runs while the same connection's
+    statements run on the server (the waiting thread releases the GIL); a connection takes
+    no COPY data while another statement runs, so the bytes are sent afterwards.
+    """
+    from psycopg.copy import Copy, FileWriter
+
+    data = io.BytesIO()
+    outcome: list[BaseException] = []
+    cursor = connection.cursor()
+
+    def encode() -> None:
+        try:
+            with Copy(cursor, binary=True, writer=FileWriter(data)) as copy:
+                copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
+                for values in zip(*columns.values()):
+                    copy.write_row(values)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=encode, name="osaa-copy-encoding", daemon=True)
+    thread.start()
+
+    def wait() -> memoryview:
+        thread.join()
+        if outcome:
+            raise outcome[0]
+        return data.getbuffer()
+
+    return wait
