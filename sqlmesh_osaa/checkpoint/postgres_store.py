@@ -43,6 +43,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
+    UniformRows,
     batch_columns,
     check_stored,
     refuse_if_forked,
@@ -378,15 +379,25 @@ class PostgresStore(CheckpointStore):
         names = target.read_columns()
         if target.columns is not None:
             names += tuple(column for column in _CARRIED_BY_CHANGE if column not in names)
-        index = names.index("key")
         with self._transaction() as connection:
             connection.execute(_BATCH_SETTINGS_SQL)
-            found = connection.execute(
-                f"SELECT c.xmin::text, {', '.join(f'c.{chr(34)}{c}{chr(34)}' for c in names)} {_BY_KEYS}",
-                [list(target.keys), pipeline, target.scope],
-            ).fetchall()
-            versions = {values[index + 1]: values[0] for values in found}
-            rows = {values[index + 1]: dict(zip(names, values[1:])) for values in found}
+            if target.columns is None:
+                found = connection.execute(
+                    f"SELECT c.xmin::text, {', '.join(f'c.{chr(34)}{c}{chr(34)}' for c in names)} {_BY_KEYS}",
+                    [list(target.keys), pipeline, target.scope],
+                ).fetchall()
+                rows, versions = _rows_and_versions(names, found)
+            else:
+                found = connection.execute(
+                    _uniform_read_sql(names), [list(target.keys), pipeline, target.scope, len(target.keys)]
+                ).fetchall()
+                if found and found[0][0]:
+                    # Every key has a row, and all rows hold one version and one value per column read.
+                    _, version, *values = found[0]
+                    rows = UniformRows(target.keys, {n: v for n, v in zip(names, values) if n != "key"})
+                    versions = dict.fromkeys(target.keys, version)
+                else:
+                    rows, versions = _rows_and_versions(names, [values[1:] for values in found])
             events = plan(rows)
             if events:
                 self._write(connection, pipeline, rows, events, versions)
@@ -758,6 +769,39 @@ class PostgresStore(CheckpointStore):
             copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
             for values in zip(*columns.values()):
                 copy.write_row(values)
+
+
+def _uniform_read_sql(names: Sequence[str]) -> str:
+    """A bulk read of ``names`` that returns one shared row when every key's row holds the same values.
+
+    The first column says which: true and one row (the version and values all rows share, no
+    key) when every key was found with one version and one value (or none) per column, else
+    false and every row found, with its version. A batch completing the items one batch
+    started is the first case: the client then decodes one row and builds one dict, not 100k.
+    The rows are joined and aggregated once (materialized CTEs) whichever comes back.
+    """
+    shared = ("version", *(name for name in names if name != "key"))
+    uniform = " AND ".join(
+        f'(count("{c}") = 0 OR (count("{c}") = count(*) AND min("{c}") = max("{c}")))' for c in shared
+    )
+    values = ", ".join(f'min("{c}") AS "{c}"' for c in shared)
+    first = ", ".join("NULL::text" if name == "key" else f'"{name}"' for name in names)
+    quoted = ", ".join(f'"{name}"' for name in names)
+    selected = ", ".join(f'c."{name}"' for name in names)
+    return (
+        f"WITH r AS MATERIALIZED (SELECT c.xmin::text AS version, {selected} {_BY_KEYS}), "
+        f"a AS MATERIALIZED (SELECT count(*) = %s AND {uniform} AS uniform, {values} FROM r) "
+        f"SELECT true, version, {first} FROM a WHERE uniform "
+        f"UNION ALL SELECT false, version, {quoted} FROM r WHERE NOT (SELECT uniform FROM a)"
+    )
+
+
+def _rows_and_versions(names: Sequence[str], found: Sequence[Sequence[Any]]) -> tuple[dict[str, Row], dict[str, str]]:
+    """Rows of a bulk read (each the version, then ``names``) by key, and the version of each."""
+    index = names.index("key") + 1
+    versions = {values[index]: values[0] for values in found}
+    rows = {values[index]: dict(zip(names, values[1:])) for values in found}
+    return rows, versions
 
 
 def _encode_meanwhile(connection: Any, columns: dict[str, list[Any]]) -> Callable[[], memoryview]:
