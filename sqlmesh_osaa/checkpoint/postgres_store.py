@@ -142,6 +142,7 @@ def _unnest(columns: Sequence[str]) -> str:
 
 _EVENT_COLUMNS = EVENT_LOG_COLUMNS[1:]
 _EVENT_NAMES = ", ".join(f'"{c}"' for c in _EVENT_COLUMNS)
+_EVENTS_COPY_SQL = f"COPY checkpoint_events ({_EVENT_NAMES}) FROM STDIN (FORMAT BINARY)"
 _EVENT_INSERT_SQL = (
     f"INSERT INTO checkpoint_events ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in _EVENT_COLUMNS)}) "
     f"SELECT * FROM {_unnest(_EVENT_COLUMNS)}"
@@ -752,7 +753,7 @@ class PostgresStore(CheckpointStore):
         if encoded is not None:
             data = encoded()
             if count == expected:
-                with connection.cursor().copy(f"COPY checkpoint_events ({_EVENT_NAMES}) FROM STDIN (FORMAT BINARY)") as copy:
+                with connection.cursor().copy(_EVENTS_COPY_SQL) as copy:
                     copy.write(data)
         return count, expected, deleted
 
