@@ -250,9 +250,16 @@ def test_the_recovery_cli_lists_the_failures_of_a_postgres_store(pg_dsn: str, tm
     assert "prod/landing/wdi/broken.parquet" in result.stdout and "bad header" in result.stdout
 
 
-def test_a_bulk_write_of_rows_another_writer_changed_after_they_were_read_is_planned_again(pg_dsn: str) -> None:
-    """Many keys are read without a lock: a row changed before the write rolls the batch back, and it is planned anew."""
-    from sqlmesh_osaa.checkpoint.store import Keys
+@pytest.mark.parametrize("columns", [None, ("key", "status", "file_path")], ids=["whole-rows", "one-shared-row"])
+def test_a_bulk_write_of_rows_another_writer_changed_after_they_were_read_is_planned_again(
+    pg_dsn: str, columns: tuple[str, ...] | None
+) -> None:
+    """Many keys are read without a lock: a row changed before the write rolls the batch back, and it is planned anew.
+
+    With ``columns`` (a completion's read) the rows of one batch's start come back as one
+    shared row and version: the write checks that version for every key all the same.
+    """
+    from sqlmesh_osaa.checkpoint.store import Keys, UniformRows
     from sqlmesh_osaa.checkpoint.transitions import Change, RunIdentity, fold
 
     run = RunIdentity("bulk-writer", os.getpid(), "test-host")
@@ -261,17 +268,20 @@ def test_a_bulk_write_of_rows_another_writer_changed_after_they_were_read_is_pla
     with PipelineCheckpoint("test", dsn=pg_dsn) as store, PipelineCheckpoint("test", dsn=pg_dsn) as other:
         store.mark_started_many("file", keys)
         seen: list[dict] = []
+        shared: list[bool] = []
 
         def plan(rows: dict) -> list:
             seen.append({key: row["status"] for key, row in rows.items()})
+            shared.append(isinstance(rows, UniformRows))
             if len(seen) == 1:
                 other.mark_failed("file", "item/3", "changed while the batch was planned")
             change = Change("completed", datetime.now(timezone.utc).replace(tzinfo=None), run)
             return list(fold("test", "file", keys, [rows.get(key) for key in keys], change))
 
-        store.store.apply("test", Keys("file", keys), plan)
+        store.store.apply("test", Keys("file", keys, columns), plan)
 
         assert [statuses["item/3"] for statuses in seen] == ["in_progress", "failed"]
+        assert shared == [columns is not None, False]
         assert [(e["from_status"], e["to_status"]) for e in store.history("file", "item/3")] == [
             ("pending", "in_progress"),
             ("in_progress", "failed"),

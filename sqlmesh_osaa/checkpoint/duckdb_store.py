@@ -65,6 +65,7 @@ from sqlmesh_osaa.checkpoint.store import (
     Plan,
     RowFilter,
     Target,
+    UniformRows,
     batch_columns,
     check_stored,
     settable_columns,
@@ -230,7 +231,7 @@ _ROWS_OF_KEYS_SQL = {
 # share one status (all in_progress when they are completed), and then no row need be fetched.
 # The aggregate also returns these columns when they hold one value for every key (a store may
 # read more than asked): a completion then carries them as constants, not from the rows in SQL,
-# and its UPDATE knows without a query whether it changes them (_UniformRows).
+# and its UPDATE knows without a query whether it changes them (UniformRows).
 _STATUS_ONLY = ("key", "status")
 _UNIFORM_EXTRAS = (
     "attempt", "started_at", "metadata", "run_id", "owner_pid", "owner_host", "error_message", "error_category",
@@ -468,27 +469,16 @@ def _batch_table(
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-class _UniformRows(dict):
-    """The rows of a bulk status read whose keys all share ``shared`` (one row object, without the key).
-
-    A batch of 100k keys then costs one dict, not one per key; the plan only reads rows.
-    """
-
-    def __init__(self, keys: Sequence[str], shared: Row) -> None:
-        super().__init__(dict.fromkeys(keys, shared))
-        self.shared = shared
-
-
 def _known_changes(
     settable: Sequence[str], constant: Mapping[str, Any], varying: Mapping[str, list[Any]], rows: Mapping[str, Row]
 ) -> dict[str, bool]:
     """Whether each of ``settable`` changes, where the batch and a uniform read tell without a query.
 
-    A column is known when every stored row holds one value (``_UniformRows``) and the batch
+    A column is known when every stored row holds one value (``UniformRows``) and the batch
     sets one value (changed when they differ), or sets values none of which is NULL where every
     stored one is (changed). Any other column is left to the changed-columns aggregate.
     """
-    shared = rows.shared if isinstance(rows, _UniformRows) else {}
+    shared = rows.shared if isinstance(rows, UniformRows) else {}
     known = {}
     for column in settable:
         if column not in shared:
@@ -840,7 +830,7 @@ class DuckDBStore(CheckpointStore):
                 found, status, highest, *extras = connection.execute(sql).fetchone()
                 if found == len(keys) and status == highest:
                     # Every key has a row (ids are unique, so each key matched one) and all share this status.
-                    return _UniformRows(keys, _shared_values(status, found, extras))
+                    return UniformRows(keys, _shared_values(status, found, extras))
             sql = _ROWS_OF_KEYS_SQL[by_hash].format(columns=", ".join(names), prefix=prefix, keys=relation)
             found_rows = connection.execute(sql).fetchall()
         index = names.index("key")

@@ -81,6 +81,19 @@ class RowFilter:
 
 
 Target = Keys | RowFilter
+
+
+class UniformRows(dict):
+    """The rows of a bulk read whose keys all share ``shared`` (one row object, without the key).
+
+    A batch of 100k keys then costs one dict, not one per key; the plan only reads rows.
+    Both backends return it when one aggregate found every key with one value per column.
+    """
+
+    def __init__(self, keys: Sequence[str], shared: Row) -> None:
+        super().__init__(dict.fromkeys(keys, shared))
+        self.shared = shared
+
 # Rows found (by key) -> the events to append; raising aborts the transaction.
 Plan = Callable[[dict[str, Row]], Sequence[Event]]
 

@@ -169,8 +169,6 @@ def _carried_unless_unread(column: str, sample: Row, bases: Sequence[Row], unifo
     """
     if column in sample:
         return [sample[column]] * len(bases) if uniform else [base[column] for base in bases]
-    if not uniform and any(base is _NO_ROW for base in bases):
-        raise ValueError(f"a fold of rows read without {column!r} includes items without a row")
     return STORED
 
 
@@ -198,6 +196,9 @@ def fold(
     sample = next((base for base in bases if base is not _NO_ROW), _NO_ROW)
     if not _NO_ROW.keys() <= sample.keys():
         uniform = all(base is sample for base in bases)
+        if not uniform and any(base is _NO_ROW for base in bases) and not set(_CARRIED) <= sample.keys():
+            unread = sorted(set(_CARRIED) - sample.keys())
+            raise ValueError(f"a fold of rows read without {unread} includes items without a row")
         old = {column: _carried_unless_unread(column, sample, bases, uniform) for column in _CARRIED}
     elif bases:
         # Every carried column of every row in one pass of C loops (a single mark pays no call per column).
