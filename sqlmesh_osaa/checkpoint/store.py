@@ -94,6 +94,7 @@ class UniformRows(dict):
         super().__init__(dict.fromkeys(keys, shared))
         self.shared = shared
 
+
 # Rows found (by key) -> the events to append; raising aborts the transaction.
 Plan = Callable[[dict[str, Row]], Sequence[Event]]
 
