@@ -792,9 +792,14 @@ class PostgresStore(CheckpointStore):
         if not next(iter(columns.values())):
             return
         with connection.cursor().copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
-            for values in zip(*columns.values()):
-                copy.write_row(values)
+            _write_rows(copy, columns)
+
+
+def _write_rows(copy: Any, columns: dict[str, list[Any]]) -> None:
+    """The rows of ``columns`` into a binary COPY, each value sent as its column's type."""
+    copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
+    for values in zip(*columns.values()):
+        copy.write_row(values)
 
 
 def _uniform_read_sql(names: Sequence[str]) -> str:
@@ -846,9 +851,7 @@ def _encode_meanwhile(connection: Any, columns: dict[str, list[Any]]) -> Callabl
     def encode() -> None:
         try:
             with Copy(cursor, binary=True, writer=FileWriter(data)) as copy:
-                copy.set_types([_COPY_TYPES[_SQL_TYPES.get(column, "text")] for column in columns])
-                for values in zip(*columns.values()):
-                    copy.write_row(values)
+                _write_rows(copy, columns)
         except BaseException as exc:
             outcome.append(exc)
 
