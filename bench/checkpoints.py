@@ -160,8 +160,10 @@ def commit_latency(dsn: str, samples: int = 300) -> Figure:
     return statistics.median(walls), None
 
 
-def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
+def bench_runners(dsn: str, pairs: int, runner: str = RUNNER) -> dict[str, float]:
     """Marks per second of one runner process alone, then of RUNNERS processes at once, on one store.
+
+    ``runner`` is the runner's program (``bench/runners_floor.py`` passes one without the package).
 
     Beside it, per mark: the runners' CPU, their server backends' CPU, and how much of the
     window every runner was marking (1.0: they all began and ended together).
@@ -170,7 +172,7 @@ def bench_runners(dsn: str, pairs: int) -> dict[str, float]:
     def run(count: int, tag: str) -> dict[str, float]:
         processes = [
             subprocess.Popen(
-                [sys.executable, "-c", RUNNER, dsn, f"{tag}-{i}", str(pairs)],
+                [sys.executable, "-c", runner, dsn, f"{tag}-{i}", str(pairs)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
