@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/checkpoints.py
+	$(BIN)/python bench/runners_floor.py
 	$(BIN)/python bench/ingest_scale.py
 	$(BIN)/python bench/commit.py
 	$(BIN)/python bench/hooks.py
