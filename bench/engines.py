@@ -98,6 +98,20 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _as_in_an_evaluation(adapter: Any) -> None:
+    """What the export kind's evaluation has run before its export step: SQLMesh's ``replace_query``.
+
+    The kind writes the model's table with it and then exports, in the same process, so the
+    modules it loads (pandas, pyarrow) are loaded when the export starts; a one-row table gives
+    the child that state outside the timing, on both engines.
+    """
+    from sqlglot import exp
+
+    adapter.create_schema("bench_warm")
+    adapter.replace_query("bench_warm.one", exp.maybe_parse("SELECT 1 AS i", dialect="duckdb"))
+    adapter.drop_table("bench_warm.one")
+
+
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints seconds, CPU, peak memory above the start and the file's MD5."""
     from sqlglot import exp
@@ -106,6 +120,7 @@ def child(args: argparse.Namespace) -> None:
 
     adapter = _postgres_adapter(args.port, args.database) if args.engine == "postgres" else _duckdb_adapter(args.database)
     backend = adapter.fetchone("SELECT pg_backend_pid()")[0] if args.engine == "postgres" else None
+    _as_in_an_evaluation(adapter)
     server_cpu = (lambda: _process_cpu_seconds(backend)) if backend else (lambda: 0.0)
     columns = TZ_COLUMNS if args.shape == "tz" else COLUMNS
     types = {name: exp.DataType.build(dtype, dialect="duckdb") for name, dtype in columns.items()}

@@ -9,6 +9,7 @@ ingest side must give PostgreSQL the landing rows under the names the model's qu
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,6 +148,27 @@ def test_postgres_export_of_an_empty_table_is_byte_identical_to_duckdbs(adapter:
     assert _postgres_export(adapter, tmp_path, [], 10) == _native_export(tmp_path, [])
 
 
+def test_postgres_export_of_a_single_text_column_keeps_its_empty_strings(adapter: Any, tmp_path: Path) -> None:
+    rows = ["('')", "('a')", "('')", "(NULL)"]
+    columns = {"s": "VARCHAR"}
+    assert _postgres_export(adapter, tmp_path, rows, 10, columns) == _native_export(tmp_path, rows, columns)
+
+
+def test_postgres_export_of_more_rows_than_one_parse_block_is_byte_identical_to_duckdbs(
+    adapter: Any, tmp_path: Path
+) -> None:
+    rows = (
+        "SELECT 'r' || CAST(i AS VARCHAR) || CASE WHEN i % 7 = 0 THEN chr(9) || chr(92) || 'n' ELSE '' END AS s, "
+        "CAST(i AS DOUBLE) / 3 AS x FROM generate_series(1, 200000) AS g(i)"
+    )
+    with duckdb.connect() as db:
+        db.execute(f"CREATE TABLE t AS {rows}")
+        db.execute(engine_io.sorted_parquet_copy("t", tmp_path / "native.parquet"))
+    adapter.execute(exp.maybe_parse(f"CREATE TABLE big AS {rows}", dialect="duckdb"))
+    engine_io.export_parquet(adapter, "big", _types({"s": "VARCHAR", "x": "DOUBLE"}), tmp_path / "engine.parquet")
+    assert (tmp_path / "engine.parquet").read_bytes() == (tmp_path / "native.parquet").read_bytes()
+
+
 def test_postgres_rows_arrive_in_batches_of_at_most_the_batch_size(adapter: Any) -> None:
     adapter.execute("CREATE TABLE series AS SELECT generate_series(1, 10) AS i")
     batches = list(engine_io.fetch_batches(adapter, exp.select("i").from_("series"), 4))
@@ -168,6 +190,8 @@ def test_postgres_export_raises_when_the_copy_fails(
     with pytest.raises(Exception, match="cannot copy from view"):
         engine_io.export_parquet(adapter, "s.v", _types(), tmp_path / "engine.parquet")
     assert adapter.fetchall("SELECT count(*) FROM s.t") == [(len(ROWS),)]
+    assert list(tmp_path.iterdir()) == []
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("osaa-export")]
 
 
 def test_postgres_export_that_duckdb_rejects_raises_and_leaves_the_connection_usable(
