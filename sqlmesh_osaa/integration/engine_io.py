@@ -4,10 +4,10 @@ The kinds keep a native path on DuckDB (one ``COPY``, one ``read_parquet`` view)
 other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
 - **export**: the model's table is read through the adapter: on PostgreSQL with
-  ``COPY ... TO STDOUT`` in the text format, streamed through a pipe into DuckDB's sorted
-  write, when every column is a scalar type whose text round-trips exactly, else in batches
-  of :data:`BATCH_ROWS` rows (a server-side cursor on PostgreSQL, a local iterator over the
-  partitions on Spark, ``fetchmany`` elsewhere), each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
+  ``COPY ... TO STDOUT`` in the text format into a local file when every column is a scalar
+  type whose text round-trips exactly, else in batches of :data:`BATCH_ROWS` rows (a server-side cursor
+  on PostgreSQL, a local iterator over the partitions on Spark, ``fetchmany`` elsewhere),
+  each going as Arrow into a table of a private on-disk DuckDB. Either way DuckDB sees the
   rows with the model's column types and writes them with :func:`sorted_parquet_copy`, the
   very statement of the native path: the same rows give the same bytes on every engine.
   DuckDB runs under a memory limit and spills to its directory; Python holds one batch.
@@ -18,14 +18,11 @@ other engine (PostgreSQL, Spark, ...) the SQL of that path does not exist, so:
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
 import tempfile
 import typing as t
 import uuid
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +42,6 @@ BATCH_ROWS = 50_000
 # The private DuckDB that sorts and writes an export spills to disk beyond this.
 DUCKDB_MEMORY_LIMIT = "256MB"
 _STAGING_TABLE = "osaa_export_rows"
-_STREAMED_ROWS = "osaa_copy_rows"
 # The COPY hands every row to the file's write: a large buffer makes that a memcpy and one write(2) per MiB.
 _COPY_BUFFER_BYTES = 1 << 20
 
@@ -60,17 +56,6 @@ _ESCAPED_TYPES = _types("VARCHAR", "TEXT", "CHAR")
 _TEXT_EXACT_TYPES = _ESCAPED_TYPES | _types(
     "TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL", "DATE", "TIMESTAMP", "TIMESTAMPNTZ", "BOOLEAN"
 )
-# COPY text that pyarrow parses to the value DuckDB's reader would give, by pyarrow's type factory; the
-# other types arrive as text and DuckDB casts them.
-_ARROW_TYPES = {
-    **dict.fromkeys(_ESCAPED_TYPES, "string"),
-    exp.DataType.Type.TINYINT: "int8",
-    exp.DataType.Type.SMALLINT: "int16",
-    exp.DataType.Type.INT: "int32",
-    exp.DataType.Type.BIGINT: "int64",
-    exp.DataType.Type.FLOAT: "float32",
-    exp.DataType.Type.DOUBLE: "float64",
-}
 # COPY's text format writes these control characters as a backslash and a letter (and a backslash as two).
 _TEXT_ESCAPES = {"b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
 
@@ -101,15 +86,17 @@ def export_parquet(
     select = exp.select(*(exp.column(name, quoted=True) for name in columns)).from_(exp.to_table(table_name))
     staging = exp.to_identifier(_STAGING_TABLE).sql(dialect=NATIVE_DIALECT)
     copies_text = _copies_text(adapter, columns)
-    # The COPY streams straight into DuckDB's sort, so DuckDB needs no database file of its own; the row path does.
-    with _scratch_duckdb(target.parent, in_memory=copies_text) as (db, _):
+    # The COPY's file holds the rows, so DuckDB needs no database file of its own; the row path does.
+    with _scratch_duckdb(target.parent, in_memory=copies_text) as (db, scratch):
         if copies_text:
-            _export_copy_stream(db, adapter, table_name, columns, target)
+            rows = scratch / "rows.txt"
+            _postgres_copy_text(adapter, table_name, list(columns), rows)
+            db.execute(f"CREATE VIEW {staging} AS {_read_copy_text(rows, columns)}")
         else:
             db.execute(f"CREATE TABLE {staging} ({_definition(columns)})")
             for batch in fetch_batches(adapter, select, batch_rows):
                 _append(db, staging, batch)
-            db.execute(sorted_parquet_copy(staging, target))
+        db.execute(sorted_parquet_copy(staging, target))
     _log.debug("Exported %s from the %s engine through its adapter", table_name, adapter.dialect)
 
 
@@ -130,60 +117,19 @@ def _is_psycopg2(adapter: t.Any) -> bool:
     return adapter.dialect == "postgres" and type(adapter.connection).__module__.startswith("psycopg2")
 
 
-def _export_copy_stream(
-    db: duckdb.DuckDBPyConnection, adapter: t.Any, table_name: str, columns: t.Mapping[str, exp.DataType], target: Path
-) -> None:
-    """PostgreSQL's COPY of the table streamed into DuckDB's sorted write, through a pipe.
-
-    DuckDB sorts the rows already sent while the server formats the next ones, where a file
-    would make it wait for the last row. The COPY runs on this thread, which holds the
-    adapter's connection and its open transaction; a worker parses the stream and writes.
-    A COPY that fails ends the stream early: its error is raised and the partial file removed.
-    """
-    read_fd, write_fd = os.pipe()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="osaa-export") as pool:
-        written = pool.submit(_write_copy_stream, db, os.fdopen(read_fd, "rb", buffering=_COPY_BUFFER_BYTES), columns, target)
-        try:
-            with os.fdopen(write_fd, "wb", buffering=_COPY_BUFFER_BYTES) as out:
-                _postgres_copy_text(adapter, table_name, list(columns), out)
-        except BaseException:
-            wait([written])
-            target.unlink(missing_ok=True)
-            raise
-        written.result()
-
-
-def _write_copy_stream(
-    db: duckdb.DuckDBPyConnection, stream: io.BufferedReader, columns: t.Mapping[str, exp.DataType], target: Path
-) -> None:
-    """Write the COPY text arriving on ``stream`` to ``target`` with :func:`sorted_parquet_copy`.
-
-    On failure the rest of the stream is read and dropped, so the COPY on the other end
-    completes and the connection stays usable for SQLMesh's rollback.
-    """
-    staging = exp.to_identifier(_STAGING_TABLE).sql(dialect=NATIVE_DIALECT)
-    with stream:
-        try:
-            db.register(_STREAMED_ROWS, _copy_text_reader(stream, columns))
-            db.execute(f"CREATE VIEW {staging} AS {_copy_text_select(columns)}")
-            db.execute(sorted_parquet_copy(staging, target))
-        except BaseException:
-            while stream.read(_COPY_BUFFER_BYTES):
-                pass
-            raise
-
-
-def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], out: t.BinaryIO) -> None:
-    """Write the table's rows to ``out`` with PostgreSQL's COPY: no row passes through Python.
+def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], target: Path) -> None:
+    """Stream the table's rows to a local file with PostgreSQL's COPY: no row passes through Python.
 
     Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
     table the same evaluation just wrote. The table form of COPY (not a query) is the fastest,
     and its text format costs the server and the client less than CSV (docs/decisions.md).
+    A table of one column is copied with an empty second field (:func:`_copy_fields`).
     """
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
-    sql = f"COPY {table} ({listed}) TO STDOUT WITH (FORMAT text)"
-    with adapter.transaction():
+    source = f"(SELECT {listed}, '' FROM {table})" if _copy_fields(len(names)) > len(names) else f"{table} ({listed})"
+    sql = f"COPY {source} TO STDOUT WITH (FORMAT text)"
+    with adapter.transaction(), target.open("wb", buffering=_COPY_BUFFER_BYTES) as out:
         cursor = adapter.connection.cursor()
         try:
             cursor.copy_expert(sql, out)
@@ -191,43 +137,35 @@ def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], out: 
             cursor.close()
 
 
-def _copy_text_reader(stream: io.BufferedReader, columns: t.Mapping[str, exp.DataType]) -> t.Any:
-    """pyarrow's streaming reader of COPY text: tab-separated, no quoting, NULL as ``\\N``, columns ``c0, c1, ...``.
+def _copy_fields(columns: int) -> int:
+    """Fields per line of the COPY: one more than the columns for a single column.
 
-    Strings and numbers are typed here (pyarrow parses them on its own threads, to the values
-    DuckDB's reader gives); other types arrive as text for :func:`_copy_text_select` to cast.
-    An empty stream (an empty table) is an empty batch of that schema.
+    One column holding an empty string would be an empty line, which DuckDB's reader skips;
+    a second, empty field keeps the row.
     """
-    import pyarrow as pa
-    from pyarrow import csv
-
-    schema = pa.schema(
-        (f"c{i}", getattr(pa, _ARROW_TYPES.get(dtype.this, "string"))()) for i, dtype in enumerate(columns.values())
-    )
-    if not stream.peek(1):
-        return schema.empty_table()
-    return csv.open_csv(
-        pa.PythonFile(stream, mode="r"),
-        read_options=csv.ReadOptions(column_names=schema.names, block_size=_COPY_BUFFER_BYTES),
-        parse_options=csv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, ignore_empty_lines=False),
-        convert_options=csv.ConvertOptions(
-            column_types=schema, null_values=["\\N"], strings_can_be_null=True, quoted_strings_can_be_null=False
-        ),
-    )
+    return columns + 1 if columns == 1 else columns
 
 
-def _copy_text_select(columns: t.Mapping[str, exp.DataType]) -> str:
-    """DuckDB's query of the streamed rows under the model's names and types, strings unescaped.
+def _read_copy_text(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
+    """DuckDB's query of a COPY text file: tab-separated, no quoting, NULL as ``\\N``, strings unescaped.
 
-    Only a string holding a backslash pays for the unescaping (a ``contains`` test for the rest).
+    The file's fields are read as ``c0, c1, ...`` and selected under the model's names. Only a
+    string holding a backslash pays for the unescaping (a ``contains`` test for the rest).
     """
-    selected = []
-    for i, (name, dtype) in enumerate(columns.items()):
-        value = _unescaped(f"c{i}") if dtype.this in _ESCAPED_TYPES else f"c{i}"
-        if dtype.this not in _ARROW_TYPES:
-            value = f"CAST({value} AS {dtype.sql(dialect=NATIVE_DIALECT)})"
-        selected.append(f"{value} AS {exp.to_identifier(name, quoted=True).sql(dialect=NATIVE_DIALECT)}")
-    return f"SELECT {', '.join(selected)} FROM {_STREAMED_ROWS}"
+    literal = lambda text: exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)  # noqa: E731
+    dtypes = [dtype.sql(dialect=NATIVE_DIALECT) for dtype in columns.values()]
+    dtypes += ["VARCHAR"] * (_copy_fields(len(dtypes)) - len(dtypes))
+    types = ", ".join(f"'c{i}': {literal(dtype)}" for i, dtype in enumerate(dtypes))
+    reader = (
+        f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = '\t', quote = '', "
+        "escape = '', nullstr = '\\N', auto_detect = false)"
+    )
+    selected = ", ".join(
+        f"{_unescaped(f'c{i}') if dtype.this in _ESCAPED_TYPES else f'c{i}'} AS "
+        f"{exp.to_identifier(name, quoted=True).sql(dialect=NATIVE_DIALECT)}"
+        for i, (name, dtype) in enumerate(columns.items())
+    )
+    return f"SELECT {selected} FROM {reader}"
 
 
 def _unescaped(column: str) -> str:
