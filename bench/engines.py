@@ -112,6 +112,34 @@ def _as_in_an_evaluation(adapter: Any) -> None:
     adapter.drop_table("bench_warm.one")
 
 
+def bare_copy(args: argparse.Namespace) -> None:
+    """The floor: the table's ``COPY ... TO STDOUT`` into /dev/null over a plain psycopg2 connection, no package.
+
+    Any export through the engine's connection receives at least these bytes, and DuckDB's
+    sort cannot write its first row before the last one has arrived: the DuckDB engine's
+    export time plus this one is what a PostgreSQL export cannot go below on this machine.
+    """
+    import psycopg2
+
+    connection = psycopg2.connect(host="127.0.0.1", port=args.port, user=ROLE, dbname=args.database)
+    cursor = connection.cursor()
+    backend = _process_cpu_seconds_of(cursor)
+    cpu, server = _cpu_seconds(), backend()
+    started = time.perf_counter()
+    with open(os.devnull, "wb", buffering=1 << 20) as sink:
+        cursor.copy_expert(f"COPY {_table(args.rows)} TO STDOUT WITH (FORMAT text)", sink)
+    seconds = time.perf_counter() - started
+    result = {"seconds": seconds, "cpu": _cpu_seconds() - cpu, "server_cpu": backend() - server, "peak_mb": 0.0}
+    connection.close()
+    print(json.dumps({**result, "md5": None, "module": ""}))
+
+
+def _process_cpu_seconds_of(cursor: Any) -> Any:
+    cursor.execute("SELECT pg_backend_pid()")
+    pid = cursor.fetchone()[0]
+    return lambda: _process_cpu_seconds(pid)
+
+
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints seconds, CPU, peak memory above the start and the file's MD5."""
     from sqlglot import exp
@@ -175,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--child", choices=["duckdb", "postgres"])
+    parser.add_argument("--child", choices=["duckdb", "postgres", "copy"])
     parser.add_argument("--database", default="")
     parser.add_argument("--batch-rows", type=int, default=50_000)
     parser.add_argument("--port", type=int, default=0)
@@ -185,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         args.engine = args.child
-        child(args)
+        (bare_copy if args.child == "copy" else child)(args)
         return
     from sqlmesh_osaa.integration.engine_io import BATCH_ROWS
 
@@ -209,9 +237,10 @@ def main() -> None:
             postgres.close()
             duck.close()
             pg = {"database": database, "port": server.port, "env": env}
-            runs: dict[str, list[dict[str, Any]]] = {"duckdb": [], "postgres": [], "baseline": []}
+            runs: dict[str, list[dict[str, Any]]] = {"duckdb": [], "postgres": [], "baseline": [], "floor": []}
             for _ in range(args.rounds):
                 runs["duckdb"].append(_run_child("duckdb", duck_path, args.rows, BATCH_ROWS, 0, env))
+                runs["floor"].append(_run_child("copy", rows=args.rows, batch_rows=BATCH_ROWS, **pg))
                 if baseline is not None:
                     runs["baseline"].append(_run_child("postgres", rows=args.rows, batch_rows=BATCH_ROWS, baseline=baseline, **pg))
                 runs["postgres"].append(_run_child("postgres", rows=args.rows, batch_rows=BATCH_ROWS, **pg))
@@ -240,7 +269,7 @@ def _median(results: list[dict[str, Any]], field: str) -> float:
 
 def _report(rows: int, runs: dict[str, list[dict[str, Any]]], memory: dict[str, dict[str, Any]], load_before: tuple) -> None:
     duck_s, duck_cpu = _median(runs["duckdb"], "seconds"), _median(runs["duckdb"], "cpu")
-    identical = {r["md5"] for results in runs.values() for r in results}
+    identical = {r["md5"] for label, results in runs.items() if label != "floor" for r in results}
     print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}; {len(runs['duckdb'])} rounds")
     print(f"(a) export of {rows} rows: DuckDB engine {duck_s:.2f} s (CPU {duck_cpu:.2f} s); "
           f"byte-identical: {len(identical) == 1}")  # fmt: skip
@@ -251,11 +280,16 @@ def _report(rows: int, runs: dict[str, list[dict[str, Any]]], memory: dict[str, 
         name = "PostgreSQL" if label == "postgres" else "PostgreSQL, baseline"
         print(f"    {name}: {seconds:.2f} s, ratio {seconds / duck_s:.2f}x (target <= 2x); CPU {cpu:.2f} s "
               f"({cpu / duck_cpu:.2f}x the DuckDB engine's) plus the server's {server:.2f} s")  # fmt: skip
-    for number, rounds in enumerate(zip(runs["duckdb"], runs["postgres"], runs["baseline"] or runs["postgres"]), 1):
-        duck, new, old = rounds
+    floors = [(duck["seconds"] + bare["seconds"]) / duck["seconds"] for duck, bare in zip(runs["duckdb"], runs["floor"])]
+    print(f"    floor (no package): the bare COPY into /dev/null {_median(runs['floor'], 'seconds'):.2f} s "
+          f"(CPU {_median(runs['floor'], 'cpu'):.2f} + server {_median(runs['floor'], 'server_cpu'):.2f} s); "
+          f"DuckDB engine + bare COPY: {statistics.median(floors):.2f}x the DuckDB engine (per round, median)")  # fmt: skip
+    for number, rounds in enumerate(zip(runs["duckdb"], runs["postgres"], runs["baseline"] or runs["postgres"], runs["floor"]), 1):
+        duck, new, old, bare = rounds
         against = f"; baseline {old['seconds']:.2f} s, CPU {old['cpu']:.2f} + {old['server_cpu']:.2f} s" if runs["baseline"] else ""
         print(f"    round {number}: DuckDB engine {duck['seconds']:.2f} s, PostgreSQL {new['seconds']:.2f} s "
-              f"({new['seconds'] / duck['seconds']:.2f}x), CPU {new['cpu']:.2f} + server {new['server_cpu']:.2f} s{against}")  # fmt: skip
+              f"({new['seconds'] / duck['seconds']:.2f}x), CPU {new['cpu']:.2f} + server {new['server_cpu']:.2f} s{against}; "
+              f"bare COPY {bare['seconds']:.2f} s (floor {(duck['seconds'] + bare['seconds']) / duck['seconds']:.2f}x)")  # fmt: skip
     if runs["baseline"]:
         pairs = [new["seconds"] / old["seconds"] for new, old in zip(runs["postgres"], runs["baseline"])]
         cpu_pairs = [new["cpu"] / old["cpu"] for new, old in zip(runs["postgres"], runs["baseline"])]
