@@ -448,25 +448,39 @@ def _json_relation(columns: Mapping[str, list[Any]]) -> Iterator[str]:
 
 
 def _batch_load_sql(table: str, relation: str, constant: Mapping[str, Any], varying: Collection[str]) -> str:
-    """A temporary table of a batch: its varying columns unnested side by side from ``relation``, its constant ones as literals."""
-    selected = [f'unnest("{column}") AS "{column}"' for column in varying] + [
+    """A temporary table of a batch: its varying columns unnested side by side from ``relation``, and each row's id.
+
+    The constant columns are not stored in it (:func:`_batch_frame` adds them as literals):
+    every column of a table costs DuckDB its own uncompressed segments, which a batch of
+    completions, mostly constant, would pay two dozen times (docs/performance.md, "Ingest").
+    """
+    unnested = ", ".join(f'unnest("{column}") AS "{column}"' for column in varying)
+    parts = (sql_literal(constant[part]) if part in constant else f'"{part}"' for part in ("pipeline", "scope", "key"))
+    identity = f" || chr({ord(ID_SEPARATOR)}) || ".join(parts)
+    kept = ", ".join(f'"{column}"' for column in varying)
+    return f"CREATE TEMPORARY TABLE {table} AS SELECT {kept}, {identity} AS item_id FROM (SELECT {unnested} FROM {relation})"
+
+
+def _batch_frame(table: str, constant: Mapping[str, Any]) -> str:
+    """The batch as the bulk statements read it: the table's columns, the constant ones as typed literals."""
+    if not constant:
+        return table
+    literals = ", ".join(
         f'CAST({sql_literal(value)} AS {_BATCH_TYPES[column]}) AS "{column}"' for column, value in constant.items()
-    ]
-    identity = f'"pipeline" || chr({ord(ID_SEPARATOR)}) || "scope" || chr({ord(ID_SEPARATOR)}) || "key"'
-    inner = f"SELECT {', '.join(selected)} FROM {relation}"
-    return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM ({inner})"
+    )
+    return f"(SELECT *, {literals} FROM {table})"
 
 
 @contextmanager
 def _batch_table(
     connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]
 ) -> Iterator[str]:
-    """A temporary table of the batch (:func:`_batch_load_sql`), loaded in one statement."""
+    """The batch's frame (:func:`_batch_frame`) over a temporary table loaded in one statement (:func:`_batch_load_sql`)."""
     name = f"osaa_batch_{uuid.uuid4().hex}"
     try:
         with _json_relation(varying) as relation:
             connection.execute(_batch_load_sql(name, relation, constant, varying))
-        yield name
+        yield _batch_frame(name, constant)
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -884,13 +898,13 @@ class DuckDBStore(CheckpointStore):
             constant, varying, stored = split_constant(columns)
             writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
             check_stored(stored, writes)
-            with _batch_table(connection, constant, varying) as name:
-                connection.execute(_bulk_event_sql(name, stored))
+            with _batch_table(connection, constant, varying) as frame:
+                connection.execute(_bulk_event_sql(frame, stored))
                 if INSERT in writes:
-                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
+                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=frame))
                 if UPDATE in writes:
                     settable = settable_columns(stored)
-                    self._update_rows(connection, name, settable, _known_changes(settable, constant, varying, rows))
+                    self._update_rows(connection, frame, settable, _known_changes(settable, constant, varying, rows))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
