@@ -584,13 +584,19 @@ class DuckDBStore(CheckpointStore):
         is this database instance's, so another DuckDB instance of the process keeps its own.
         """
         with self._shared.lock:
-            self._live_connection().execute(f"SET {_FLUSH_SETTING} = '0KiB'")
+            try:
+                self._live_connection().execute(f"SET {_FLUSH_SETTING} = '0KiB'")
+            except duckdb.Error as exc:
+                raise self._error(exc) from exc
         try:
             yield
         finally:
             with self._shared.lock:
                 if self._connection is not None:
-                    self._connection.execute(f"RESET {_FLUSH_SETTING}")
+                    try:
+                        self._connection.execute(f"RESET {_FLUSH_SETTING}")
+                    except duckdb.Error as exc:
+                        logger.warning("Checkpoint database %s kept flushing its allocator: %s", self.db_path, exc)
 
     def metadata_field(self, column: str, name: str) -> str:
         path = sql_literal(f'$."{name}"')
