@@ -287,13 +287,15 @@ def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Seq
     last = {put["key"]: index for index, put in enumerate(puts) if put.get("source_path") is not None}
     where = store_metadata(store)
     batch: list[Mapping[str, Any]] = []
-    for index in sorted(last.values()):
-        batch.append(puts[index])
-        if len(batch) == COMPLETION_BATCH:
+    # The work is done by now: what the batches free goes back to the system at once, not on top of the next batch.
+    with checkpoint.returning_memory():
+        for index in sorted(last.values()):
+            batch.append(puts[index])
+            if len(batch) == COMPLETION_BATCH:
+                _complete_batch(checkpoint, where, batch)
+                batch = []
+        if batch:
             _complete_batch(checkpoint, where, batch)
-            batch = []
-    if batch:
-        _complete_batch(checkpoint, where, batch)
 
 
 def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], puts: Sequence[Mapping[str, Any]]) -> None:

@@ -984,6 +984,19 @@ def test_the_duckdb_store_uses_the_objects_the_duckdb_package_exports() -> None:
         assert getattr(duckdb, name) is getattr(_duckdb, name), name
 
 
+def test_a_duckdb_store_returns_freed_memory_at_once_only_inside_the_block_even_when_it_raises(tmp_path: Path) -> None:
+    """Flushing DuckDB's allocator is for a burst of bulk writes: later work keeps DuckDB's own behaviour."""
+    setting = "SELECT current_setting('allocator_bulk_deallocation_flush_threshold')"
+    with PipelineCheckpoint("test", tmp_path / "checkpoints.duckdb") as checkpoint:
+        (default,) = checkpoint.store.read(setting)[0]
+        with pytest.raises(RuntimeError), checkpoint.returning_memory():
+            assert checkpoint.store.read(setting) == [("0 bytes",)]
+            checkpoint.mark_started_many(FILE, [f"k/{i}" for i in range(20)])
+            raise RuntimeError("the writes stopped")
+        assert checkpoint.store.read(setting) == [(default,)]
+        assert checkpoint.statuses(FILE, [f"k/{i}" for i in range(20)]) == {f"k/{i}": "in_progress" for i in range(20)}
+
+
 def test_a_batch_of_many_files_records_each_files_own_size_and_mtime(store: PipelineCheckpoint, tmp_path: Path) -> None:
     """From 1,000 files the batch fingerprints them on a thread while the rows are read."""
     paths = []

@@ -12,7 +12,7 @@ from sqlmesh_osaa.commit_log import HEAD_KEY, LOG_PREFIX, MARKER_PREFIX, VERSION
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
-from sqlmesh_osaa.ingest import IngestRequest, run_ingest
+from sqlmesh_osaa.ingest import SINGLE_THREAD_BELOW, IngestRequest, _ConversionThreads, run_ingest
 from sqlmesh_osaa.settings import load_settings
 from sqlmesh_osaa.storage import LocalStore, ObjectStore, S3Store
 
@@ -280,3 +280,14 @@ def test_work_directories_of_killed_runs_on_this_host_are_removed_and_live_ones_
     assert {path.name for path in scratch.iterdir()} == {
         f"osaa-ingest-{host}-{os.getpid()}-def", f"osaa-ingest-elsewhere-{dead.pid}-ghi",
     }
+
+
+def test_small_files_are_converted_on_one_duckdb_thread_and_large_ones_on_duckdbs_default() -> None:
+    with duckdb.connect() as connection:
+        (default,) = connection.execute("SELECT current_setting('threads')").fetchone()
+        threads = _ConversionThreads(connection)
+        seen = []
+        for size in (600, 1200, SINGLE_THREAD_BELOW, 700):
+            threads.fit(size)
+            seen.append(connection.execute("SELECT current_setting('threads')").fetchone()[0])
+    assert seen == [1, 1, default, 1]

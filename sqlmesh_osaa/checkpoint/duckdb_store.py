@@ -98,6 +98,8 @@ COMPACTION_COPIED = "compaction_copied"
 COMPACTION_SWAPPED = "compaction_swapped"
 # Rows a store keeps in memory per database file (module docstring).
 _MAX_CACHED_ROWS = 4096
+# A deallocation of at least this size flushes DuckDB's allocator (DuckDBStore.returning_memory).
+_FLUSH_SETTING = "allocator_bulk_deallocation_flush_threshold"
 
 _ROW_TYPES = {
     "pipeline": "VARCHAR",
@@ -446,25 +448,39 @@ def _json_relation(columns: Mapping[str, list[Any]]) -> Iterator[str]:
 
 
 def _batch_load_sql(table: str, relation: str, constant: Mapping[str, Any], varying: Collection[str]) -> str:
-    """A temporary table of a batch: its varying columns unnested side by side from ``relation``, its constant ones as literals."""
-    selected = [f'unnest("{column}") AS "{column}"' for column in varying] + [
+    """A temporary table of a batch: its varying columns unnested side by side from ``relation``, and each row's id.
+
+    The constant columns are not stored in it (:func:`_batch_frame` adds them as literals):
+    every column of a table costs DuckDB its own uncompressed segments, which a batch of
+    completions, mostly constant, would pay two dozen times (docs/performance.md, "Ingest").
+    """
+    unnested = ", ".join(f'unnest("{column}") AS "{column}"' for column in varying)
+    parts = (sql_literal(constant[part]) if part in constant else f'"{part}"' for part in ("pipeline", "scope", "key"))
+    identity = f" || chr({ord(ID_SEPARATOR)}) || ".join(parts)
+    kept = ", ".join(f'"{column}"' for column in varying)
+    return f"CREATE TEMPORARY TABLE {table} AS SELECT {kept}, {identity} AS item_id FROM (SELECT {unnested} FROM {relation})"
+
+
+def _batch_frame(table: str, constant: Mapping[str, Any]) -> str:
+    """The batch as the bulk statements read it: the table's columns, the constant ones as typed literals."""
+    if not constant:
+        return table
+    literals = ", ".join(
         f'CAST({sql_literal(value)} AS {_BATCH_TYPES[column]}) AS "{column}"' for column, value in constant.items()
-    ]
-    identity = f'"pipeline" || chr({ord(ID_SEPARATOR)}) || "scope" || chr({ord(ID_SEPARATOR)}) || "key"'
-    inner = f"SELECT {', '.join(selected)} FROM {relation}"
-    return f"CREATE TEMPORARY TABLE {table} AS SELECT *, {identity} AS item_id FROM ({inner})"
+    )
+    return f"(SELECT *, {literals} FROM {table})"
 
 
 @contextmanager
 def _batch_table(
     connection: duckdb.DuckDBPyConnection, constant: Mapping[str, Any], varying: Mapping[str, list[Any]]
 ) -> Iterator[str]:
-    """A temporary table of the batch (:func:`_batch_load_sql`), loaded in one statement."""
+    """The batch's frame (:func:`_batch_frame`) over a temporary table loaded in one statement (:func:`_batch_load_sql`)."""
     name = f"osaa_batch_{uuid.uuid4().hex}"
     try:
         with _json_relation(varying) as relation:
             connection.execute(_batch_load_sql(name, relation, constant, varying))
-        yield name
+        yield _batch_frame(name, constant)
     finally:
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -554,6 +570,33 @@ class DuckDBStore(CheckpointStore):
                 return self._live_connection().execute(inline_parameters(sql, params)).fetchall()
             except duckdb.Error as exc:
                 raise self._error(exc) from exc
+
+    @contextmanager
+    def returning_memory(self) -> Iterator[None]:
+        """Every bulk deallocation of this database flushes DuckDB's allocator inside the block.
+
+        DuckDB's jemalloc keeps freed pages for about a second, so a burst of bulk writes (a
+        commit's 1,000-file completion batches, under a second each) holds the pages of every
+        batch's transient query memory on top of the rows it adds: about 11 MB of the peak of
+        a first ingest of 10,000 files. Flushing them costs those writes nothing measurable,
+        but done while files are converted it cost 39 % more CPU (the conversions fault their
+        pages in again: docs/performance.md, "Ingest"), hence only for the block. The setting
+        is this database instance's, so another DuckDB instance of the process keeps its own.
+        """
+        with self._shared.lock:
+            try:
+                self._live_connection().execute(f"SET {_FLUSH_SETTING} = '0KiB'")
+            except duckdb.Error as exc:
+                raise self._error(exc) from exc
+        try:
+            yield
+        finally:
+            with self._shared.lock:
+                if self._connection is not None:
+                    try:
+                        self._connection.execute(f"RESET {_FLUSH_SETTING}")
+                    except duckdb.Error as exc:
+                        logger.warning("Checkpoint database %s kept flushing its allocator: %s", self.db_path, exc)
 
     def metadata_field(self, column: str, name: str) -> str:
         path = sql_literal(f'$."{name}"')
@@ -861,13 +904,13 @@ class DuckDBStore(CheckpointStore):
             constant, varying, stored = split_constant(columns)
             writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
             check_stored(stored, writes)
-            with _batch_table(connection, constant, varying) as name:
-                connection.execute(_bulk_event_sql(name, stored))
+            with _batch_table(connection, constant, varying) as frame:
+                connection.execute(_bulk_event_sql(frame, stored))
                 if INSERT in writes:
-                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=name))
+                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=frame))
                 if UPDATE in writes:
                     settable = settable_columns(stored)
-                    self._update_rows(connection, name, settable, _known_changes(settable, constant, varying, rows))
+                    self._update_rows(connection, frame, settable, _known_changes(settable, constant, varying, rows))
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})

@@ -26,6 +26,7 @@ import uuid
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -210,6 +211,10 @@ class PipelineCheckpoint:
     def close(self) -> None:
         """End this run and release the store; its in_progress items become interrupted."""
         self._finalizer()
+
+    def returning_memory(self) -> AbstractContextManager[None]:
+        """A block of bulk writes whose freed memory the store gives back at once (:meth:`CheckpointStore.returning_memory`)."""
+        return self._require_open().returning_memory()
 
     # -- single items -------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -169,6 +170,16 @@ class CheckpointStore(ABC):
     @abstractmethod
     def reclaim_space(self) -> dict[str, Any]:
         """Give back the space deleted rows take (after :meth:`prune`); says what was done."""
+
+    @contextmanager
+    def returning_memory(self) -> Iterator[None]:
+        """Inside the block, the store gives the memory its writes free back to the system at once, where it can.
+
+        For a burst of bulk writes at the end of a process's work (a commit's completions):
+        an embedded store's allocator otherwise keeps freed pages for reuse, which is what the
+        rest of the work wants. A server-side store has nothing to give back here.
+        """
+        yield
 
     def apply(self, pipeline: str, target: Target, plan: Plan) -> Sequence[Event]:
         """Lock and read ``target``'s rows, append ``plan``'s events and write their rows, atomically."""

@@ -197,14 +197,16 @@ def _record_index(run: Run, checkpoint: PipelineCheckpoint, store: ObjectStore, 
     db_path = run.target.db_path
     if store.identity != scope.store:
         return
-    fingerprints = checkpoint.completed_fingerprints(
-        CheckpointScope.FILE, raw_files.landing_prefix(scope.env_prefix), metadata=store_metadata(store)
-    )
-    try:
-        checkpoint.store.read("CHECKPOINT")
-    except CheckpointError as error:
-        _log.info("No skip index for %s: %s", db_path, error)
-        return
+    # The run's last work: the checkpoint folds every row this run wrote, and what it frees need not be kept.
+    with checkpoint.returning_memory():
+        fingerprints = checkpoint.completed_fingerprints(
+            CheckpointScope.FILE, raw_files.landing_prefix(scope.env_prefix), metadata=store_metadata(store)
+        )
+        try:
+            checkpoint.store.read("CHECKPOINT")
+        except CheckpointError as error:
+            _log.info("No skip index for %s: %s", db_path, error)
+            return
     identity = skip_index.database_identity(db_path)
     if identity[0] is None or identity[1] is not None:
         return
