@@ -881,3 +881,23 @@ def test_make_store_builds_an_s3_store_and_bucket_overrides_settings(
     assert isinstance(store, S3Store)
     assert store.uri("k") == f"s3://{s3_bucket}/k"
     assert store.exists("k")
+
+
+def test_the_stores_digests_are_the_standard_md5_and_sha256_whichever_module_computes_them() -> None:
+    from sqlmesh_osaa import storage
+
+    assert storage._new_md5(b"osaa").hexdigest() == hashlib.md5(b"osaa").hexdigest()
+    assert storage._new_sha256(b"osaa").hexdigest() == hashlib.sha256(b"osaa").hexdigest()
+    assert storage._builtin_hash("md5", "_no_such_module") is hashlib.md5
+
+
+def test_a_local_put_never_loads_openssls_hashes(tmp_path: Path) -> None:
+    """A local ingest hashes every raw file; CPython's own MD5 keeps libcrypto out of its memory."""
+    (tmp_path / "file.bin").write_bytes(b"x" * 100)
+    script = (
+        "import sys\nfrom sqlmesh_osaa.storage import LocalStore\n"
+        f"LocalStore({str(tmp_path / 'bucket')!r}, 'bkt').put_file({str(tmp_path / 'file.bin')!r}, 'data/file.bin')\n"
+        "print('_hashlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
