@@ -123,11 +123,11 @@ def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], targe
     Run inside the adapter's transaction (SQLMesh's evaluation opens one), so COPY sees the
     table the same evaluation just wrote. The table form of COPY (not a query) is the fastest,
     and its text format costs the server and the client less than CSV (docs/decisions.md).
-    A table of one column is copied with an empty second field (:func:`_copy_fields`).
+    A table of one column is copied with an empty second field (:func:`_padded`).
     """
     table = exp.to_table(table_name).sql(dialect="postgres", identify=True)
     listed = ", ".join(exp.to_identifier(name, quoted=True).sql(dialect="postgres") for name in names)
-    source = f"(SELECT {listed}, '' FROM {table})" if _copy_fields(len(names)) > len(names) else f"{table} ({listed})"
+    source = f"(SELECT {listed}, '' FROM {table})" if _padded(len(names)) else f"{table} ({listed})"
     sql = f"COPY {source} TO STDOUT WITH (FORMAT text)"
     with adapter.transaction(), target.open("wb", buffering=_COPY_BUFFER_BYTES) as out:
         cursor = adapter.connection.cursor()
@@ -137,13 +137,13 @@ def _postgres_copy_text(adapter: t.Any, table_name: str, names: list[str], targe
             cursor.close()
 
 
-def _copy_fields(columns: int) -> int:
-    """Fields per line of the COPY: one more than the columns for a single column.
+def _padded(columns: int) -> bool:
+    """Whether the COPY of ``columns`` columns carries an empty extra field on every line.
 
     One column holding an empty string would be an empty line, which DuckDB's reader skips;
     a second, empty field keeps the row.
     """
-    return columns + 1 if columns == 1 else columns
+    return columns == 1
 
 
 def _read_copy_text(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
@@ -154,7 +154,8 @@ def _read_copy_text(path: Path, columns: t.Mapping[str, exp.DataType]) -> str:
     """
     literal = lambda text: exp.Literal.string(text).sql(dialect=NATIVE_DIALECT)  # noqa: E731
     dtypes = [dtype.sql(dialect=NATIVE_DIALECT) for dtype in columns.values()]
-    dtypes += ["VARCHAR"] * (_copy_fields(len(dtypes)) - len(dtypes))
+    if _padded(len(dtypes)):
+        dtypes.append("VARCHAR")
     types = ", ".join(f"'c{i}': {literal(dtype)}" for i, dtype in enumerate(dtypes))
     reader = (
         f"read_csv({literal(str(path))}, columns = {{{types}}}, header = false, delim = '\t', quote = '', "
