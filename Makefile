@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/commit.py
 	$(BIN)/python bench/hooks.py
 	$(BIN)/python bench/projects.py
+	$(BIN)/python bench/project_variants.py
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/store_growth.py
