@@ -85,9 +85,6 @@ _R = TypeVar("_R")
 TEMP_MARKER = ".osaa-tmp-"
 _META_DIR = ".osaa-meta"
 _SCRATCH_DIR = ".osaa-scratch"
-# LocalStore.sync(): up to this many keys written under deferred durability get an fsync each
-# (their files and directories); more get one syncfs of the filesystem.
-_FSYNC_AT_MOST = 64
 # What os.link raises where a hard link cannot be made (another filesystem, no link support,
 # too many links, a policy against linking): a local copy then writes the bytes instead.
 _NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
@@ -628,9 +625,6 @@ class LocalStore(ObjectStore):
         self._meta_dir = self.root / _META_DIR / bucket
         self._deferring = 0
         self._sync_owed = False
-        # Keys written under deferred durability since the last sync; None once there are more
-        # than _FSYNC_AT_MOST (then sync() flushes the whole filesystem instead).
-        self._owed_keys: set[str] | None = set()
         self._durability_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -667,7 +661,7 @@ class LocalStore(ObjectStore):
             if expected is not None and digest.md5 != expected:
                 raise self._bad_digest(local_path, key, digest.md5, expected)
 
-        durable = self._durable(key)
+        durable = self._durable()
         with self._os_errors("PutObject", key):
             written = atomic_write(self._object_path(key), write, durable=durable)
             metadata = {**user_metadata, MD5_METADATA_KEY: digest.md5}
@@ -684,7 +678,7 @@ class LocalStore(ObjectStore):
         and a failed write leaves the file where it was, so a retry can still move it.
         """
         target = self._object_path(key)
-        durable = self._durable(key)
+        durable = self._durable()
         digest = ContentDigest()
         with open(local_path, "rb") as handle:
             for chunk in iter(lambda: handle.read(_CHUNK), b""):
@@ -726,57 +720,23 @@ class LocalStore(ObjectStore):
                 self._deferring -= 1
 
     def sync(self) -> None:
-        """Flush what was written under deferred durability: its files when few, else the filesystem.
-
-        A few objects (a publication) get an fsync each, with their directories: a syncfs
-        would also write back every other process's dirty pages on the filesystem (those of
-        a plan that just ended, say) and make this command wait for them. Many (an ingest)
-        get one syncfs instead of thousands of fsyncs.
-        """
         with self._durability_lock:
             owed, self._sync_owed = self._sync_owed, False
-            keys, self._owed_keys = self._owed_keys, set()
         if not owed:
             return
         try:
             with self._os_errors("Sync", ""):
-                if keys is None:
-                    sync_filesystem(self._bucket_dir)
-                else:
-                    self._fsync_keys(keys)
+                sync_filesystem(self._bucket_dir)
         except BaseException:
             with self._durability_lock:
-                self._sync_owed, self._owed_keys = True, None
+                self._sync_owed = True
             raise
 
-    def _fsync_keys(self, keys: Iterable[str]) -> None:
-        """fsync each key's file and sidecar, then every directory from theirs up to the root."""
-        directories: set[Path] = set()
-        for key in sorted(keys):
-            for path in (self._object_path(key), self._sidecar_path(key)):
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    pass  # replaced or deleted since: the directory's fsync covers its entry
-                else:
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                directories.update(parent for parent in path.parents if parent.is_relative_to(self.root))
-        for directory in sorted(directories, key=lambda d: len(d.parts), reverse=True):
-            with suppress(FileNotFoundError):
-                _fsync_dir(directory)
-
-    def _durable(self, key: str) -> bool:
-        """Whether a write of ``key`` now flushes itself; if not, a :meth:`sync` is owed for it."""
+    def _durable(self) -> bool:
+        """Whether a write now flushes itself; if not, a :meth:`sync` is owed."""
         with self._durability_lock:
             if self._deferring:
                 self._sync_owed = True
-                if self._owed_keys is not None:
-                    self._owed_keys.add(key)
-                    if len(self._owed_keys) > _FSYNC_AT_MOST:
-                        self._owed_keys = None
                 return False
         return True
 
@@ -819,7 +779,7 @@ class LocalStore(ObjectStore):
                 raise self._missing(src_key, "CopyObject")
             if src_key == dst_key:
                 return recorded
-            durable = self._durable(dst_key)
+            durable = self._durable()
             linked = self._copy_by_link(src_key, dst_key, (recorded, source), durable)
             if linked is not None:
                 return linked
