@@ -37,12 +37,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from projects import BIN, COMMANDS, MACROS, OSAA_CONFIG, Sample, generate, run_measured
+from projects import BIN, COMMANDS, MACROS, OSAA_VARIABLES, Sample, generate, run_measured
 
 HOOKS_IMPORT = "import sqlmesh_osaa.integration.hooks  # noqa: F401\n"
 OBJECTS = "_objects = [{'a': i, 'b': str(i), 'c': (i, i)} for i in range(40000)]\n"
 OBJECTS_FROZEN = "import gc\n\n" + OBJECTS + "gc.freeze()\n"
-HOOK_LINES = ('before_all: ["@osaa_before_all()"]\n', 'after_all: ["@osaa_after_all()"]\n')
 
 
 def _macros(text: str) -> Callable[[Path], None]:
@@ -54,11 +53,8 @@ def _macros(text: str) -> Callable[[Path], None]:
 
 
 def _variables(project: Path) -> None:
-    variables = OSAA_CONFIG
-    for line in HOOK_LINES:
-        variables = variables.replace(line, "")
     with (project / "config.yaml").open("a") as config:
-        config.write(variables)
+        config.write(OSAA_VARIABLES)
 
 
 def _full_outputs(project: Path) -> None:

@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-OSAA_CONFIG = """before_all: ["@osaa_before_all()"]
-after_all: ["@osaa_after_all()"]
-variables:
+OSAA_VARIABLES = """variables:
   osaa:
     storage: {backend: local, root: .osaa/storage, bucket: osaa}
     checkpoint: {db_path: .osaa/checkpoints.duckdb}
 """
+OSAA_CONFIG = 'before_all: ["@osaa_before_all()"]\nafter_all: ["@osaa_after_all()"]\n' + OSAA_VARIABLES
 MACROS = """import importlib
 
 import sqlmesh_osaa.macros as _osaa_macros
