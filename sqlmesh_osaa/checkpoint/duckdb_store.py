@@ -100,15 +100,6 @@ COMPACTION_SWAPPED = "compaction_swapped"
 _MAX_CACHED_ROWS = 4096
 # A deallocation of at least this size flushes DuckDB's allocator (DuckDBStore.returning_memory).
 _FLUSH_SETTING = "allocator_bulk_deallocation_flush_threshold"
-# New files are written in 16 KiB blocks, not DuckDB's 256 KiB: rows not yet checkpointed
-# live in in-memory segments of at least a block per column (and per validity mask), so with
-# 256 KiB blocks ~0.5 MB per column sat in memory from a few hundred rows on, whatever their
-# size (docs/performance.md, "Ingest"). A file keeps the block size it was created with.
-BLOCK_SIZE = 16384
-# With small blocks, DuckDB folds the WAL into the file once it holds this much (not 16 MiB):
-# each checkpoint compresses the rows written so far, and its new segments are small. In a
-# 256 KiB file every checkpoint gives each column fresh 256 KiB segments, so it keeps DuckDB's.
-CHECKPOINT_THRESHOLD = "1MiB"
 
 _ROW_TYPES = {
     "pipeline": "VARCHAR",
@@ -404,7 +395,7 @@ def _connect(path: Path, lock_timeout: float) -> duckdb.DuckDBPyConnection:
     delay = _FIRST_RETRY_DELAY
     while True:
         try:
-            return duckdb.connect(str(path), config={"default_block_size": str(BLOCK_SIZE)})
+            return duckdb.connect(str(path))
         except duckdb.IOException as exc:
             holder = _LOCK_HOLDER.search(str(exc))
             if holder is None:
@@ -680,7 +671,7 @@ class DuckDBStore(CheckpointStore):
         # Everything committed is in the file: the old WAL is gone before the swap.
         connection.execute("CHECKPOINT")
         (name,) = connection.execute("SELECT current_database()").fetchone()
-        connection.execute(f"ATTACH {sql_literal(str(copy))} AS osaa_compacting (BLOCK_SIZE {BLOCK_SIZE})")
+        connection.execute(f"ATTACH {sql_literal(str(copy))} AS osaa_compacting")
         try:
             connection.execute(f'COPY FROM DATABASE "{name}" TO osaa_compacting')
             fault_point(COMPACTION_COPIED)
@@ -738,11 +729,6 @@ class DuckDBStore(CheckpointStore):
         # Checkpoint statements are small: a second DuckDB thread only added scheduling
         # overhead when measured (docs/performance.md) and competes with the pipeline's work.
         connection.execute("SET threads = 1")
-        (block_size,) = connection.execute(
-            "SELECT block_size FROM pragma_database_size() WHERE database_name = current_database()"
-        ).fetchone()
-        if block_size == BLOCK_SIZE:
-            connection.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         version, hash_holds = self._layout(connection)
         if version is not None and version > SCHEMA_VERSION:
             return  # a newer layout is left as it is
