@@ -539,13 +539,15 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def put_bytes(
-        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None, durable: bool = True
     ) -> str:
         """Write a small object in one request and return its ETag; the commit protocol's primitive.
 
         ``if_none_match`` writes only when ``key`` does not exist; ``if_match`` only when its
         current ETag is that value. A lost condition raises :class:`PreconditionFailedError`
         (permanent; a 409 ConditionalRequestConflict is transient) and writes nothing.
+        ``durable=False`` lets the object reach the disk at the next :meth:`sync` (for a record
+        a power cut may lose; an S3 write is durable anyway).
         """
 
     @abstractmethod
@@ -905,13 +907,16 @@ class LocalStore(ObjectStore):
         return str(self._object_path(key))
 
     def put_bytes(
-        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None, durable: bool = True
     ) -> str:
         """Conditions are checked and the object renamed into place under an exclusive lock on the key."""
         self._check_key(key, "PutObject")
         digest = ContentDigest()
         digest.update(data)
         etag = digest.md5
+        if not durable:
+            with self._durability_lock:
+                self._sync_owed = True
         with self._os_errors("PutObject", key), self._key_lock(key):
             if if_none_match or if_match is not None:
                 current = self._current_etag(key)
@@ -919,8 +924,8 @@ class LocalStore(ObjectStore):
                     raise self._precondition_failed(key, "the object exists")
                 if if_match is not None and current != if_match.strip('"'):
                     raise self._precondition_failed(key, f"its ETag is {current}, not {if_match}")
-            written = atomic_write(self._object_path(key), lambda handle: handle.write(data))
-            self._write_sidecar(key, written, {MD5_METADATA_KEY: etag}, digest.checksum)
+            written = atomic_write(self._object_path(key), lambda handle: handle.write(data), durable=durable)
+            self._write_sidecar(key, written, {MD5_METADATA_KEY: etag}, digest.checksum, durable=durable)
         return etag
 
     def get_bytes(self, key: str) -> tuple[bytes, str] | None:
@@ -1432,7 +1437,7 @@ class S3Store(ObjectStore):
         return f"s3://{self.bucket}/{key}"
 
     def put_bytes(
-        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None, durable: bool = True
     ) -> str:
         self._check_key(key, "PutObject")
         md5 = _new_md5(data, usedforsecurity=False)
