@@ -13,8 +13,9 @@ slower and larger process: read it for the Python part only;
 ``--detail`` splits each step by the innermost function of the package running in it.
 
 ``--checkpoint-writes`` runs, instead of the ingest, only its FILE checkpoint writes in a fresh
-process (rows started in chunks of ``CHUNK_SIZE``, completed in batches of ``COMPLETION_BATCH``
-after a status read, the fingerprints read back, then the ``CHECKPOINT`` the skip index takes)
+process, as the commit's finish writes them (staging writes none): in batches of
+``COMPLETION_BATCH``, each a read of the recorded fingerprints, the rows started, then
+completed; then the fingerprints read back and the ``CHECKPOINT`` the skip index takes)
 and prints, per phase, the resident size and DuckDB's own accounting (``duckdb_memory()``):
 what DuckDB holds live against what the process holds. ``--sql STATEMENT`` runs a statement on
 the store's connection first (a DuckDB setting to try); ``DUCKDB_JE_MALLOC_CONF`` in ``--env``
@@ -123,7 +124,6 @@ keep_pandas_out()
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.checkpoint.states import Fingerprint
 from sqlmesh_osaa.commit_protocol import COMPLETION_BATCH
-from sqlmesh_osaa.ingest import CHUNK_SIZE
 def status(fields=("VmRSS", "RssAnon", "VmHWM")):
     with open("/proc/self/status") as handle:
         found = dict(line.split(":", 1) for line in handle if line.startswith(fields))
@@ -139,18 +139,16 @@ for statement in statements:
 phase("opened")
 keys = [f"dev/landing/{('wdi', 'sdg')[i % 2]}/part{i // 1000:03d}/series_{i:05d}.parquet" for i in range(count)]
 path = {key: f"{os.path.dirname(database)}/raw/{key[12:-8]}.csv" for key in keys}
-for start in range(0, count, CHUNK_SIZE):
-    checkpoint.mark_started_many(CheckpointScope.FILE, [(key, path[key]) for key in keys[start : start + CHUNK_SIZE]], force=True)
-phase(f"{count:,} started in chunks of {CHUNK_SIZE}")
 where = {"store": f"local:{os.path.dirname(database)}/store"}
 for start in range(0, count, COMPLETION_BATCH):
     batch = keys[start : start + COMPLETION_BATCH]
-    checkpoint.statuses(CheckpointScope.FILE, batch, metadata=where)
+    checkpoint.recorded_fingerprints(CheckpointScope.FILE, batch, metadata=where)
+    checkpoint.mark_started_many(CheckpointScope.FILE, [(key, path[key]) for key in batch], force=True)
     fingerprints = [Fingerprint("0" * 32, 120 + n, 1_700_000_000_000_000_000 + n) for n in range(len(batch))]
     checkpoint.mark_completed_many(
         CheckpointScope.FILE, [(key, path[key], known) for key, known in zip(batch, fingerprints)], metadata=where
     )
-phase(f"completed in batches of {COMPLETION_BATCH:,}")
+phase(f"{count:,} started and completed in batches of {COMPLETION_BATCH:,}")
 checkpoint.completed_fingerprints(CheckpointScope.FILE, "dev/landing/", metadata=where)
 phase("fingerprints read back")
 checkpoint.store.read("CHECKPOINT")

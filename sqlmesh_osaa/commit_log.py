@@ -47,6 +47,11 @@ HEAD_KEY = f"{PROTOCOL_ROOT}head.json"
 MARKER_PREFIX = f"{PROTOCOL_ROOT}transactions/"
 VERSIONS_PREFIX = f"{PROTOCOL_ROOT}versions/"
 TOMBSTONE_PREFIX = f"{PROTOCOL_ROOT}tombstones/"
+# Under an attempt's versions root, the files it stages, named before their upload (key and
+# source path, a batch an object): the attempt's FILE checkpoints are written at its end, so
+# recovery reads them here when it rolls the attempt back. No staged key is under it: a
+# transaction refuses keys under PROTOCOL_ROOT.
+STAGED_FILES = f"{PROTOCOL_ROOT}files/"
 FORMAT = 1
 # How long a marker's heartbeat vouches for an owner another host cannot check directly.
 DEFAULT_LEASE_SECONDS = 300.0
@@ -355,6 +360,32 @@ class CommitLog:
         if keys:
             self._call(self.store.delete_many, keys, operation="DeleteObjects")
         return len(keys)
+
+    def record_staged_files(self, root: str, number: int, files: Sequence[tuple[str, str]]) -> None:
+        """Name batch ``number`` of the files the attempt at ``root`` is about to stage: (key, source path).
+
+        Not flushed on its own (staged versions are not either, until a decision names them):
+        a power cut may lose it, and then the next ingest lands those files, as no completed
+        FILE row records them.
+        """
+        data = json.dumps([list(item) for item in files]).encode()
+        key = f"{root}{STAGED_FILES}{number:06d}.json"
+        self._call(self.store.put_bytes, key, data, durable=False, operation="PutObject")
+
+    def staged_files(self, root: str) -> list[tuple[str, str]]:
+        """Every (key, source path) the attempt at ``root`` named before staging, in the order named."""
+        files: list[tuple[str, str]] = []
+        for info in self.list(root + STAGED_FILES):
+            found = self._call(self.store.get_bytes, info.key, operation="GetObject")
+            if found is not None:
+                files.extend((key, path) for key, path in json.loads(found[0]))
+        return files
+
+    def forget_staged_files(self, root: str) -> None:
+        """Delete the names of the files an attempt staged, once its FILE checkpoints hold its outcome."""
+        keys = [info.key for info in self.list(root + STAGED_FILES)]
+        if keys:
+            self._call(self.store.delete_many, keys, operation="DeleteObjects")
 
     def bury(self, root: str) -> None:
         """Remember a dead attempt's versions root, so recovery removes writes that land there late."""

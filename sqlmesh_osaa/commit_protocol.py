@@ -1,7 +1,8 @@
 """The commit protocol: decide in the commit log, apply to stable keys, finish, recover.
 
-A transaction has uploaded its objects as immutable versions (``_osaa/versions/<id>/``)
-and holds a marker; then (docs/recovery.md tells the whole story):
+A transaction has uploaded its objects as immutable versions (``_osaa/versions/<id>/``),
+each batch of files named there first (``STAGED_FILES``), and holds a marker; then
+(docs/recovery.md tells the whole story):
 
 1. **decide** — its entry (full manifest, the snapshot it leaves) is written at the next
    free log position with If-None-Match. A position taken by a commit of an overlapping key
@@ -10,13 +11,15 @@ and holds a marker; then (docs/recovery.md tells the whole story):
    the new set from here on;
 2. **apply** — server-side copy of each version to its stable key, then the deletes, after
    any live earlier decision of the same keys has finished applying;
-3. **finish** — FILE checkpoints completed with the fingerprints the manifest carries, the
-   pointer moved, versions no retained snapshot names deleted, the marker deleted.
+3. **finish** — FILE checkpoints started and completed with the fingerprints the manifest
+   carries (staging writes none), the names of the staged files deleted, the pointer moved,
+   versions no retained snapshot names deleted, the marker deleted.
 
 Recovery reads only the store: a dead owner's decided transaction is rolled forward (each
 version verified against the manifest's checksum; keys a later commit took are skipped, so
 a stale decision never lands over a newer one); an undecided one is fenced out of the log
-by an abort entry and its versions deleted.
+by an abort entry, the FILE checkpoints of the files it named fail, and its versions are
+deleted.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, ItemChange, PipelineCheckpoint
 from sqlmesh_osaa.commit_log import (
     _ACTIVE,
     VERSIONS_PREFIX,
@@ -299,13 +302,25 @@ def complete_files(checkpoint: PipelineCheckpoint, store: ObjectStore, puts: Seq
 
 
 def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], puts: Sequence[Mapping[str, Any]]) -> None:
-    statuses = checkpoint.statuses(CheckpointScope.FILE, [put["key"] for put in puts], metadata=where)
-    todo = [put for put in puts if statuses.get(put["key"]) != CheckpointStatus.COMPLETED.value]
+    """Start (staging wrote no row) and complete the batch's files, but those already completed as the manifest says.
+
+    A row completed with the put's fingerprint was written by this commit before a crash, or
+    says the same already: it is left. Any other row is started again, so a key an earlier
+    transaction completed gets this one's attempt and fingerprint.
+    """
+    recorded = checkpoint.recorded_fingerprints(CheckpointScope.FILE, [put["key"] for put in puts], metadata=where)
+    todo = [put for put in puts if not _completed_as_put(recorded.get(put["key"]), put)]
     restart = [(put["key"], put["source_path"]) for put in todo
-               if statuses.get(put["key"]) != CheckpointStatus.IN_PROGRESS.value]
+               if recorded.get(put["key"], ("",))[0] != CheckpointStatus.IN_PROGRESS.value]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
     checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)
+
+
+def _completed_as_put(recorded: tuple[str, Fingerprint] | None, put: Mapping[str, Any]) -> bool:
+    if recorded is None or recorded[0] != CheckpointStatus.COMPLETED.value or put.get("fingerprint") is None:
+        return False
+    return recorded[1] == Fingerprint(**put["fingerprint"])
 
 
 def _completion(put: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -315,10 +330,27 @@ def _completion(put: Mapping[str, Any]) -> tuple[Any, ...]:
     return (put["key"], put["source_path"], Fingerprint(**fingerprint))
 
 
-def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None) -> None:
+def fail_files(checkpoint: PipelineCheckpoint, files: Iterable[tuple[str, str]], message: str) -> None:
+    """FILE checkpoints of files a rolled-back attempt staged, failed with ``message`` (a key named twice: its last path).
+
+    Staging wrote no row for them, so each is started first; a batch at a time, as completions.
+    """
+    paths = dict(files)
+    keys = list(paths)
+    for start in range(0, len(keys), COMPLETION_BATCH):
+        batch = keys[start : start + COMPLETION_BATCH]
+        checkpoint.mark_started_many(CheckpointScope.FILE, [(key, paths[key]) for key in batch], force=True)
+        checkpoint.record_changes(
+            CheckpointScope.FILE,
+            [ItemChange(key, CheckpointStatus.FAILED, error_message=message, category=ErrorCategory.TRANSIENT) for key in batch],
+        )
+
+
+def finish(log: CommitLog, entry: Entry, checkpoint: PipelineCheckpoint | None, versions_root: str) -> None:
     """After apply: checkpoints, pointer, garbage, marker — each failure here only costs a later retry."""
     if checkpoint is not None:
         complete_files(checkpoint, log.store, entry.puts)
+    log.forget_staged_files(versions_root)
     fault_point(BEFORE_STAGING_CLEANUP)
     log.move_head(entry.position)
     log.collect_replaced(entry.position)
@@ -427,18 +459,22 @@ def _recover_one(
     log: CommitLog, marker: Marker, checkpoint: PipelineCheckpoint | None, report: RecoveryReport, max_workers: int
 ) -> Entry | None:
     decision = log.entry(marker.position) if marker.position else _fence(log, marker)
+    own = checkpoint if checkpoint is not None and checkpoint.pipeline_name == marker.pipeline else None
     if decision is None:
+        reason = "owner died before the commit decision"
         log.bury(marker.versions)
+        if own is not None:
+            fail_files(own, log.staged_files(marker.versions), f"transaction {marker.transaction_id} rolled back: {reason}")
         clean_transaction_area(log, marker.versions)
         log.delete_marker(marker.transaction_id)
-        if checkpoint is not None and checkpoint.pipeline_name == marker.pipeline:
-            _end_row(checkpoint, marker.transaction_id, None, "owner died before the commit decision")
+        if own is not None:
+            _end_row(own, marker.transaction_id, None, reason)
         report.rolled_back.append(marker.transaction_id)
         _log.warning("Recovered transaction %s by rolling it back", marker.transaction_id)
         return None
     superseded = sorted(log.later_keys(decision.position) & decision.touched)
     apply_entry(log.store, decision, log.handler, skip=superseded, resuming=True, max_workers=max_workers)
-    finish(log, decision, checkpoint if checkpoint is not None and checkpoint.pipeline_name == marker.pipeline else None)
+    finish(log, decision, own, marker.versions)
     report.rolled_forward.append(marker.transaction_id)
     if superseded:
         report.superseded[marker.transaction_id] = superseded

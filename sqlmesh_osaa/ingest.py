@@ -209,10 +209,7 @@ def _convert_and_commit(
             for outcome in txn.upload_many(uploads):
                 relative = str(outcome.upload.metadata["source-file"])
                 if outcome.error is not None:
-                    checkpoint.mark_failed(
-                        CheckpointScope.FILE, outcome.upload.key, str(outcome.error),
-                        outcome.upload.tracked_path, category=categorize_error(outcome.error),
-                    )
+                    _record_failure(checkpoint, outcome.upload.key, outcome.upload.tracked_path, outcome.error)
                     collector.add_failure(relative, outcome.error)
                 else:
                     staged.append((relative, outcome.upload.key))
@@ -342,7 +339,12 @@ def remove_abandoned_workdirs(scratch: Path) -> int:
 
 
 def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:
+    _record_failure(checkpoint, key, str(raw.path), exc)
+
+
+def _record_failure(checkpoint: PipelineCheckpoint, key: str, path: str, exc: BaseException) -> None:
+    """The file's FILE checkpoint fails with ``exc``, started first when it is not in progress."""
     row = checkpoint.get(CheckpointScope.FILE, key)
     if row is None or row["status"] != "in_progress":
-        checkpoint.mark_started(CheckpointScope.FILE, key, str(raw.path), force=True)
-    checkpoint.mark_failed(CheckpointScope.FILE, key, str(exc), str(raw.path), category=categorize_error(exc))
+        checkpoint.mark_started(CheckpointScope.FILE, key, path, force=True)
+    checkpoint.mark_failed(CheckpointScope.FILE, key, str(exc), path, category=categorize_error(exc))

@@ -35,6 +35,7 @@ from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineC
 from sqlmesh_osaa.commit_log import (
     _ACTIVE,
     DEFAULT_LEASE_SECONDS,
+    PROTOCOL_ROOT,
     CommitLog,
     Marker,
     Owner,
@@ -54,6 +55,7 @@ from sqlmesh_osaa.commit_protocol import (
     clean_transaction_area,
     complete_files,
     decide,
+    fail_files,
     finish,
     recover_store,
     row_manifest,
@@ -197,6 +199,7 @@ class TransactionManager:
         self._known_production: dict[str, dict[str, str | None]] = {}
         self._lock = threading.Lock()
         self._put_positions: dict[str, int] = {}
+        self._staged_batches = 0
         self._marker: Marker | None = None
         self._base: dict[str, dict[str, Any]] = {}
         self._heartbeat_stop = threading.Event()
@@ -340,16 +343,20 @@ class TransactionManager:
     def upload_many(self, uploads: Sequence[Upload]) -> list[UploadOutcome]:
         """Stage many files concurrently; a file that fails is reported in its outcome, not raised.
 
-        Their FILE checkpoints are started in one batch before any upload begins.
+        The batch is named in the attempt's versions root before any upload begins; the FILE
+        checkpoints are written once, when the transaction ends (completed, or failed on a
+        rollback, by recovery too): a row started per file at staging was the largest part of
+        a first ingest's memory (docs/performance.md, "Ingest").
         """
         accepting = self._accepting_work()
         refused = {index: error for index, upload in enumerate(uploads) if (error := self._refused(upload.key))}
         refused.update(self._given_twice(uploads))
         staging = [upload for index, upload in enumerate(uploads) if index not in refused]
         if accepting and staging:
-            self.checkpoint.mark_started_many(
-                CheckpointScope.FILE, [(upload.key, upload.tracked_path) for upload in staging], force=True
+            self.log.record_staged_files(
+                self.staging_root, self._staged_batches, [(upload.key, upload.tracked_path) for upload in staging]
             )
+            self._staged_batches += 1
         # Staged versions need to survive a power cut only once a decision names them: commit() syncs first.
         with self.store.deferred_durability():
             staged = map_requests(
@@ -363,7 +370,9 @@ class TransactionManager:
 
     def _refused(self, key: str) -> TransactionError | None:
         """Why ``key`` can never be stored, before anything is staged or recorded for it."""
-        problem = key_problem(key)
+        problem = key_problem(key) or (
+            f"keys under {PROTOCOL_ROOT!r} are the commit protocol's" if key.startswith(PROTOCOL_ROOT) else None
+        )
         if problem is None:
             return None
         return TransactionError(
@@ -540,7 +549,7 @@ class TransactionManager:
             await_earlier(self.log, entry)
             apply_entry(self.store, entry, self.error_handler, max_workers=self.max_workers)
             self._release()
-            finish(self.log, entry, self.checkpoint)
+            finish(self.log, entry, self.checkpoint, self.staging_root)
         except Exception as exc:
             self._release()
             raise self._unfinished(
@@ -563,6 +572,7 @@ class TransactionManager:
         self._release()
         puts = PutRecords(self.manifest.puts)
         complete_files(self.checkpoint, self.store, puts)
+        self.log.forget_staged_files(self.staging_root)
         self.log.delete_marker(self.transaction_id)
         self.checkpoint.mark_completed(
             CheckpointScope.OPERATION, journal_key(self.transaction_id),
@@ -608,16 +618,9 @@ class TransactionManager:
             )
 
     def _fail_rows(self, reason: str) -> None:
-        for put in self.manifest.puts:
-            row = self.checkpoint.get(CheckpointScope.FILE, put.key)
-            if row is not None and row["status"] == CheckpointStatus.IN_PROGRESS.value:
-                self.checkpoint.mark_failed(
-                    CheckpointScope.FILE,
-                    put.key,
-                    f"transaction {self.transaction_id} rolled back: {reason}",
-                    put.source_path,
-                    category=ErrorCategory.TRANSIENT,
-                )
+        """The FILE checkpoints of the staged files fail with the rollback's reason."""
+        files = [(put.key, put.source_path) for put in self.manifest.puts if put.source_path is not None]
+        fail_files(self.checkpoint, files, f"transaction {self.transaction_id} rolled back: {reason}")
         self.checkpoint.mark_failed(
             CheckpointScope.OPERATION,
             journal_key(self.transaction_id),

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sqlmesh_osaa.commit_log import HEAD_KEY, LOG_PREFIX, MARKER_PREFIX, VERSIONS_PREFIX
+from sqlmesh_osaa.commit_log import HEAD_KEY, LOG_PREFIX, MARKER_PREFIX, STAGED_FILES, VERSIONS_PREFIX
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
@@ -74,7 +74,7 @@ def test_rerun_with_nothing_changed_skips_every_file(raw, store, checkpoint):
 
 def data_requests(proxy, operation: str) -> list:
     """Requests of ``operation`` that carry data: the commit protocol's own small records aside."""
-    records = (f"/{MARKER_PREFIX}", f"/{LOG_PREFIX}", f"/{HEAD_KEY}")
+    records = (f"/{MARKER_PREFIX}", f"/{LOG_PREFIX}", f"/{HEAD_KEY}", f"/{STAGED_FILES}")
     return [r for r in proxy.requests(operation) if not any(record in r.target for record in records)]
 
 
@@ -97,7 +97,7 @@ def test_changing_one_file_reprocesses_exactly_that_file(raw, fault_proxy, s3_bu
     fault_proxy.reset_counts()
     result = ingest(raw, store, checkpoint)
     assert result.landed == ["prod/landing/wdi/WDICSV.parquet"]
-    uploads = [r for r in fault_proxy.requests("PutObject") if f"/{VERSIONS_PREFIX}" in r.target]
+    uploads = [r for r in data_requests(fault_proxy, "PutObject") if f"/{VERSIONS_PREFIX}" in r.target]
     assert len(uploads) == 1
     assert fault_proxy.count("CopyObject") == 1
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from support import jobs
 
-from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
+from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, Fingerprint, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
 from sqlmesh_osaa.exceptions import TransactionError, ValidationError
-from sqlmesh_osaa.commit_log import MARKER_PREFIX, PROTOCOL_ROOT, VERSIONS_PREFIX, CommitLog
-from sqlmesh_osaa.commit_protocol import row_puts
+from sqlmesh_osaa.commit_log import MARKER_PREFIX, PROTOCOL_ROOT, STAGED_FILES, VERSIONS_PREFIX, CommitLog
+from sqlmesh_osaa.commit_protocol import PutRecords, complete_files, row_puts
 from sqlmesh_osaa.fault_points import AFTER_STAGING
 from sqlmesh_osaa.storage import ObjectStore
 from sqlmesh_osaa.transaction_manager import (
@@ -81,9 +81,13 @@ def test_nothing_reaches_production_before_commit(store, checkpoint, tmp_path):
     t = txn(store, checkpoint)
     t.upload_file(write(tmp_path / "a.csv", "a"), "prod/a.parquet")
     assert keys(store, "prod/") == []
-    assert [info.key for info in store.list_prefix(t.staging_root)] == [f"{t.staging_root}prod/a.parquet"]
+    assert [info.key for info in store.list_prefix(t.staging_root)] == [
+        f"{t.staging_root}{STAGED_FILES}000000.json",
+        f"{t.staging_root}prod/a.parquet",
+    ]
     t.commit()
     assert keys(store, "prod/") == ["prod/a.parquet"]
+    assert [info.key for info in store.list_prefix(t.staging_root)] == [f"{t.staging_root}prod/a.parquet"]
 
 
 def test_exception_in_block_rolls_back_leaving_production_and_staging_empty(store, checkpoint, tmp_path):
@@ -137,7 +141,9 @@ def test_identical_object_is_neither_uploaded_nor_copied_again(store, checkpoint
     with txn(store, checkpoint) as second:
         put = second.upload_file(source, "prod/a.parquet")
         assert put.unchanged
-        assert list(store.list_prefix(second.staging_root)) == []
+        assert [info.key for info in store.list_prefix(second.staging_root)] == [
+            f"{second.staging_root}{STAGED_FILES}000000.json"
+        ]
     assert keys(store) == ["prod/a.parquet"]
 
 
@@ -264,6 +270,28 @@ def test_recovery_rolls_back_an_open_transaction_of_a_killed_process(store, tmp_
     assert list(store.list_prefix(MARKER_PREFIX)) == []
 
 
+def test_recovery_fails_the_file_checkpoint_of_what_a_killed_process_was_staging(store, tmp_path):
+    db = tmp_path / "checkpoints.duckdb"
+    killed = jobs.txn_job(store, db, "--put", "prod/a.parquet=a", "--id", "killed", fault=AFTER_STAGING)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with PipelineCheckpoint("transactions", db) as checkpoint:
+        assert checkpoint.get(CheckpointScope.FILE, "prod/a.parquet") is None
+        recover_transactions(checkpoint, store, error_handler=FAST)
+        row = checkpoint.get(CheckpointScope.FILE, "prod/a.parquet")
+    assert row["status"] == CheckpointStatus.FAILED.value
+    assert row["error_message"] == "transaction killed rolled back: owner died before the commit decision"
+    assert row["file_path"] == str(tmp_path / "work-a" / "0.txt")
+    assert list(store.list_prefix(VERSIONS_PREFIX)) == []
+
+
+def test_a_key_under_the_protocol_root_is_refused_before_anything_is_staged(store, checkpoint, tmp_path):
+    with pytest.raises(TransactionError, match="commit protocol"):
+        with txn(store, checkpoint) as t:
+            t.upload_file(write(tmp_path / "a.csv", "a"), f"{PROTOCOL_ROOT}files/000000.json")
+    assert list(store.list_prefix(VERSIONS_PREFIX)) == []
+    assert checkpoint.get(CheckpointScope.FILE, f"{PROTOCOL_ROOT}files/000000.json") is None
+
+
 @pytest.mark.s3
 def test_staging_a_rollback_could_not_delete_is_removed_by_recovery(fault_proxy, s3_bucket, checkpoint, tmp_path):
     from sqlmesh_osaa.exceptions import RollbackError
@@ -276,13 +304,44 @@ def test_staging_a_rollback_could_not_delete_is_removed_by_recovery(fault_proxy,
     with pytest.raises(RollbackError):
         t.rollback()
     fault_proxy.clear()
-    assert [info.key for info in store.list_prefix(t.staging_root)] == [f"{t.staging_root}prod/a.parquet"]
+    assert [info.key for info in store.list_prefix(t.staging_root)] == [
+        f"{t.staging_root}{STAGED_FILES}000000.json",
+        f"{t.staging_root}prod/a.parquet",
+    ]
 
     report = recover_transactions(checkpoint, store, error_handler=FAST)
 
     assert report.rolled_back == [t.transaction_id]
     assert list(store.list_prefix(t.staging_root)) == []
     assert list(store.list_prefix(MARKER_PREFIX)) == []
+
+
+def _stage_with_fingerprint(t: TransactionManager, source: Path, key: str) -> None:
+    stat = source.stat()
+    fingerprint = Fingerprint(f"md5-of-{source.read_text()}", stat.st_size, stat.st_mtime_ns)
+    [outcome] = t.upload_many([Upload(source, key, source_path=source, fingerprint=fingerprint)])
+    assert outcome.error is None
+
+
+def test_a_key_an_earlier_commit_completed_is_completed_again_with_the_new_fingerprint(store, checkpoint, tmp_path):
+    source = tmp_path / "a.csv"
+    with txn(store, checkpoint) as first:
+        _stage_with_fingerprint(first, write(source, "old"), "prod/a.parquet")
+    with txn(store, checkpoint) as second:
+        _stage_with_fingerprint(second, write(source, "new content"), "prod/a.parquet")
+    row = checkpoint.get(CheckpointScope.FILE, "prod/a.parquet")
+    assert (row["status"], row["attempt"], row["checksum"]) == ("completed", 2, "md5-of-new content")
+
+
+def test_completing_a_manifest_again_leaves_the_files_it_completed_as_they_are(store, checkpoint, tmp_path):
+    with txn(store, checkpoint) as t:
+        _stage_with_fingerprint(t, write(tmp_path / "a.csv", "a"), "prod/a.parquet")
+    before = checkpoint.history(CheckpointScope.FILE, "prod/a.parquet")
+
+    complete_files(checkpoint, store, PutRecords(t.manifest.puts))
+
+    assert checkpoint.history(CheckpointScope.FILE, "prod/a.parquet") == before
+    assert checkpoint.get(CheckpointScope.FILE, "prod/a.parquet")["attempt"] == 1
 
 
 def test_a_commit_of_more_files_than_one_completion_batch_completes_every_file(store, checkpoint, tmp_path, monkeypatch):

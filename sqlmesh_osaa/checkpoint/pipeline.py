@@ -427,6 +427,18 @@ class PipelineCheckpoint:
             key: row["status"] for key, row in rows.items() if row["status"] != COMPLETED or _records(row, metadata)
         }
 
+    def recorded_fingerprints(
+        self, scope: CheckpointScope | str, keys: Iterable[str], *, metadata: Mapping[str, str] | None = None
+    ) -> dict[str, tuple[str, Fingerprint]]:
+        """Status and recorded fingerprint of each of ``keys`` that has a row, in one query; a
+        completed row that did not record ``metadata``'s values is left out (another store's object)."""
+        rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
+        return {
+            key: (row["status"], Fingerprint(row["checksum"], row["file_size"], row["file_mtime_ns"]))
+            for key, row in rows.items()
+            if row["status"] != COMPLETED or _records(row, metadata)
+        }
+
     def completed_fingerprints(
         self, scope: CheckpointScope | str, key_prefix: str = "", *, metadata: Mapping[str, str] | None = None
     ) -> dict[str, tuple[int | None, int | None]]:
