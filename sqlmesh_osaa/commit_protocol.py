@@ -310,8 +310,8 @@ def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], pu
     """
     recorded = checkpoint.recorded_fingerprints(CheckpointScope.FILE, [put["key"] for put in puts], metadata=where)
     todo = [put for put in puts if not _completed_as_put(recorded.get(put["key"]), put)]
-    restart = [(put["key"], put["source_path"]) for put in todo
-               if recorded.get(put["key"], ("",))[0] != CheckpointStatus.IN_PROGRESS.value]
+    in_progress = {key for key, (status, _) in recorded.items() if status == CheckpointStatus.IN_PROGRESS.value}
+    restart = [(put["key"], put["source_path"]) for put in todo if put["key"] not in in_progress]
     if restart:
         checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
     checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)

@@ -251,7 +251,7 @@ def _fail_all(
     """The transaction could not begin (the store refused its marker): every file fails with that error."""
     _log.error("Could not begin the ingest transaction: %s", exc)
     for raw, key in todo:
-        _record_file_failure(checkpoint, key, raw, exc)
+        _record_failure(checkpoint, key, str(raw.path), exc)
         collector.add_failure(raw.relative, exc)
 
 
@@ -294,7 +294,7 @@ def _convert_chunk(
             threads.fit(raw.size)
             convert_csv_to_parquet(raw.path, parquet, connection=connection, with_columns=False)
         except Exception as exc:
-            _record_file_failure(checkpoint, key, raw, exc)
+            _record_failure(checkpoint, key, str(raw.path), exc)
             collector.add_failure(raw.relative, exc)
             parquet.unlink(missing_ok=True)
         else:
@@ -336,10 +336,6 @@ def remove_abandoned_workdirs(scratch: Path) -> int:
     if removed:
         _log.info("Removed %d work directories of killed ingest runs from %s", removed, scratch)
     return removed
-
-
-def _record_file_failure(checkpoint: PipelineCheckpoint, key: str, raw: RawFile, exc: BaseException) -> None:
-    _record_failure(checkpoint, key, str(raw.path), exc)
 
 
 def _record_failure(checkpoint: PipelineCheckpoint, key: str, path: str, exc: BaseException) -> None:

@@ -422,10 +422,7 @@ class PipelineCheckpoint:
     ) -> dict[str, str]:
         """The status of each of ``keys`` that has a row, in one query; a completed row that did not
         record ``metadata``'s values is left out (it describes another store's object)."""
-        rows = self._require_open().read_rows(self.pipeline_name, CheckpointScope(scope).value, list(keys))
-        return {
-            key: row["status"] for key, row in rows.items() if row["status"] != COMPLETED or _records(row, metadata)
-        }
+        return {key: status for key, (status, _) in self.recorded_fingerprints(scope, keys, metadata=metadata).items()}
 
     def recorded_fingerprints(
         self, scope: CheckpointScope | str, keys: Iterable[str], *, metadata: Mapping[str, str] | None = None
