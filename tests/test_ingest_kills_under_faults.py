@@ -1,5 +1,8 @@
 """Ingest killed at random times on S3 through a proxy that fails 10% of requests, then recovered.
 
+Every tenth kill is at the commit decision instead (a fault point), so recovery rolls some
+transactions forward whatever the timing.
+
 After every kill plus recovery: each production object is absent or byte-identical to a clean
 run's, nothing unfinished is left (markers, staging, unreferenced versions), and every FILE
 checkpoint marked completed describes what production holds. A final ingest finishes the set
@@ -18,6 +21,7 @@ from support.jobs import NOTHING_UNFINISHED, unfinished_work
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus, PipelineCheckpoint
 from sqlmesh_osaa.error_handler import ErrorHandler, RetryPolicy
+from sqlmesh_osaa.fault_points import AFTER_COMMIT_DECISION
 from sqlmesh_osaa.ingest import IngestRequest, run_ingest
 from sqlmesh_osaa.settings import load_settings
 from sqlmesh_osaa.storage import LocalStore, S3Store
@@ -83,11 +87,16 @@ def test_fifty_random_kills_under_transient_faults_leave_production_clean(tmp_pa
             if keys:
                 direct.delete_many(keys)
             db.unlink(missing_ok=True)
-        job = jobs.start([str(JOB), str(raw), str(tmp_path / "unused"), str(db), spec, "8"])
+        # Every tenth kill lands between the decision and finish: a random time rarely does.
+        at_decision = kill % 10 == 9
+        job = jobs.start([str(JOB), str(raw), str(tmp_path / "unused"), str(db), spec, "8"],
+                         fault=AFTER_COMMIT_DECISION if at_decision else None)
         jobs.wait_for_line(job, "started")
-        time.sleep(rng.uniform(0, 1.2 * clean_run))
-        jobs.kill_group(job)
-        jobs.finish(job)
+        if not at_decision:
+            time.sleep(rng.uniform(0, 1.2 * clean_run))
+            jobs.kill_group(job)
+        ended = jobs.finish(job)
+        assert not at_decision or ended.returncode == -9, f"kill {kill} never reached the decision: {ended.stderr}"
         with PipelineCheckpoint("ingest", db) as checkpoint:
             report = recover_transactions(checkpoint, proxied, error_handler=PATIENT)
         assert report.failed == {}, f"kill {kill}: {report.failed}"
