@@ -58,14 +58,14 @@ def main() -> None:
                 samples[variant].append(run_variant(bench, variant, raw))
             loads.append(os.getloadavg()[0])
             print(f"round {round_ + 1}: " + ", ".join(
-                f"{v.partition('=')[0]} {s[-1].cpu:.2f} s CPU" for v, s in samples.items()), flush=True)
+                f"{v.partition('=')[0]} {s[-1].cpu:.2f} s CPU {s[-1].rss_mb:.1f} MB" for v, s in samples.items()), flush=True)
     print(f"{args.files:,} files, {args.rounds} rounds, load average {min(loads):.1f}-{max(loads):.1f}; medians")
     print("| variant | wall | CPU | CPU per file | peak RSS |")
     print("|---|---|---|---|---|")
     for variant, runs in samples.items():
         wall, cpu, rss = (statistics.median(getattr(run, name) for run in runs) for name in ("wall", "cpu", "rss_mb"))
         print(f"| {variant.partition('=')[0]} | {wall:.2f} s | {cpu:.2f} s | {1000 * cpu / args.files:.2f} ms "
-              f"| {rss:.0f} MB |")
+              f"| {rss:.1f} MB |")
 
 
 if __name__ == "__main__":

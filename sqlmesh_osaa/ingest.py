@@ -43,7 +43,7 @@ from sqlmesh_osaa.settings import OsaaSettings, get_settings
 from sqlmesh_osaa.storage import ObjectStore, make_store, store_metadata
 
 if TYPE_CHECKING:
-    from sqlmesh_osaa.transaction_manager import Upload
+    from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
 
 _log = logging.getLogger(__name__)
 
@@ -183,11 +183,10 @@ def _convert_and_commit(
     # Imported only when a file is to land: an unchanged re-run never loads the commit machinery.
     from sqlmesh_osaa.transaction_manager import TransactionManager
 
-    staged: list[tuple[str, str]] = []
     scratch = store.scratch_directory()
     if scratch is not None:
         remove_abandoned_workdirs(scratch)
-    with tempfile.TemporaryDirectory(prefix=_workdir_prefix(), dir=scratch) as workdir, duckdb.connect() as connection:
+    with tempfile.TemporaryDirectory(prefix=_workdir_prefix(), dir=scratch) as workdir:
         txn = TransactionManager(
             store=store,
             checkpoint=checkpoint,
@@ -203,20 +202,7 @@ def _convert_and_commit(
             return
         result.transaction_id = txn.transaction_id
         txn.prefetch_production(landing_prefix(request.env_prefix))
-        threads = _ConversionThreads(connection)
-        for start, chunk in _taken_in_chunks(todo):
-            uploads = _convert_chunk(chunk, start, Path(workdir), connection, threads, checkpoint, collector)
-            for outcome in txn.upload_many(uploads):
-                relative = str(outcome.upload.metadata["source-file"])
-                if outcome.error is not None:
-                    _record_failure(checkpoint, outcome.upload.key, outcome.upload.tracked_path, outcome.error)
-                    collector.add_failure(relative, outcome.error)
-                else:
-                    staged.append((relative, outcome.upload.key))
-                Path(outcome.upload.local_path).unlink(missing_ok=True)
-            if progress is not None:
-                for raw, _ in chunk:
-                    progress(raw.relative)
+        staged = _stage(todo, txn, Path(workdir), checkpoint, collector, progress)
         if not staged:
             txn.rollback(reason="no file could be staged")
             return
@@ -229,6 +215,38 @@ def _convert_and_commit(
         for relative, key in staged:
             collector.add_success(relative, key)
             result.landed.append(key)
+
+
+def _stage(
+    todo: list[tuple[RawFile, str]],
+    txn: TransactionManager,
+    workdir: Path,
+    checkpoint: PipelineCheckpoint,
+    collector: PartialFailureCollector,
+    progress: Progress | None,
+) -> list[tuple[str, str]]:
+    """Convert and stage ``todo`` a chunk at a time; the ``(relative name, key)`` of each file staged.
+
+    The conversion's DuckDB is closed before the commit: what it held goes back to the
+    allocator that the checkpoint store's completions then draw from (docs/performance.md).
+    """
+    staged: list[tuple[str, str]] = []
+    with duckdb.connect() as connection:
+        threads = _ConversionThreads(connection)
+        for start, chunk in _taken_in_chunks(todo):
+            uploads = _convert_chunk(chunk, start, workdir, connection, threads, checkpoint, collector)
+            for outcome in txn.upload_many(uploads):
+                relative = str(outcome.upload.metadata["source-file"])
+                if outcome.error is not None:
+                    _record_failure(checkpoint, outcome.upload.key, outcome.upload.tracked_path, outcome.error)
+                    collector.add_failure(relative, outcome.error)
+                else:
+                    staged.append((relative, outcome.upload.key))
+                Path(outcome.upload.local_path).unlink(missing_ok=True)
+            if progress is not None:
+                for raw, _ in chunk:
+                    progress(raw.relative)
+    return staged
 
 
 def _taken_in_chunks(todo: list[tuple[RawFile, str]]) -> Iterator[tuple[int, list[tuple[RawFile, str]]]]:
@@ -284,7 +302,7 @@ def _convert_chunk(
 ) -> list[Upload]:
     """Convert a chunk of raw files; a file that fails is recorded and left out."""
     from sqlmesh_osaa.conversion import convert_csv_to_parquet
-    from sqlmesh_osaa.transaction_manager import Upload
+    from sqlmesh_osaa.transaction_manager import TransactionManager, Upload
 
     uploads = []
     for index, (raw, key) in enumerate(chunk, start=offset):
