@@ -14,8 +14,8 @@ slower and larger process: read it for the Python part only;
 
 ``--checkpoint-writes`` runs, instead of the ingest, only its FILE checkpoint writes in a fresh
 process, as the commit's finish writes them (staging writes none): in batches of
-``COMPLETION_BATCH``, each a read of the recorded fingerprints, the rows started, then
-completed; then the fingerprints read back and the ``CHECKPOINT`` the skip index takes)
+``COMPLETION_BATCH``, each a read of the recorded fingerprints, then one write that starts and
+completes the rows; then the fingerprints read back and the ``CHECKPOINT`` the skip index takes)
 and prints, per phase, the resident size and DuckDB's own accounting (``duckdb_memory()``):
 what DuckDB holds live against what the process holds. ``--sql STATEMENT`` runs a statement on
 the store's connection first (a DuckDB setting to try); ``DUCKDB_JE_MALLOC_CONF`` in ``--env``
@@ -143,10 +143,12 @@ where = {"store": f"local:{os.path.dirname(database)}/store"}
 for start in range(0, count, COMPLETION_BATCH):
     batch = keys[start : start + COMPLETION_BATCH]
     checkpoint.recorded_fingerprints(CheckpointScope.FILE, batch, metadata=where)
-    checkpoint.mark_started_many(CheckpointScope.FILE, [(key, path[key]) for key in batch], force=True)
     fingerprints = [Fingerprint("0" * 32, 120 + n, 1_700_000_000_000_000_000 + n) for n in range(len(batch))]
     checkpoint.mark_completed_many(
-        CheckpointScope.FILE, [(key, path[key], known) for key, known in zip(batch, fingerprints)], metadata=where
+        CheckpointScope.FILE,
+        [(key, path[key], known) for key, known in zip(batch, fingerprints)],
+        metadata=where,
+        start_first=True,
     )
 phase(f"{count:,} started and completed in batches of {COMPLETION_BATCH:,}")
 checkpoint.completed_fingerprints(CheckpointScope.FILE, "dev/landing/", metadata=where)

@@ -306,15 +306,18 @@ def _complete_batch(checkpoint: PipelineCheckpoint, where: Mapping[str, str], pu
 
     A row completed with the put's fingerprint was written by this commit before a crash, or
     says the same already: it is left. Any other row is started again, so a key an earlier
-    transaction completed gets this one's attempt and fingerprint.
+    transaction completed gets this one's attempt and fingerprint; started and completed in
+    one write (a row in progress is only completed).
     """
     recorded = checkpoint.recorded_fingerprints(CheckpointScope.FILE, [put["key"] for put in puts], metadata=where)
     todo = [put for put in puts if not _completed_as_put(recorded.get(put["key"]), put)]
     in_progress = {key for key, (status, _) in recorded.items() if status == CheckpointStatus.IN_PROGRESS.value}
-    restart = [(put["key"], put["source_path"]) for put in todo if put["key"] not in in_progress]
-    if restart:
-        checkpoint.mark_started_many(CheckpointScope.FILE, restart, force=True)
-    checkpoint.mark_completed_many(CheckpointScope.FILE, [_completion(put) for put in todo], metadata=where)
+    resumed = [_completion(put) for put in todo if put["key"] in in_progress]
+    if resumed:
+        checkpoint.mark_completed_many(CheckpointScope.FILE, resumed, metadata=where)
+    fresh = [_completion(put) for put in todo if put["key"] not in in_progress]
+    if fresh:
+        checkpoint.mark_completed_many(CheckpointScope.FILE, fresh, metadata=where, start_first=True)
 
 
 def _completed_as_put(recorded: tuple[str, Fingerprint] | None, put: Mapping[str, Any]) -> bool:

@@ -399,6 +399,29 @@ def test_a_bulk_completion_with_every_path_given_keeps_each_items_start_and_atte
     assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
 
 
+def test_a_completion_that_starts_first_logs_both_transitions_and_leaves_the_rows_a_start_then_a_completion_leave(
+    store: PipelineCheckpoint, raw_file: Path
+) -> None:
+    """One write for work done before any row was written; a completed key is taken again (forced)."""
+    keys = [f"fresh/{i}" for i in range(30)]
+    store.mark_started(FILE, keys[0])
+    store.mark_completed(FILE, keys[0])
+    fail(store, keys[1])
+
+    store.mark_completed_many(FILE, [(key, str(raw_file), "0" * 32) for key in keys], metadata={"m": 1}, start_first=True)
+
+    assert transitions(store, keys[0])[-2:] == [("completed", "in_progress"), ("in_progress", "completed")]
+    assert transitions(store, keys[1])[-2:] == [("failed", "in_progress"), ("in_progress", "completed")]
+    assert transitions(store, keys[2]) == [("pending", "in_progress"), ("in_progress", "completed")]
+    rows = {key: store.get(FILE, key) for key in keys}
+    assert {(row["status"], row["checksum"], row["file_path"], row["run_id"]) for row in rows.values()} == {
+        ("completed", "0" * 32, str(raw_file), store.run_id)
+    }
+    assert [rows[key]["attempt"] for key in keys[:3]] == [2, 2, 1]
+    assert all(row["metadata"]["m"] == 1 for row in rows.values())
+    assert replay(store.store.scan_events(all_kinds=True)) == stored_rows(store)
+
+
 def test_a_single_mark_checks_the_row_another_writer_changed_since_this_store_wrote_it(
     store: PipelineCheckpoint, where: dict[str, Any]
 ) -> None:

@@ -68,6 +68,7 @@ from sqlmesh_osaa.checkpoint.store import (
     UniformRows,
     batch_columns,
     check_stored,
+    parts_by_write,
     settable_columns,
     split_constant,
     written_rows,
@@ -901,16 +902,8 @@ class DuckDBStore(CheckpointStore):
                 self._update_row(connection, pipeline, rows[row["key"]], row)
         else:
             columns, deleted = batch_columns(rows, events)
-            constant, varying, stored = split_constant(columns)
-            writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
-            check_stored(stored, writes)
-            with _batch_table(connection, constant, varying) as frame:
-                connection.execute(_bulk_event_sql(frame, stored))
-                if INSERT in writes:
-                    connection.execute(_ROW_BULK_INSERT_SQL.format(frame=frame))
-                if UPDATE in writes:
-                    settable = settable_columns(stored)
-                    self._update_rows(connection, frame, settable, _known_changes(settable, constant, varying, rows))
+            for part in parts_by_write(columns):
+                self._write_part(connection, rows, part)
         if deleted:
             scope = events[0]["scope"]
             connection.execute(_DELETE_BULK_SQL, {"ids": json.dumps([item_id(pipeline, scope, k) for k in deleted])})
@@ -919,6 +912,19 @@ class DuckDBStore(CheckpointStore):
 
         episodes.write(events, lambda sql, params: execute(sql, params).fetchall(), execute)
         tallies.write(events, execute, merge=True)  # one process writes the file: one row per group
+
+    def _write_part(self, connection: duckdb.DuckDBPyConnection, rows: dict[str, Row], columns: dict[str, Any]) -> None:
+        """One load of a bulk write: its events appended, the rows they write inserted or updated."""
+        constant, varying, stored = split_constant(columns)
+        writes = {constant[WRITE]} if WRITE in constant else {INSERT, UPDATE}
+        check_stored(stored, writes)
+        with _batch_table(connection, constant, varying) as frame:
+            connection.execute(_bulk_event_sql(frame, stored))
+            if INSERT in writes:
+                connection.execute(_ROW_BULK_INSERT_SQL.format(frame=frame))
+            if UPDATE in writes:
+                settable = settable_columns(stored)
+                self._update_rows(connection, frame, settable, _known_changes(settable, constant, varying, rows))
 
     @staticmethod
     def _update_rows(

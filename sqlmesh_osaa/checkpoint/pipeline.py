@@ -57,6 +57,7 @@ from sqlmesh_osaa.checkpoint.transitions import (
     RunIdentity,
     advance,
     completion_reads,
+    concatenated,
     fold,
     refusal,
     row_after,
@@ -513,6 +514,7 @@ class PipelineCheckpoint:
         items: Iterable[CompletionItem],
         *,
         metadata: Mapping[str, Any] | None = None,
+        start_first: bool = False,
     ) -> None:
         """:meth:`mark_completed` for many in_progress items in one transaction: all, or none.
 
@@ -522,10 +524,15 @@ class PipelineCheckpoint:
         one recorded at start) is fingerprinted: size and mtime_ns from ``stat``, MD5 from
         ``checksum`` when given, else computed by reading it. ``metadata`` is merged into
         every row's (e.g. the store the key lives in).
+
+        ``start_first``: the items are started (as :meth:`mark_started_many` with ``force``)
+        and completed in the same transaction, for work done before any row was written: the
+        log gets both events, each row is written once (half the writes of two calls).
         """
         triples = [_completion_item(item) for item in items]
         keys, paths = [key for key, _, _ in triples], [path for _, path, _ in triples]
-        self._transition(scope, keys, COMPLETED, paths, [known for _, _, known in triples], metadata=metadata)
+        known = [known for _, _, known in triples]
+        self._transition(scope, keys, COMPLETED, paths, known, metadata=metadata, start_first=start_first)
 
     def record_changes(self, scope: CheckpointScope | str, changes: Sequence[ItemChange]) -> None:
         """Apply ``changes`` in order, in one transaction: all of them, or none.
@@ -665,8 +672,12 @@ class PipelineCheckpoint:
         metadata: Mapping[str, Any] | None = None,
         error: tuple[str | None, str | None] = (None, None),
         force: bool = False,
+        start_first: bool = False,
     ) -> None:
-        """Transitions of ``keys`` to ``to_status`` in one transaction: all of them, or none."""
+        """Transitions of ``keys`` to ``to_status`` in one transaction: all of them, or none.
+
+        ``start_first``: each item is started (forced) before, in the same transaction.
+        """
         scope = CheckpointScope(scope)
         if len(set(keys)) != len(keys):
             duplicates = sorted(key for key, count in Counter(keys).items() if count > 1)[:_MAX_LISTED_REFUSALS]
@@ -686,7 +697,14 @@ class PipelineCheckpoint:
             taken = fingerprints_meanwhile([(paths[i], known[i]) for i in named])
 
         def plan(rows: dict[str, Row]) -> Sequence[Event]:
-            self._check(scope, rows, keys, paths, to_status, force)
+            olds = [rows.get(key) for key in keys]
+            starts = None
+            if start_first:
+                starts = fold(self.pipeline_name, scope.value, keys, olds, Change(IN_PROGRESS, _utcnow(), self._run), paths)
+                olds = [row_after(event) for event in starts]
+                rows = dict(zip(keys, olds))
+            else:
+                self._check(scope, rows, keys, paths, to_status, force)
             prints = None
             if to_status == COMPLETED:
                 given: list[Fingerprint | None] = [None] * len(keys)
@@ -694,10 +712,10 @@ class PipelineCheckpoint:
                     given[index] = fingerprint
                 prints = self._fingerprint_recorded(rows, keys, known, given)
             change = Change(to_status, _utcnow(), self._run, metadata=metadata, error_message=error[0], error_category=error[1])
-            olds = [rows.get(key) for key in keys]
-            return fold(self.pipeline_name, scope.value, keys, olds, change, paths, prints)
+            events = fold(self.pipeline_name, scope.value, keys, olds, change, paths, prints)
+            return events if starts is None else concatenated(starts, events)
 
-        reads = completion_reads(paths, metadata) if to_status == COMPLETED else None
+        reads = completion_reads(paths, metadata) if to_status == COMPLETED and not start_first else None
         store.apply(self.pipeline_name, Keys(scope.value, keys, reads), plan)
         if len(keys) == 1:
             logger.debug("%s %r -> %s", scope.value, keys[0], to_status)

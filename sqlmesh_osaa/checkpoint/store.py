@@ -319,6 +319,23 @@ def batch_columns(rows: Mapping[str, Row], events: Sequence[Event]) -> tuple[dic
     return columns, deleted
 
 
+def parts_by_write(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A bulk write's columns as loads of one kind each: the events that write no row, then those that do.
+
+    A batch that starts and completes each key holds two kinds of events; loaded together,
+    almost every column varies, and each varying column costs the load its own values. Each
+    key's last event stays after its earlier ones, so the log keeps every item's order.
+    """
+    writes = columns[WRITE]
+    if NO_WRITE not in writes or all(write == NO_WRITE for write in writes):
+        return [dict(columns)]
+    kept = ([i for i, write in enumerate(writes) if write == NO_WRITE], [i for i, write in enumerate(writes) if write != NO_WRITE])
+    return [
+        {name: values if values is STORED else [values[i] for i in indexes] for name, values in columns.items()}
+        for indexes in kept
+    ]
+
+
 def split_constant(columns: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]], list[str]]:
     """(columns with one value for the whole batch, columns that vary, :data:`STORED` columns).
 

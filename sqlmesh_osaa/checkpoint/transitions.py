@@ -131,6 +131,11 @@ class Events(Sequence[Event]):
         return {column: values if values is STORED else values[index] for column, values in self.columns.items()}
 
 
+def concatenated(first: Events, then: Events) -> Events:
+    """The events of two folds as one batch, ``first``'s before ``then``'s (none :data:`STORED`)."""
+    return Events({column: values + then.columns[column] for column, values in first.columns.items()})
+
+
 def event_columns(events: Sequence[Event], columns: Sequence[str]) -> dict[str, list[Any]]:
     """``columns`` of ``events`` as lists: free for :class:`Events`, built for a list of dicts."""
     if isinstance(events, Events):
