@@ -13,10 +13,19 @@ incremental models with daily intervals (INCREMENTAL_BY_TIME_RANGE) and 2 output
 Each repeat runs, on a fresh copy and in fresh ``sqlmesh`` processes, the first ``sqlmesh
 plan`` (backfill of every model), a restatement of the seeds (``--restate-model
 'bench.seed_*'``: everything downstream re-evaluated) and a daily ``sqlmesh run`` with the
-clock one day later (every model has a new interval). Variants alternate within a repeat
-(A/B interleaved) after one untimed warm-up each, so machine noise hits both alike. Measured
-per process with ``wait4``: CPU (user + system), wall, peak RSS. Figures are medians; the
-load average before and after is printed, because the machine is shared.
+clock one day later (every model has a new interval). Variants alternate command by command
+(stock's plan, hooked's plan, stock's restatement, ...; the order swapped every repeat) after
+one untimed warm-up each, so machine noise hits both samples of a pair alike. Measured
+per process with ``wait4``: CPU (user + system), wall, peak RSS. Figures are medians, and
+the median of the paired ratios (each repeat's sample over stock's sample of the same repeat,
+so a drift of the machine between repeats cancels) with their range; the load average before
+and after is printed, because the machine is shared.
+
+``--concurrent`` starts the variants' processes of each command at the same time, one per
+core: both samples of a pair then see the same machine, which on a VM whose speed drifts by
+tens of per cent within a minute gives paired ratios a spread of a few per cent instead of
+tens. Each process shares the machine with the other, so absolute figures are slower than
+alone; read the paired ratios.
 
 ``--commands`` times only some of the commands (the others still run, untimed, so a daily
 run follows its plan); ``--baseline DIR`` adds ``hooked-base``: the hooked project with the
@@ -139,59 +148,129 @@ def generate(directory: Path, size: int, variant: str) -> Path:
     return directory
 
 
-def run_measured(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> Sample:
-    """One whole process: wall time, and CPU and peak RSS of exactly that process (``wait4``)."""
+@dataclass
+class Running:
+    """A started process and what its sample needs."""
+
+    process: subprocess.Popen
+    argv: list[str]
+    cwd: Path
+    log: Path
+    started: float
+
+
+def start(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> Running:
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
     environment.update(extra_env or {})
-    started = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(argv, cwd=cwd, stdout=output, stderr=subprocess.STDOUT, env=environment)
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
-    wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} in {cwd} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Running(process, argv, cwd, log, time.perf_counter())
 
 
-def commands_on_copy(template: Path, workdir: Path, timed: list[str], extra_env: dict[str, str]) -> dict[str, Sample]:
-    project = workdir / f"{template.name}-{time.monotonic_ns()}"
-    shutil.copytree(template, project)
+def finish(running: Running) -> Sample:
+    """Wall time, and CPU and peak RSS of exactly that process (``wait4``)."""
+    try:
+        _, status, usage = os.wait4(running.process.pid, 0)
+    except BaseException:
+        running.process.kill()
+        running.process.wait()
+        raise
+    return _sample(running, status, usage, time.perf_counter())
+
+
+def finish_all(running: dict[str, Running]) -> dict[str, Sample]:
+    """Each process reaped as it ends, so its wall time is its own, not the longest one's."""
+    by_pid = {process.process.pid: name for name, process in running.items()}
     samples = {}
-    for label, args in COMMANDS.items():
-        if label == "daily run":
-            argv = [sys.executable, "-c", DAY_LATER, *args]
+    try:
+        while by_pid:
+            pid, status, usage = os.wait4(-1, 0)
+            name = by_pid.pop(pid, None)
+            if name is not None:
+                samples[name] = _sample(running[name], status, usage, time.perf_counter())
+    except BaseException:
+        for pid in by_pid:
+            running[by_pid[pid]].process.kill()
+        raise
+    return {name: samples[name] for name in running}
+
+
+def _sample(running: Running, status: int, usage: os.struct_rusage, ended: float) -> Sample:
+    running.process.returncode = returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
+        tail = running.log.read_text()[-3000:]
+        raise SystemExit(f"{' '.join(running.argv)} in {running.cwd} exited {returncode}:\n{tail}")
+    return Sample(ended - running.started, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def run_measured(argv: list[str], cwd: Path, log: Path, extra_env: dict[str, str] | None = None) -> Sample:
+    """One whole process, measured alone."""
+    return finish(start(argv, cwd, log, extra_env))
+
+
+def command_argv(label: str) -> list[str]:
+    if label == "daily run":
+        return [sys.executable, "-c", DAY_LATER, *COMMANDS[label]]
+    return [str(BIN / "sqlmesh"), *COMMANDS[label]]
+
+
+def _log(project: Path, label: str) -> Path:
+    return project / f"{label.replace(' ', '_')}.log"
+
+
+def commands_side_by_side(
+    variants: dict[str, tuple[Path, dict[str, str]]],
+    order: list[str],
+    workdir: Path,
+    timed: list[str],
+    concurrent: bool,
+) -> dict[str, dict[str, Sample]]:
+    """Each variant on a fresh copy of its template; every command run by each variant in turn.
+
+    A pair of samples of one command is then seconds apart (``concurrent``: the same seconds),
+    so a drift of the machine's speed hits both alike; each copy still runs plan, restatement
+    and daily run in that order.
+    """
+    projects = {}
+    for variant in order:
+        template = variants[variant][0]
+        projects[variant] = workdir / f"{variant}-{time.monotonic_ns()}"
+        shutil.copytree(template, projects[variant])
+    samples: dict[str, dict[str, Sample]] = {variant: {} for variant in order}
+    for label in COMMANDS:
+
+        def launch(variant: str) -> Running:
+            project = projects[variant]
+            return start(command_argv(label), project, _log(project, label), variants[variant][1])
+
+        if concurrent:
+            finished = finish_all({variant: launch(variant) for variant in order})
         else:
-            argv = [str(BIN / "sqlmesh"), *args]
-        sample = run_measured(argv, project, project / f"{label.replace(' ', '_')}.log", extra_env)
+            finished = {variant: finish(launch(variant)) for variant in order}
         if label in timed:
-            samples[label] = sample
-    shutil.rmtree(project)
+            for variant, sample in finished.items():
+                samples[variant][label] = sample
+    for project in projects.values():
+        shutil.rmtree(project)
     return samples
 
 
 def bench_size(
-    size: int, repeats: int, workdir: Path, timed: list[str], baseline: Path | None
+    size: int, repeats: int, workdir: Path, timed: list[str], baseline: Path | None, concurrent: bool
 ) -> dict[str, dict[str, list[Sample]]]:
     templates = {v: generate(workdir / f"{v}-{size}", size, v) for v in VARIANTS}
     variants = {v: (templates[v], {}) for v in VARIANTS}
     if baseline is not None:
         variants["hooked-base"] = (templates["hooked"], {"PYTHONPATH": str(baseline)})
     names = list(variants)
-    for template, extra_env in variants.values():
-        commands_on_copy(template, workdir, [], extra_env)
+    commands_side_by_side(variants, names, workdir, [], concurrent)
     samples: dict[str, dict[str, list[Sample]]] = {v: {c: [] for c in timed} for v in names}
     for repeat in range(repeats):
         # Rotated, so no variant always runs right after the same other one.
         shift = repeat % len(names)
-        for variant in names[shift:] + names[:shift]:
-            template, extra_env = variants[variant]
-            for label, sample in commands_on_copy(template, workdir, timed, extra_env).items():
+        by_variant = commands_side_by_side(variants, names[shift:] + names[:shift], workdir, timed, concurrent)
+        for variant, by_command in by_variant.items():
+            for label, sample in by_command.items():
                 samples[variant][label].append(sample)
         print(f"{size} models: repeat {repeat + 1}/{repeats} done", file=sys.stderr)
     return samples
@@ -209,6 +288,17 @@ def report(size: int, samples: dict[str, dict[str, list[Sample]]]) -> None:
                 f"{label:12} {variant:12} {median['wall']:8.2f} {median['wall'] / stock['wall']:7.3f} "
                 f"{median['cpu']:8.2f} {median['cpu'] / stock['cpu']:7.3f} {median['rss_mb']:7.0f}"
             )
+    print("paired ratios (each repeat's sample over stock's of the same repeat): median [min, max]")
+    for label in timed:
+        for variant, by_command in samples.items():
+            if variant == "stock":
+                continue
+            pairs = list(zip(by_command[label], samples["stock"][label]))
+            cells = []
+            for metric in ("wall", "cpu"):
+                ratios = [getattr(one, metric) / getattr(base, metric) for one, base in pairs]
+                cells.append(f"{metric} {statistics.median(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}]")
+            print(f"{label:12} {variant:12} " + "  ".join(cells))
 
 
 def main() -> None:
@@ -217,11 +307,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--commands", nargs="+", choices=list(COMMANDS), default=list(COMMANDS))
     parser.add_argument("--baseline", type=Path, help="an earlier commit's package directory's parent, for hooked-base")
+    parser.add_argument(
+        "--concurrent", action="store_true", help="start the variants' processes of a command at the same time"
+    )
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="osaa-bench-projects-") as tmp:
         results = {
-            size: bench_size(size, args.repeats, Path(tmp), args.commands, args.baseline) for size in args.sizes
+            size: bench_size(size, args.repeats, Path(tmp), args.commands, args.baseline, args.concurrent)
+            for size in args.sizes
         }
     print(f"load average after: {os.getloadavg()}")
     for size, samples in results.items():
