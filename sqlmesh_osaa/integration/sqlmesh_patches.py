@@ -62,6 +62,9 @@ PATCHED_FUNCTIONS = (
 # Environment statements that read no snapshot: rendered without the environment's snapshots.
 SNAPSHOT_FREE_STATEMENTS = frozenset({"@osaa_before_all()", "@osaa_after_all()"})
 _environment_snapshots: ContextVar[dict[str, Any] | None] = ContextVar("osaa_environment_snapshots", default=None)
+# Set by the first install(): problems() imports sqlmesh.cli.main, whose import runs the CLI
+# hook's install() again before the first one has wrapped anything (sqlmesh_plugin.py).
+_install_started = False
 
 
 def problems() -> list[str]:
@@ -136,8 +139,10 @@ def install() -> None:
     from sqlmesh.core.scheduler import Scheduler
     from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
 
-    if getattr(Scheduler.evaluate, INSTALLED_MARKER, False):
+    global _install_started
+    if _install_started or getattr(Scheduler.evaluate, INSTALLED_MARKER, False):
         return
+    _install_started = True
     found = problems()
     if found:
         _log.error("sqlmesh-osaa did not patch SQLMesh (stock behaviour, no MODEL checkpoints): %s", "; ".join(found))

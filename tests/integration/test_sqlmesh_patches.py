@@ -6,6 +6,8 @@ audit evidence uses (docs/sqlmesh-internals.md, section 9, lists each and why).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlmesh.core.config import DuckDBConnectionConfig
@@ -37,6 +39,35 @@ def test_importing_the_integration_installs_the_patched_methods() -> None:
     )
     for method in patched:
         assert getattr(method, sqlmesh_patches.INSTALLED_MARKER, False), method
+
+
+WRAPPERS_PER_METHOD = """
+import {first}
+import sqlmesh.core.plan.evaluator as plan_evaluator
+import sqlmesh.core.scheduler as scheduler
+from sqlmesh.core.context import GenericContext
+from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
+
+def wrappers(function):
+    count = 0
+    while function is not None:
+        count += bool(getattr(function, "__osaa_patch__", False))
+        function = getattr(function, "__wrapped__", None)
+    return count
+
+methods = (scheduler.Scheduler.evaluate, SnapshotEvaluator.evaluate, GenericContext.plan, GenericContext.run,
+           scheduler.execute_environment_statements, plan_evaluator.execute_environment_statements)
+print(" ".join(str(wrappers(method)) for method in methods))
+"""
+
+
+def test_importing_the_package_before_sqlmesh_cli_wraps_each_method_once() -> None:
+    # A Python API script or a project's macros import the package first; its check of
+    # SQLMesh imports sqlmesh.cli.main, which runs the CLI hook's install() inside the first.
+    for first in ("sqlmesh_osaa.macros", "sqlmesh_osaa.integration", "sqlmesh.cli.main"):
+        script = WRAPPERS_PER_METHOD.format(first=first)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert result.stdout.split() == ["1"] * 6, (first, result.stdout, result.stderr)
 
 
 def _statements(before_all: list[str], after_all: list[str]) -> list[EnvironmentStatements]:
