@@ -51,7 +51,7 @@ from sqlmesh.core.snapshot.evaluator import SnapshotEvaluator
 def wrappers(function):
     count = 0
     while function is not None:
-        count += bool(getattr(function, "__osaa_patch__", False))
+        count += bool(getattr(function, "{marker}", False))
         function = getattr(function, "__wrapped__", None)
     return count
 
@@ -65,7 +65,7 @@ def test_importing_the_package_before_sqlmesh_cli_wraps_each_method_once() -> No
     # A Python API script or a project's macros import the package first; its check of
     # SQLMesh imports sqlmesh.cli.main, which runs the CLI hook's install() inside the first.
     for first in ("sqlmesh_osaa.macros", "sqlmesh_osaa.integration", "sqlmesh.cli.main"):
-        script = WRAPPERS_PER_METHOD.format(first=first)
+        script = WRAPPERS_PER_METHOD.format(first=first, marker=sqlmesh_patches.INSTALLED_MARKER)
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         assert result.stdout.split() == ["1"] * 6, (first, result.stdout, result.stderr)
 
