@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sqlmesh.core import constants as sqlmesh_constants
 from sqlmesh.core.snapshot import Snapshot
 from sqlmesh.core.state_sync import StateSync
 
@@ -287,6 +288,14 @@ def _open_transaction(rt: Runtime, transaction_id: str) -> TransactionManager:
     return transaction
 
 
+# SQLMesh never janitors prod; its row goes missing when a process is killed between the delete
+# and the insert of SQLMesh's environment update, which is no transaction on DuckDB state.
+MISSING_PROD = (
+    "SQLMesh state holds no prod environment (an interrupted `sqlmesh plan`, or `sqlmesh destroy`): "
+    "prod's published outputs are kept; the next `sqlmesh plan` records prod again and publishes from it"
+)
+
+
 def catch_up(rt: Runtime, state_sync: StateSync, skip: Iterable[str] = ()) -> list[Publication]:
     """Bring every environment's prefix to what state holds; remove what environments gone from state published."""
     records = published_records(rt)
@@ -302,6 +311,9 @@ def catch_up(rt: Runtime, state_sync: StateSync, skip: Iterable[str] = ()) -> li
         snapshots = state_sync.get_snapshots(env.snapshots).values()
         publications.append(publish_environment(rt, state_sync, name, snapshots, records.get(name, {})))
     for name in sorted(set(records) - set(environments)):
+        if name == sqlmesh_constants.PROD:
+            _log.warning(MISSING_PROD)
+            continue
         # The environment is gone from state (invalidated, then janitored): remove what it published.
         publications.append(publish_environment(rt, state_sync, name, [], records[name]))
     return publications

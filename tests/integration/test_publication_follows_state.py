@@ -6,6 +6,7 @@ temp copy of the example project and reads the store as a user would.
 
 from __future__ import annotations
 
+import duckdb
 import pytest
 from sqlmesh_project import BAD_SDG_ROWS, FIXED_SDG_ROWS, Project, local_project, s3_project
 
@@ -102,6 +103,22 @@ def test_invalidated_environment_is_removed_from_the_store_after_the_janitor(tmp
     project.plan()
 
     assert project.objects("dev/dev/") == {}
+    assert project.objects("prod/") == prod
+
+
+def test_prod_missing_from_state_after_an_interrupted_promotion_keeps_what_prod_published(tmp_path) -> None:
+    project = local_project(tmp_path)
+    project.plan()
+    prod = project.objects("prod/")
+    # What a SIGKILL between the delete and the insert of SQLMesh's environment update leaves:
+    # on DuckDB state that update is no transaction.
+    with duckdb.connect(str(project.path / "warehouse.duckdb")) as warehouse:
+        warehouse.execute("DELETE FROM sqlmesh._environments WHERE name = 'prod'")
+
+    project.sqlmesh_days_later(1, "run", check=False)
+    assert project.objects("prod/") == prod
+
+    project.plan()
     assert project.objects("prod/") == prod
 
 
