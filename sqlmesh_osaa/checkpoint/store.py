@@ -329,10 +329,10 @@ def parts_by_write(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
     writes = columns[WRITE]
     if NO_WRITE not in writes or all(write == NO_WRITE for write in writes):
         return [dict(columns)]
-    kept = ([i for i, write in enumerate(writes) if write == NO_WRITE], [i for i, write in enumerate(writes) if write != NO_WRITE])
+    parts = ([i for i, write in enumerate(writes) if write == NO_WRITE], [i for i, write in enumerate(writes) if write != NO_WRITE])
     return [
         {name: values if values is STORED else [values[i] for i in indexes] for name, values in columns.items()}
-        for indexes in kept
+        for indexes in parts
     ]
 
 

@@ -311,12 +311,19 @@ def catch_up(rt: Runtime, state_sync: StateSync, skip: Iterable[str] = ()) -> li
         snapshots = state_sync.get_snapshots(env.snapshots).values()
         publications.append(publish_environment(rt, state_sync, name, snapshots, records.get(name, {})))
     for name in sorted(set(records) - set(environments)):
-        if name == sqlmesh_constants.PROD:
-            _log.warning(MISSING_PROD)
-            continue
-        # The environment is gone from state (invalidated, then janitored): remove what it published.
-        publications.append(publish_environment(rt, state_sync, name, [], records[name]))
+        if (publication := remove_gone(rt, state_sync, name, records[name])) is not None:
+            publications.append(publication)
     return publications
+
+
+def remove_gone(
+    rt: Runtime, state_sync: StateSync, environment: str, records: dict[str, Record] | None = None
+) -> Publication | None:
+    """Remove what an environment gone from state (invalidated, then janitored) published; prod's is kept."""
+    if environment == sqlmesh_constants.PROD:
+        _log.warning(MISSING_PROD)
+        return None
+    return publish_environment(rt, state_sync, environment, [], records)
 
 
 def _publishing_info(info: Any) -> bool:

@@ -35,7 +35,7 @@ from sqlmesh.core.state_sync import StateSync
 
 from sqlmesh_osaa.checkpoint import CheckpointScope, CheckpointStatus
 from sqlmesh_osaa.integration import audit_evidence, runtime, state
-from sqlmesh_osaa.integration.publication import Publication, catch_up, publish_environment
+from sqlmesh_osaa.integration.publication import Publication, catch_up, publish_environment, remove_gone
 from sqlmesh_osaa.integration.export_kind import NAME as EXPORT
 from sqlmesh_osaa.integration.runtime import Runtime
 from sqlmesh_osaa.integration.staged_outputs import (
@@ -234,7 +234,12 @@ def reconcile(
     if environments:
         for name in environments:
             snapshots = state.environment_snapshots(state_sync, name)
-            report.published.append(publish_environment(rt, state_sync, name, snapshots))
+            if snapshots is None:
+                publication = remove_gone(rt, state_sync, name)
+            else:
+                publication = publish_environment(rt, state_sync, name, snapshots)
+            if publication is not None:
+                report.published.append(publication)
     else:
         report.published.extend(catch_up(rt, state_sync))
     return report

@@ -98,9 +98,9 @@ def fresh_publishing(
     return [s for s in refreshed if publishes(s)], index
 
 
-def environment_snapshots(state_sync: StateSync, environment: str) -> list[Snapshot]:
-    """The snapshots an environment points to now, with fresh intervals; empty if it does not exist."""
+def environment_snapshots(state_sync: StateSync, environment: str) -> list[Snapshot] | None:
+    """The snapshots an environment points to now, with fresh intervals; None if it does not exist."""
     env = state_sync.get_environment(environment)
     if env is None:
-        return []
+        return None
     return list(state_sync.get_snapshots(env.snapshots).values())
